@@ -1,0 +1,61 @@
+//! Configuration of the services: defaults match Keylime's, the CLI fills them in.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+/// Where a zest installation keeps its state when no `--data-dir` is given.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/zest";
+
+/// The data directory layout: one SQLite file, Keylime-style TLS material, EK CA store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    /// The embedded database file.
+    pub fn database(&self) -> PathBuf {
+        self.0.join("zest.sqlite")
+    }
+
+    /// TLS material, named as Keylime's verifier generates it.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.0.join("cv_ca")
+    }
+
+    /// Trusted EK CA certificates (Keylime's `tpm_cert_store`).
+    pub fn tpm_cert_store(&self) -> PathBuf {
+        self.0.join("tpm_cert_store")
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// The registrar's settings (Keylime `[registrar]` names in the comments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrarConfig {
+    /// `ip`: address both listeners bind.
+    pub ip: IpAddr,
+    /// `port`: plain HTTP for agents (8890).
+    pub port: u16,
+    /// `tls_port`: HTTPS for agents and the tenant (8891).
+    pub tls_port: u16,
+    /// Directory of trusted EK CA certificates (`[tenant] tpm_cert_store` in Keylime).
+    pub tpm_cert_store: PathBuf,
+    /// Check EK certificates at registration: a certificate is required, must carry the
+    /// EK's key and must chain to the store. Keylime leaves this to its tenant.
+    pub require_ek_cert: bool,
+}
+
+impl RegistrarConfig {
+    /// Keylime's defaults, with the EK CA store inside `data_dir`.
+    pub fn defaults(data_dir: &DataDir) -> Self {
+        Self {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8890,
+            tls_port: 8891,
+            tpm_cert_store: data_dir.tpm_cert_store(),
+            require_ek_cert: true,
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! zest: a Keylime-compatible remote-attestation server.
+//!
+//! The library holds the domain; `main.rs` only parses arguments and calls [`cli::run`].
+//! Rooms, one concern each:
+//! - [`evidence`]: pure parsers of untrusted TPM bytes (no I/O, no async, fuzzed).
+//! - [`tpm`]: checks and crypto over parsed TPM objects (MakeCredential, EK certificates).
+//! - [`api`]: Keylime's envelope, API versions, identifiers and error mapping.
+//! - [`store`]: the storage interface and its SQLite implementation.
+//! - [`registrar`]: agent registration and activation over HTTP.
+//! - [`net`]: listeners, TLS material and the HTTP/HTTPS serving loop.
+//! - [`config`] and [`cli`]: the operator's edge.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod evidence;
+pub mod net;
+pub mod registrar;
+pub mod store;
+pub mod tpm;

@@ -1,0 +1,138 @@
+//! The registrar: agents register their EK and AK, receive a credential only their TPM can
+//! decrypt (TPM2_MakeCredential), and prove it by activating with an HMAC of it.
+//! Wire format and quirks follow Keylime (reference/keylime-api.md §3).
+
+mod registration;
+mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use registration::auth_tag;
+pub use routes::router;
+
+use crate::config::{DataDir, RegistrarConfig};
+use crate::net::{self, ClientAuth, TlsMaterial};
+use crate::store::{RegistrarStore, SqliteStore};
+use crate::tpm::TrustStore;
+
+/// Shared state of the registrar's handlers.
+#[derive(Clone)]
+pub struct Registrar {
+    pub store: Arc<dyn RegistrarStore>,
+    /// Trusted EK CAs; `None` when EK certificate checks are off.
+    pub ek_trust: Option<Arc<TrustStore>>,
+}
+
+/// Why the registrar could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot read tpm_cert_store {path}: {source}")]
+    CertStore { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] net::TlsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// A running registrar; dropping it stops the listeners.
+pub struct RegistrarServer {
+    pub http_addr: SocketAddr,
+    pub https_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RegistrarServer {
+    /// Waits until a listener stops (they run until the process ends or this is dropped).
+    pub async fn wait(mut self) {
+        if let Some(task) = self.tasks.pop() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RegistrarServer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Opens the store, TLS material and EK CA store under `data_dir` (creating what is
+/// missing) and starts both listeners. Port 0 binds a free port; the bound addresses are
+/// in the result.
+pub async fn start(data_dir: &DataDir, config: &RegistrarConfig) -> Result<RegistrarServer, StartError> {
+    std::fs::create_dir_all(data_dir.path()).map_err(|source| StartError::DataDir {
+        path: data_dir.path().display().to_string(),
+        source,
+    })?;
+    let tls = TlsMaterial::ensure(&data_dir.tls_dir(), &[config.ip.to_string()])?;
+    let store = Arc::new(SqliteStore::open(&data_dir.database())?);
+    let ek_trust = if config.require_ek_cert {
+        std::fs::create_dir_all(&config.tpm_cert_store).map_err(|source| StartError::CertStore {
+            path: config.tpm_cert_store.display().to_string(),
+            source,
+        })?;
+        let trust = TrustStore::load_dir(&config.tpm_cert_store).map_err(|source| StartError::CertStore {
+            path: config.tpm_cert_store.display().to_string(),
+            source,
+        })?;
+        if trust.is_empty() {
+            tracing::warn!(
+                dir = %config.tpm_cert_store.display(),
+                "tpm_cert_store holds no certificate: every registration will be refused until the EK CAs are added"
+            );
+        }
+        Some(Arc::new(trust))
+    } else {
+        tracing::warn!("EK certificate checks are off: any TPM can register");
+        None
+    };
+    let app = router(Registrar { store, ek_trust });
+
+    let http_addr = SocketAddr::new(config.ip, config.port);
+    let https_addr = SocketAddr::new(config.ip, config.tls_port);
+    let http = TcpListener::bind(http_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: http_addr,
+            source,
+        })?;
+    let https = TcpListener::bind(https_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: https_addr,
+            source,
+        })?;
+    let http_addr = http.local_addr().map_err(|source| StartError::Bind {
+        addr: http_addr,
+        source,
+    })?;
+    let https_addr = https.local_addr().map_err(|source| StartError::Bind {
+        addr: https_addr,
+        source,
+    })?;
+    let server_config = tls.server_config(ClientAuth::Optional)?;
+    let tasks = vec![
+        tokio::spawn(net::serve_plain(http, app.clone())),
+        tokio::spawn(net::serve_tls(https, server_config, app)),
+    ];
+    tracing::info!(%http_addr, %https_addr, "registrar listening");
+    Ok(RegistrarServer {
+        http_addr,
+        https_addr,
+        tasks,
+    })
+}

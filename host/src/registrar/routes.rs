@@ -1,0 +1,264 @@
+//! The registrar's routes, under `/v2[.x]` and `/v3[.0]` as Keylime scopes them.
+//!
+//! | route | v2.x | v3.0 | who |
+//! |---|---|---|---|
+//! | `GET /version`, `GET /{v}/version` | ✓ | ✓ | anyone |
+//! | `GET /v3[.0]/` | | ✓ | anyone |
+//! | `POST /{v}/agents` (id in body) | ✓ | ✓ | agents |
+//! | `POST /{v}/agents/{id}` | ✓ | 405 | agents (the Rust agent's route) |
+//! | `PUT /{v}/agents/{id}`, `PUT /{v}/agents/{id}/activate` | ✓ | 405 | agents |
+//! | `POST /{v}/agents/{id}/activate` | ✓ | ✓ | agents |
+//! | `GET /{v}/agents`, `GET`/`DELETE /{v}/agents/{id}` | ✓ | ✓ | mTLS admin |
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Map, Value, json};
+
+use super::Registrar;
+use super::registration::{accept, auth_tag_digest, optional_str};
+use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Caller, Envelope};
+use crate::store::{RegisterOutcome, RegisteredAgent, RegistrarStore};
+
+/// Largest request body the registrar reads (a registration with an EK chain is ~10 KiB).
+const MAX_BODY: usize = 256 * 1024;
+
+/// The registrar's router, with envelope replies for unknown paths and methods.
+pub fn router(state: Registrar) -> Router {
+    let mut app = Router::new()
+        .route("/version", get(version))
+        .route("/v3", get(version_root))
+        .route("/v3/", get(version_root))
+        .route("/v3.0", get(version_root))
+        .route("/v3.0/", get(version_root));
+    // Keylime tolerates a trailing slash on every route.
+    for suffix in ["", "/"] {
+        app = app
+            .route(&format!("/{{v}}/version{suffix}"), get(versioned_version))
+            .route(
+                &format!("/{{v}}/agents{suffix}"),
+                get(list).post(register_collection),
+            )
+            .route(
+                &format!("/{{v}}/agents/{{id}}{suffix}"),
+                get(show).post(register_at).put(activate_put).delete(delete),
+            )
+            .route(
+                &format!("/{{v}}/agents/{{id}}/activate{suffix}"),
+                post(activate_post).put(activate_put),
+            )
+    }
+    app.fallback(api::not_found_fallback)
+        .method_not_allowed_fallback(api::method_not_allowed_fallback)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(api::envelope_for_bare_errors))
+        .with_state(state)
+}
+
+fn version_of(segment: &str) -> Result<ApiVersion, ApiError> {
+    ApiVersion::from_path_segment(segment)
+        .ok_or_else(|| ApiError::not_found(format!("API version not supported: {segment}")))
+}
+
+/// Runs a store call on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    registrar: &Registrar,
+    what: &'static str,
+    f: impl FnOnce(&dyn RegistrarStore) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = registrar.store.clone();
+    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::internal(what, e)),
+        Err(e) => Err(ApiError::internal(what, e)),
+    }
+}
+
+fn json_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("Request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "Request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+async fn version() -> Envelope {
+    Envelope::ok(api::version_document())
+}
+
+async fn version_root() -> Envelope {
+    Envelope::empty()
+}
+
+async fn versioned_version(Path(v): Path<String>) -> ApiResult {
+    version_of(&v)?;
+    Ok(Envelope::ok(api::version_document()))
+}
+
+async fn register_collection(State(reg): State<Registrar>, Path(v): Path<String>, body: Bytes) -> ApiResult {
+    version_of(&v)?;
+    let body = json_object(&body)?;
+    let id = optional_str(&body, "agent_id")?
+        .ok_or_else(|| ApiError::bad_request("agent_id is required in the body of POST /agents"))?;
+    let id = AgentId::parse(id)?;
+    register(reg, id, body).await
+}
+
+async fn register_at(
+    State(reg): State<Registrar>,
+    Path((v, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    if version_of(&v)?.is_v3() {
+        return Err(method_not_allowed());
+    }
+    let id = AgentId::parse(&id)?;
+    register(reg, id, json_object(&body)?).await
+}
+
+async fn register(reg: Registrar, id: AgentId, body: Map<String, Value>) -> ApiResult {
+    let trust = reg.ek_trust.clone();
+    // RSA-OAEP or ECDH and certificate checks: CPU work kept off the reactor.
+    let accepted = {
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || accept(&id, &body, trust.as_deref()))
+            .await
+            .map_err(|e| ApiError::internal("registration", e))??
+    };
+    let record = accepted.record;
+    let outcome = blocking(&reg, "storing registration", move |s| s.register(&record)).await?;
+    match outcome {
+        RegisterOutcome::IdentityConflict => {
+            tracing::warn!(agent_id = %id, "registration refused: the agent id belongs to another TPM");
+            Err(ApiError::forbidden(
+                "Agent re-registration with different TPM identity is forbidden for security reasons",
+            ))
+        }
+        outcome => {
+            tracing::info!(agent_id = %id, ?outcome, "agent registered");
+            Ok(Envelope::ok(json!({"blob": B64.encode(accepted.blob)})))
+        }
+    }
+}
+
+async fn activate_put(
+    State(reg): State<Registrar>,
+    Path((v, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    if version_of(&v)?.is_v3() {
+        return Err(method_not_allowed());
+    }
+    activate(reg, &id, &body).await
+}
+
+async fn activate_post(
+    State(reg): State<Registrar>,
+    Path((v, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    version_of(&v)?;
+    activate(reg, &id, &body).await
+}
+
+async fn activate(reg: Registrar, id: &str, body: &Bytes) -> ApiResult {
+    let id = AgentId::parse(id)?;
+    let body = json_object(body)?;
+    let tag =
+        optional_str(&body, "auth_tag")?.ok_or_else(|| ApiError::bad_request("auth_tag is required"))?;
+    let agent = lookup(&reg, &id).await?;
+    let presented = auth_tag_digest(tag);
+    // Compare digests in constant time; the reply never repeats the tag or what was expected
+    // (CVE-2023-38201), and a wrong tag changes nothing, so it cannot be used to evict a
+    // registration.
+    let matches =
+        aws_lc_rs::constant_time::verify_slices_are_equal(&presented, &agent.auth_tag_digest).is_ok();
+    let activated = matches && {
+        let agent_id = id.to_string();
+        blocking(&reg, "activating agent", move |s| {
+            s.activate(&agent_id, &presented)
+        })
+        .await?
+    };
+    if !activated {
+        tracing::warn!(agent_id = %id, "activation refused: auth tag does not match");
+        return Err(ApiError::bad_request(format!(
+            "Auth tag for agent '{id}' does not match the expected value; the agent stays inactive"
+        )));
+    }
+    tracing::info!(agent_id = %id, "agent activated");
+    Ok(Envelope::empty())
+}
+
+async fn lookup(reg: &Registrar, id: &AgentId) -> Result<RegisteredAgent, ApiError> {
+    let agent_id = id.to_string();
+    blocking(reg, "reading agent", move |s| s.registered_agent(&agent_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Agent with ID '{id}' not found")))
+}
+
+async fn list(
+    State(reg): State<Registrar>,
+    Extension(caller): Extension<Caller>,
+    Path(v): Path<String>,
+) -> ApiResult {
+    version_of(&v)?;
+    caller.require_admin()?;
+    let ids = blocking(&reg, "listing agents", |s| s.list_agents()).await?;
+    Ok(Envelope::ok(json!({"uuids": ids})))
+}
+
+async fn show(
+    State(reg): State<Registrar>,
+    Extension(caller): Extension<Caller>,
+    Path((v, id)): Path<(String, String)>,
+) -> ApiResult {
+    version_of(&v)?;
+    caller.require_admin()?;
+    let id = AgentId::parse(&id)?;
+    let agent = lookup(&reg, &id).await?;
+    if !agent.active {
+        return Err(ApiError::not_found(format!(
+            "Agent with ID '{id}' has not been activated"
+        )));
+    }
+    Ok(Envelope::ok(json!({
+        "agent_id": agent.agent_id,
+        "ek_tpm": agent.ek_tpm,
+        "ekcert": agent.ekcert,
+        "aik_tpm": agent.aik_tpm,
+        "ip": agent.ip,
+        "port": agent.port,
+        "mtls_cert": agent.mtls_cert,
+        "regcount": agent.regcount,
+    })))
+}
+
+async fn delete(
+    State(reg): State<Registrar>,
+    Extension(caller): Extension<Caller>,
+    Path((v, id)): Path<(String, String)>,
+) -> ApiResult {
+    version_of(&v)?;
+    caller.require_admin()?;
+    let id = AgentId::parse(&id)?;
+    let agent_id = id.to_string();
+    if blocking(&reg, "deleting agent", move |s| s.delete_agent(&agent_id)).await? {
+        tracing::info!(agent_id = %id, "agent deleted");
+        Ok(Envelope::empty())
+    } else {
+        Err(ApiError::not_found(format!("Agent with ID '{id}' not found")))
+    }
+}
+
+fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed in API v3",
+    )
+}

@@ -1,0 +1,86 @@
+//! Storage behind a narrow interface. SQLite (embedded, one file) is the default; a
+//! PostgreSQL backend for several verifiers will implement the same traits.
+//!
+//! The traits are synchronous: async callers run them on the blocking pool
+//! (`tokio::task::spawn_blocking`), so a slow disk never stalls the reactor.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+use thiserror::Error;
+
+/// The tenant every record belongs to until multi-tenancy reaches the API.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// A storage failure (not a business outcome: those are return values).
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this zest understands ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("storage lock poisoned by a panicked writer")]
+    Poisoned,
+}
+
+/// A validated registration, ready to store. Keys are kept as the base64 text of their
+/// TPM2B_PUBLIC bytes; the EK certificate as base64 DER.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRegistration {
+    pub agent_id: String,
+    pub ek_tpm: String,
+    pub ekcert: Option<String>,
+    pub aik_tpm: String,
+    pub ip: Option<String>,
+    pub port: Option<u16>,
+    pub mtls_cert: Option<String>,
+    /// SHA-256 of the auth tag the agent must present to activate. The tag itself and the
+    /// credential behind it are never stored.
+    pub auth_tag_digest: Vec<u8>,
+}
+
+/// What a registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterOutcome {
+    /// A new agent.
+    Created,
+    /// A known agent with the same TPM identity registered again (new credential).
+    Renewed,
+    /// The agent id is taken by a different EK, EK certificate or AK: nothing changed.
+    IdentityConflict,
+}
+
+/// A registered agent as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredAgent {
+    pub agent_id: String,
+    pub ek_tpm: String,
+    pub ekcert: Option<String>,
+    pub aik_tpm: String,
+    pub ip: Option<String>,
+    pub port: Option<u16>,
+    pub mtls_cert: Option<String>,
+    pub active: bool,
+    pub regcount: u32,
+    pub auth_tag_digest: Vec<u8>,
+}
+
+/// The registrar's records.
+pub trait RegistrarStore: Send + Sync + 'static {
+    /// Inserts a new agent, or renews a known one whose EK, EK certificate and AK are
+    /// unchanged; atomically, so two racing registrations cannot both win.
+    fn register(&self, registration: &NewRegistration) -> Result<RegisterOutcome, StoreError>;
+
+    /// The agent with this id, active or not.
+    fn registered_agent(&self, agent_id: &str) -> Result<Option<RegisteredAgent>, StoreError>;
+
+    /// Marks the agent active if its expected auth-tag digest is still `auth_tag_digest`
+    /// (a registration in between replaces it). Returns whether it was marked.
+    fn activate(&self, agent_id: &str, auth_tag_digest: &[u8]) -> Result<bool, StoreError>;
+
+    /// Every registered agent id, active or not, in id order.
+    fn list_agents(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Removes the agent. Returns whether it existed.
+    fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,242 @@
+//! The embedded SQLite backend: one file, WAL mode, schema migrations in code.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{DEFAULT_TENANT, NewRegistration, RegisterOutcome, RegisteredAgent, RegistrarStore, StoreError};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: the registrar's agents.
+    "CREATE TABLE registrar_agents (
+        tenant          TEXT    NOT NULL DEFAULT 'default',
+        agent_id        TEXT    NOT NULL PRIMARY KEY,
+        ek_tpm          TEXT    NOT NULL,
+        ekcert          TEXT,
+        aik_tpm         TEXT    NOT NULL,
+        ip              TEXT,
+        port            INTEGER,
+        mtls_cert       TEXT,
+        auth_tag_digest BLOB    NOT NULL,
+        active          INTEGER NOT NULL DEFAULT 0,
+        regcount        INTEGER NOT NULL DEFAULT 1,
+        registered_at   INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    ) STRICT;",
+];
+
+/// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and
+/// callers reach it from the blocking pool.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database, for tests and tools.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let known = MIGRATIONS.len() as i64;
+        let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > known {
+            return Err(StoreError::SchemaTooNew { found, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl RegistrarStore for SqliteStore {
+    fn register(&self, r: &NewRegistration) -> Result<RegisterOutcome, StoreError> {
+        let conn = self.conn()?;
+        let existed: bool = conn
+            .query_row(
+                "SELECT 1 FROM registrar_agents WHERE agent_id = ?1",
+                [&r.agent_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        // The WHERE clause of the upsert is the identity check, so check and write are one
+        // statement: a concurrent registration with another TPM cannot slip in between.
+        let changed = conn.execute(
+            "INSERT INTO registrar_agents
+                (tenant, agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert, auth_tag_digest,
+                 active, regcount, registered_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, 1, ?10, ?10)
+             ON CONFLICT (agent_id) DO UPDATE SET
+                ekcert = COALESCE(registrar_agents.ekcert, excluded.ekcert),
+                regcount = registrar_agents.regcount
+                    + (registrar_agents.ekcert IS NULL AND excluded.ekcert IS NOT NULL),
+                ip = excluded.ip,
+                port = excluded.port,
+                mtls_cert = excluded.mtls_cert,
+                auth_tag_digest = excluded.auth_tag_digest,
+                updated_at = excluded.updated_at
+             WHERE registrar_agents.ek_tpm = excluded.ek_tpm
+               AND registrar_agents.aik_tpm = excluded.aik_tpm
+               AND (registrar_agents.ekcert IS NULL OR excluded.ekcert IS NULL
+                    OR registrar_agents.ekcert = excluded.ekcert)",
+            params![
+                DEFAULT_TENANT,
+                r.agent_id,
+                r.ek_tpm,
+                r.ekcert,
+                r.aik_tpm,
+                r.ip,
+                r.port,
+                r.mtls_cert,
+                r.auth_tag_digest,
+                now(),
+            ],
+        )?;
+        Ok(match (changed, existed) {
+            (0, _) => RegisterOutcome::IdentityConflict,
+            (_, false) => RegisterOutcome::Created,
+            (_, true) => RegisterOutcome::Renewed,
+        })
+    }
+
+    fn registered_agent(&self, agent_id: &str) -> Result<Option<RegisteredAgent>, StoreError> {
+        let conn = self.conn()?;
+        let agent = conn
+            .query_row(
+                "SELECT agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert, active, regcount,
+                        auth_tag_digest
+                 FROM registrar_agents WHERE agent_id = ?1",
+                [agent_id],
+                |row| {
+                    Ok(RegisteredAgent {
+                        agent_id: row.get(0)?,
+                        ek_tpm: row.get(1)?,
+                        ekcert: row.get(2)?,
+                        aik_tpm: row.get(3)?,
+                        ip: row.get(4)?,
+                        port: row.get(5)?,
+                        mtls_cert: row.get(6)?,
+                        active: row.get(7)?,
+                        regcount: row.get(8)?,
+                        auth_tag_digest: row.get(9)?,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(agent)
+    }
+
+    fn activate(&self, agent_id: &str, auth_tag_digest: &[u8]) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE registrar_agents SET active = 1, updated_at = ?3
+             WHERE agent_id = ?1 AND auth_tag_digest = ?2",
+            params![agent_id, auth_tag_digest, now()],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn list_agents(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT agent_id FROM registrar_agents ORDER BY agent_id")?;
+        let ids = stmt
+            .query_map([], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(ids)
+    }
+
+    fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn.execute("DELETE FROM registrar_agents WHERE agent_id = ?1", [agent_id])? == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(id: &str, ak: &str) -> NewRegistration {
+        NewRegistration {
+            agent_id: id.into(),
+            ek_tpm: "ek".into(),
+            ekcert: Some("cert".into()),
+            aik_tpm: ak.into(),
+            ip: Some("127.0.0.1".into()),
+            port: Some(9002),
+            mtls_cert: Some("disabled".into()),
+            auth_tag_digest: vec![1; 32],
+        }
+    }
+
+    #[test]
+    fn identity_is_immutable_and_renewal_keeps_the_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        assert_eq!(
+            store.register(&registration("a", "ak1")).unwrap(),
+            RegisterOutcome::Created
+        );
+        assert!(store.activate("a", &[1; 32]).unwrap());
+        let mut again = registration("a", "ak1");
+        again.auth_tag_digest = vec![2; 32];
+        again.port = Some(9003);
+        assert_eq!(store.register(&again).unwrap(), RegisterOutcome::Renewed);
+        assert_eq!(
+            store.register(&registration("a", "ak2")).unwrap(),
+            RegisterOutcome::IdentityConflict
+        );
+        let stored = store.registered_agent("a").unwrap().unwrap();
+        assert_eq!(stored.aik_tpm, "ak1");
+        assert_eq!(stored.port, Some(9003));
+        assert_eq!(stored.auth_tag_digest, vec![2; 32]);
+        assert!(
+            !store.activate("a", &[1; 32]).unwrap(),
+            "old tag must not activate"
+        );
+    }
+
+    #[test]
+    fn reopening_keeps_data_and_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        SqliteStore::open(&path)
+            .unwrap()
+            .register(&registration("b", "ak"))
+            .unwrap();
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.list_agents().unwrap(), vec!["b".to_string()]);
+        assert!(store.delete_agent("b").unwrap());
+        assert!(!store.delete_agent("b").unwrap());
+    }
+}
