@@ -1,0 +1,295 @@
+//! A test agent on a swtpm, driven through tss-esapi: it reads its EK and EK certificate,
+//! creates an AK, builds the registration body Keylime's Rust agent sends, runs
+//! TPM2_ActivateCredential on the registrar's blob and derives the auth tag.
+
+use std::str::FromStr;
+
+use anyhow::{Context as _, bail};
+use aws_lc_rs::hmac;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use tss_esapi::Context;
+use tss_esapi::abstraction::nv;
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::{AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm, RsaSchemeAlgorithm};
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::interface_types::resource_handles::NvAuth;
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject, KeyDerivationFunctionScheme, Public, PublicBuilder,
+    PublicEccParametersBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent, RsaScheme,
+    SymmetricDefinition, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::Marshall;
+
+use crate::swtpm::Swtpm;
+
+/// Which endorsement key the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EkKind {
+    /// The RSA-2048 EK swtpm_setup persisted, with its certificate from NV 0x01c00002.
+    Rsa2048,
+    /// The NIST P-384 EK swtpm_setup persisted, with its certificate from NV 0x01c00016.
+    EccP384,
+    /// A NIST P-256 EK from the standard template; no certificate in the TPM.
+    EccP256,
+}
+
+/// Which attestation key the agent creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AkKind {
+    RsaSsa,
+    EcDsaP256,
+}
+
+/// A Keylime-style agent backed by a swtpm.
+pub struct TestAgent {
+    pub uuid: String,
+    ctx: Context,
+    ek: KeyHandle,
+    /// The EK needs a PolicySecret(endorsement) session (not userWithAuth).
+    ek_needs_policy: bool,
+    /// TPM2B_PUBLIC of the EK.
+    pub ek_tpm: Vec<u8>,
+    /// The EK certificate (DER) from the TPM's NV, if it has one.
+    pub ek_cert_der: Option<Vec<u8>>,
+    ak: KeyHandle,
+    /// TPM2B_PUBLIC of the AK.
+    pub aik_tpm: Vec<u8>,
+}
+
+impl TestAgent {
+    /// Connects to the TPM, loads or creates the EK and creates an AK under it.
+    pub fn new(tpm: &Swtpm, uuid: &str, ek_kind: EkKind, ak_kind: AkKind) -> anyhow::Result<Self> {
+        let mut ctx = Context::new(TctiNameConf::from_str(&tpm.tcti())?).context("connecting to swtpm")?;
+        let (ek, ek_cert_der) = match ek_kind {
+            EkKind::Rsa2048 => (persistent(&mut ctx, 0x8101_0001)?, Some(nv_read(&mut ctx, 0x01c0_0002)?)),
+            EkKind::EccP384 => (persistent(&mut ctx, 0x8101_0016)?, Some(nv_read(&mut ctx, 0x01c0_0016)?)),
+            EkKind::EccP256 => {
+                let ek = tss_esapi::abstraction::ek::create_ek_object(
+                    &mut ctx,
+                    tss_esapi::interface_types::algorithm::AsymmetricAlgorithm::Ecc,
+                    None,
+                )?;
+                (ek, None)
+            }
+        };
+        let (ek_public, _, _) = ctx.read_public(ek)?;
+        let ek_needs_policy = !ek_public.object_attributes().user_with_auth();
+        let ek_tpm = tpm2b_public(&ek_public)?;
+        let mut agent = Self {
+            uuid: uuid.to_owned(),
+            ctx,
+            ek,
+            ek_needs_policy,
+            ek_tpm,
+            ek_cert_der,
+            ak: KeyHandle::Null,
+            aik_tpm: Vec::new(),
+        };
+        agent.create_ak(ak_kind)?;
+        Ok(agent)
+    }
+
+    /// Creates and loads a fresh AK under the EK, replacing the current one.
+    pub fn create_ak(&mut self, kind: AkKind) -> anyhow::Result<()> {
+        if self.ak != KeyHandle::Null {
+            self.ctx.flush_context(self.ak.into())?;
+            self.ak = KeyHandle::Null;
+        }
+        let template = ak_template(kind)?;
+        let ek = self.ek;
+        let session = self.ek_session()?;
+        let created = self.ctx.execute_with_session(Some(session), |c| c.create(ek, template, None, None, None, None));
+        self.end_session(session);
+        let created = created.context("TPM2_Create of the AK")?;
+        let session = self.ek_session()?;
+        let loaded = self
+            .ctx
+            .execute_with_session(Some(session), |c| c.load(ek, created.out_private, created.out_public.clone()));
+        self.end_session(session);
+        self.ak = loaded.context("TPM2_Load of the AK")?;
+        self.aik_tpm = tpm2b_public(&created.out_public)?;
+        Ok(())
+    }
+
+    /// The EK certificate as PEM text, as the Rust agent sends it.
+    pub fn ek_cert_pem(&self) -> Option<String> {
+        self.ek_cert_der.as_deref().map(pem)
+    }
+
+    /// The body Keylime's Rust agent POSTs to `/v{v}/agents/{uuid}`.
+    pub fn registration_body(&self) -> Value {
+        let mut body = json!({
+            "aik_tpm": B64.encode(&self.aik_tpm),
+            "ek_tpm": B64.encode(&self.ek_tpm),
+            "iak_cert": null,
+            "idevid_cert": null,
+            "ip": "127.0.0.1",
+            "port": 9002,
+            "mtls_cert": "disabled",
+        });
+        if let Some(cert) = self.ek_cert_pem() {
+            body["ekcert"] = Value::String(cert);
+        }
+        body
+    }
+
+    /// TPM2_ActivateCredential on a tpm2-tools credential blob (base64): the recovered
+    /// credential.
+    pub fn activate_credential(&mut self, blob_b64: &str) -> anyhow::Result<Vec<u8>> {
+        let blob = B64.decode(blob_b64).context("blob is not base64")?;
+        if blob.len() < 12 || blob[..4] != [0xBA, 0xDC, 0xC0, 0xDE] || blob[4..8] != [0, 0, 0, 1] {
+            bail!("blob does not start with the tpm2-tools magic and version 1");
+        }
+        let (id_object, rest) = split_tpm2b(&blob[8..])?;
+        let (secret, rest) = split_tpm2b(rest)?;
+        if !rest.is_empty() {
+            bail!("{} trailing bytes after the encrypted secret", rest.len());
+        }
+        let credential = IdObject::try_from(id_object.to_vec())?;
+        let secret = EncryptedSecret::try_from(secret.to_vec())?;
+        let (ak, ek) = (self.ak, self.ek);
+        let session = self.ek_session()?;
+        let out = self.ctx.execute_with_sessions((Some(AuthSession::Password), Some(session), None), |c| {
+            c.activate_credential(ak, ek, credential, secret)
+        });
+        self.end_session(session);
+        Ok(out.context("TPM2_ActivateCredential")?.to_vec())
+    }
+
+    /// The activation body for a recovered credential.
+    pub fn activation_body(&self, credential: &[u8]) -> Value {
+        json!({ "auth_tag": auth_tag(credential, &self.uuid) })
+    }
+
+    /// An authorisation for the EK: a PolicySecret(endorsement) session for the standard
+    /// templates, the empty password for keys with userWithAuth (swtpm's P-384 EK).
+    fn ek_session(&mut self) -> anyhow::Result<AuthSession> {
+        if !self.ek_needs_policy {
+            return Ok(AuthSession::Password);
+        }
+        let session = self
+            .ctx
+            .start_auth_session(None, None, None, SessionType::Policy, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)?
+            .context("no policy session")?;
+        let policy = PolicySession::try_from(session)?;
+        self.ctx.execute_with_nullauth_session(|c| {
+            c.policy_secret(policy, AuthHandle::Endorsement, Default::default(), Default::default(), Default::default(), None)
+        })?;
+        Ok(session)
+    }
+
+    fn end_session(&mut self, session: AuthSession) {
+        if session != AuthSession::Password {
+            let handle: SessionHandle = session.into();
+            let _ = self.ctx.flush_context(ObjectHandle::from(handle));
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        // swtpm has no resource manager: leave no transient objects behind.
+        if self.ak != KeyHandle::Null {
+            let _ = self.ctx.flush_context(self.ak.into());
+        }
+    }
+}
+
+/// hex(HMAC-SHA-384(key = base64 text of the credential, message = agent id)), computed
+/// here independently of zest's own code.
+pub fn auth_tag(credential: &[u8], uuid: &str) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA384, B64.encode(credential).as_bytes());
+    hex::encode(hmac::sign(&key, uuid.as_bytes()).as_ref())
+}
+
+/// PEM text of a DER certificate.
+pub fn pem(der: &[u8]) -> String {
+    let b64 = B64.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+fn persistent(ctx: &mut Context, handle: u32) -> anyhow::Result<KeyHandle> {
+    let obj = ctx.tr_from_tpm_public(TpmHandle::Persistent(PersistentTpmHandle::new(handle)?))?;
+    Ok(obj.into())
+}
+
+fn nv_read(ctx: &mut Context, index: u32) -> anyhow::Result<Vec<u8>> {
+    let handle = NvIndexTpmHandle::new(index)?;
+    ctx.execute_with_nullauth_session(|c| nv::read_full(c, NvAuth::Owner, handle))
+        .with_context(|| format!("reading NV index 0x{index:08x}"))
+}
+
+fn tpm2b_public(public: &Public) -> anyhow::Result<Vec<u8>> {
+    let tpmt = public.marshall()?;
+    let mut out = (tpmt.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(&tpmt);
+    Ok(out)
+}
+
+fn split_tpm2b(bytes: &[u8]) -> anyhow::Result<(&[u8], &[u8])> {
+    if bytes.len() < 2 {
+        bail!("truncated TPM2B");
+    }
+    let n = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
+    if bytes.len() < 2 + n {
+        bail!("truncated TPM2B");
+    }
+    Ok((&bytes[2..2 + n], &bytes[2 + n..]))
+}
+
+fn ak_template(kind: AkKind) -> anyhow::Result<Public> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_restricted(true)
+        .with_sign_encrypt(true)
+        .build()?;
+    let builder = PublicBuilder::new().with_name_hashing_algorithm(HashingAlgorithm::Sha256).with_object_attributes(attributes);
+    Ok(match kind {
+        AkKind::RsaSsa => builder
+            .with_public_algorithm(PublicAlgorithm::Rsa)
+            .with_rsa_parameters(
+                PublicRsaParametersBuilder::new()
+                    .with_scheme(RsaScheme::create(RsaSchemeAlgorithm::RsaSsa, Some(HashingAlgorithm::Sha256))?)
+                    .with_key_bits(RsaKeyBits::Rsa2048)
+                    .with_exponent(RsaExponent::default())
+                    .with_is_signing_key(true)
+                    .with_is_decryption_key(false)
+                    .with_restricted(true)
+                    .with_symmetric(SymmetricDefinitionObject::Null)
+                    .build()?,
+            )
+            .with_rsa_unique_identifier(PublicKeyRsa::default())
+            .build()?,
+        AkKind::EcDsaP256 => builder
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new()
+                    .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
+                    .with_curve(EccCurve::NistP256)
+                    .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+                    .with_is_signing_key(true)
+                    .with_is_decryption_key(false)
+                    .with_restricted(true)
+                    .with_symmetric(SymmetricDefinitionObject::Null)
+                    .build()?,
+            )
+            .with_ecc_unique_identifier(EccPoint::default())
+            .build()?,
+    })
+}

@@ -1,0 +1,110 @@
+//! A zest registrar on loopback ports for one test, with its own data directory, and the
+//! HTTP clients that talk to it (plain, TLS without and with the tenant certificate).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tempfile::TempDir;
+use zest::config::{DataDir, RegistrarConfig};
+use zest::net::TlsMaterial;
+use zest::registrar::RegistrarServer;
+
+use crate::agent::TestAgent;
+
+/// How a test registrar is set up.
+#[derive(Debug, Clone)]
+pub struct RegistrarOptions {
+    /// Check EK certificates against the store.
+    pub require_ek_cert: bool,
+    /// PEM files copied into the EK CA store before start.
+    pub trusted_ek_cas: Vec<PathBuf>,
+}
+
+impl Default for RegistrarOptions {
+    fn default() -> Self {
+        Self { require_ek_cert: true, trusted_ek_cas: Vec::new() }
+    }
+}
+
+/// A registrar serving on free loopback ports; stops when dropped.
+pub struct TestRegistrar {
+    pub data: TempDir,
+    pub server: RegistrarServer,
+    /// `http://127.0.0.1:PORT`
+    pub http: String,
+    /// `https://localhost:PORT`
+    pub https: String,
+}
+
+impl TestRegistrar {
+    /// Starts a registrar with a fresh data directory.
+    pub async fn start(options: RegistrarOptions) -> anyhow::Result<Self> {
+        let data = tempfile::Builder::new().prefix("zest-data-").tempdir()?;
+        let data_dir = DataDir(data.path().to_path_buf());
+        let mut config = RegistrarConfig::defaults(&data_dir);
+        config.port = 0;
+        config.tls_port = 0;
+        config.require_ek_cert = options.require_ek_cert;
+        std::fs::create_dir_all(&config.tpm_cert_store)?;
+        for (i, ca) in options.trusted_ek_cas.iter().enumerate() {
+            std::fs::copy(ca, config.tpm_cert_store.join(format!("ca{i}.pem")))
+                .with_context(|| format!("copying {}", ca.display()))?;
+        }
+        let server = zest::registrar::start(&data_dir, &config).await?;
+        let http = format!("http://127.0.0.1:{}", server.http_addr.port());
+        let https = format!("https://localhost:{}", server.https_addr.port());
+        Ok(Self { data, server, http, https })
+    }
+
+    fn tls_file(&self, name: &str) -> anyhow::Result<Vec<u8>> {
+        Ok(std::fs::read(self.data.path().join("cv_ca").join(name))?)
+    }
+
+    /// Plain HTTP client (the agents' transport).
+    pub fn plain_client(&self) -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().unwrap_or_default()
+    }
+
+    /// HTTPS client that trusts the registrar's CA and presents no certificate.
+    pub fn anonymous_client(&self) -> anyhow::Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(&self.tls_file(TlsMaterial::CA_CERT)?)?;
+        Ok(reqwest::Client::builder().no_proxy().tls_certs_only([ca]).build()?)
+    }
+
+    /// HTTPS client presenting the tenant certificate generated in `cv_ca/`.
+    pub fn admin_client(&self) -> anyhow::Result<reqwest::Client> {
+        let ca = reqwest::Certificate::from_pem(&self.tls_file(TlsMaterial::CA_CERT)?)?;
+        let mut identity = self.tls_file(TlsMaterial::CLIENT_CERT)?;
+        identity.extend(self.tls_file(TlsMaterial::CLIENT_KEY)?);
+        let identity = reqwest::Identity::from_pem(&identity)?;
+        Ok(reqwest::Client::builder().no_proxy().tls_certs_only([ca]).identity(identity).build()?)
+    }
+
+    /// Registers and activates `agent` over plain HTTP with API `version`, the way Keylime's
+    /// Rust agent does (`POST` then `PUT /v{version}/agents/{uuid}`).
+    pub async fn register_and_activate(&self, agent: &mut TestAgent, version: &str) -> anyhow::Result<()> {
+        let client = self.plain_client();
+        let url = format!("{}/v{version}/agents/{}", self.http, agent.uuid);
+        let (status, body) = send_json(client.post(&url).json(&agent.registration_body())).await?;
+        if status != 200 {
+            bail!("registration answered {status}: {body}");
+        }
+        let blob = body["results"]["blob"].as_str().context("no results.blob")?.to_owned();
+        let credential = agent.activate_credential(&blob)?;
+        let (status, body) = send_json(client.put(&url).json(&agent.activation_body(&credential))).await?;
+        if status != 200 {
+            bail!("activation answered {status}: {body}");
+        }
+        Ok(())
+    }
+}
+
+/// Sends a request and returns the status and JSON body; fails if the body is not JSON.
+pub async fn send_json(request: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    let body = serde_json::from_str(&text).with_context(|| format!("status {status}, body is not JSON: {text:?}"))?;
+    Ok((status, body))
+}
