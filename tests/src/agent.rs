@@ -13,16 +13,18 @@ use tss_esapi::Context;
 use tss_esapi::abstraction::nv;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle};
+use tss_esapi::handles::{
+    AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle,
+};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm, RsaSchemeAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::NvAuth;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject, KeyDerivationFunctionScheme, Public, PublicBuilder,
-    PublicEccParametersBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent, RsaScheme,
-    SymmetricDefinition, SymmetricDefinitionObject,
+    EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject, KeyDerivationFunctionScheme, Public,
+    PublicBuilder, PublicEccParametersBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent,
+    RsaScheme, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::Marshall;
@@ -68,8 +70,14 @@ impl TestAgent {
     pub fn new(tpm: &Swtpm, uuid: &str, ek_kind: EkKind, ak_kind: AkKind) -> anyhow::Result<Self> {
         let mut ctx = Context::new(TctiNameConf::from_str(&tpm.tcti())?).context("connecting to swtpm")?;
         let (ek, ek_cert_der) = match ek_kind {
-            EkKind::Rsa2048 => (persistent(&mut ctx, 0x8101_0001)?, Some(nv_read(&mut ctx, 0x01c0_0002)?)),
-            EkKind::EccP384 => (persistent(&mut ctx, 0x8101_0016)?, Some(nv_read(&mut ctx, 0x01c0_0016)?)),
+            EkKind::Rsa2048 => (
+                persistent(&mut ctx, 0x8101_0001)?,
+                Some(nv_read(&mut ctx, 0x01c0_0002)?),
+            ),
+            EkKind::EccP384 => (
+                persistent(&mut ctx, 0x8101_0016)?,
+                Some(nv_read(&mut ctx, 0x01c0_0016)?),
+            ),
             EkKind::EccP256 => {
                 let ek = tss_esapi::abstraction::ek::create_ek_object(
                     &mut ctx,
@@ -105,13 +113,15 @@ impl TestAgent {
         let template = ak_template(kind)?;
         let ek = self.ek;
         let session = self.ek_session()?;
-        let created = self.ctx.execute_with_session(Some(session), |c| c.create(ek, template, None, None, None, None));
+        let created = self
+            .ctx
+            .execute_with_session(Some(session), |c| c.create(ek, template, None, None, None, None));
         self.end_session(session);
         let created = created.context("TPM2_Create of the AK")?;
         let session = self.ek_session()?;
-        let loaded = self
-            .ctx
-            .execute_with_session(Some(session), |c| c.load(ek, created.out_private, created.out_public.clone()));
+        let loaded = self.ctx.execute_with_session(Some(session), |c| {
+            c.load(ek, created.out_private, created.out_public.clone())
+        });
         self.end_session(session);
         self.ak = loaded.context("TPM2_Load of the AK")?;
         self.aik_tpm = tpm2b_public(&created.out_public)?;
@@ -156,9 +166,11 @@ impl TestAgent {
         let secret = EncryptedSecret::try_from(secret.to_vec())?;
         let (ak, ek) = (self.ak, self.ek);
         let session = self.ek_session()?;
-        let out = self.ctx.execute_with_sessions((Some(AuthSession::Password), Some(session), None), |c| {
-            c.activate_credential(ak, ek, credential, secret)
-        });
+        let out = self
+            .ctx
+            .execute_with_sessions((Some(AuthSession::Password), Some(session), None), |c| {
+                c.activate_credential(ak, ek, credential, secret)
+            });
         self.end_session(session);
         Ok(out.context("TPM2_ActivateCredential")?.to_vec())
     }
@@ -176,11 +188,25 @@ impl TestAgent {
         }
         let session = self
             .ctx
-            .start_auth_session(None, None, None, SessionType::Policy, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)?
+            .start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )?
             .context("no policy session")?;
         let policy = PolicySession::try_from(session)?;
         self.ctx.execute_with_nullauth_session(|c| {
-            c.policy_secret(policy, AuthHandle::Endorsement, Default::default(), Default::default(), Default::default(), None)
+            c.policy_secret(
+                policy,
+                AuthHandle::Endorsement,
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                None,
+            )
         })?;
         Ok(session)
     }
@@ -259,13 +285,18 @@ fn ak_template(kind: AkKind) -> anyhow::Result<Public> {
         .with_restricted(true)
         .with_sign_encrypt(true)
         .build()?;
-    let builder = PublicBuilder::new().with_name_hashing_algorithm(HashingAlgorithm::Sha256).with_object_attributes(attributes);
+    let builder = PublicBuilder::new()
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes);
     Ok(match kind {
         AkKind::RsaSsa => builder
             .with_public_algorithm(PublicAlgorithm::Rsa)
             .with_rsa_parameters(
                 PublicRsaParametersBuilder::new()
-                    .with_scheme(RsaScheme::create(RsaSchemeAlgorithm::RsaSsa, Some(HashingAlgorithm::Sha256))?)
+                    .with_scheme(RsaScheme::create(
+                        RsaSchemeAlgorithm::RsaSsa,
+                        Some(HashingAlgorithm::Sha256),
+                    )?)
                     .with_key_bits(RsaKeyBits::Rsa2048)
                     .with_exponent(RsaExponent::default())
                     .with_is_signing_key(true)

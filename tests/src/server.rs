@@ -23,7 +23,10 @@ pub struct RegistrarOptions {
 
 impl Default for RegistrarOptions {
     fn default() -> Self {
-        Self { require_ek_cert: true, trusted_ek_cas: Vec::new() }
+        Self {
+            require_ek_cert: true,
+            trusted_ek_cas: Vec::new(),
+        }
     }
 }
 
@@ -54,7 +57,12 @@ impl TestRegistrar {
         let server = zest::registrar::start(&data_dir, &config).await?;
         let http = format!("http://127.0.0.1:{}", server.http_addr.port());
         let https = format!("https://localhost:{}", server.https_addr.port());
-        Ok(Self { data, server, http, https })
+        Ok(Self {
+            data,
+            server,
+            http,
+            https,
+        })
     }
 
     fn tls_file(&self, name: &str) -> anyhow::Result<Vec<u8>> {
@@ -69,7 +77,10 @@ impl TestRegistrar {
     /// HTTPS client that trusts the registrar's CA and presents no certificate.
     pub fn anonymous_client(&self) -> anyhow::Result<reqwest::Client> {
         let ca = reqwest::Certificate::from_pem(&self.tls_file(TlsMaterial::CA_CERT)?)?;
-        Ok(reqwest::Client::builder().no_proxy().tls_certs_only([ca]).build()?)
+        Ok(reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([ca])
+            .build()?)
     }
 
     /// HTTPS client presenting the tenant certificate generated in `cv_ca/`.
@@ -78,7 +89,11 @@ impl TestRegistrar {
         let mut identity = self.tls_file(TlsMaterial::CLIENT_CERT)?;
         identity.extend(self.tls_file(TlsMaterial::CLIENT_KEY)?);
         let identity = reqwest::Identity::from_pem(&identity)?;
-        Ok(reqwest::Client::builder().no_proxy().tls_certs_only([ca]).identity(identity).build()?)
+        Ok(reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([ca])
+            .identity(identity)
+            .build()?)
     }
 
     /// Registers and activates `agent` over plain HTTP with API `version`, the way Keylime's
@@ -90,7 +105,10 @@ impl TestRegistrar {
         if status != 200 {
             bail!("registration answered {status}: {body}");
         }
-        let blob = body["results"]["blob"].as_str().context("no results.blob")?.to_owned();
+        let blob = body["results"]["blob"]
+            .as_str()
+            .context("no results.blob")?
+            .to_owned();
         let credential = agent.activate_credential(&blob)?;
         let (status, body) = send_json(client.put(&url).json(&agent.activation_body(&credential))).await?;
         if status != 200 {
@@ -105,6 +123,7 @@ pub async fn send_json(request: reqwest::RequestBuilder) -> anyhow::Result<(u16,
     let response = request.send().await?;
     let status = response.status().as_u16();
     let text = response.text().await?;
-    let body = serde_json::from_str(&text).with_context(|| format!("status {status}, body is not JSON: {text:?}"))?;
+    let body = serde_json::from_str(&text)
+        .with_context(|| format!("status {status}, body is not JSON: {text:?}"))?;
     Ok((status, body))
 }

@@ -37,7 +37,10 @@ impl EkCa {
             ),
         )?;
         let options = dir.path().join("swtpm-localca.options");
-        std::fs::write(&options, "--platform-manufacturer zest\n--platform-version 2.1\n--platform-model test\n")?;
+        std::fs::write(
+            &options,
+            "--platform-manufacturer zest\n--platform-version 2.1\n--platform-model test\n",
+        )?;
         let config = dir.path().join("swtpm_setup.conf");
         std::fs::write(
             &config,

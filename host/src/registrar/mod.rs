@@ -24,8 +24,9 @@ use crate::tpm::TrustStore;
 #[derive(Clone)]
 pub struct Registrar {
     pub store: Arc<dyn RegistrarStore>,
-    /// Trusted EK CAs; `None` when EK certificate checks are off.
-    pub ek_trust: Option<Arc<TrustStore>>,
+    /// Directory of trusted EK CAs, read at every registration so CAs can be added
+    /// without a restart; `None` when EK certificate checks are off.
+    pub ek_trust_dir: Option<Arc<std::path::Path>>,
 }
 
 /// Why the registrar could not start.
@@ -95,12 +96,15 @@ pub async fn start(data_dir: &DataDir, config: &RegistrarConfig) -> Result<Regis
                 "tpm_cert_store holds no certificate: every registration will be refused until the EK CAs are added"
             );
         }
-        Some(Arc::new(trust))
+        Some(Arc::from(config.tpm_cert_store.as_path()))
     } else {
         tracing::warn!("EK certificate checks are off: any TPM can register");
         None
     };
-    let app = router(Registrar { store, ek_trust });
+    let app = router(Registrar {
+        store,
+        ek_trust_dir: ek_trust,
+    });
 
     let http_addr = SocketAddr::new(config.ip, config.port);
     let https_addr = SocketAddr::new(config.ip, config.tls_port);

@@ -22,6 +22,7 @@ use super::Registrar;
 use super::registration::{accept, auth_tag_digest, optional_str};
 use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Caller, Envelope};
 use crate::store::{RegisterOutcome, RegisteredAgent, RegistrarStore};
+use crate::tpm::TrustStore;
 
 /// Largest request body the registrar reads (a registration with an EK chain is ~10 KiB).
 const MAX_BODY: usize = 256 * 1024;
@@ -122,13 +123,22 @@ async fn register_at(
 }
 
 async fn register(reg: Registrar, id: AgentId, body: Map<String, Value>) -> ApiResult {
-    let trust = reg.ek_trust.clone();
-    // RSA-OAEP or ECDH and certificate checks: CPU work kept off the reactor.
+    let trust_dir = reg.ek_trust_dir.clone();
+    // Reading the CA store, RSA-OAEP or ECDH and certificate checks: kept off the reactor.
     let accepted = {
         let id = id.clone();
-        tokio::task::spawn_blocking(move || accept(&id, &body, trust.as_deref()))
-            .await
-            .map_err(|e| ApiError::internal("registration", e))??
+        tokio::task::spawn_blocking(move || {
+            let trust = match trust_dir {
+                Some(dir) => Some(
+                    TrustStore::load_dir(&dir)
+                        .map_err(|e| ApiError::internal("reading tpm_cert_store", e))?,
+                ),
+                None => None,
+            };
+            accept(&id, &body, trust.as_ref())
+        })
+        .await
+        .map_err(|e| ApiError::internal("registration", e))??
     };
     let record = accepted.record;
     let outcome = blocking(&reg, "storing registration", move |s| s.register(&record)).await?;
