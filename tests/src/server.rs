@@ -99,23 +99,34 @@ impl TestRegistrar {
     /// Registers and activates `agent` over plain HTTP with API `version`, the way Keylime's
     /// Rust agent does (`POST` then `PUT /v{version}/agents/{uuid}`).
     pub async fn register_and_activate(&self, agent: &mut TestAgent, version: &str) -> anyhow::Result<()> {
-        let client = self.plain_client();
-        let url = format!("{}/v{version}/agents/{}", self.http, agent.uuid);
-        let (status, body) = send_json(client.post(&url).json(&agent.registration_body())).await?;
-        if status != 200 {
-            bail!("registration answered {status}: {body}");
-        }
-        let blob = body["results"]["blob"]
-            .as_str()
-            .context("no results.blob")?
-            .to_owned();
-        let credential = agent.activate_credential(&blob)?;
-        let (status, body) = send_json(client.put(&url).json(&agent.activation_body(&credential))).await?;
-        if status != 200 {
-            bail!("activation answered {status}: {body}");
-        }
-        Ok(())
+        register_and_activate(&self.plain_client(), &self.http, agent, version).await
     }
+}
+
+/// Registers and activates `agent` at the registrar `base` (`http://host:port`) with API
+/// `version`: `POST /v{version}/agents/{uuid}`, TPM2_ActivateCredential, then
+/// `PUT /v{version}/agents/{uuid}` with the auth tag, as Keylime's Rust agent does.
+pub async fn register_and_activate(
+    client: &reqwest::Client,
+    base: &str,
+    agent: &mut TestAgent,
+    version: &str,
+) -> anyhow::Result<()> {
+    let url = format!("{base}/v{version}/agents/{}", agent.uuid);
+    let (status, body) = send_json(client.post(&url).json(&agent.registration_body())).await?;
+    if status != 200 {
+        bail!("registration answered {status}: {body}");
+    }
+    let blob = body["results"]["blob"]
+        .as_str()
+        .context("no results.blob")?
+        .to_owned();
+    let credential = agent.activate_credential(&blob)?;
+    let (status, body) = send_json(client.put(&url).json(&agent.activation_body(&credential))).await?;
+    if status != 200 {
+        bail!("activation answered {status}: {body}");
+    }
+    Ok(())
 }
 
 /// Sends a request and returns the status and JSON body; fails if the body is not JSON.
