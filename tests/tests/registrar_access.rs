@@ -221,3 +221,47 @@ async fn without_ek_checks_an_agent_without_certificate_registers() {
     assert_eq!(status, 200);
     assert_eq!(shown["results"]["ekcert"], Value::Null);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_half_open_connections_do_not_block_other_clients() {
+    // CVE-2023-38200: one idle TLS connection blocked Keylime's registrar.
+    let registrar = TestRegistrar::start(RegistrarOptions::default()).await.unwrap();
+    let mut idle = Vec::new();
+    for addr in [registrar.server.https_addr, registrar.server.http_addr] {
+        for _ in 0..64 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+    }
+    // A partial TLS ClientHello that never completes.
+    let mut half_open = tokio::net::TcpStream::connect(registrar.server.https_addr)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut half_open, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let (status, _) = send_json(
+        registrar
+            .anonymous_client()
+            .unwrap()
+            .get(format!("{}/version", registrar.https)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = send_json(
+        registrar
+            .plain_client()
+            .get(format!("{}/version", registrar.http)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "served only after {:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
