@@ -65,6 +65,17 @@ impl TestRegistrar {
         })
     }
 
+    /// A registrar that checks EK certificates and trusts the swtpm test CA (root and
+    /// intermediate in its store).
+    pub async fn trusting_swtpm_ca() -> anyhow::Result<Self> {
+        let ca = crate::swtpm::EkCa::shared();
+        Self::start(RegistrarOptions {
+            require_ek_cert: true,
+            trusted_ek_cas: vec![ca.root_pem(), ca.intermediate_pem()],
+        })
+        .await
+    }
+
     fn tls_file(&self, name: &str) -> anyhow::Result<Vec<u8>> {
         Ok(std::fs::read(self.data.path().join("cv_ca").join(name))?)
     }

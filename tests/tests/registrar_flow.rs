@@ -2,26 +2,15 @@
 
 use serde_json::Value;
 use zest_tests::server::{RegistrarOptions, send_json};
-use zest_tests::{AkKind, EkCa, EkKind, Swtpm, TestAgent, TestRegistrar};
+use zest_tests::{AkKind, EkKind, Swtpm, TestAgent, TestRegistrar};
 
 const UUID: &str = "d432fbb3-d2f1-4a97-9ef7-75bd81c00000";
-
-/// A registrar trusting the swtpm test CA (root and intermediate in the store).
-async fn registrar_trusting_swtpm_ca() -> TestRegistrar {
-    let ca = EkCa::shared();
-    TestRegistrar::start(RegistrarOptions {
-        require_ek_cert: true,
-        trusted_ek_cas: vec![ca.root_pem(), ca.intermediate_pem()],
-    })
-    .await
-    .expect("registrar starts")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rsa_ek_agent_registers_activates_and_is_shown() {
     let tpm = Swtpm::start().unwrap();
     let mut agent = TestAgent::new(&tpm, UUID, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
-    let registrar = registrar_trusting_swtpm_ca().await;
+    let registrar = TestRegistrar::trusting_swtpm_ca().await.unwrap();
     registrar.register_and_activate(&mut agent, "2.6").await.unwrap();
 
     let admin = registrar.admin_client().unwrap();
@@ -54,7 +43,7 @@ fn base64(bytes: &[u8]) -> String {
 async fn ecc_p384_ek_agent_with_ecc_ak_registers_and_activates() {
     let tpm = Swtpm::start().unwrap();
     let mut agent = TestAgent::new(&tpm, "ecc-p384-agent", EkKind::EccP384, AkKind::EcDsaP256).unwrap();
-    let registrar = registrar_trusting_swtpm_ca().await;
+    let registrar = TestRegistrar::trusting_swtpm_ca().await.unwrap();
     registrar.register_and_activate(&mut agent, "2.6").await.unwrap();
     let admin = registrar.admin_client().unwrap();
     let (status, body) = send_json(admin.get(format!("{}/v2.6/agents/ecc-p384-agent", registrar.https)))
@@ -85,7 +74,7 @@ async fn ecc_p256_ek_with_certificate_from_another_ca_registers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_v2_route_spelling_registers_and_activates() {
     let tpm = Swtpm::start().unwrap();
-    let registrar = registrar_trusting_swtpm_ca().await;
+    let registrar = TestRegistrar::trusting_swtpm_ca().await.unwrap();
     let client = registrar.plain_client();
     // (registration URL, activation method, activation URL), as Keylime's v2 routes allow.
     let cases = [
@@ -137,7 +126,7 @@ async fn every_v2_route_spelling_registers_and_activates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v3_routes_register_activate_show_list_and_delete() {
     let tpm = Swtpm::start().unwrap();
-    let registrar = registrar_trusting_swtpm_ca().await;
+    let registrar = TestRegistrar::trusting_swtpm_ca().await.unwrap();
     let mut agent = TestAgent::new(&tpm, "v3-agent", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
     let client = registrar.plain_client();
 
@@ -219,7 +208,7 @@ async fn v3_routes_register_activate_show_list_and_delete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_auth_tag_leaves_agent_inactive_and_leaks_nothing() {
     let tpm = Swtpm::start().unwrap();
-    let registrar = registrar_trusting_swtpm_ca().await;
+    let registrar = TestRegistrar::trusting_swtpm_ca().await.unwrap();
     let mut agent = TestAgent::new(&tpm, UUID, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
     let client = registrar.plain_client();
     let url = format!("{}/v2.6/agents/{UUID}", registrar.http);
@@ -280,7 +269,7 @@ async fn wrong_auth_tag_leaves_agent_inactive_and_leaks_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn re_registration_same_identity_renews_credential_different_ak_is_forbidden() {
     let tpm = Swtpm::start().unwrap();
-    let registrar = registrar_trusting_swtpm_ca().await;
+    let registrar = TestRegistrar::trusting_swtpm_ca().await.unwrap();
     let mut agent = TestAgent::new(&tpm, UUID, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
     registrar.register_and_activate(&mut agent, "2.6").await.unwrap();
 
@@ -335,7 +324,7 @@ async fn re_registration_same_identity_renews_credential_different_ak_is_forbidd
 async fn re_registration_with_a_different_ek_is_forbidden() {
     let tpm = Swtpm::start().unwrap();
     let other_tpm = Swtpm::start().unwrap();
-    let registrar = registrar_trusting_swtpm_ca().await;
+    let registrar = TestRegistrar::trusting_swtpm_ca().await.unwrap();
     let mut agent = TestAgent::new(&tpm, UUID, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
     registrar.register_and_activate(&mut agent, "2.6").await.unwrap();
     let impostor = TestAgent::new(&other_tpm, UUID, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
@@ -353,7 +342,7 @@ async fn re_registration_with_a_different_ek_is_forbidden() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_registrations_with_different_aks_leave_exactly_one_winner() {
     let tpm = Swtpm::start().unwrap();
-    let registrar = registrar_trusting_swtpm_ca().await;
+    let registrar = TestRegistrar::trusting_swtpm_ca().await.unwrap();
     let mut agent = TestAgent::new(&tpm, UUID, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
     let mut bodies = Vec::new();
     for _ in 0..6 {

@@ -4,18 +4,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
-use zest_tests::server::{RegistrarOptions, send_json};
+use zest_tests::server::send_json;
 use zest_tests::{AkKind, EkCa, EkKind, Swtpm, TestAgent, TestRegistrar};
-
-async fn registrar_trusting_swtpm_ca() -> TestRegistrar {
-    let ca = EkCa::shared();
-    TestRegistrar::start(RegistrarOptions {
-        require_ek_cert: true,
-        trusted_ek_cas: vec![ca.root_pem(), ca.intermediate_pem()],
-    })
-    .await
-    .unwrap()
-}
 
 /// The AK's TPM2B_PUBLIC with some objectAttributes bits cleared.
 fn without_attributes(tpm2b: &[u8], bits: u32) -> String {
@@ -30,7 +20,7 @@ async fn each_bad_input_class_is_refused_with_its_field_named_and_nothing_stored
     let tpm = Swtpm::start().unwrap();
     let agent = TestAgent::new(&tpm, "input-agent", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
     let ecc_agent = TestAgent::new(&tpm, "ecc", EkKind::EccP384, AkKind::EcDsaP256).unwrap();
-    let registrar = registrar_trusting_swtpm_ca().await;
+    let registrar = TestRegistrar::trusting_swtpm_ca().await.unwrap();
     let client = registrar.plain_client();
     let good = agent.registration_body();
     let aik = agent.aik_tpm.clone();
@@ -200,7 +190,7 @@ async fn each_bad_input_class_is_refused_with_its_field_named_and_nothing_stored
 async fn accepts_what_keylime_rust_agents_send() {
     let tpm = Swtpm::start().unwrap();
     let mut agent = TestAgent::new(&tpm, "rust-agent-shape", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
-    let registrar = registrar_trusting_swtpm_ca().await;
+    let registrar = TestRegistrar::trusting_swtpm_ca().await.unwrap();
 
     // The pull agent's self-signed mTLS certificate: CN=<uuid>, P-256, serial 0.
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
