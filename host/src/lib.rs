@@ -18,3 +18,13 @@ pub mod net;
 pub mod registrar;
 pub mod store;
 pub mod tpm;
+
+/// Reads a file from Keylime's test data in `../shared/fixtures` (beside the repository, in
+/// CI too); `ZEST_FIXTURES` overrides the location.
+#[cfg(test)]
+pub(crate) fn test_fixture(path: &str) -> Vec<u8> {
+    let root = std::env::var("ZEST_FIXTURES")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures").to_owned());
+    let full = std::path::Path::new(&root).join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
+}

@@ -72,6 +72,18 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_be_bytes(a))
     }
 
+    /// Little-endian u16 (tpm2-tools memory dumps).
+    pub fn u16_le(&mut self, what: &'static str) -> Result<u16, ParseError> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    /// Little-endian u32 (tpm2-tools memory dumps).
+    pub fn u32_le(&mut self, what: &'static str) -> Result<u32, ParseError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
     /// A TPM2B: a u16 size followed by that many bytes.
     pub fn tpm2b(&mut self, what: &'static str) -> Result<&'a [u8], ParseError> {
         let n = self.u16(what)? as usize;

@@ -4,7 +4,9 @@
 pub mod credential;
 pub mod ekcert;
 pub mod keys;
+pub mod quote_check;
 
 pub use credential::{CredentialError, make_credential};
 pub use ekcert::{EkCertError, EkCertificate, TrustStore};
+pub use quote_check::{QuoteError, QuoteExpectations, VerifiedQuote, verify_quote, verify_signature};
 pub use keys::{KeyError, check_attestation_key, object_name, subject_public_key_info};
