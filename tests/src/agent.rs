@@ -14,7 +14,8 @@ use tss_esapi::abstraction::nv;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::SessionType;
 use tss_esapi::handles::{
-    AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PersistentTpmHandle, SessionHandle, TpmHandle,
+    AuthHandle, KeyHandle, NvIndexTpmHandle, ObjectHandle, PcrHandle, PersistentTpmHandle, SessionHandle,
+    TpmHandle,
 };
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm, RsaSchemeAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
@@ -22,9 +23,10 @@ use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::resource_handles::NvAuth;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject, KeyDerivationFunctionScheme, Public,
-    PublicBuilder, PublicEccParametersBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent,
-    RsaScheme, SymmetricDefinition, SymmetricDefinitionObject,
+    Data, Digest, DigestValues, EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject,
+    KeyDerivationFunctionScheme, PcrSelectionListBuilder, PcrSlot, Public, PublicBuilder,
+    PublicEccParametersBuilder, PublicKeyRsa, PublicRsaParametersBuilder, RsaExponent, RsaScheme,
+    SignatureScheme, SymmetricDefinition, SymmetricDefinitionObject,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::Marshall;
@@ -180,6 +182,98 @@ impl TestAgent {
         json!({ "auth_tag": auth_tag(credential, &self.uuid) })
     }
 
+    /// TPM2_Quote over `selection` (bank, PCRs) with `nonce` as qualifying data, returned as
+    /// the marshalled TPMS_ATTEST, TPMT_SIGNATURE and the tpm2-tools PCR blob Keylime agents
+    /// send.
+    pub fn quote(
+        &mut self,
+        nonce: &[u8],
+        selection: &[(HashingAlgorithm, &[u8])],
+    ) -> anyhow::Result<QuoteParts> {
+        let mut builder = PcrSelectionListBuilder::new();
+        for (bank, pcrs) in selection {
+            let slots = pcrs
+                .iter()
+                .map(|p| PcrSlot::try_from(1u32 << p))
+                .collect::<Result<Vec<_>, _>>()?;
+            builder = builder.with_selection(*bank, &slots);
+        }
+        let list = builder.build()?;
+        let ak = self.ak;
+        let data = Data::try_from(nonce.to_vec())?;
+        let (attest, signature) = self
+            .ctx
+            .execute_with_nullauth_session(|c| c.quote(ak, data, SignatureScheme::Null, list))?;
+
+        // tpm2-tools PCR blob: little-endian TPML_PCR_SELECTION (16 slots of 8 bytes), then
+        // TPML_DIGEST blocks of up to 8 digests (each a u16 size and a 64-byte buffer).
+        let mut blob = (selection.len() as u32).to_le_bytes().to_vec();
+        let mut values = Vec::new();
+        for slot in 0..16 {
+            let mut entry = [0u8; 8];
+            if let Some((bank, pcrs)) = selection.get(slot) {
+                entry[..2].copy_from_slice(
+                    &u16::from(tss_esapi::constants::AlgorithmIdentifier::from(*bank)).to_le_bytes(),
+                );
+                entry[2] = 3;
+                for p in pcrs.iter() {
+                    entry[3 + (*p as usize / 8)] |= 1 << (p % 8);
+                }
+                let mut sorted = pcrs.to_vec();
+                sorted.sort_unstable();
+                for p in sorted {
+                    values.push(self.pcr_value(*bank, p)?);
+                }
+            }
+            blob.extend_from_slice(&entry);
+        }
+        let blocks: Vec<&[Vec<u8>]> = values.chunks(8).collect();
+        blob.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+        for block in blocks {
+            blob.extend_from_slice(&(block.len() as u32).to_le_bytes());
+            for i in 0..8 {
+                let mut digest = [0u8; 66];
+                if let Some(v) = block.get(i) {
+                    digest[..2].copy_from_slice(&(v.len() as u16).to_le_bytes());
+                    digest[2..2 + v.len()].copy_from_slice(v);
+                }
+                blob.extend_from_slice(&digest);
+            }
+        }
+        Ok(QuoteParts {
+            attest: attest.marshall()?,
+            signature: signature.marshall()?,
+            pcr_blob: blob,
+        })
+    }
+
+    /// The current value of one PCR.
+    pub fn pcr_value(&mut self, bank: HashingAlgorithm, pcr: u8) -> anyhow::Result<Vec<u8>> {
+        let list = PcrSelectionListBuilder::new()
+            .with_selection(bank, &[PcrSlot::try_from(1u32 << pcr)?])
+            .build()?;
+        let (_, _, digests) = self.ctx.pcr_read(list)?;
+        Ok(digests.value().first().context("PCR not read")?.to_vec())
+    }
+
+    /// TPM2_PCR_Extend of one PCR with a digest per bank.
+    pub fn pcr_extend(&mut self, pcr: u8, digests: &[(HashingAlgorithm, Vec<u8>)]) -> anyhow::Result<()> {
+        let mut values = DigestValues::new();
+        for (bank, digest) in digests {
+            values.set(*bank, Digest::try_from(digest.clone())?);
+        }
+        // ESYS_TR_PCR0..31 are the PCR indices themselves.
+        let handle = PcrHandle::try_from(u32::from(pcr))?;
+        self.ctx
+            .execute_with_nullauth_session(|c| c.pcr_extend(handle, values))?;
+        Ok(())
+    }
+
+    /// The AK's public area as TPM2B_PUBLIC (what the registrar stores as `aik_tpm`).
+    pub fn ak_public(&self) -> &[u8] {
+        &self.aik_tpm
+    }
+
     /// An authorisation for the EK: a PolicySecret(endorsement) session for the standard
     /// templates, the empty password for keys with userWithAuth (swtpm's P-384 EK).
     fn ek_session(&mut self) -> anyhow::Result<AuthSession> {
@@ -225,6 +319,26 @@ impl Drop for TestAgent {
         if self.ak != KeyHandle::Null {
             let _ = self.ctx.flush_context(self.ak.into());
         }
+    }
+}
+
+/// A quote as its three marshalled parts.
+#[derive(Debug, Clone)]
+pub struct QuoteParts {
+    pub attest: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub pcr_blob: Vec<u8>,
+}
+
+impl QuoteParts {
+    /// Keylime's pull-mode quote string.
+    pub fn keylime_string(&self) -> String {
+        format!(
+            "r{}:{}:{}",
+            B64.encode(&self.attest),
+            B64.encode(&self.signature),
+            B64.encode(&self.pcr_blob)
+        )
     }
 }
 

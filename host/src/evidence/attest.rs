@@ -31,11 +31,19 @@ pub struct ClockInfo {
 /// The type-specific part of an attestation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attested {
-    Quote { selection: Vec<PcrBankSelection>, pcr_digest: Vec<u8> },
-    Certify { name: Vec<u8>, qualified_name: Vec<u8> },
+    Quote {
+        selection: Vec<PcrBankSelection>,
+        pcr_digest: Vec<u8>,
+    },
+    Certify {
+        name: Vec<u8>,
+        qualified_name: Vec<u8>,
+    },
     /// Another attestation type (session audit, time, …): kept raw so that callers can
     /// refuse it by type rather than by a parse error.
-    Other { data: Vec<u8> },
+    Other {
+        data: Vec<u8>,
+    },
 }
 
 /// A parsed TPMS_ATTEST. The magic value is checked by [`Attest::check_generated`], not the
@@ -57,7 +65,10 @@ impl Attest {
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
         const WHAT: &str = "TPMS_ATTEST";
         if bytes.len() > MAX_ATTEST_SIZE {
-            return Err(ParseError::Invalid { what: WHAT, detail: format!("{} bytes is too large", bytes.len()) });
+            return Err(ParseError::Invalid {
+                what: WHAT,
+                detail: format!("{} bytes is too large", bytes.len()),
+            });
         }
         let mut c = Cursor::new(bytes);
         let magic = c.u32("TPMS_ATTEST.magic")?;
@@ -75,16 +86,29 @@ impl Attest {
             TPM_ST_ATTEST_QUOTE => {
                 let selection = pcr_selection(&mut c)?;
                 let pcr_digest = c.tpm2b("TPMS_QUOTE_INFO.pcrDigest")?.to_vec();
-                Attested::Quote { selection, pcr_digest }
+                Attested::Quote {
+                    selection,
+                    pcr_digest,
+                }
             }
             TPM_ST_ATTEST_CERTIFY => Attested::Certify {
                 name: c.tpm2b("TPMS_CERTIFY_INFO.name")?.to_vec(),
                 qualified_name: c.tpm2b("TPMS_CERTIFY_INFO.qualifiedName")?.to_vec(),
             },
-            _ => Attested::Other { data: c.take(c.remaining(), "TPMS_ATTEST.attested")?.to_vec() },
+            _ => Attested::Other {
+                data: c.take(c.remaining(), "TPMS_ATTEST.attested")?.to_vec(),
+            },
         };
         c.finish(WHAT)?;
-        Ok(Self { magic, attest_type, qualified_signer, extra_data, clock_info, firmware_version, attested })
+        Ok(Self {
+            magic,
+            attest_type,
+            qualified_signer,
+            extra_data,
+            clock_info,
+            firmware_version,
+            attested,
+        })
     }
 }
 
@@ -92,19 +116,30 @@ impl Attest {
 pub(crate) fn pcr_selection(c: &mut Cursor<'_>) -> Result<Vec<PcrBankSelection>, ParseError> {
     let count = c.u32("TPML_PCR_SELECTION.count")?;
     if count > 16 {
-        return Err(ParseError::Invalid { what: "TPML_PCR_SELECTION", detail: format!("{count} banks") });
+        return Err(ParseError::Invalid {
+            what: "TPML_PCR_SELECTION",
+            detail: format!("{count} banks"),
+        });
     }
     let mut banks = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let hash_id = c.u16("TPMS_PCR_SELECTION.hash")?;
-        let hash = HashAlg::from_tpm(hash_id)
-            .ok_or(ParseError::Unsupported { what: "TPMS_PCR_SELECTION.hash", value: hash_id.into() })?;
+        let hash = HashAlg::from_tpm(hash_id).ok_or(ParseError::Unsupported {
+            what: "TPMS_PCR_SELECTION.hash",
+            value: hash_id.into(),
+        })?;
         let size = c.u8("TPMS_PCR_SELECTION.sizeofSelect")?;
         if size > 4 {
-            return Err(ParseError::Invalid { what: "TPMS_PCR_SELECTION", detail: format!("sizeofSelect {size}") });
+            return Err(ParseError::Invalid {
+                what: "TPMS_PCR_SELECTION",
+                detail: format!("sizeofSelect {size}"),
+            });
         }
         let bitmap = c.take(size.into(), "TPMS_PCR_SELECTION.pcrSelect")?;
-        banks.push(PcrBankSelection { hash, pcrs: bitmap_pcrs(bitmap) });
+        banks.push(PcrBankSelection {
+            hash,
+            pcrs: bitmap_pcrs(bitmap),
+        });
     }
     Ok(banks)
 }
@@ -133,7 +168,10 @@ mod tests {
         assert_eq!(attest.magic, TPM_GENERATED_VALUE);
         assert_eq!(attest.attest_type, TPM_ST_ATTEST_QUOTE);
         match attest.attested {
-            Attested::Quote { selection, pcr_digest } => {
+            Attested::Quote {
+                selection,
+                pcr_digest,
+            } => {
                 assert_eq!(selection.len(), 1);
                 assert_eq!(selection[0].hash, HashAlg::Sha256);
                 assert_eq!(pcr_digest.len(), 32);

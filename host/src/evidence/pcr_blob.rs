@@ -29,7 +29,10 @@ impl PcrValues {
         let mut c = Cursor::new(bytes);
         let count = c.u32_le("PCR blob selection count")? as usize;
         if count > SELECTION_SLOTS {
-            return Err(ParseError::Invalid { what: WHAT, detail: format!("{count} selections") });
+            return Err(ParseError::Invalid {
+                what: WHAT,
+                detail: format!("{count} selections"),
+            });
         }
         let mut selection = Vec::with_capacity(count);
         for slot in 0..SELECTION_SLOTS {
@@ -38,30 +41,47 @@ impl PcrValues {
             let bitmap = c.take(4, "PCR blob pcrSelect")?;
             c.take(1, "PCR blob padding")?;
             if slot < count {
-                let hash = HashAlg::from_tpm(hash_id)
-                    .ok_or(ParseError::Unsupported { what: "PCR blob selection hash", value: hash_id.into() })?;
+                let hash = HashAlg::from_tpm(hash_id).ok_or(ParseError::Unsupported {
+                    what: "PCR blob selection hash",
+                    value: hash_id.into(),
+                })?;
                 if size > 4 {
-                    return Err(ParseError::Invalid { what: WHAT, detail: format!("sizeofSelect {size}") });
+                    return Err(ParseError::Invalid {
+                        what: WHAT,
+                        detail: format!("sizeofSelect {size}"),
+                    });
                 }
-                selection.push(PcrBankSelection { hash, pcrs: bitmap_pcrs(&bitmap[..size as usize]) });
+                selection.push(PcrBankSelection {
+                    hash,
+                    pcrs: bitmap_pcrs(&bitmap[..size as usize]),
+                });
             }
         }
         let blocks = c.u32_le("PCR blob digest block count")?;
         if blocks > MAX_BLOCKS {
-            return Err(ParseError::Invalid { what: WHAT, detail: format!("{blocks} digest blocks") });
+            return Err(ParseError::Invalid {
+                what: WHAT,
+                detail: format!("{blocks} digest blocks"),
+            });
         }
         let mut digests = Vec::new();
         for _ in 0..blocks {
             let n = c.u32_le("TPML_DIGEST.count")? as usize;
             if n > DIGESTS_PER_BLOCK {
-                return Err(ParseError::Invalid { what: WHAT, detail: format!("TPML_DIGEST count {n}") });
+                return Err(ParseError::Invalid {
+                    what: WHAT,
+                    detail: format!("TPML_DIGEST count {n}"),
+                });
             }
             for i in 0..DIGESTS_PER_BLOCK {
                 let size = c.u16_le("TPM2B_DIGEST.size")? as usize;
                 let buffer = c.take(DIGEST_BUFFER, "TPM2B_DIGEST.buffer")?;
                 if i < n {
                     if size > DIGEST_BUFFER {
-                        return Err(ParseError::Invalid { what: WHAT, detail: format!("digest size {size}") });
+                        return Err(ParseError::Invalid {
+                            what: WHAT,
+                            detail: format!("digest size {size}"),
+                        });
                     }
                     digests.push(buffer[..size].to_vec());
                 }
@@ -95,6 +115,9 @@ impl PcrValues {
 
     /// The value of one PCR in one bank.
     pub fn get(&self, hash: HashAlg, pcr: u8) -> Option<&[u8]> {
-        self.values.iter().find(|(h, p, _)| *h == hash && *p == pcr).map(|(_, _, v)| v.as_slice())
+        self.values
+            .iter()
+            .find(|(h, p, _)| *h == hash && *p == pcr)
+            .map(|(_, _, v)| v.as_slice())
     }
 }

@@ -27,15 +27,23 @@ impl Quote {
     pub fn from_keylime_string(text: &str) -> Result<Self, ParseError> {
         const WHAT: &str = "quote string";
         if text.len() > MAX_QUOTE_STRING {
-            return Err(ParseError::Invalid { what: WHAT, detail: format!("{} bytes is too long", text.len()) });
+            return Err(ParseError::Invalid {
+                what: WHAT,
+                detail: format!("{} bytes is too long", text.len()),
+            });
         }
-        let body = text
-            .strip_prefix('r')
-            .ok_or_else(|| ParseError::Invalid { what: WHAT, detail: "must start with 'r'".into() })?;
+        let body = text.strip_prefix('r').ok_or_else(|| ParseError::Invalid {
+            what: WHAT,
+            detail: "must start with 'r'".into(),
+        })?;
         let mut parts = body.split(':');
-        let (Some(attest), Some(signature), Some(pcrs), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(attest), Some(signature), Some(pcrs), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(ParseError::Invalid { what: WHAT, detail: "needs exactly three ':'-separated parts".into() });
+            return Err(ParseError::Invalid {
+                what: WHAT,
+                detail: "needs exactly three ':'-separated parts".into(),
+            });
         };
         Self::from_parts(
             &decode(attest, "quote TPMS_ATTEST")?,
@@ -56,5 +64,8 @@ impl Quote {
 }
 
 fn decode(part: &str, what: &'static str) -> Result<Vec<u8>, ParseError> {
-    B64.decode(part).map_err(|_| ParseError::Invalid { what, detail: "not valid base64".into() })
+    B64.decode(part).map_err(|_| ParseError::Invalid {
+        what,
+        detail: "not valid base64".into(),
+    })
 }

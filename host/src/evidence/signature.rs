@@ -22,22 +22,38 @@ impl Signature {
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
         const WHAT: &str = "TPMT_SIGNATURE";
         if bytes.len() > MAX_SIGNATURE_SIZE {
-            return Err(ParseError::Invalid { what: WHAT, detail: format!("{} bytes is too large", bytes.len()) });
+            return Err(ParseError::Invalid {
+                what: WHAT,
+                detail: format!("{} bytes is too large", bytes.len()),
+            });
         }
         let mut c = Cursor::new(bytes);
         let alg = c.u16("TPMT_SIGNATURE.sigAlg")?;
         let hash_id = c.u16("TPMT_SIGNATURE.hash")?;
-        let hash = HashAlg::from_tpm(hash_id)
-            .ok_or(ParseError::Unsupported { what: "TPMT_SIGNATURE.hash", value: hash_id.into() })?;
+        let hash = HashAlg::from_tpm(hash_id).ok_or(ParseError::Unsupported {
+            what: "TPMT_SIGNATURE.hash",
+            value: hash_id.into(),
+        })?;
         let sig = match alg {
-            TPM_ALG_RSASSA => Self::RsaSsa { hash, sig: c.tpm2b("TPMS_SIGNATURE_RSA.sig")?.to_vec() },
-            TPM_ALG_RSAPSS => Self::RsaPss { hash, sig: c.tpm2b("TPMS_SIGNATURE_RSA.sig")?.to_vec() },
+            TPM_ALG_RSASSA => Self::RsaSsa {
+                hash,
+                sig: c.tpm2b("TPMS_SIGNATURE_RSA.sig")?.to_vec(),
+            },
+            TPM_ALG_RSAPSS => Self::RsaPss {
+                hash,
+                sig: c.tpm2b("TPMS_SIGNATURE_RSA.sig")?.to_vec(),
+            },
             TPM_ALG_ECDSA => Self::EcDsa {
                 hash,
                 r: c.tpm2b("TPMS_SIGNATURE_ECC.signatureR")?.to_vec(),
                 s: c.tpm2b("TPMS_SIGNATURE_ECC.signatureS")?.to_vec(),
             },
-            other => return Err(ParseError::Unsupported { what: "TPMT_SIGNATURE.sigAlg", value: other.into() }),
+            other => {
+                return Err(ParseError::Unsupported {
+                    what: "TPMT_SIGNATURE.sigAlg",
+                    value: other.into(),
+                });
+            }
         };
         c.finish(WHAT)?;
         Ok(sig)

@@ -8,5 +8,5 @@ pub mod quote_check;
 
 pub use credential::{CredentialError, make_credential};
 pub use ekcert::{EkCertError, EkCertificate, TrustStore};
-pub use quote_check::{QuoteError, QuoteExpectations, VerifiedQuote, verify_quote, verify_signature};
 pub use keys::{KeyError, check_attestation_key, object_name, subject_public_key_info};
+pub use quote_check::{QuoteError, QuoteExpectations, VerifiedQuote, verify_quote, verify_signature};

@@ -58,12 +58,19 @@ pub struct VerifiedQuote {
 impl VerifiedQuote {
     /// The authenticated value of a PCR.
     pub fn pcr(&self, bank: HashAlg, index: u8) -> Option<&[u8]> {
-        self.pcrs.iter().find(|(b, i, _)| *b == bank && *i == index).map(|(_, _, v)| v.as_slice())
+        self.pcrs
+            .iter()
+            .find(|(b, i, _)| *b == bank && *i == index)
+            .map(|(_, _, v)| v.as_slice())
     }
 }
 
 /// Verifies `quote` as signed by `ak` (the registered AK, never one the agent offers now).
-pub fn verify_quote(quote: &Quote, ak: &PublicArea, expected: &QuoteExpectations<'_>) -> Result<VerifiedQuote, QuoteError> {
+pub fn verify_quote(
+    quote: &Quote,
+    ak: &PublicArea,
+    expected: &QuoteExpectations<'_>,
+) -> Result<VerifiedQuote, QuoteError> {
     if quote.attest.magic != TPM_GENERATED_VALUE {
         return Err(QuoteError::NotGenerated(quote.attest.magic));
     }
@@ -82,7 +89,11 @@ pub fn verify_quote(quote: &Quote, ak: &PublicArea, expected: &QuoteExpectations
     if quote.attest.extra_data != expected.nonce {
         return Err(QuoteError::NonceMismatch);
     }
-    let Attested::Quote { selection, pcr_digest } = &quote.attest.attested else {
+    let Attested::Quote {
+        selection,
+        pcr_digest,
+    } = &quote.attest.attested
+    else {
         return Err(QuoteError::NotAQuote(quote.attest.attest_type));
     };
     let mut pcrs = Vec::new();
@@ -92,7 +103,10 @@ pub fn verify_quote(quote: &Quote, ak: &PublicArea, expected: &QuoteExpectations
             let value = quote
                 .pcrs
                 .get(bank.hash, pcr)
-                .ok_or(QuoteError::PcrValueMissing { bank: bank.hash.name(), pcr })?;
+                .ok_or(QuoteError::PcrValueMissing {
+                    bank: bank.hash.name(),
+                    pcr,
+                })?;
             ctx.update(value);
             pcrs.push((bank.hash, pcr, value.to_vec()));
         }
@@ -111,7 +125,12 @@ pub fn verify_quote(quote: &Quote, ak: &PublicArea, expected: &QuoteExpectations
 /// Verifies a TPMT_SIGNATURE over `message` with a TPM public key.
 pub fn verify_signature(key: &PublicArea, sig: &Signature, message: &[u8]) -> Result<(), QuoteError> {
     match (&key.params, sig) {
-        (KeyParams::Rsa { modulus, exponent, .. }, Signature::RsaSsa { hash, sig }) => {
+        (
+            KeyParams::Rsa {
+                modulus, exponent, ..
+            },
+            Signature::RsaSsa { hash, sig },
+        ) => {
             let params = match hash {
                 HashAlg::Sha1 => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
                 HashAlg::Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
@@ -120,7 +139,12 @@ pub fn verify_signature(key: &PublicArea, sig: &Signature, message: &[u8]) -> Re
             };
             verify_rsa(modulus, *exponent, params, message, sig)
         }
-        (KeyParams::Rsa { modulus, exponent, .. }, Signature::RsaPss { hash, sig }) => {
+        (
+            KeyParams::Rsa {
+                modulus, exponent, ..
+            },
+            Signature::RsaPss { hash, sig },
+        ) => {
             // The TPM uses a salt as long as the digest, which is what these parameters expect.
             let params = match hash {
                 HashAlg::Sha1 => return Err(QuoteError::HashNotAccepted("sha1 with RSA-PSS")),
@@ -131,34 +155,40 @@ pub fn verify_signature(key: &PublicArea, sig: &Signature, message: &[u8]) -> Re
             verify_rsa(modulus, *exponent, params, message, sig)
         }
         (KeyParams::Ecc { curve, x, y, .. }, Signature::EcDsa { hash, r, s }) => {
-            let (algorithm, len): (&'static signature::EcdsaVerificationAlgorithm, usize) = match (curve, hash) {
-                (EccCurve::NistP256, HashAlg::Sha1) => (&signature::ECDSA_P256_SHA1_ASN1, 32),
-                (EccCurve::NistP256, HashAlg::Sha256) => (&signature::ECDSA_P256_SHA256_ASN1, 32),
-                (EccCurve::NistP256, HashAlg::Sha384) => (&signature::ECDSA_P256_SHA384_ASN1, 32),
-                (EccCurve::NistP256, HashAlg::Sha512) => (&signature::ECDSA_P256_SHA512_ASN1, 32),
-                (EccCurve::NistP384, HashAlg::Sha256) => (&signature::ECDSA_P384_SHA256_ASN1, 48),
-                (EccCurve::NistP384, HashAlg::Sha384) => (&signature::ECDSA_P384_SHA384_ASN1, 48),
-                (EccCurve::NistP384, HashAlg::Sha512) => (&signature::ECDSA_P384_SHA512_ASN1, 48),
-                (EccCurve::NistP521, HashAlg::Sha1) => (&signature::ECDSA_P521_SHA1_ASN1, 66),
-                (EccCurve::NistP521, HashAlg::Sha256) => (&signature::ECDSA_P521_SHA256_ASN1, 66),
-                (EccCurve::NistP521, HashAlg::Sha384) => (&signature::ECDSA_P521_SHA384_ASN1, 66),
-                (EccCurve::NistP521, HashAlg::Sha512) => (&signature::ECDSA_P521_SHA512_ASN1, 66),
-                (curve, hash) => {
-                    return Err(QuoteError::UnsupportedKey(format!("ECDSA on {curve:?} with {}", hash.name())));
-                }
-            };
+            let (algorithm, len): (&'static signature::EcdsaVerificationAlgorithm, usize) =
+                match (curve, hash) {
+                    (EccCurve::NistP256, HashAlg::Sha1) => (&signature::ECDSA_P256_SHA1_ASN1, 32),
+                    (EccCurve::NistP256, HashAlg::Sha256) => (&signature::ECDSA_P256_SHA256_ASN1, 32),
+                    (EccCurve::NistP256, HashAlg::Sha384) => (&signature::ECDSA_P256_SHA384_ASN1, 32),
+                    (EccCurve::NistP256, HashAlg::Sha512) => (&signature::ECDSA_P256_SHA512_ASN1, 32),
+                    (EccCurve::NistP384, HashAlg::Sha256) => (&signature::ECDSA_P384_SHA256_ASN1, 48),
+                    (EccCurve::NistP384, HashAlg::Sha384) => (&signature::ECDSA_P384_SHA384_ASN1, 48),
+                    (EccCurve::NistP384, HashAlg::Sha512) => (&signature::ECDSA_P384_SHA512_ASN1, 48),
+                    (EccCurve::NistP521, HashAlg::Sha1) => (&signature::ECDSA_P521_SHA1_ASN1, 66),
+                    (EccCurve::NistP521, HashAlg::Sha256) => (&signature::ECDSA_P521_SHA256_ASN1, 66),
+                    (EccCurve::NistP521, HashAlg::Sha384) => (&signature::ECDSA_P521_SHA384_ASN1, 66),
+                    (EccCurve::NistP521, HashAlg::Sha512) => (&signature::ECDSA_P521_SHA512_ASN1, 66),
+                    (curve, hash) => {
+                        return Err(QuoteError::UnsupportedKey(format!(
+                            "ECDSA on {curve:?} with {}",
+                            hash.name()
+                        )));
+                    }
+                };
             let point = uncompressed_point(x, y, len);
             let der_sig = der::sequence(&[der::unsigned_integer(r), der::unsigned_integer(s)]);
             UnparsedPublicKey::new(algorithm, &point)
                 .verify(message, &der_sig)
                 .map_err(|_| QuoteError::BadSignature)
         }
-        (KeyParams::Rsa { .. }, sig) => {
-            Err(QuoteError::SchemeDoesNotMatchKey { scheme: sig.scheme_name(), key: "RSA" })
-        }
-        (KeyParams::Ecc { .. }, sig) => {
-            Err(QuoteError::SchemeDoesNotMatchKey { scheme: sig.scheme_name(), key: "ECC" })
-        }
+        (KeyParams::Rsa { .. }, sig) => Err(QuoteError::SchemeDoesNotMatchKey {
+            scheme: sig.scheme_name(),
+            key: "RSA",
+        }),
+        (KeyParams::Ecc { .. }, sig) => Err(QuoteError::SchemeDoesNotMatchKey {
+            scheme: sig.scheme_name(),
+            key: "ECC",
+        }),
         (KeyParams::Other { .. }, _) => Err(QuoteError::UnsupportedKey("not an asymmetric key".into())),
     }
 }
@@ -173,8 +203,13 @@ fn verify_rsa(
     // aws-lc-rs wants minimal big-endian integers.
     let e = exponent.to_be_bytes();
     let e = &e[e.iter().position(|b| *b != 0).unwrap_or(3)..];
-    let n = &modulus[modulus.iter().position(|b| *b != 0).unwrap_or(modulus.len().saturating_sub(1))..];
-    RsaPublicKeyComponents { n, e }.verify(params, message, sig).map_err(|_| QuoteError::BadSignature)
+    let n = &modulus[modulus
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(modulus.len().saturating_sub(1))..];
+    RsaPublicKeyComponents { n, e }
+        .verify(params, message, sig)
+        .map_err(|_| QuoteError::BadSignature)
 }
 
 #[cfg(test)]
@@ -201,19 +236,47 @@ mod tests {
     fn tpm2_tools_fixture_quote_verifies_and_fails_on_other_nonce() {
         let (quote, ak) = fixture_quote();
         let nonce = quote.attest.extra_data.clone();
-        let ok = verify_quote(&quote, &ak, &QuoteExpectations { nonce: &nonce, hashes: ALL_HASHES, schemes: ALL_SCHEMES })
-            .unwrap();
+        let ok = verify_quote(
+            &quote,
+            &ak,
+            &QuoteExpectations {
+                nonce: &nonce,
+                hashes: ALL_HASHES,
+                schemes: ALL_SCHEMES,
+            },
+        )
+        .unwrap();
         assert_eq!(ok.hash, HashAlg::Sha256);
         assert!(!ok.pcrs.is_empty());
-        let err = verify_quote(&quote, &ak, &QuoteExpectations { nonce: b"other", hashes: ALL_HASHES, schemes: ALL_SCHEMES });
+        let err = verify_quote(
+            &quote,
+            &ak,
+            &QuoteExpectations {
+                nonce: b"other",
+                hashes: ALL_HASHES,
+                schemes: ALL_SCHEMES,
+            },
+        );
         assert_eq!(err, Err(QuoteError::NonceMismatch));
         let err = verify_quote(
             &quote,
             &ak,
-            &QuoteExpectations { nonce: &nonce, hashes: &[HashAlg::Sha384], schemes: ALL_SCHEMES },
+            &QuoteExpectations {
+                nonce: &nonce,
+                hashes: &[HashAlg::Sha384],
+                schemes: ALL_SCHEMES,
+            },
         );
         assert_eq!(err, Err(QuoteError::HashNotAccepted("sha256")));
-        let err = verify_quote(&quote, &ak, &QuoteExpectations { nonce: &nonce, hashes: ALL_HASHES, schemes: &["ecdsa"] });
+        let err = verify_quote(
+            &quote,
+            &ak,
+            &QuoteExpectations {
+                nonce: &nonce,
+                hashes: ALL_HASHES,
+                schemes: &["ecdsa"],
+            },
+        );
         assert_eq!(err, Err(QuoteError::SchemeNotAccepted("rsassa")));
     }
 
@@ -221,9 +284,15 @@ mod tests {
     fn keylime_quote_string_round_trip() {
         use base64::Engine;
         let b64 = |f: &str| {
-            base64::engine::general_purpose::STANDARD.encode(test_fixture(&format!("keylime/test-data/files/{f}")))
+            base64::engine::general_purpose::STANDARD
+                .encode(test_fixture(&format!("keylime/test-data/files/{f}")))
         };
-        let text = format!("r{}:{}:{}", b64("quote.out"), b64("quotesig.out"), b64("quotepcr.out"));
+        let text = format!(
+            "r{}:{}:{}",
+            b64("quote.out"),
+            b64("quotesig.out"),
+            b64("quotepcr.out")
+        );
         let (quote, _) = fixture_quote();
         assert_eq!(Quote::from_keylime_string(&text).unwrap(), quote);
         assert!(Quote::from_keylime_string(&text[1..]).is_err(), "missing 'r'");
