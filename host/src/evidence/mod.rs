@@ -3,6 +3,7 @@
 
 pub mod attest;
 mod cursor;
+pub mod ima;
 pub mod pcr_blob;
 pub mod public;
 pub mod quote;

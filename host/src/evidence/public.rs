@@ -57,6 +57,37 @@ impl HashAlg {
         }
     }
 
+    /// The aws-lc-rs digest algorithm.
+    pub fn algorithm(self) -> &'static aws_lc_rs::digest::Algorithm {
+        use aws_lc_rs::digest;
+        match self {
+            Self::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+            Self::Sha256 => &digest::SHA256,
+            Self::Sha384 => &digest::SHA384,
+            Self::Sha512 => &digest::SHA512,
+        }
+    }
+
+    /// Hashes the concatenation of `parts`.
+    pub fn digest(self, parts: &[&[u8]]) -> Vec<u8> {
+        let mut ctx = aws_lc_rs::digest::Context::new(self.algorithm());
+        for part in parts {
+            ctx.update(part);
+        }
+        ctx.finish().as_ref().to_vec()
+    }
+
+    /// Parses Keylime's name (`sha1`, `sha256`, `sha384`, `sha512`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "sha1" => Some(Self::Sha1),
+            "sha256" => Some(Self::Sha256),
+            "sha384" => Some(Self::Sha384),
+            "sha512" => Some(Self::Sha512),
+            _ => None,
+        }
+    }
+
     /// Keylime's name for the algorithm.
     pub fn name(self) -> &'static str {
         match self {

@@ -15,7 +15,7 @@ use aws_lc_rs::rsa::{
 };
 use thiserror::Error;
 
-use super::keys::{self, subject_public_key_info, uncompressed_point};
+use super::keys::{subject_public_key_info, uncompressed_point};
 use crate::evidence::{EccCurve, HashAlg, KeyParams, PublicArea, SymmetricDef};
 
 /// Magic and version of the tpm2-tools `makecredential` output file.
@@ -194,10 +194,7 @@ pub fn kdfe(hash: HashAlg, z: &[u8], label: &str, party_u: &[u8], party_v: &[u8]
         let mut label_z = Vec::with_capacity(label.len() + 1);
         label_z.extend_from_slice(label.as_bytes());
         label_z.push(0);
-        out.extend_from_slice(&keys::hash(
-            hash,
-            &[&counter.to_be_bytes(), z, &label_z, party_u, party_v],
-        ));
+        out.extend_from_slice(&hash.digest(&[&counter.to_be_bytes(), z, &label_z, party_u, party_v]));
         counter += 1;
     }
     out.truncate(want);
@@ -248,10 +245,7 @@ mod tests {
     #[test]
     fn kdfe_matches_single_block_hash() {
         let out = kdfe(HashAlg::Sha256, b"z", "IDENTITY", b"u", b"v", 256);
-        let expected = keys::hash(
-            HashAlg::Sha256,
-            &[&1u32.to_be_bytes(), b"z", b"IDENTITY\0", b"u", b"v"],
-        );
+        let expected = HashAlg::Sha256.digest(&[&1u32.to_be_bytes()[..], b"z", b"IDENTITY\0", b"u", b"v"]);
         assert_eq!(out, expected);
     }
 }

@@ -1,9 +1,8 @@
 //! Key names, attribute checks and the SubjectPublicKeyInfo of TPM keys.
 
-use aws_lc_rs::digest;
 use thiserror::Error;
 
-use crate::evidence::{EccCurve, HashAlg, KeyParams, ObjectAttributes, PublicArea};
+use crate::evidence::{EccCurve, KeyParams, ObjectAttributes, PublicArea};
 
 /// Why a TPM key is not acceptable for the role it was offered in.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -16,28 +15,10 @@ pub enum KeyError {
     Unsupported(String),
 }
 
-/// Hashes `data` with a TPM hash algorithm.
-pub fn hash(alg: HashAlg, data: &[&[u8]]) -> Vec<u8> {
-    let mut ctx = digest::Context::new(digest_algorithm(alg));
-    for part in data {
-        ctx.update(part);
-    }
-    ctx.finish().as_ref().to_vec()
-}
-
-pub(crate) fn digest_algorithm(alg: HashAlg) -> &'static digest::Algorithm {
-    match alg {
-        HashAlg::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
-        HashAlg::Sha256 => &digest::SHA256,
-        HashAlg::Sha384 => &digest::SHA384,
-        HashAlg::Sha512 => &digest::SHA512,
-    }
-}
-
 /// The TPM Name of an object: nameAlg (2 bytes) followed by H_nameAlg(TPMT_PUBLIC).
 pub fn object_name(public: &PublicArea) -> Vec<u8> {
     let mut name = public.name_alg.tpm_id().to_be_bytes().to_vec();
-    name.extend_from_slice(&hash(public.name_alg, &[&public.tpmt_bytes]));
+    name.extend_from_slice(&public.name_alg.digest(&[&public.tpmt_bytes]));
     name
 }
 

@@ -97,7 +97,7 @@ pub fn verify_quote(
         return Err(QuoteError::NotAQuote(quote.attest.attest_type));
     };
     let mut pcrs = Vec::new();
-    let mut ctx = aws_lc_rs::digest::Context::new(super::keys::digest_algorithm(hash));
+    let mut ctx = aws_lc_rs::digest::Context::new(hash.algorithm());
     for bank in selection {
         for &pcr in &bank.pcrs {
             let value = quote

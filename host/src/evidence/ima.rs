@@ -1,0 +1,505 @@
+//! The IMA measurement list in its ASCII form: line parsing, template data and template
+//! hashes, and the replay of PCR 10 from a saved position (keylime-policies.md §1).
+//!
+//! Parsing borrows from the text and the replay reuses one buffer, so a 100,000-entry list
+//! costs no allocation per line.
+
+use aws_lc_rs::digest;
+use thiserror::Error;
+
+use super::public::HashAlg;
+
+/// Largest list accepted in one evidence message (CVE-2022-23951: cap before decoding).
+pub const MAX_LIST_BYTES: usize = 512 * 1024 * 1024;
+/// Longest line accepted (ima-buf entries carry certificates as hex).
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+/// The PCR IMA extends.
+pub const IMA_PCR: u32 = 10;
+/// Name field size of the legacy `ima` template (TCG_EVENT_NAME_LEN_MAX + 1).
+const IMA_NAME_LEN: usize = 256;
+
+/// IMA templates Keylime understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    Ima,
+    ImaNg,
+    ImaSig,
+    ImaBuf,
+}
+
+impl Template {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ima => "ima",
+            Self::ImaNg => "ima-ng",
+            Self::ImaSig => "ima-sig",
+            Self::ImaBuf => "ima-buf",
+        }
+    }
+}
+
+/// Why a line could not be parsed (Keylime event `ima.parser.entry`); the line is then not
+/// folded into the running PCR value.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("IMA line {line}: {reason}")]
+pub struct ImaLineError {
+    /// 0-based index among the non-empty lines of the text.
+    pub line: usize,
+    pub reason: String,
+}
+
+/// One parsed line; fields borrow from the list text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImaEntry<'a> {
+    pub pcr: u32,
+    /// The template-hash column, hex.
+    pub template_hash: &'a str,
+    pub template: Template,
+    /// The file digest's algorithm name (`sha256`, …; for `ima`, `sha1` or `md5` by length).
+    pub digest_alg: &'a str,
+    /// The file digest, hex.
+    pub digest: &'a str,
+    /// The path (or buffer name for ima-buf); spaces were rewritten to `_` by the kernel.
+    pub name: &'a str,
+    /// ima-sig: the `security.ima` xattr, hex (empty when the file had none).
+    pub signature: &'a str,
+    /// ima-buf: the buffer, hex.
+    pub buffer: &'a str,
+}
+
+/// Splits the list into non-empty lines as Keylime does: on `\n` only, keeping trailing
+/// spaces (an empty ima-sig signature ends the line with one).
+pub fn lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n').filter(|l| !l.is_empty())
+}
+
+impl<'a> ImaEntry<'a> {
+    /// Parses one line; `line` is its index, for the error.
+    pub fn parse(text: &'a str, line: usize) -> Result<Self, ImaLineError> {
+        let err = |reason: &str| ImaLineError {
+            line,
+            reason: reason.to_owned(),
+        };
+        if text.len() > MAX_LINE_BYTES {
+            return Err(err("line too long"));
+        }
+        let mut head = text.splitn(4, ' ');
+        let (Some(pcr), Some(template_hash), Some(template), Some(rest)) =
+            (head.next(), head.next(), head.next(), head.next())
+        else {
+            return Err(err("fewer than four fields"));
+        };
+        let pcr = pcr
+            .parse::<u32>()
+            .map_err(|_| err("PCR column is not a number"))?;
+        if !is_hex(template_hash) || template_hash.is_empty() {
+            return Err(err("template hash is not hex"));
+        }
+        let (template, parts) = match template {
+            "ima" => (Template::Ima, 2),
+            "ima-ng" => (Template::ImaNg, 2),
+            "ima-sig" => (Template::ImaSig, 3),
+            "ima-buf" => (Template::ImaBuf, 3),
+            other => return Err(err(&format!("unsupported template '{}'", other.escape_debug()))),
+        };
+        let mut fields = rest.splitn(parts, ' ');
+        let digest_field = fields.next().unwrap_or_default();
+        let name = fields.next().ok_or_else(|| err("missing name field"))?;
+        let third = if parts == 3 {
+            fields.next().ok_or_else(|| err("missing third field"))?
+        } else {
+            ""
+        };
+        let (digest_alg, digest) = if template == Template::Ima {
+            let alg = match digest_field.len() {
+                40 => "sha1",
+                32 => "md5",
+                _ => return Err(err("ima template digest is neither SHA-1 nor MD5")),
+            };
+            (alg, digest_field)
+        } else {
+            match digest_field.split_once(':') {
+                Some((alg, hex)) if !alg.is_empty() && !hex.contains(':') => (alg, hex),
+                _ => return Err(err("digest is not 'algorithm:hex'")),
+            }
+        };
+        if !is_hex(digest) || digest.len() > 128 {
+            return Err(err("file digest is not hex"));
+        }
+        if !is_hex(third) {
+            return Err(err(if template == Template::ImaSig {
+                "signature is not hex"
+            } else {
+                "buffer is not hex"
+            }));
+        }
+        let (signature, buffer) = match template {
+            Template::ImaSig => (third, ""),
+            Template::ImaBuf => ("", third),
+            _ => ("", ""),
+        };
+        Ok(Self {
+            pcr,
+            template_hash,
+            template,
+            digest_alg,
+            digest,
+            name,
+            signature,
+            buffer,
+        })
+    }
+
+    /// True for a violation entry (ToMToU, open-writers): the kernel logs an all-zero
+    /// template hash and extends all-ones.
+    pub fn is_violation(&self) -> bool {
+        self.template_hash.bytes().all(|b| b == b'0')
+    }
+
+    /// Writes the template data, the bytes the template hash covers (§1.3), into `out`.
+    pub fn write_template_data(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let mut digest = [0u8; 64];
+        let digest_len = self.digest.len() / 2;
+        // Parse checked both: even-length hex of at most 64 bytes.
+        let _ = hex::decode_to_slice(self.digest, &mut digest[..digest_len]);
+        let digest = &digest[..digest_len];
+        if self.template == Template::Ima {
+            out.extend_from_slice(digest);
+            let name = self.name.as_bytes();
+            let n = name.len().min(IMA_NAME_LEN - 1);
+            out.extend_from_slice(&name[..n]);
+            out.resize(out.len() + IMA_NAME_LEN - n, 0);
+            return;
+        }
+        let d_ng_len = self.digest_alg.len() + 2 + digest.len();
+        out.extend_from_slice(&(d_ng_len as u32).to_le_bytes());
+        out.extend_from_slice(self.digest_alg.as_bytes());
+        out.extend_from_slice(b":\0");
+        out.extend_from_slice(digest);
+        out.extend_from_slice(&((self.name.len() + 1) as u32).to_le_bytes());
+        out.extend_from_slice(self.name.as_bytes());
+        out.push(0);
+        match self.template {
+            Template::ImaSig => {
+                // Keylime drops a signature whose v2 header is malformed and hashes an empty
+                // field instead; the entry then fails its template hash.
+                let sig = hex_len_prefixed(self.signature, out);
+                if sig.is_some_and(|len| ImaSignature::parse(&out[out.len() - len..]).is_err()) {
+                    let start = out.len() - sig.unwrap_or(0) - 4;
+                    out.truncate(start);
+                    out.extend_from_slice(&0u32.to_le_bytes());
+                }
+            }
+            Template::ImaBuf => {
+                hex_len_prefixed(self.buffer, out);
+            }
+            Template::Ima | Template::ImaNg => {}
+        }
+    }
+
+    /// The file digest as bytes.
+    pub fn digest_bytes(&self) -> Vec<u8> {
+        hex::decode(self.digest).unwrap_or_default()
+    }
+
+    /// The ima-sig signature as bytes (empty when none).
+    pub fn signature_bytes(&self) -> Vec<u8> {
+        hex::decode(self.signature).unwrap_or_default()
+    }
+
+    /// The ima-buf buffer as bytes.
+    pub fn buffer_bytes(&self) -> Vec<u8> {
+        hex::decode(self.buffer).unwrap_or_default()
+    }
+}
+
+/// Appends `u32 len ‖ bytes` for a hex field; returns the decoded length (None when empty).
+fn hex_len_prefixed(hex_text: &str, out: &mut Vec<u8>) -> Option<usize> {
+    let len = hex_text.len() / 2;
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    if len == 0 {
+        return None;
+    }
+    let start = out.len();
+    out.resize(start + len, 0);
+    let _ = hex::decode_to_slice(hex_text, &mut out[start..]);
+    Some(len)
+}
+
+fn is_hex(s: &str) -> bool {
+    s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The v2 header of an ima-sig signature (`struct signature_v2_hdr`, big-endian).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImaSignature {
+    /// 3 (EVM_IMA_XATTR_DIGSIG) or 5 (EVM_XATTR_PORTABLE_DIGSIG).
+    pub xattr_type: u8,
+    /// Linux `hash_info` id: 1 md5, 2 sha1, 4 sha256, 5 sha384, 6 sha512, 7 sha224.
+    pub hash_algo: u8,
+    /// Last four bytes of the SHA-1 of the key's subjectPublicKey.
+    pub key_id: u32,
+    pub signature: Vec<u8>,
+}
+
+impl ImaSignature {
+    /// Parses and checks the header: type 3 or 5, version 2, exact length.
+    pub fn parse(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() < 9 {
+            return Err("signature header shorter than 9 bytes".into());
+        }
+        let size = u16::from_be_bytes([bytes[7], bytes[8]]) as usize;
+        if 9 + size != bytes.len() {
+            return Err(format!(
+                "signature size {size} does not match the {} bytes present",
+                bytes.len() - 9
+            ));
+        }
+        if bytes[0] != 3 && bytes[0] != 5 {
+            return Err(format!("xattr type {} is not a digital signature", bytes[0]));
+        }
+        if bytes[1] != 2 {
+            return Err(format!("signature version {} is not 2", bytes[1]));
+        }
+        Ok(Self {
+            xattr_type: bytes[0],
+            hash_algo: bytes[2],
+            key_id: u32::from_be_bytes([bytes[3], bytes[4], bytes[5], bytes[6]]),
+            signature: bytes[9..].to_vec(),
+        })
+    }
+
+    /// The name of the hash algorithm, as the `d-ng` field would spell it.
+    pub fn hash_name(&self) -> Option<&'static str> {
+        match self.hash_algo {
+            1 => Some("md5"),
+            2 => Some("sha1"),
+            4 => Some("sha256"),
+            5 => Some("sha384"),
+            6 => Some("sha512"),
+            7 => Some("sha224"),
+            _ => None,
+        }
+    }
+}
+
+/// Where a replay starts: the position in the agent's list and PCR 10 there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImaPosition {
+    /// Number of entries of the list already covered by earlier quotes.
+    pub next_entry: u64,
+    /// PCR 10 in the quoted bank after those entries (zeros at the start of a boot).
+    pub pcr10: Vec<u8>,
+}
+
+impl ImaPosition {
+    /// The start of a boot: entry 0, PCR 10 all zeros.
+    pub fn start(bank: HashAlg) -> Self {
+        Self {
+            next_entry: 0,
+            pcr10: vec![0; bank.digest_len()],
+        }
+    }
+}
+
+/// What the replay found out about one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryFacts {
+    /// 0-based index among this batch's non-empty lines.
+    pub line: usize,
+    /// A violation entry: extended as all-ones, not validated further.
+    pub violation: bool,
+    /// The template-hash column equals the log hash of the template data.
+    pub template_hash_ok: bool,
+    /// The PCR column is 10.
+    pub pcr_ok: bool,
+    /// The entry is at or before the point where the replay matched the quote.
+    pub covered_by_quote: bool,
+}
+
+/// The result of replaying a batch against a quoted PCR 10.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImaReplay {
+    /// Facts per parsed entry, in order.
+    pub entries: Vec<EntryFacts>,
+    pub parse_errors: Vec<ImaLineError>,
+    /// Entries of this batch folded in when the running value first equalled the quote
+    /// (`Some(0)` when the start value already did); `None`: no prefix matched.
+    pub matched_after: Option<usize>,
+    /// The position to resume from next time (up to the match), when there was a match.
+    pub next_position: Option<ImaPosition>,
+    /// The running value after every parsed entry of the batch.
+    pub final_pcr10: Vec<u8>,
+}
+
+/// Replays a batch of IMA lines into PCR 10 of `bank` from `from`, checking template hashes
+/// with `log_hash` (Keylime's `ima.log_hash_alg`, usually sha1) and looking for the quoted
+/// value at every prefix (IMA appends and extends without regard to quotes, so the quote
+/// may lag the list).
+pub fn replay(
+    text: &str,
+    bank: HashAlg,
+    log_hash: HashAlg,
+    from: &ImaPosition,
+    quoted: Option<&[u8]>,
+) -> ImaReplay {
+    let bank_alg = bank.algorithm();
+    let log_alg = log_hash.algorithm();
+    let ones = vec![0xffu8; bank.digest_len()];
+    let mut running = from.pcr10.clone();
+    let mut template_data = Vec::with_capacity(512);
+    let mut column = [0u8; 64];
+    let mut entries = Vec::new();
+    let mut parse_errors = Vec::new();
+    let mut matched_after = (quoted == Some(running.as_slice())).then_some(0);
+    let mut match_value = matched_after.map(|_| running.clone());
+    for (line_no, line) in lines(text).enumerate() {
+        let entry = match ImaEntry::parse(line, line_no) {
+            Ok(e) => e,
+            Err(e) => {
+                parse_errors.push(e);
+                continue;
+            }
+        };
+        let violation = entry.is_violation();
+        let template_hash_ok;
+        let mut ctx = digest::Context::new(bank_alg);
+        ctx.update(&running);
+        if violation {
+            template_hash_ok = true;
+            ctx.update(&ones);
+        } else {
+            entry.write_template_data(&mut template_data);
+            let column_len = entry.template_hash.len() / 2;
+            template_hash_ok = column_len == log_hash.digest_len()
+                && hex::decode_to_slice(entry.template_hash, &mut column[..column_len]).is_ok()
+                && digest::digest(log_alg, &template_data).as_ref() == &column[..column_len];
+            if bank == log_hash && template_hash_ok {
+                ctx.update(&column[..column_len]);
+            } else {
+                ctx.update(digest::digest(bank_alg, &template_data).as_ref());
+            }
+        }
+        running = ctx.finish().as_ref().to_vec();
+        entries.push(EntryFacts {
+            line: line_no,
+            violation,
+            template_hash_ok,
+            pcr_ok: entry.pcr == IMA_PCR,
+            covered_by_quote: matched_after.is_none(),
+        });
+        if matched_after.is_none() && quoted == Some(running.as_slice()) {
+            matched_after = Some(line_no + 1);
+            match_value = Some(running.clone());
+        }
+    }
+    let next_position = matched_after.zip(match_value).map(|(n, pcr10)| ImaPosition {
+        next_entry: from.next_entry + n as u64,
+        pcr10,
+    });
+    if matched_after.is_none() {
+        for e in &mut entries {
+            e.covered_by_quote = false;
+        }
+    }
+    ImaReplay {
+        entries,
+        parse_errors,
+        matched_after,
+        next_position,
+        final_pcr10: running,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOOT_AGGREGATE: &str = "10 0000000000000000000000000000000000000000 ima-ng sha256:0000000000000000000000000000000000000000000000000000000000000000 boot_aggregate";
+
+    #[test]
+    fn template_data_of_ima_ng_matches_the_reference_layout() {
+        let line = "10 91f34b5c671d73504b274a919661cf80dab1e127 ima-ng sha1:1350320e5f7f51553bac8aa403489a1b135bc101 /usr/bin/dd";
+        let entry = ImaEntry::parse(line, 0).unwrap();
+        let mut data = Vec::new();
+        entry.write_template_data(&mut data);
+        assert_eq!(&data[..4], &(4u32 + 2 + 20).to_le_bytes());
+        assert_eq!(&data[4..10], b"sha1:\0");
+        assert_eq!(&data[30..34], &12u32.to_le_bytes());
+        assert_eq!(&data[34..], b"/usr/bin/dd\0");
+    }
+
+    #[test]
+    fn keylime_fixture_logs_have_valid_template_hashes() {
+        for (file, log_hash) in [
+            ("ima-log-sha256", HashAlg::Sha1),
+            ("ima-log-sha384", HashAlg::Sha1),
+            ("ima-log-sha512", HashAlg::Sha1),
+        ] {
+            let text = crate::test_fixture(&format!("keylime/test/data/create-runtime-policy/{file}"));
+            let text = String::from_utf8(text).unwrap();
+            let r = replay(
+                &text,
+                HashAlg::Sha256,
+                log_hash,
+                &ImaPosition::start(HashAlg::Sha256),
+                None,
+            );
+            assert!(r.parse_errors.is_empty(), "{file}: {:?}", r.parse_errors);
+            assert!(!r.entries.is_empty());
+            for e in &r.entries {
+                assert!(e.template_hash_ok || e.violation, "{file} line {}", e.line);
+            }
+        }
+    }
+
+    #[test]
+    fn violations_extend_all_ones_and_match_at_any_prefix() {
+        let text = format!("{BOOT_AGGREGATE}\n");
+        let bank = HashAlg::Sha256;
+        let r = replay(&text, bank, HashAlg::Sha1, &ImaPosition::start(bank), None);
+        assert!(r.entries[0].violation);
+        let expected = bank.digest(&[&[0u8; 32], &[0xff; 32]]);
+        assert_eq!(r.final_pcr10, expected);
+        // The start value itself matches: nothing of the batch is covered.
+        let r = replay(
+            &text,
+            bank,
+            HashAlg::Sha1,
+            &ImaPosition::start(bank),
+            Some(&[0u8; 32]),
+        );
+        assert_eq!(r.matched_after, Some(0));
+        assert!(!r.entries[0].covered_by_quote);
+    }
+
+    #[test]
+    fn bad_lines_are_errors_not_panics() {
+        for bad in [
+            "10",
+            "x abc ima-ng sha1:00 /a",
+            "10 zz ima-ng sha1:00 /a",
+            "10 00 ima-modsig sha1:00 /a",
+            "10 00 ima-ng sha1 /a",
+            "10 00 ima-ng sha1:0 /a",
+            "10 00 ima-ng a:b:00 /a",
+            "10 00 ima-sig sha1:00 /a",
+            "10 00 ima-buf sha1:00 /a xyz",
+            "10 00 ima 0011 /a",
+        ] {
+            assert!(ImaEntry::parse(bad, 3).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signature_header() {
+        let mut sig = vec![3, 2, 4, 0xf3, 0x45, 0x2d, 0x23, 0, 2, 0xaa, 0xbb];
+        let parsed = ImaSignature::parse(&sig).unwrap();
+        assert_eq!(parsed.key_id, 0xf345_2d23);
+        assert_eq!(parsed.hash_name(), Some("sha256"));
+        sig.push(0);
+        assert!(ImaSignature::parse(&sig).is_err());
+        assert!(ImaSignature::parse(&[3, 3, 4, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+}
