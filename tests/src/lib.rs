@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod ek_issuer;
+pub mod ima;
 pub mod server;
 pub mod swtpm;
 
