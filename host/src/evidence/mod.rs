@@ -8,6 +8,7 @@ pub mod pcr_blob;
 pub mod public;
 pub mod quote;
 pub mod signature;
+pub mod uefi;
 
 pub use attest::{Attest, Attested, ClockInfo, PcrBankSelection};
 pub use cursor::{Cursor, ParseError};

@@ -17,7 +17,7 @@ const TPM_ALG_XOR: u16 = 0x000A;
 pub const MAX_PUBLIC_SIZE: usize = 1024;
 
 /// A hash algorithm as the TPM names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HashAlg {
     Sha1,
     Sha256,

@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DEFAULT_DATA_DIR, DataDir, RegistrarConfig};
 
+mod evidence;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "zest",
@@ -26,6 +28,9 @@ enum Command {
     Serve(ServeArgs),
     /// Run the registrar: agent registration and activation.
     Registrar(ServeArgs),
+    /// Inspect evidence files offline: UEFI event logs, IMA lists, quotes.
+    #[command(subcommand)]
+    Evidence(evidence::EvidenceCommand),
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +106,7 @@ fn init_logging() {
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Evidence(command) => evidence::run(command),
         Command::Serve(args) | Command::Registrar(args) => {
             let data_dir = DataDir(args.data_dir.clone());
             let config = args.registrar.config(&data_dir);
