@@ -300,6 +300,53 @@ mod tests {
     }
 
     #[test]
+    fn fedora_log_event_data_decodes() {
+        let log = EventLog::parse(&fedora_log()).unwrap();
+        let find = |pred: &dyn Fn(&Event) -> bool| {
+            log.events.iter().filter(|e| pred(e)).cloned().collect::<Vec<_>>()
+        };
+        assert_eq!(log.events[1].decoded, EventData::StartupLocality(3));
+        let crtm = find(&|e| e.event_type == 0x08);
+        assert_eq!(crtm[0].decoded, EventData::Text("N40ET41W ".into()));
+        let separators = find(&|e| e.event_type == EV_SEPARATOR);
+        assert!(separators.len() >= 8);
+        assert!(
+            separators
+                .iter()
+                .all(|e| e.decoded == EventData::Separator(vec![0; 4]))
+        );
+        let secure_boot = find(&|e| matches!(&e.decoded, EventData::Variable(v) if v.name == "SecureBoot"));
+        let EventData::Variable(v) = &secure_boot[0].decoded else {
+            unreachable!()
+        };
+        assert_eq!(v.decoded, VariableData::Boolean(false));
+        assert_eq!(v.guid.to_string(), "8be4df61-93ca-11d2-aa0d-00e098032b8c");
+        let db = find(&|e| {
+            e.event_type == 0x8000_0001 && matches!(&e.decoded, EventData::Variable(v) if v.name == "db")
+        });
+        let EventData::Variable(v) = &db[0].decoded else {
+            unreachable!()
+        };
+        let VariableData::SignatureLists(lists) = &v.decoded else {
+            panic!("db is not signature lists: {v:?}")
+        };
+        assert!(!lists.is_empty() && lists.iter().all(|l| !l.entries.is_empty()));
+        let apps = find(&|e| e.event_type == 0x8000_0003);
+        assert!(apps.iter().any(|e| matches!(&e.decoded,
+            EventData::ImageLoad(i) if i.device_path_text.starts_with("PciRoot(0x0)/") && i.device_path_text.ends_with("\\EFI\\fedora\\shimx64.efi"))));
+        let ipl = find(&|e| {
+            e.event_type == 0x0d
+                && matches!(&e.decoded, EventData::Text(t) if t.starts_with("kernel_cmdline: "))
+        });
+        assert_eq!(ipl.len(), 1);
+        assert!(
+            find(&|e| e.event_type == 0x8000_0007)
+                .iter()
+                .any(|e| e.decoded == EventData::Text("Calling EFI Application from Boot Option".into()))
+        );
+    }
+
+    #[test]
     fn bogus_and_empty_logs_are_rejected() {
         for name in ["binary_bios_measurements-bogus", "binary_bios_measurements-empty"] {
             let bytes = crate::test_fixture(&format!("keylime/test/data/create-mb-policy/{name}"));
