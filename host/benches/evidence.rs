@@ -12,7 +12,7 @@ use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPai
 use zest::evidence::ima::{ImaEntry, ImaPosition, replay};
 use zest::evidence::uefi::EventLog;
 use zest::evidence::{HashAlg, PublicArea, Quote};
-use zest::tpm::{QuoteExpectations, verify_quote};
+use zest::tpm::{AttestationKey, QuoteExpectations, verify_quote};
 
 const HASHES: &[HashAlg] = &[HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384, HashAlg::Sha512];
 const SCHEMES: &[&str] = &["rsassa", "rsapss", "ecdsa"];
@@ -49,7 +49,9 @@ fn software_p256_quote(nonce: &[u8]) -> (String, PublicArea) {
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
     let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
     let point = key.public_key().as_ref();
-    let mut tpmt = vec![0x00, 0x23, 0x00, 0x0b, 0x00, 0x05, 0x00, 0x72, 0x00, 0x00, 0x00, 0x10, 0x00, 0x18, 0x00, 0x0b];
+    let mut tpmt = vec![
+        0x00, 0x23, 0x00, 0x0b, 0x00, 0x05, 0x00, 0x72, 0x00, 0x00, 0x00, 0x10, 0x00, 0x18, 0x00, 0x0b,
+    ];
     tpmt.extend([0x00, 0x03, 0x00, 0x10]);
     tpmt.extend(tpm2b(&point[1..33]));
     tpmt.extend(tpm2b(&point[33..65]));
@@ -64,7 +66,9 @@ fn software_p256_quote(nonce: &[u8]) -> (String, PublicArea) {
     attest.extend([0, 0, 0, 1, 0, 0, 0, 0, 1]);
     attest.extend(0u64.to_be_bytes());
     attest.extend([0, 0, 0, 1, 0x00, 0x0b, 3, 0x01, 0x04, 0x01]);
-    attest.extend(tpm2b(&HashAlg::Sha256.digest(&pcrs.iter().map(Vec::as_slice).collect::<Vec<_>>())));
+    attest.extend(tpm2b(
+        &HashAlg::Sha256.digest(&pcrs.iter().map(Vec::as_slice).collect::<Vec<_>>()),
+    ));
     let sig = key.sign(&rng, &attest).unwrap();
     let mut signature = vec![0x00, 0x18, 0x00, 0x0b];
     signature.extend(tpm2b(&sig.as_ref()[..32]));
@@ -90,7 +94,15 @@ fn software_p256_quote(nonce: &[u8]) -> (String, PublicArea) {
     }
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD;
-    (format!("r{}:{}:{}", b64.encode(&attest), b64.encode(&signature), b64.encode(&blob)), ak)
+    (
+        format!(
+            "r{}:{}:{}",
+            b64.encode(&attest),
+            b64.encode(&signature),
+            b64.encode(&blob)
+        ),
+        ak,
+    )
 }
 
 fn main() {
@@ -107,9 +119,13 @@ fn main() {
         b64.encode(fixture(&format!("{files}/quotesig.out"))),
         b64.encode(fixture(&format!("{files}/quotepcr.out")))
     );
-    let rsa_ak = PublicArea::from_tpm2b(&fixture(&format!("{files}/ak.pub"))).unwrap();
+    let rsa_ak = AttestationKey::new(PublicArea::from_tpm2b(&fixture(&format!("{files}/ak.pub"))).unwrap());
     let rsa_nonce = Quote::from_keylime_string(&rsa_string).unwrap().attest.extra_data;
-    let expect = QuoteExpectations { nonce: &rsa_nonce, hashes: HASHES, schemes: SCHEMES };
+    let expect = QuoteExpectations {
+        nonce: &rsa_nonce,
+        hashes: HASHES,
+        schemes: SCHEMES,
+    };
     let (per_s, n) = rate(budget, || {
         let q = Quote::from_keylime_string(black_box(&rsa_string)).unwrap();
         black_box(verify_quote(&q, &rsa_ak, &expect).unwrap());
@@ -118,7 +134,12 @@ fn main() {
 
     let nonce = b"abcdefghijklmnopqrst";
     let (p256_string, p256_ak) = software_p256_quote(nonce);
-    let expect = QuoteExpectations { nonce, hashes: HASHES, schemes: SCHEMES };
+    let p256_ak = AttestationKey::new(p256_ak);
+    let expect = QuoteExpectations {
+        nonce,
+        hashes: HASHES,
+        schemes: SCHEMES,
+    };
     let (per_s, n) = rate(budget, || {
         let q = Quote::from_keylime_string(black_box(&p256_string)).unwrap();
         black_box(verify_quote(&q, &p256_ak, &expect).unwrap());
@@ -131,10 +152,20 @@ fn main() {
     for i in 0..100_000u32 {
         let digest = HashAlg::Sha256.digest(&[&i.to_le_bytes()]);
         let path = format!("/usr/lib64/libexample-{i}.so.1");
-        let provisional = format!("10 {} ima-ng sha256:{} {path}", "00".repeat(20), hex::encode(&digest));
-        ImaEntry::parse(&provisional, 0).unwrap().write_template_data(&mut data);
+        let provisional = format!(
+            "10 {} ima-ng sha256:{} {path}",
+            "00".repeat(20),
+            hex::encode(&digest)
+        );
+        ImaEntry::parse(&provisional, 0)
+            .unwrap()
+            .write_template_data(&mut data);
         let hash = HashAlg::Sha1.digest(&[&data]);
-        text.push_str(&format!("10 {} ima-ng sha256:{} {path}\n", hex::encode(hash), hex::encode(&digest)));
+        text.push_str(&format!(
+            "10 {} ima-ng sha256:{} {path}\n",
+            hex::encode(hash),
+            hex::encode(&digest)
+        ));
     }
     let start = ImaPosition::start(HashAlg::Sha256);
     let (per_s, n) = rate(budget, || {
@@ -154,5 +185,8 @@ fn main() {
         let parsed = EventLog::parse(black_box(&log)).unwrap();
         black_box(parsed.replay());
     });
-    println!("UEFI log parse+replay, Fedora log:            {:>10.1} µs per log ({n} runs)", 1e6 / per_s);
+    println!(
+        "UEFI log parse+replay, Fedora log:            {:>10.1} µs per log ({n} runs)",
+        1e6 / per_s
+    );
 }

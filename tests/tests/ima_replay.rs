@@ -4,7 +4,7 @@
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use zest::evidence::ima::{ImaPosition, replay};
 use zest::evidence::{HashAlg, PublicArea, Quote};
-use zest::tpm::{QuoteExpectations, verify_quote};
+use zest::tpm::{AttestationKey, QuoteExpectations, verify_quote};
 use zest_tests::ima::{Extension, ImaLog};
 use zest_tests::{AkKind, EkKind, Swtpm, TestAgent};
 
@@ -22,7 +22,7 @@ fn extend(agent: &mut TestAgent, e: &Extension) {
 
 /// Quotes PCR 10 of `bank` and returns the authenticated value.
 fn quoted_pcr10(agent: &mut TestAgent, bank: HashingAlgorithm, hash: HashAlg) -> Vec<u8> {
-    let ak = PublicArea::from_tpm2b(&agent.aik_tpm).unwrap();
+    let ak = AttestationKey::new(PublicArea::from_tpm2b(&agent.aik_tpm).unwrap());
     let parts = agent.quote(b"nonce-for-ima-replay", &[(bank, &[10])]).unwrap();
     let quote = Quote::from_parts(&parts.attest, &parts.signature, &parts.pcr_blob).unwrap();
     let expect = QuoteExpectations {

@@ -2,7 +2,7 @@
 
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use zest::evidence::{HashAlg, PublicArea, Quote};
-use zest::tpm::{QuoteError, QuoteExpectations, verify_quote};
+use zest::tpm::{AttestationKey, QuoteError, QuoteExpectations, verify_quote};
 use zest_tests::{AkKind, EkKind, Swtpm, TestAgent};
 
 const HASHES: &[HashAlg] = &[HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384, HashAlg::Sha512];
@@ -31,7 +31,7 @@ fn swtpm_quotes_verify_for_rsa_and_ecc_aks_over_sha1_and_sha256_banks() {
                 ],
             )
             .unwrap();
-        let ak = PublicArea::from_tpm2b(&agent.aik_tpm).unwrap();
+        let ak = AttestationKey::new(PublicArea::from_tpm2b(&agent.aik_tpm).unwrap());
         for (bank, hash) in [
             (HashingAlgorithm::Sha1, HashAlg::Sha1),
             (HashingAlgorithm::Sha256, HashAlg::Sha256),
@@ -66,11 +66,11 @@ fn swtpm_quotes_verify_for_rsa_and_ecc_aks_over_sha1_and_sha256_banks() {
 fn each_tampered_field_fails_with_its_own_error() {
     let tpm = Swtpm::start().unwrap();
     let mut agent = TestAgent::new(&tpm, "tamper", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
-    let ak = PublicArea::from_tpm2b(&agent.aik_tpm).unwrap();
+    let ak = AttestationKey::new(PublicArea::from_tpm2b(&agent.aik_tpm).unwrap());
     let parts = agent
         .quote(NONCE, &[(HashingAlgorithm::Sha256, &[0, 10, 16])])
         .unwrap();
-    let check = |attest: &[u8], sig: &[u8], blob: &[u8], nonce: &[u8], ak: &PublicArea| {
+    let check = |attest: &[u8], sig: &[u8], blob: &[u8], nonce: &[u8], ak: &AttestationKey| {
         let quote = Quote::from_parts(attest, sig, blob).unwrap();
         verify_quote(&quote, ak, &expect(nonce))
     };
@@ -120,7 +120,7 @@ fn each_tampered_field_fails_with_its_own_error() {
     );
 
     // A different, valid AK of the same TPM (CVE-2021-3406: only the registered AK counts).
-    let registered = ak.clone();
+    let registered = AttestationKey::new(ak.public.clone());
     agent.create_ak(AkKind::RsaSsa).unwrap();
     let other = agent
         .quote(NONCE, &[(HashingAlgorithm::Sha256, &[0, 10, 16])])

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::evidence::ima::{ImaPosition, replay};
 use crate::evidence::uefi::{EventData, EventLog, VariableData, boot_aggregates};
 use crate::evidence::{HashAlg, PublicArea, Quote};
-use crate::tpm::{QuoteExpectations, verify_quote};
+use crate::tpm::{AttestationKey, QuoteExpectations, verify_quote};
 
 #[derive(Debug, Subcommand)]
 pub enum EvidenceCommand {
@@ -110,7 +110,7 @@ fn eventlog(file: &PathBuf, json_out: bool) -> anyhow::Result<()> {
                         "Digest": hex::encode(d),
                     })).collect::<Vec<_>>(),
                     "EventSize": e.data.len(),
-                    "Event": event_json(&e.decoded, &e.data),
+                    "Event": event_json(&e.decode(), &e.data),
                 })
             })
             .collect();
@@ -150,7 +150,7 @@ fn eventlog(file: &PathBuf, json_out: bool) -> anyhow::Result<()> {
             e.number,
             e.pcr,
             e.type_name(),
-            summary(&e.decoded)
+            summary(&e.decode())
         )?;
         for d in digests {
             writeln!(out, "      {d}")?;
@@ -315,8 +315,8 @@ fn quote_check(
         Ok(decoded) if PublicArea::from_tpm2b(&decoded).is_ok() => decoded,
         _ => ak_bytes,
     };
-    let ak = PublicArea::from_tpm2b(&ak_bytes).context("the AK is not a TPM2B_PUBLIC")?;
-    writeln!(out, "ok   AK parsed ({:?})", ak.name_alg)?;
+    let ak = AttestationKey::new(PublicArea::from_tpm2b(&ak_bytes).context("the AK is not a TPM2B_PUBLIC")?);
+    writeln!(out, "ok   AK parsed ({:?})", ak.public.name_alg)?;
     let quote = match (quote, message, signature, pcrs) {
         (Some(text), None, None, None) => {
             Quote::from_keylime_string(text.trim()).context("parsing the quote string")?

@@ -4,7 +4,6 @@
 //! Parsing borrows from the text and the replay reuses one buffer, so a 100,000-entry list
 //! costs no allocation per line.
 
-use aws_lc_rs::digest;
 use thiserror::Error;
 
 use super::public::HashAlg;
@@ -48,17 +47,17 @@ pub struct ImaLineError {
     pub reason: String,
 }
 
-/// One parsed line; fields borrow from the list text.
+/// One parsed line; text fields borrow from the list, digests are decoded in place.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImaEntry<'a> {
     pub pcr: u32,
-    /// The template-hash column, hex.
-    pub template_hash: &'a str,
+    template_hash: [u8; 64],
+    template_hash_len: u8,
     pub template: Template,
     /// The file digest's algorithm name (`sha256`, …; for `ima`, `sha1` or `md5` by length).
     pub digest_alg: &'a str,
-    /// The file digest, hex.
-    pub digest: &'a str,
+    digest: [u8; 64],
+    digest_len: u8,
     /// The path (or buffer name for ima-buf); spaces were rewritten to `_` by the kernel.
     pub name: &'a str,
     /// ima-sig: the `security.ima` xattr, hex (empty when the file had none).
@@ -92,9 +91,10 @@ impl<'a> ImaEntry<'a> {
         let pcr = pcr
             .parse::<u32>()
             .map_err(|_| err("PCR column is not a number"))?;
-        if !is_hex(template_hash) || template_hash.is_empty() {
-            return Err(err("template hash is not hex"));
-        }
+        let mut template_hash_bytes = [0u8; 64];
+        let template_hash_len = decode_hex(template_hash, &mut template_hash_bytes)
+            .filter(|n| *n > 0)
+            .ok_or_else(|| err("template hash is not hex of at most 64 bytes"))?;
         let (template, parts) = match template {
             "ima" => (Template::Ima, 2),
             "ima-ng" => (Template::ImaNg, 2),
@@ -123,9 +123,9 @@ impl<'a> ImaEntry<'a> {
                 _ => return Err(err("digest is not 'algorithm:hex'")),
             }
         };
-        if !is_hex(digest) || digest.len() > 128 {
-            return Err(err("file digest is not hex"));
-        }
+        let mut digest_bytes = [0u8; 64];
+        let digest_len = decode_hex(digest, &mut digest_bytes)
+            .ok_or_else(|| err("file digest is not hex of at most 64 bytes"))?;
         if !is_hex(third) {
             return Err(err(if template == Template::ImaSig {
                 "signature is not hex"
@@ -140,10 +140,12 @@ impl<'a> ImaEntry<'a> {
         };
         Ok(Self {
             pcr,
-            template_hash,
+            template_hash: template_hash_bytes,
+            template_hash_len: template_hash_len as u8,
             template,
             digest_alg,
-            digest,
+            digest: digest_bytes,
+            digest_len: digest_len as u8,
             name,
             signature,
             buffer,
@@ -153,17 +155,23 @@ impl<'a> ImaEntry<'a> {
     /// True for a violation entry (ToMToU, open-writers): the kernel logs an all-zero
     /// template hash and extends all-ones.
     pub fn is_violation(&self) -> bool {
-        self.template_hash.bytes().all(|b| b == b'0')
+        self.template_hash().iter().all(|b| *b == 0)
+    }
+
+    /// The template-hash column.
+    pub fn template_hash(&self) -> &[u8] {
+        &self.template_hash[..usize::from(self.template_hash_len)]
+    }
+
+    /// The file digest.
+    pub fn digest(&self) -> &[u8] {
+        &self.digest[..usize::from(self.digest_len)]
     }
 
     /// Writes the template data, the bytes the template hash covers (§1.3), into `out`.
     pub fn write_template_data(&self, out: &mut Vec<u8>) {
         out.clear();
-        let mut digest = [0u8; 64];
-        let digest_len = self.digest.len() / 2;
-        // Parse checked both: even-length hex of at most 64 bytes.
-        let _ = hex::decode_to_slice(self.digest, &mut digest[..digest_len]);
-        let digest = &digest[..digest_len];
+        let digest = self.digest();
         if self.template == Template::Ima {
             out.extend_from_slice(digest);
             let name = self.name.as_bytes();
@@ -198,11 +206,6 @@ impl<'a> ImaEntry<'a> {
         }
     }
 
-    /// The file digest as bytes.
-    pub fn digest_bytes(&self) -> Vec<u8> {
-        hex::decode(self.digest).unwrap_or_default()
-    }
-
     /// The ima-sig signature as bytes (empty when none).
     pub fn signature_bytes(&self) -> Vec<u8> {
         hex::decode(self.signature).unwrap_or_default()
@@ -223,12 +226,54 @@ fn hex_len_prefixed(hex_text: &str, out: &mut Vec<u8>) -> Option<usize> {
     }
     let start = out.len();
     out.resize(start + len, 0);
-    let _ = hex::decode_to_slice(hex_text, &mut out[start..]);
+    // Parse validated the text, so this cannot fail.
+    let _ = decode_hex_into(hex_text.as_bytes(), &mut out[start..]);
     Some(len)
 }
 
+/// Hex digit values; 0xff for anything else.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Decodes hex into the front of `out`; the decoded length, or None if it is not hex or
+/// does not fit.
+fn decode_hex(text: &str, out: &mut [u8; 64]) -> Option<usize> {
+    let n = text.len() / 2;
+    if n > out.len() || !decode_hex_into(text.as_bytes(), &mut out[..n]) {
+        return None;
+    }
+    Some(n)
+}
+
+/// Decodes `src` (exactly 2 × `dst.len()` hex digits) into `dst`.
+fn decode_hex_into(src: &[u8], dst: &mut [u8]) -> bool {
+    if src.len() != dst.len() * 2 {
+        return false;
+    }
+    let mut bad = 0u8;
+    for (pair, out) in src.chunks_exact(2).zip(dst.iter_mut()) {
+        let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+        bad |= hi | lo;
+        *out = (hi << 4) | (lo & 0x0f);
+    }
+    bad & 0xf0 == 0
+}
+
 fn is_hex(s: &str) -> bool {
-    s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
+    s.len().is_multiple_of(2) && s.bytes().all(|b| HEX[b as usize] != 0xff)
 }
 
 /// The v2 header of an ima-sig signature (`struct signature_v2_hdr`, big-endian).
@@ -303,6 +348,52 @@ impl ImaPosition {
     }
 }
 
+/// What a verifier keeps between rounds for incremental IMA: the position and the boot it
+/// belongs to (Keylime's `next_ima_ml_entry`, `ima_pcrs`, `boottime`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImaState {
+    pub position: ImaPosition,
+    /// The agent's boot time (seconds) when the position was saved.
+    pub boot_time: u64,
+}
+
+/// How to treat the list an agent returned, given what was saved (keylime-policies.md §1.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Replay the returned entries from the saved position.
+    FromSaved(ImaPosition),
+    /// The agent sent its list from entry 0: replay from zeros and forget saved state.
+    FromStart,
+    /// The agent rebooted (same offset asked, another boot time): Keylime resets the state
+    /// and checks nothing this round; the next round is a full one.
+    Rebooted,
+    /// The agent answered from another offset than the one asked for
+    /// (`qoute_validation.invalid_ima_entry_nb` in Keylime).
+    OffsetMismatch { requested: u64, answered: u64 },
+}
+
+/// Decides how to replay a returned list: `requested` is the offset the verifier asked
+/// for, `answered` the agent's `ima_measurement_list_entry`, `boot_time` its `boottime`.
+pub fn resume(saved: Option<&ImaState>, requested: u64, answered: u64, boot_time: u64) -> Resume {
+    if answered == 0 {
+        return Resume::FromStart;
+    }
+    if answered != requested {
+        return Resume::OffsetMismatch { requested, answered };
+    }
+    match saved {
+        Some(state) if state.boot_time == boot_time && state.position.next_entry == answered => {
+            Resume::FromSaved(state.position.clone())
+        }
+        Some(state) if state.boot_time != boot_time => Resume::Rebooted,
+        // Without saved state for this offset the replay cannot continue mid-list.
+        _ => Resume::OffsetMismatch {
+            requested: saved.map_or(0, |s| s.position.next_entry),
+            answered,
+        },
+    }
+}
+
 /// What the replay found out about one entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryFacts {
@@ -344,16 +435,20 @@ pub fn replay(
     from: &ImaPosition,
     quoted: Option<&[u8]>,
 ) -> ImaReplay {
-    let bank_alg = bank.algorithm();
-    let log_alg = log_hash.algorithm();
-    let ones = vec![0xffu8; bank.digest_len()];
-    let mut running = from.pcr10.clone();
+    let bank_len = bank.digest_len();
+    let ones = [0xffu8; 64];
+    // The running value lives in a fixed buffer: no allocation per entry.
+    let mut running = [0u8; 64];
+    let start_len = from.pcr10.len().min(64);
+    running[..start_len].copy_from_slice(&from.pcr10[..start_len]);
     let mut template_data = Vec::with_capacity(512);
-    let mut column = [0u8; 64];
+    let mut computed = [0u8; 64];
+    let mut extend = [0u8; 64];
     let mut entries = Vec::new();
     let mut parse_errors = Vec::new();
-    let mut matched_after = (quoted == Some(running.as_slice())).then_some(0);
-    let mut match_value = matched_after.map(|_| running.clone());
+    let matches = |value: &[u8]| quoted == Some(value);
+    let mut matched_after = matches(&running[..bank_len]).then_some(0);
+    let mut match_value = matched_after.map(|_| running[..bank_len].to_vec());
     for (line_no, line) in lines(text).enumerate() {
         let entry = match ImaEntry::parse(line, line_no) {
             Ok(e) => e,
@@ -363,25 +458,28 @@ pub fn replay(
             }
         };
         let violation = entry.is_violation();
-        let template_hash_ok;
-        let mut ctx = digest::Context::new(bank_alg);
-        ctx.update(&running);
-        if violation {
-            template_hash_ok = true;
-            ctx.update(&ones);
+        let mut template_hash_ok = true;
+        let extend_value: &[u8] = if violation {
+            &ones[..bank_len]
         } else {
             entry.write_template_data(&mut template_data);
-            let column_len = entry.template_hash.len() / 2;
-            template_hash_ok = column_len == log_hash.digest_len()
-                && hex::decode_to_slice(entry.template_hash, &mut column[..column_len]).is_ok()
-                && digest::digest(log_alg, &template_data).as_ref() == &column[..column_len];
-            if bank == log_hash && template_hash_ok {
-                ctx.update(&column[..column_len]);
+            let mut h = log_hash.hasher();
+            h.update(&template_data);
+            let n = h.finish_into(&mut computed);
+            template_hash_ok = entry.template_hash() == &computed[..n];
+            if bank == log_hash {
+                &computed[..n]
             } else {
-                ctx.update(digest::digest(bank_alg, &template_data).as_ref());
+                let mut h = bank.hasher();
+                h.update(&template_data);
+                let n = h.finish_into(&mut extend);
+                &extend[..n]
             }
-        }
-        running = ctx.finish().as_ref().to_vec();
+        };
+        let mut h = bank.hasher();
+        h.update(&running[..bank_len]);
+        h.update(extend_value);
+        h.finish_into(&mut running);
         entries.push(EntryFacts {
             line: line_no,
             violation,
@@ -389,9 +487,9 @@ pub fn replay(
             pcr_ok: entry.pcr == IMA_PCR,
             covered_by_quote: matched_after.is_none(),
         });
-        if matched_after.is_none() && quoted == Some(running.as_slice()) {
+        if matched_after.is_none() && matches(&running[..bank_len]) {
             matched_after = Some(line_no + 1);
-            match_value = Some(running.clone());
+            match_value = Some(running[..bank_len].to_vec());
         }
     }
     let next_position = matched_after.zip(match_value).map(|(n, pcr10)| ImaPosition {
@@ -408,7 +506,7 @@ pub fn replay(
         parse_errors,
         matched_after,
         next_position,
-        final_pcr10: running,
+        final_pcr10: running[..bank_len].to_vec(),
     }
 }
 
@@ -490,6 +588,32 @@ mod tests {
         ] {
             assert!(ImaEntry::parse(bad, 3).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn resume_rules() {
+        let state = ImaState {
+            position: ImaPosition {
+                next_entry: 7,
+                pcr10: vec![1; 32],
+            },
+            boot_time: 1000,
+        };
+        assert_eq!(
+            resume(Some(&state), 7, 7, 1000),
+            Resume::FromSaved(state.position.clone())
+        );
+        assert_eq!(resume(Some(&state), 7, 0, 1000), Resume::FromStart);
+        assert_eq!(resume(Some(&state), 7, 7, 2000), Resume::Rebooted);
+        assert_eq!(
+            resume(Some(&state), 7, 5, 1000),
+            Resume::OffsetMismatch {
+                requested: 7,
+                answered: 5
+            }
+        );
+        assert_eq!(resume(None, 0, 0, 1000), Resume::FromStart);
+        assert!(matches!(resume(None, 3, 3, 1000), Resume::OffsetMismatch { .. }));
     }
 
     #[test]

@@ -70,11 +70,24 @@ impl HashAlg {
 
     /// Hashes the concatenation of `parts`.
     pub fn digest(self, parts: &[&[u8]]) -> Vec<u8> {
-        let mut ctx = aws_lc_rs::digest::Context::new(self.algorithm());
+        let mut h = self.hasher();
         for part in parts {
-            ctx.update(part);
+            h.update(part);
         }
-        ctx.finish().as_ref().to_vec()
+        h.finish()
+    }
+
+    /// A streaming hasher. Evidence hashing is many short messages (IMA template data, PCR
+    /// extends), where RustCrypto's SHA-NI code has far less per-call overhead than an EVP
+    /// context; signatures stay with aws-lc-rs.
+    pub fn hasher(self) -> Hasher {
+        use sha2::Digest;
+        match self {
+            Self::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
+            Self::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Self::Sha384 => Hasher::Sha384(sha2::Sha384::new()),
+            Self::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        }
     }
 
     /// Parses Keylime's name (`sha1`, `sha256`, `sha384`, `sha512`).
@@ -96,6 +109,48 @@ impl HashAlg {
             Self::Sha384 => "sha384",
             Self::Sha512 => "sha512",
         }
+    }
+}
+
+/// A hash computation in progress (see [`HashAlg::hasher`]).
+#[derive(Clone)]
+pub enum Hasher {
+    Sha1(sha1::Sha1),
+    Sha256(sha2::Sha256),
+    Sha384(sha2::Sha384),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    pub fn update(&mut self, data: &[u8]) {
+        use sha2::Digest;
+        match self {
+            Self::Sha1(h) => h.update(data),
+            Self::Sha256(h) => h.update(data),
+            Self::Sha384(h) => h.update(data),
+            Self::Sha512(h) => h.update(data),
+        }
+    }
+
+    /// Writes the digest into the front of `out` (at least 64 bytes) and returns its length.
+    pub fn finish_into(self, out: &mut [u8; 64]) -> usize {
+        use sha2::Digest;
+        fn put(out: &mut [u8; 64], d: &[u8]) -> usize {
+            out[..d.len()].copy_from_slice(d);
+            d.len()
+        }
+        match self {
+            Self::Sha1(h) => put(out, &h.finalize()),
+            Self::Sha256(h) => put(out, &h.finalize()),
+            Self::Sha384(h) => put(out, &h.finalize()),
+            Self::Sha512(h) => put(out, &h.finalize()),
+        }
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        let mut out = [0u8; 64];
+        let n = self.finish_into(&mut out);
+        out[..n].to_vec()
     }
 }
 

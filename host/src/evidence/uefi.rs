@@ -47,7 +47,6 @@ pub struct Event {
     /// (TPM_ALG_ID, digest), as logged.
     pub digests: Vec<(u16, Vec<u8>)>,
     pub data: Vec<u8>,
-    pub decoded: EventData,
 }
 
 impl Event {
@@ -57,6 +56,15 @@ impl Event {
             .iter()
             .find(|(alg, _)| *alg == bank.tpm_id())
             .map(|(_, d)| d.as_slice())
+    }
+
+    /// Decodes the event data. Decoding is on demand: replaying a log needs none of it,
+    /// and policies that do read it do so once per evaluation.
+    pub fn decode(&self) -> EventData {
+        if self.number == 0 {
+            return EventData::SpecId;
+        }
+        data::decode(self.event_type, &self.data)
     }
 
     /// The TCG name of the event type (`EV_IPL`, …).
@@ -111,7 +119,6 @@ impl EventLog {
             event_type,
             digests: vec![(HashAlg::Sha1.tpm_id(), sha1)],
             data: header.to_vec(),
-            decoded: EventData::SpecId,
         }];
         while c.remaining() > 0 {
             if events.len() > MAX_EVENTS {
@@ -155,14 +162,12 @@ impl EventLog {
                 });
             }
             let data = c.take(size, "TCG_PCR_EVENT2.event")?.to_vec();
-            let decoded = data::decode(event_type, &data);
             events.push(Event {
                 number: events.len(),
                 pcr,
                 event_type,
                 digests,
                 data,
-                decoded,
             });
         }
         Ok(Self { spec_id, events })
@@ -174,10 +179,13 @@ impl EventLog {
     pub fn replay(&self) -> PcrBanks {
         let mut locality = 0u8;
         for e in &self.events {
-            match (&e.decoded, e.event_type) {
-                (EventData::StartupLocality(l), _) if e.pcr == 0 => locality = *l,
-                (_, EV_EFI_HCRTM_EVENT) => locality = 4,
-                _ => {}
+            if e.event_type == EV_NO_ACTION
+                && e.pcr == 0
+                && let EventData::StartupLocality(l) = e.decode()
+            {
+                locality = l;
+            } else if e.event_type == EV_EFI_HCRTM_EVENT {
+                locality = 4;
             }
         }
         let mut banks = PcrBanks::new();
@@ -202,7 +210,12 @@ impl EventLog {
                     }
                     v
                 });
-                *value = bank.digest(&[value, digest]);
+                let mut h = bank.hasher();
+                h.update(value);
+                h.update(digest);
+                let mut out = [0u8; 64];
+                let n = h.finish_into(&mut out);
+                value.copy_from_slice(&out[..n]);
             }
         }
         banks
@@ -305,26 +318,26 @@ mod tests {
         let find = |pred: &dyn Fn(&Event) -> bool| {
             log.events.iter().filter(|e| pred(e)).cloned().collect::<Vec<_>>()
         };
-        assert_eq!(log.events[1].decoded, EventData::StartupLocality(3));
+        assert_eq!(log.events[1].decode(), EventData::StartupLocality(3));
         let crtm = find(&|e| e.event_type == 0x08);
-        assert_eq!(crtm[0].decoded, EventData::Text("N40ET41W ".into()));
+        assert_eq!(crtm[0].decode(), EventData::Text("N40ET41W ".into()));
         let separators = find(&|e| e.event_type == EV_SEPARATOR);
         assert!(separators.len() >= 8);
         assert!(
             separators
                 .iter()
-                .all(|e| e.decoded == EventData::Separator(vec![0; 4]))
+                .all(|e| e.decode() == EventData::Separator(vec![0; 4]))
         );
-        let secure_boot = find(&|e| matches!(&e.decoded, EventData::Variable(v) if v.name == "SecureBoot"));
-        let EventData::Variable(v) = &secure_boot[0].decoded else {
+        let secure_boot = find(&|e| matches!(&e.decode(), EventData::Variable(v) if v.name == "SecureBoot"));
+        let EventData::Variable(v) = secure_boot[0].decode() else {
             unreachable!()
         };
         assert_eq!(v.decoded, VariableData::Boolean(false));
         assert_eq!(v.guid.to_string(), "8be4df61-93ca-11d2-aa0d-00e098032b8c");
         let db = find(&|e| {
-            e.event_type == 0x8000_0001 && matches!(&e.decoded, EventData::Variable(v) if v.name == "db")
+            e.event_type == 0x8000_0001 && matches!(&e.decode(), EventData::Variable(v) if v.name == "db")
         });
-        let EventData::Variable(v) = &db[0].decoded else {
+        let EventData::Variable(v) = db[0].decode() else {
             unreachable!()
         };
         let VariableData::SignatureLists(lists) = &v.decoded else {
@@ -332,17 +345,17 @@ mod tests {
         };
         assert!(!lists.is_empty() && lists.iter().all(|l| !l.entries.is_empty()));
         let apps = find(&|e| e.event_type == 0x8000_0003);
-        assert!(apps.iter().any(|e| matches!(&e.decoded,
+        assert!(apps.iter().any(|e| matches!(&e.decode(),
             EventData::ImageLoad(i) if i.device_path_text.starts_with("PciRoot(0x0)/") && i.device_path_text.ends_with("\\EFI\\fedora\\shimx64.efi"))));
         let ipl = find(&|e| {
             e.event_type == 0x0d
-                && matches!(&e.decoded, EventData::Text(t) if t.starts_with("kernel_cmdline: "))
+                && matches!(&e.decode(), EventData::Text(t) if t.starts_with("kernel_cmdline: "))
         });
         assert_eq!(ipl.len(), 1);
         assert!(
             find(&|e| e.event_type == 0x8000_0007)
                 .iter()
-                .any(|e| e.decoded == EventData::Text("Calling EFI Application from Boot Option".into()))
+                .any(|e| e.decode() == EventData::Text("Calling EFI Application from Boot Option".into()))
         );
     }
 

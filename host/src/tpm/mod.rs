@@ -9,4 +9,6 @@ pub mod quote_check;
 pub use credential::{CredentialError, make_credential};
 pub use ekcert::{EkCertError, EkCertificate, TrustStore};
 pub use keys::{KeyError, check_attestation_key, object_name, subject_public_key_info};
-pub use quote_check::{QuoteError, QuoteExpectations, VerifiedQuote, verify_quote, verify_signature};
+pub use quote_check::{
+    AttestationKey, QuoteError, QuoteExpectations, VerifiedQuote, verify_quote, verify_signature,
+};

@@ -6,6 +6,7 @@ use thiserror::Error;
 
 use super::keys::{der, uncompressed_point};
 use crate::evidence::attest::{TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE};
+use crate::evidence::signature::{TPM_ALG_ECDSA, TPM_ALG_RSAPSS, TPM_ALG_RSASSA};
 use crate::evidence::{Attested, ClockInfo, EccCurve, HashAlg, KeyParams, PublicArea, Quote, Signature};
 
 /// What the verifier expects of a quote.
@@ -68,7 +69,7 @@ impl VerifiedQuote {
 /// Verifies `quote` as signed by `ak` (the registered AK, never one the agent offers now).
 pub fn verify_quote(
     quote: &Quote,
-    ak: &PublicArea,
+    ak: &AttestationKey,
     expected: &QuoteExpectations<'_>,
 ) -> Result<VerifiedQuote, QuoteError> {
     if quote.attest.magic != TPM_GENERATED_VALUE {
@@ -85,7 +86,7 @@ pub fn verify_quote(
     if !expected.schemes.contains(&scheme) {
         return Err(QuoteError::SchemeNotAccepted(scheme));
     }
-    verify_signature(ak, &quote.signature, &quote.attest_bytes)?;
+    verify_with(ak, &quote.signature, &quote.attest_bytes)?;
     if quote.attest.extra_data != expected.nonce {
         return Err(QuoteError::NonceMismatch);
     }
@@ -97,7 +98,7 @@ pub fn verify_quote(
         return Err(QuoteError::NotAQuote(quote.attest.attest_type));
     };
     let mut pcrs = Vec::new();
-    let mut ctx = aws_lc_rs::digest::Context::new(hash.algorithm());
+    let mut ctx = hash.hasher();
     for bank in selection {
         for &pcr in &bank.pcrs {
             let value = quote
@@ -111,7 +112,7 @@ pub fn verify_quote(
             pcrs.push((bank.hash, pcr, value.to_vec()));
         }
     }
-    if ctx.finish().as_ref() != pcr_digest.as_slice() {
+    if ctx.finish() != *pcr_digest {
         return Err(QuoteError::PcrDigestMismatch);
     }
     Ok(VerifiedQuote {
@@ -122,21 +123,105 @@ pub fn verify_quote(
     })
 }
 
+/// A registered AK prepared for verifying many quotes: the public key is parsed into
+/// aws-lc form once, for the signing scheme the AK declares.
+pub struct AttestationKey {
+    pub public: PublicArea,
+    prepared: Option<Prepared>,
+}
+
+struct Prepared {
+    scheme: &'static str,
+    hash: HashAlg,
+    key: signature::ParsedPublicKey,
+}
+
+impl AttestationKey {
+    /// Prepares `public`; a key whose declared scheme we cannot prepare is still usable
+    /// (it is parsed per signature instead).
+    pub fn new(public: PublicArea) -> Self {
+        let prepared = match &public.params {
+            KeyParams::Rsa {
+                modulus,
+                exponent,
+                scheme,
+                scheme_hash: Some(hash),
+                ..
+            } => {
+                let (name, pss) = match *scheme {
+                    TPM_ALG_RSASSA => ("rsassa", false),
+                    TPM_ALG_RSAPSS => ("rsapss", true),
+                    _ => ("", false),
+                };
+                rsa_params(pss, *hash)
+                    .filter(|_| !name.is_empty())
+                    .and_then(|params| {
+                        let e = exponent.to_be_bytes();
+                        let (n, e) = (minimal(modulus), minimal(&e));
+                        let key = RsaPublicKeyComponents { n, e }
+                            .to_parsed_public_key(params)
+                            .ok()?;
+                        Some(Prepared {
+                            scheme: name,
+                            hash: *hash,
+                            key,
+                        })
+                    })
+            }
+            KeyParams::Ecc {
+                curve,
+                x,
+                y,
+                scheme: TPM_ALG_ECDSA,
+                scheme_hash: Some(hash),
+                ..
+            } => ecdsa_algorithm(*curve, *hash).and_then(|(alg, len)| {
+                let key = signature::ParsedPublicKey::new(alg, uncompressed_point(x, y, len)).ok()?;
+                Some(Prepared {
+                    scheme: "ecdsa",
+                    hash: *hash,
+                    key,
+                })
+            }),
+            _ => None,
+        };
+        Self { public, prepared }
+    }
+}
+
 /// Verifies a TPMT_SIGNATURE over `message` with a TPM public key.
 pub fn verify_signature(key: &PublicArea, sig: &Signature, message: &[u8]) -> Result<(), QuoteError> {
-    match (&key.params, sig) {
+    verify_with(
+        &AttestationKey {
+            public: key.clone(),
+            prepared: None,
+        },
+        sig,
+        message,
+    )
+}
+
+fn verify_with(key: &AttestationKey, sig: &Signature, message: &[u8]) -> Result<(), QuoteError> {
+    let bad = |_| QuoteError::BadSignature;
+    if let Some(p) = &key.prepared
+        && p.scheme == sig.scheme_name()
+        && p.hash == sig.hash()
+    {
+        return match sig {
+            Signature::RsaSsa { sig, .. } | Signature::RsaPss { sig, .. } => {
+                p.key.verify_sig(message, sig).map_err(bad)
+            }
+            Signature::EcDsa { r, s, .. } => p.key.verify_sig(message, &ecdsa_der(r, s)).map_err(bad),
+        };
+    }
+    match (&key.public.params, sig) {
         (
             KeyParams::Rsa {
                 modulus, exponent, ..
             },
             Signature::RsaSsa { hash, sig },
         ) => {
-            let params = match hash {
-                HashAlg::Sha1 => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
-                HashAlg::Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
-                HashAlg::Sha384 => &signature::RSA_PKCS1_2048_8192_SHA384,
-                HashAlg::Sha512 => &signature::RSA_PKCS1_2048_8192_SHA512,
-            };
+            let params = rsa_params(false, *hash).ok_or(QuoteError::HashNotAccepted(hash.name()))?;
             verify_rsa(modulus, *exponent, params, message, sig)
         }
         (
@@ -145,41 +230,16 @@ pub fn verify_signature(key: &PublicArea, sig: &Signature, message: &[u8]) -> Re
             },
             Signature::RsaPss { hash, sig },
         ) => {
-            // The TPM uses a salt as long as the digest, which is what these parameters expect.
-            let params = match hash {
-                HashAlg::Sha1 => return Err(QuoteError::HashNotAccepted("sha1 with RSA-PSS")),
-                HashAlg::Sha256 => &signature::RSA_PSS_2048_8192_SHA256,
-                HashAlg::Sha384 => &signature::RSA_PSS_2048_8192_SHA384,
-                HashAlg::Sha512 => &signature::RSA_PSS_2048_8192_SHA512,
-            };
+            let params = rsa_params(true, *hash).ok_or(QuoteError::HashNotAccepted("sha1 with RSA-PSS"))?;
             verify_rsa(modulus, *exponent, params, message, sig)
         }
         (KeyParams::Ecc { curve, x, y, .. }, Signature::EcDsa { hash, r, s }) => {
-            let (algorithm, len): (&'static signature::EcdsaVerificationAlgorithm, usize) =
-                match (curve, hash) {
-                    (EccCurve::NistP256, HashAlg::Sha1) => (&signature::ECDSA_P256_SHA1_ASN1, 32),
-                    (EccCurve::NistP256, HashAlg::Sha256) => (&signature::ECDSA_P256_SHA256_ASN1, 32),
-                    (EccCurve::NistP256, HashAlg::Sha384) => (&signature::ECDSA_P256_SHA384_ASN1, 32),
-                    (EccCurve::NistP256, HashAlg::Sha512) => (&signature::ECDSA_P256_SHA512_ASN1, 32),
-                    (EccCurve::NistP384, HashAlg::Sha256) => (&signature::ECDSA_P384_SHA256_ASN1, 48),
-                    (EccCurve::NistP384, HashAlg::Sha384) => (&signature::ECDSA_P384_SHA384_ASN1, 48),
-                    (EccCurve::NistP384, HashAlg::Sha512) => (&signature::ECDSA_P384_SHA512_ASN1, 48),
-                    (EccCurve::NistP521, HashAlg::Sha1) => (&signature::ECDSA_P521_SHA1_ASN1, 66),
-                    (EccCurve::NistP521, HashAlg::Sha256) => (&signature::ECDSA_P521_SHA256_ASN1, 66),
-                    (EccCurve::NistP521, HashAlg::Sha384) => (&signature::ECDSA_P521_SHA384_ASN1, 66),
-                    (EccCurve::NistP521, HashAlg::Sha512) => (&signature::ECDSA_P521_SHA512_ASN1, 66),
-                    (curve, hash) => {
-                        return Err(QuoteError::UnsupportedKey(format!(
-                            "ECDSA on {curve:?} with {}",
-                            hash.name()
-                        )));
-                    }
-                };
-            let point = uncompressed_point(x, y, len);
-            let der_sig = der::sequence(&[der::unsigned_integer(r), der::unsigned_integer(s)]);
-            UnparsedPublicKey::new(algorithm, &point)
-                .verify(message, &der_sig)
-                .map_err(|_| QuoteError::BadSignature)
+            let (alg, len) = ecdsa_algorithm(*curve, *hash).ok_or_else(|| {
+                QuoteError::UnsupportedKey(format!("ECDSA on {curve:?} with {}", hash.name()))
+            })?;
+            UnparsedPublicKey::new(alg, &uncompressed_point(x, y, len))
+                .verify(message, &ecdsa_der(r, s))
+                .map_err(bad)
         }
         (KeyParams::Rsa { .. }, sig) => Err(QuoteError::SchemeDoesNotMatchKey {
             scheme: sig.scheme_name(),
@@ -193,6 +253,55 @@ pub fn verify_signature(key: &PublicArea, sig: &Signature, message: &[u8]) -> Re
     }
 }
 
+/// aws-lc-rs parameters for RSASSA or RSA-PSS with a hash. The TPM uses a PSS salt as long
+/// as the digest, which is what the PSS parameters expect; there is no PSS with SHA-1.
+fn rsa_params(pss: bool, hash: HashAlg) -> Option<&'static signature::RsaParameters> {
+    Some(match (pss, hash) {
+        (false, HashAlg::Sha1) => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+        (false, HashAlg::Sha256) => &signature::RSA_PKCS1_2048_8192_SHA256,
+        (false, HashAlg::Sha384) => &signature::RSA_PKCS1_2048_8192_SHA384,
+        (false, HashAlg::Sha512) => &signature::RSA_PKCS1_2048_8192_SHA512,
+        (true, HashAlg::Sha1) => return None,
+        (true, HashAlg::Sha256) => &signature::RSA_PSS_2048_8192_SHA256,
+        (true, HashAlg::Sha384) => &signature::RSA_PSS_2048_8192_SHA384,
+        (true, HashAlg::Sha512) => &signature::RSA_PSS_2048_8192_SHA512,
+    })
+}
+
+/// The ECDSA algorithm (DER signatures) for a curve and hash, with the coordinate size.
+fn ecdsa_algorithm(
+    curve: EccCurve,
+    hash: HashAlg,
+) -> Option<(&'static signature::EcdsaVerificationAlgorithm, usize)> {
+    Some(match (curve, hash) {
+        (EccCurve::NistP256, HashAlg::Sha1) => (&signature::ECDSA_P256_SHA1_ASN1, 32),
+        (EccCurve::NistP256, HashAlg::Sha256) => (&signature::ECDSA_P256_SHA256_ASN1, 32),
+        (EccCurve::NistP256, HashAlg::Sha384) => (&signature::ECDSA_P256_SHA384_ASN1, 32),
+        (EccCurve::NistP256, HashAlg::Sha512) => (&signature::ECDSA_P256_SHA512_ASN1, 32),
+        (EccCurve::NistP384, HashAlg::Sha256) => (&signature::ECDSA_P384_SHA256_ASN1, 48),
+        (EccCurve::NistP384, HashAlg::Sha384) => (&signature::ECDSA_P384_SHA384_ASN1, 48),
+        (EccCurve::NistP384, HashAlg::Sha512) => (&signature::ECDSA_P384_SHA512_ASN1, 48),
+        (EccCurve::NistP521, HashAlg::Sha1) => (&signature::ECDSA_P521_SHA1_ASN1, 66),
+        (EccCurve::NistP521, HashAlg::Sha256) => (&signature::ECDSA_P521_SHA256_ASN1, 66),
+        (EccCurve::NistP521, HashAlg::Sha384) => (&signature::ECDSA_P521_SHA384_ASN1, 66),
+        (EccCurve::NistP521, HashAlg::Sha512) => (&signature::ECDSA_P521_SHA512_ASN1, 66),
+        _ => return None,
+    })
+}
+
+fn ecdsa_der(r: &[u8], s: &[u8]) -> Vec<u8> {
+    der::sequence(&[der::unsigned_integer(r), der::unsigned_integer(s)])
+}
+
+/// Big-endian integer without leading zeros, as aws-lc-rs wants RSA components.
+fn minimal(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len().saturating_sub(1));
+    &bytes[start..]
+}
+
 fn verify_rsa(
     modulus: &[u8],
     exponent: u32,
@@ -200,16 +309,13 @@ fn verify_rsa(
     message: &[u8],
     sig: &[u8],
 ) -> Result<(), QuoteError> {
-    // aws-lc-rs wants minimal big-endian integers.
     let e = exponent.to_be_bytes();
-    let e = &e[e.iter().position(|b| *b != 0).unwrap_or(3)..];
-    let n = &modulus[modulus
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(modulus.len().saturating_sub(1))..];
-    RsaPublicKeyComponents { n, e }
-        .verify(params, message, sig)
-        .map_err(|_| QuoteError::BadSignature)
+    RsaPublicKeyComponents {
+        n: minimal(modulus),
+        e: minimal(&e),
+    }
+    .verify(params, message, sig)
+    .map_err(|_| QuoteError::BadSignature)
 }
 
 #[cfg(test)]
@@ -217,7 +323,7 @@ mod tests {
     use super::*;
     use crate::test_fixture;
 
-    fn fixture_quote() -> (Quote, PublicArea) {
+    fn fixture_quote() -> (Quote, AttestationKey) {
         let files = "keylime/test-data/files/";
         let quote = Quote::from_parts(
             &test_fixture(&format!("{files}quote.out")),
@@ -226,7 +332,7 @@ mod tests {
         )
         .unwrap();
         let ak = PublicArea::from_tpm2b(&test_fixture(&format!("{files}ak.pub"))).unwrap();
-        (quote, ak)
+        (quote, AttestationKey::new(ak))
     }
 
     const ALL_HASHES: &[HashAlg] = &[HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384, HashAlg::Sha512];
