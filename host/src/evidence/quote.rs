@@ -52,7 +52,24 @@ impl Quote {
         )
     }
 
-    /// Parses the three parts as raw bytes (push mode sends them base64 in separate fields).
+    /// Parses the push-mode (API 3.0) evidence fields: `message` (TPMS_ATTEST),
+    /// `signature` (TPMT_SIGNATURE) and `subject_data` (the PCR blob), each base64.
+    pub fn from_push_fields(message: &str, signature: &str, subject_data: &str) -> Result<Self, ParseError> {
+        let total = message.len() + signature.len() + subject_data.len();
+        if total > MAX_QUOTE_STRING {
+            return Err(ParseError::Invalid {
+                what: "quote fields",
+                detail: format!("{total} bytes is too long"),
+            });
+        }
+        Self::from_parts(
+            &decode(message, "quote message (TPMS_ATTEST)")?,
+            &decode(signature, "quote signature (TPMT_SIGNATURE)")?,
+            &decode(subject_data, "quote subject_data (PCR blob)")?,
+        )
+    }
+
+    /// Parses the three parts as raw bytes.
     pub fn from_parts(attest: &[u8], signature: &[u8], pcrs: &[u8]) -> Result<Self, ParseError> {
         Ok(Self {
             attest: Attest::parse(attest)?,

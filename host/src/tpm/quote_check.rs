@@ -401,6 +401,12 @@ mod tests {
         );
         let (quote, _) = fixture_quote();
         assert_eq!(Quote::from_keylime_string(&text).unwrap(), quote);
+        let parts: Vec<&str> = text[1..].split(':').collect();
+        assert_eq!(
+            Quote::from_push_fields(parts[0], parts[1], parts[2]).unwrap(),
+            quote
+        );
+        assert!(Quote::from_push_fields("!!", parts[1], parts[2]).is_err());
         assert!(Quote::from_keylime_string(&text[1..]).is_err(), "missing 'r'");
         assert!(Quote::from_keylime_string(&format!("{text}:extra")).is_err());
         assert!(Quote::from_keylime_string("r::").is_err());
