@@ -8,6 +8,7 @@
 //! - [`store`]: the storage interface and its SQLite implementation.
 //! - [`registrar`]: agent registration and activation over HTTP.
 //! - [`net`]: listeners, TLS material and the HTTP/HTTPS serving loop.
+//! - [`policy`]: the WebAssembly policy sandbox (wasmtime) and the built-in policies.
 //! - [`config`] and [`cli`]: the operator's edge.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod evidence;
 pub mod net;
+pub mod policy;
 pub mod registrar;
 pub mod store;
 pub mod tpm;

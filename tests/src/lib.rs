@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod ek_issuer;
 pub mod ima;
+pub mod policies;
 pub mod server;
 pub mod swtpm;
 

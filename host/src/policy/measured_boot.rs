@@ -1,0 +1,281 @@
+//! Measured-boot policies: the `measured-boot-policy` world, the boot log handed to it, and
+//! an instance that holds one reference state.
+
+use std::sync::Mutex;
+
+use wasmtime::Store;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{HostState, PolicyError, PolicyRuntime, call_error};
+use crate::evidence::HashAlg;
+use crate::evidence::uefi::{self, EventLog, PcrBanks};
+
+mod bindings {
+    wasmtime::component::bindgen!({ world: "measured-boot-policy", path: "../wit" });
+}
+
+use bindings::exports::zest::policy::measured_boot as wit;
+use bindings::zest::policy::types as wit_types;
+pub use wit_types::{Failure, Verdict};
+
+impl bindings::zest::policy::types::Host for HostState {}
+
+impl bindings::zest::policy::host::Host for HostState {
+    fn verify_prehashed(
+        &mut self,
+        spki_der: Vec<u8>,
+        hash: wit_types::HashAlg,
+        digest: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> bool {
+        crate::tpm::verify_prehashed(&spki_der, from_wit_hash(hash), &digest, &signature)
+    }
+
+    fn log(&mut self, level: wit_types::LogLevel, message: String) {
+        let policy = &self.policy;
+        match level {
+            wit_types::LogLevel::Error => tracing::error!(%policy, "{message}"),
+            wit_types::LogLevel::Warn => tracing::warn!(%policy, "{message}"),
+            wit_types::LogLevel::Info => tracing::info!(%policy, "{message}"),
+            wit_types::LogLevel::Debug => tracing::debug!(%policy, "{message}"),
+        }
+    }
+}
+
+fn from_wit_hash(h: wit_types::HashAlg) -> Option<HashAlg> {
+    match h {
+        wit_types::HashAlg::Sha1 => Some(HashAlg::Sha1),
+        wit_types::HashAlg::Sha256 => Some(HashAlg::Sha256),
+        wit_types::HashAlg::Sha384 => Some(HashAlg::Sha384),
+        wit_types::HashAlg::Sha512 => Some(HashAlg::Sha512),
+        wit_types::HashAlg::Other => None,
+    }
+}
+
+fn to_wit_hash(h: HashAlg) -> wit_types::HashAlg {
+    match h {
+        HashAlg::Sha1 => wit_types::HashAlg::Sha1,
+        HashAlg::Sha256 => wit_types::HashAlg::Sha256,
+        HashAlg::Sha384 => wit_types::HashAlg::Sha384,
+        HashAlg::Sha512 => wit_types::HashAlg::Sha512,
+    }
+}
+
+/// What the host knows about one boot when it asks a policy: the parsed log, the quoted
+/// bank and its authenticated PCR values.
+pub struct BootEvidence<'a> {
+    pub log: &'a EventLog,
+    pub replayed: &'a PcrBanks,
+    pub quoted_bank: HashAlg,
+    /// (PCR index, value) from a verified quote.
+    pub quoted: &'a [(u32, Vec<u8>)],
+    pub first_attestation: bool,
+    pub prior_state: Option<Vec<u8>>,
+}
+
+/// A measured-boot policy component with one reference state loaded.
+pub struct MeasuredBootPolicy {
+    name: String,
+    deadline: std::time::Duration,
+    deadline_ticks: u64,
+    inner: Mutex<(Store<HostState>, bindings::MeasuredBootPolicy)>,
+    relevant_pcrs: Vec<u32>,
+}
+
+impl MeasuredBootPolicy {
+    /// Instantiates `component_bytes` and loads `refstate` into it.
+    pub fn load(
+        runtime: &PolicyRuntime,
+        name: &str,
+        component_bytes: &[u8],
+        refstate: &[u8],
+    ) -> Result<Self, PolicyError> {
+        let component = runtime.component(component_bytes)?;
+        let mut linker: Linker<HostState> = Linker::new(runtime.engine());
+        let wrong_world = |e: wasmtime::Error| PolicyError::WrongWorld {
+            world: "measured-boot-policy",
+            detail: format!("{e:#}"),
+        };
+        bindings::MeasuredBootPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(wrong_world)?;
+        // A std guest imports WASI interfaces it never calls; they trap if it ever does.
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(wrong_world)?;
+        let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = bindings::MeasuredBootPolicyPre::new(pre).map_err(wrong_world)?;
+        let mut store = Store::new(runtime.engine(), runtime.store_state(name));
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        let deadline = runtime.limits().deadline;
+        let ticks = runtime.deadline_ticks();
+        store.set_epoch_deadline(ticks);
+        let instance = pre.instantiate(&mut store).map_err(|e| call_error(e, deadline))?;
+        store.set_epoch_deadline(ticks);
+        instance
+            .zest_policy_measured_boot()
+            .call_load(&mut store, refstate)
+            .map_err(|e| call_error(e, deadline))?
+            .map_err(|e| PolicyError::Load(load_error_text(&e)))?;
+        store.set_epoch_deadline(ticks);
+        let relevant_pcrs = instance
+            .zest_policy_measured_boot()
+            .call_relevant_pcrs(&mut store)
+            .map_err(|e| call_error(e, deadline))?;
+        Ok(Self {
+            name: name.to_owned(),
+            deadline,
+            deadline_ticks: ticks,
+            inner: Mutex::new((store, instance)),
+            relevant_pcrs,
+        })
+    }
+
+    /// PCRs the policy relies on.
+    pub fn relevant_pcrs(&self) -> &[u32] {
+        &self.relevant_pcrs
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Evaluates one boot. A trap or timeout poisons this instance: the caller drops it and
+    /// loads a fresh one.
+    pub fn evaluate(&self, evidence: &BootEvidence<'_>) -> Result<Verdict, PolicyError> {
+        let log = boot_log(evidence);
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|_| PolicyError::Trap("instance lock poisoned".into()))?;
+        let (store, instance) = &mut *guard;
+        store.set_epoch_deadline(self.deadline_ticks);
+        instance
+            .zest_policy_measured_boot()
+            .call_evaluate(&mut *store, &log)
+            .map_err(|e| call_error(e, self.deadline))
+    }
+}
+
+fn load_error_text(e: &wit_types::LoadError) -> String {
+    match e {
+        wit_types::LoadError::InvalidJson(m) => format!("invalid JSON: {m}"),
+        wit_types::LoadError::Schema(m) => format!("schema: {m}"),
+        wit_types::LoadError::Unsupported(m) => format!("unsupported: {m}"),
+    }
+}
+
+/// The WIT view of a boot: every event with its digests (marked authenticated when in the
+/// quoted bank) and decoded data.
+fn boot_log(e: &BootEvidence<'_>) -> wit::BootLog {
+    let quoted_id = e.quoted_bank.tpm_id();
+    let events = e
+        .log
+        .events
+        .iter()
+        .map(|ev| wit::Event {
+            number: ev.number as u32,
+            pcr: ev.pcr,
+            event_type: ev.event_type,
+            type_name: ev.type_name(),
+            digests: ev
+                .digests
+                .iter()
+                .map(|(alg, value)| {
+                    let hash = HashAlg::from_tpm(*alg);
+                    wit::EventDigest {
+                        value: wit_types::Digest {
+                            alg: hash.map(to_wit_hash).unwrap_or(wit_types::HashAlg::Other),
+                            alg_name: hash
+                                .map(|h| h.name().to_owned())
+                                .unwrap_or_else(|| format!("0x{alg:04x}")),
+                            value: value.clone(),
+                        },
+                        authenticated: *alg == quoted_id,
+                    }
+                })
+                .collect(),
+            data: ev.data.clone(),
+            parsed: event_data(ev.decode()),
+        })
+        .collect();
+    let replayed = e
+        .replayed
+        .get(&e.quoted_bank)
+        .map(|pcrs| {
+            pcrs.iter()
+                .map(|(i, v)| wit::PcrValue {
+                    index: *i,
+                    value: v.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    wit::BootLog {
+        quoted_bank: to_wit_hash(e.quoted_bank),
+        quoted: e
+            .quoted
+            .iter()
+            .map(|(i, v)| wit::PcrValue {
+                index: *i,
+                value: v.clone(),
+            })
+            .collect(),
+        replayed,
+        events,
+        first_attestation: e.first_attestation,
+        prior_state: e.prior_state.clone(),
+    }
+}
+
+fn event_data(d: uefi::EventData) -> wit::EventData {
+    use uefi::EventData as E;
+    match d {
+        E::SpecId => wit::EventData::SpecId,
+        E::StartupLocality(l) => wit::EventData::StartupLocality(l),
+        E::Text(t) => wit::EventData::Text(t),
+        E::Separator(v) => wit::EventData::Separator(v),
+        E::FirmwareBlob { base, length, .. } => wit::EventData::FirmwareBlob((base, length)),
+        E::Variable(v) => wit::EventData::Variable(wit::EfiVariable {
+            guid: v.guid.to_string(),
+            name: v.name,
+            parsed: variable_data(v.decoded),
+            data: v.data,
+        }),
+        E::ImageLoad(i) => wit::EventData::Image(wit::ImageLoad {
+            location: i.location,
+            length: i.length,
+            link_time_address: i.link_time_address,
+            device_path: i.device_path_text,
+        }),
+        E::Gpt { .. } | E::Raw => wit::EventData::Raw,
+    }
+}
+
+fn variable_data(d: uefi::VariableData) -> wit::VariableData {
+    use uefi::VariableData as V;
+    let entry = |e: uefi::SignatureEntry| wit::SignatureEntry {
+        owner: e.owner.to_string(),
+        data: e.data,
+    };
+    match d {
+        V::Boolean(b) => wit::VariableData::Boolean(b),
+        V::SignatureLists(lists) => wit::VariableData::SignatureLists(
+            lists
+                .into_iter()
+                .map(|l| wit::SignatureList {
+                    signature_type: l.signature_type.to_string(),
+                    entries: l.entries.into_iter().map(entry).collect(),
+                })
+                .collect(),
+        ),
+        V::Signature(e) => wit::VariableData::Signature(entry(e)),
+        V::BootOrder(o) => wit::VariableData::BootOrder(o),
+        V::BootOption {
+            enabled,
+            description,
+            device_path,
+        } => wit::VariableData::BootOption((enabled, description, device_path)),
+        V::Raw => wit::VariableData::Raw,
+    }
+}

@@ -1,0 +1,95 @@
+//! Hostile policy components give clean failures, and the host keeps evaluating afterwards.
+
+use std::time::{Duration, Instant};
+
+use zest::evidence::HashAlg;
+use zest::evidence::uefi::{EventLog, PcrBanks};
+use zest::policy::measured_boot::{BootEvidence, MeasuredBootPolicy};
+use zest::policy::{PolicyError, PolicyLimits, PolicyRuntime};
+use zest_tests::policies::test_component;
+
+fn small_log() -> (EventLog, PcrBanks) {
+    let root = std::env::var("ZEST_FIXTURES")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures").to_owned());
+    let bytes = std::fs::read(format!(
+        "{root}/keylime/test/data/create-mb-policy/binary_bios_measurements"
+    ))
+    .unwrap();
+    let log = EventLog::parse(&bytes).unwrap();
+    let replayed = log.replay();
+    (log, replayed)
+}
+
+fn evaluate(runtime: &PolicyRuntime, mode: &str) -> Result<usize, PolicyError> {
+    let (log, replayed) = small_log();
+    let policy = MeasuredBootPolicy::load(runtime, "hostile", &test_component("hostile"), mode.as_bytes())?;
+    let evidence = BootEvidence {
+        log: &log,
+        replayed: &replayed,
+        quoted_bank: HashAlg::Sha256,
+        quoted: &[],
+        first_attestation: false,
+        prior_state: None,
+    };
+    policy.evaluate(&evidence).map(|v| v.failures.len())
+}
+
+#[test]
+fn each_hostile_behaviour_is_a_clean_failure_and_good_evaluations_continue() {
+    let limits = PolicyLimits {
+        memory_bytes: 64 << 20,
+        deadline: Duration::from_millis(300),
+    };
+    let runtime = PolicyRuntime::new(limits, None).unwrap();
+    assert_eq!(evaluate(&runtime, "ok"), Ok(0));
+
+    let started = Instant::now();
+    assert_eq!(
+        evaluate(&runtime, "loop"),
+        Err(PolicyError::Timeout(limits.deadline))
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the deadline did not stop the loop"
+    );
+
+    for mode in ["alloc", "trap", "recurse", "huge"] {
+        match evaluate(&runtime, mode) {
+            Err(PolicyError::Trap(_)) | Err(PolicyError::Timeout(_)) => {}
+            other => panic!("{mode}: expected a trap, got {other:?}"),
+        }
+        assert_eq!(evaluate(&runtime, "ok"), Ok(0), "a good evaluation after {mode}");
+    }
+
+    assert!(matches!(evaluate(&runtime, "load-fail"), Err(PolicyError::Load(m)) if m.contains("refuses")));
+}
+
+#[test]
+fn a_component_of_the_wrong_world_is_refused() {
+    let runtime = PolicyRuntime::new(PolicyLimits::default(), None).unwrap();
+    match MeasuredBootPolicy::load(&runtime, "wrong", &test_component("wrong_world"), b"{}") {
+        Err(PolicyError::WrongWorld { world, .. }) => assert_eq!(world, "measured-boot-policy"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a runtime-policy component was accepted as a measured-boot policy"),
+    }
+}
+
+#[test]
+fn a_trapped_instance_stays_refused_until_reloaded() {
+    let runtime = PolicyRuntime::new(PolicyLimits::default(), None).unwrap();
+    let (log, replayed) = small_log();
+    let evidence = BootEvidence {
+        log: &log,
+        replayed: &replayed,
+        quoted_bank: HashAlg::Sha256,
+        quoted: &[],
+        first_attestation: false,
+        prior_state: None,
+    };
+    let policy = MeasuredBootPolicy::load(&runtime, "hostile", &test_component("hostile"), b"trap").unwrap();
+    assert!(matches!(policy.evaluate(&evidence), Err(PolicyError::Trap(_))));
+    assert!(
+        policy.evaluate(&evidence).is_err(),
+        "a trapped instance must not be reused"
+    );
+}
