@@ -18,7 +18,10 @@ impl Guest for AcceptAll {
     }
 
     fn evaluate(_log: BootLog) -> Verdict {
-        Verdict { failures: Vec::new(), state: None }
+        Verdict {
+            failures: Vec::new(),
+            state: None,
+        }
     }
 }
 
