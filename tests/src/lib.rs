@@ -11,3 +11,12 @@ pub mod swtpm;
 pub use agent::{AkKind, EkKind, TestAgent};
 pub use server::TestRegistrar;
 pub use swtpm::{EkCa, Swtpm};
+
+/// Reads a file from Keylime's test data in `../shared/fixtures` (beside the repository, in
+/// CI too); `ZEST_FIXTURES` overrides the location.
+pub fn fixture(path: &str) -> Vec<u8> {
+    let root = std::env::var("ZEST_FIXTURES")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures").to_owned());
+    let full = std::path::Path::new(&root).join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
+}

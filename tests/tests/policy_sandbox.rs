@@ -6,32 +6,35 @@ use zest::evidence::HashAlg;
 use zest::evidence::uefi::{EventLog, PcrBanks};
 use zest::policy::measured_boot::{BootEvidence, MeasuredBootPolicy};
 use zest::policy::{PolicyError, PolicyLimits, PolicyRuntime};
+use zest_tests::fixture;
 use zest_tests::policies::test_component;
 
-fn small_log() -> (EventLog, PcrBanks) {
-    let root = std::env::var("ZEST_FIXTURES")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures").to_owned());
-    let bytes = std::fs::read(format!(
-        "{root}/keylime/test/data/create-mb-policy/binary_bios_measurements"
+fn fedora_log() -> (EventLog, PcrBanks) {
+    let log = EventLog::parse(&fixture(
+        "keylime/test/data/create-mb-policy/binary_bios_measurements",
     ))
     .unwrap();
-    let log = EventLog::parse(&bytes).unwrap();
     let replayed = log.replay();
     (log, replayed)
 }
 
-fn evaluate(runtime: &PolicyRuntime, mode: &str) -> Result<usize, PolicyError> {
-    let (log, replayed) = small_log();
-    let policy = MeasuredBootPolicy::load(runtime, "hostile", &test_component("hostile"), mode.as_bytes())?;
-    let evidence = BootEvidence {
-        log: &log,
-        replayed: &replayed,
+fn evidence<'a>(log: &'a EventLog, replayed: &'a PcrBanks) -> BootEvidence<'a> {
+    BootEvidence {
+        log,
+        replayed,
         quoted_bank: HashAlg::Sha256,
         quoted: &[],
         first_attestation: false,
         prior_state: None,
-    };
-    policy.evaluate(&evidence).map(|v| v.failures.len())
+    }
+}
+
+fn evaluate(runtime: &PolicyRuntime, mode: &str) -> Result<usize, PolicyError> {
+    let (log, replayed) = fedora_log();
+    let policy = MeasuredBootPolicy::load(runtime, "hostile", &test_component("hostile"), mode.as_bytes())?;
+    policy
+        .evaluate(&evidence(&log, &replayed))
+        .map(|v| v.failures.len())
 }
 
 #[test]
@@ -77,15 +80,8 @@ fn a_component_of_the_wrong_world_is_refused() {
 #[test]
 fn a_trapped_instance_stays_refused_until_reloaded() {
     let runtime = PolicyRuntime::new(PolicyLimits::default(), None).unwrap();
-    let (log, replayed) = small_log();
-    let evidence = BootEvidence {
-        log: &log,
-        replayed: &replayed,
-        quoted_bank: HashAlg::Sha256,
-        quoted: &[],
-        first_attestation: false,
-        prior_state: None,
-    };
+    let (log, replayed) = fedora_log();
+    let evidence = evidence(&log, &replayed);
     let policy = MeasuredBootPolicy::load(&runtime, "hostile", &test_component("hostile"), b"trap").unwrap();
     assert!(matches!(policy.evaluate(&evidence), Err(PolicyError::Trap(_))));
     assert!(
