@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{DEFAULT_DATA_DIR, DataDir, RegistrarConfig};
 
 mod evidence;
+mod policy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +32,9 @@ enum Command {
     /// Inspect evidence files offline: UEFI event logs, IMA lists, quotes.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
+    /// Policy tools: dry-run a policy on evidence files.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +111,7 @@ fn init_logging() {
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Evidence(command) => evidence::run(command),
+        Command::Policy(command) => policy::run(command),
         Command::Serve(args) | Command::Registrar(args) => {
             let data_dir = DataDir(args.data_dir.clone());
             let config = args.registrar.config(&data_dir);
