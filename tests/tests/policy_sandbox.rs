@@ -89,3 +89,49 @@ fn a_trapped_instance_stays_refused_until_reloaded() {
         "a trapped instance must not be reused"
     );
 }
+
+#[test]
+fn runtime_policies_receive_ima_batches_and_worlds_are_not_mixed() {
+    use zest::evidence::ima::{ImaPosition, replay};
+    use zest::policy::runtime::{ImaEvidence, RuntimePolicy};
+
+    let runtime = PolicyRuntime::new(PolicyLimits::default(), None).unwrap();
+    // `wrong_world` is a runtime policy that accepts everything.
+    let policy = RuntimePolicy::load(&runtime, "accepting", &test_component("wrong_world"), b"{}").unwrap();
+    assert_eq!(policy.log_hash_alg(), Some(HashAlg::Sha1));
+    let text = String::from_utf8(fixture("keylime/test/data/create-runtime-policy/ima-log-sha256")).unwrap();
+    let replayed = replay(
+        &text,
+        HashAlg::Sha256,
+        HashAlg::Sha1,
+        &ImaPosition::start(HashAlg::Sha256),
+        None,
+    );
+    let evidence = ImaEvidence {
+        text: &text,
+        replay: &replayed,
+        bank: HashAlg::Sha256,
+        start_offset: 0,
+        boot_aggregates: &[],
+        prior_state: None,
+    };
+    let entries = zest::evidence::ima::lines(&text).count() as u8;
+    for _ in 0..3 {
+        let verdict = policy.evaluate(&evidence).unwrap();
+        assert!(verdict.failures.is_empty());
+        assert_eq!(
+            verdict.state,
+            Some(vec![entries, entries, 0]),
+            "the policy saw every entry and its facts"
+        );
+    }
+
+    let mb = zest::policy::builtin_measured_boot("accept-all").unwrap();
+    assert!(matches!(
+        RuntimePolicy::load(&runtime, "mb-as-runtime", mb, b"{}"),
+        Err(PolicyError::WrongWorld {
+            world: "runtime-policy",
+            ..
+        })
+    ));
+}

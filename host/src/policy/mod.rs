@@ -10,6 +10,7 @@
 
 mod builtin;
 pub mod measured_boot;
+pub mod runtime;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,4 +1,6 @@
-//! A runtime (IMA) policy: loading it as a measured-boot policy must fail cleanly.
+//! A runtime (IMA) policy that accepts everything and reports what it was given in its
+//! state: (entries, entries whose template hash checked out, start offset). Loading it as a
+//! measured-boot policy must fail cleanly.
 
 wit_bindgen::generate!({ world: "runtime-policy", path: "../../../wit" });
 
@@ -16,10 +18,16 @@ impl Guest for WrongWorld {
         HashAlg::Sha1
     }
 
-    fn evaluate(_batch: Batch) -> Verdict {
+    fn evaluate(batch: Batch) -> Verdict {
+        let ok = batch.entries.iter().filter(|e| e.template_hash_ok).count();
+        let state = [
+            batch.entries.len() as u8,
+            ok as u8,
+            batch.replay.start_offset as u8,
+        ];
         Verdict {
             failures: Vec::new(),
-            state: None,
+            state: Some(state.to_vec()),
         }
     }
 }

@@ -1,0 +1,223 @@
+//! Runtime (IMA) policies: the `runtime-policy` world, the batches of IMA entries handed to
+//! it, and an instance that holds one runtime policy document.
+
+use std::sync::Mutex;
+
+use wasmtime::Store;
+use wasmtime::component::{HasSelf, Linker};
+
+use super::{HostState, PolicyError, PolicyRuntime, call_error};
+use crate::evidence::HashAlg;
+use crate::evidence::ima::{self, ImaEntry, ImaReplay, ImaSignature, Template};
+
+mod bindings {
+    wasmtime::component::bindgen!({ world: "runtime-policy", path: "../wit" });
+}
+
+use bindings::exports::zest::policy::runtime as wit;
+use bindings::zest::policy::types as wit_types;
+pub use wit_types::{Failure, Verdict};
+
+impl bindings::zest::policy::types::Host for HostState {}
+
+impl bindings::zest::policy::host::Host for HostState {
+    fn verify_prehashed(
+        &mut self,
+        spki_der: Vec<u8>,
+        hash: wit_types::HashAlg,
+        digest: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> bool {
+        let hash = match hash {
+            wit_types::HashAlg::Sha1 => Some(HashAlg::Sha1),
+            wit_types::HashAlg::Sha256 => Some(HashAlg::Sha256),
+            wit_types::HashAlg::Sha384 => Some(HashAlg::Sha384),
+            wit_types::HashAlg::Sha512 => Some(HashAlg::Sha512),
+            wit_types::HashAlg::Other => None,
+        };
+        crate::tpm::verify_prehashed(&spki_der, hash, &digest, &signature)
+    }
+
+    fn log(&mut self, level: wit_types::LogLevel, message: String) {
+        let policy = &self.policy;
+        match level {
+            wit_types::LogLevel::Error => tracing::error!(%policy, "{message}"),
+            wit_types::LogLevel::Warn => tracing::warn!(%policy, "{message}"),
+            wit_types::LogLevel::Info => tracing::info!(%policy, "{message}"),
+            wit_types::LogLevel::Debug => tracing::debug!(%policy, "{message}"),
+        }
+    }
+}
+
+fn to_wit_hash(h: HashAlg) -> wit_types::HashAlg {
+    match h {
+        HashAlg::Sha1 => wit_types::HashAlg::Sha1,
+        HashAlg::Sha256 => wit_types::HashAlg::Sha256,
+        HashAlg::Sha384 => wit_types::HashAlg::Sha384,
+        HashAlg::Sha512 => wit_types::HashAlg::Sha512,
+    }
+}
+
+/// One batch of IMA evidence: the list text as the agent sent it and what the replay found.
+pub struct ImaEvidence<'a> {
+    pub text: &'a str,
+    pub replay: &'a ImaReplay,
+    pub bank: HashAlg,
+    /// Offset of the first line of `text` in the agent's list.
+    pub start_offset: u64,
+    /// Boot aggregates (H(PCR0..7), H(PCR0..9)) per bank from a verified boot log.
+    pub boot_aggregates: &'a [(HashAlg, Vec<u8>)],
+    pub prior_state: Option<Vec<u8>>,
+}
+
+/// A runtime policy component with one policy document loaded.
+pub struct RuntimePolicy {
+    deadline: std::time::Duration,
+    deadline_ticks: u64,
+    inner: Mutex<(Store<HostState>, bindings::RuntimePolicy)>,
+    log_hash: wit_types::HashAlg,
+}
+
+impl RuntimePolicy {
+    /// Instantiates `component_bytes` and loads `document` into it.
+    pub fn load(
+        runtime: &PolicyRuntime,
+        name: &str,
+        component_bytes: &[u8],
+        document: &[u8],
+    ) -> Result<Self, PolicyError> {
+        let component = runtime.component(component_bytes)?;
+        let mut linker: Linker<HostState> = Linker::new(runtime.engine());
+        let wrong_world = |e: wasmtime::Error| PolicyError::WrongWorld {
+            world: "runtime-policy",
+            detail: format!("{e:#}"),
+        };
+        bindings::RuntimePolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(wrong_world)?;
+        linker
+            .define_unknown_imports_as_traps(&component)
+            .map_err(wrong_world)?;
+        let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = bindings::RuntimePolicyPre::new(pre).map_err(wrong_world)?;
+        let mut store = Store::new(runtime.engine(), runtime.store_state(name));
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        let deadline = runtime.limits().deadline;
+        let ticks = runtime.deadline_ticks();
+        store.set_epoch_deadline(ticks);
+        let instance = pre.instantiate(&mut store).map_err(|e| call_error(e, deadline))?;
+        store.set_epoch_deadline(ticks);
+        instance
+            .zest_policy_runtime()
+            .call_load(&mut store, document)
+            .map_err(|e| call_error(e, deadline))?
+            .map_err(|e| PolicyError::Load(format!("{e:?}")))?;
+        store.set_epoch_deadline(ticks);
+        let log_hash = instance
+            .zest_policy_runtime()
+            .call_log_hash_alg(&mut store)
+            .map_err(|e| call_error(e, deadline))?;
+        Ok(Self {
+            deadline,
+            deadline_ticks: ticks,
+            inner: Mutex::new((store, instance)),
+            log_hash,
+        })
+    }
+
+    /// The template-hash algorithm the policy expects (`ima.log_hash_alg`), when it is one
+    /// the host can compute.
+    pub fn log_hash_alg(&self) -> Option<HashAlg> {
+        match self.log_hash {
+            wit_types::HashAlg::Sha1 => Some(HashAlg::Sha1),
+            wit_types::HashAlg::Sha256 => Some(HashAlg::Sha256),
+            wit_types::HashAlg::Sha384 => Some(HashAlg::Sha384),
+            wit_types::HashAlg::Sha512 => Some(HashAlg::Sha512),
+            wit_types::HashAlg::Other => None,
+        }
+    }
+
+    /// Evaluates one batch. A trap or timeout poisons this instance.
+    pub fn evaluate(&self, evidence: &ImaEvidence<'_>) -> Result<Verdict, PolicyError> {
+        let batch = batch(evidence);
+        let mut guard = self
+            .inner
+            .lock()
+            .map_err(|_| PolicyError::Trap("instance lock poisoned".into()))?;
+        let (store, instance) = &mut *guard;
+        store.set_epoch_deadline(self.deadline_ticks);
+        instance
+            .zest_policy_runtime()
+            .call_evaluate(&mut *store, &batch)
+            .map_err(|e| call_error(e, self.deadline))
+    }
+}
+
+/// The WIT batch: every parsed entry with its replay facts.
+fn batch(e: &ImaEvidence<'_>) -> wit::Batch {
+    let mut facts = e.replay.entries.iter().peekable();
+    let mut entries = Vec::with_capacity(e.replay.entries.len());
+    for (line_no, line) in ima::lines(e.text).enumerate() {
+        let Some(fact) = facts.next_if(|f| f.line == line_no) else {
+            continue;
+        };
+        let Ok(entry) = ImaEntry::parse(line, line_no) else {
+            continue;
+        };
+        entries.push(wit_entry(&entry, fact, e.start_offset));
+    }
+    wit::Batch {
+        entries,
+        replay: wit::ReplayFacts {
+            bank: to_wit_hash(e.bank),
+            start_offset: e.start_offset,
+            matched: e.replay.matched_after.is_some(),
+        },
+        boot_aggregates: e
+            .boot_aggregates
+            .iter()
+            .map(|(h, v)| wit_types::Digest {
+                alg: to_wit_hash(*h),
+                alg_name: h.name().to_owned(),
+                value: v.clone(),
+            })
+            .collect(),
+        prior_state: e.prior_state.clone(),
+    }
+}
+
+fn wit_entry(entry: &ImaEntry<'_>, fact: &ima::EntryFacts, start: u64) -> wit::Entry {
+    let signature_raw =
+        (entry.template == Template::ImaSig && !entry.signature.is_empty()).then(|| entry.signature_bytes());
+    let signature = signature_raw
+        .as_deref()
+        .and_then(|raw| ImaSignature::parse(raw).ok())
+        .map(|s| wit::ImaSignature {
+            xattr_type: s.xattr_type,
+            hash_algo: s.hash_algo,
+            key_id: s.key_id,
+            signature: s.signature,
+        });
+    let alg = HashAlg::from_name(entry.digest_alg);
+    wit::Entry {
+        index: start + fact.line as u64,
+        pcr: entry.pcr,
+        template: match entry.template {
+            Template::Ima => wit::Template::Ima,
+            Template::ImaNg => wit::Template::ImaNg,
+            Template::ImaSig => wit::Template::ImaSig,
+            Template::ImaBuf => wit::Template::ImaBuf,
+        },
+        violation: fact.violation,
+        template_hash_ok: fact.template_hash_ok,
+        file_digest: wit_types::Digest {
+            alg: alg.map(to_wit_hash).unwrap_or(wit_types::HashAlg::Other),
+            alg_name: entry.digest_alg.to_owned(),
+            value: entry.digest().to_vec(),
+        },
+        name: entry.name.as_bytes().to_vec(),
+        signature_raw,
+        signature,
+        buffer: (entry.template == Template::ImaBuf).then(|| entry.buffer_bytes()),
+        after_quote: !fact.covered_by_quote,
+    }
+}
