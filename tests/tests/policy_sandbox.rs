@@ -135,3 +135,45 @@ fn runtime_policies_receive_ima_batches_and_worlds_are_not_mixed() {
         })
     ));
 }
+
+#[test]
+fn the_registry_reuses_instances_per_tenant_and_rebuilds_broken_ones() {
+    use std::sync::Arc;
+    use zest::policy::PolicyRegistry;
+
+    let registry = PolicyRegistry::new(Arc::new(
+        PolicyRuntime::new(PolicyLimits::default(), None).unwrap(),
+    ));
+    let (log, replayed) = fedora_log();
+    let evidence = evidence(&log, &replayed);
+    let hostile = test_component("hostile");
+
+    for _ in 0..3 {
+        assert!(
+            registry
+                .evaluate_measured_boot("tenant-a", "ok", &hostile, b"ok", &evidence)
+                .unwrap()
+                .failures
+                .is_empty()
+        );
+    }
+    assert_eq!(
+        registry.loaded(),
+        1,
+        "one instance serves every evaluation of a document"
+    );
+    registry
+        .evaluate_measured_boot("tenant-b", "ok", &hostile, b"ok", &evidence)
+        .unwrap();
+    assert_eq!(registry.loaded(), 2, "tenants never share an instance");
+
+    // A trapping instance is dropped, so the next call traps afresh in a new instance rather
+    // than failing to enter the broken one.
+    for _ in 0..2 {
+        match registry.evaluate_measured_boot("tenant-a", "trap", &hostile, b"trap", &evidence) {
+            Err(PolicyError::Trap(message)) => assert!(!message.contains("cannot enter"), "{message}"),
+            other => panic!("expected a trap, got {other:?}"),
+        }
+    }
+    assert_eq!(registry.loaded(), 2);
+}

@@ -10,6 +10,7 @@
 
 mod builtin;
 pub mod measured_boot;
+pub mod registry;
 pub mod runtime;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use wasmtime::{
 };
 
 pub use builtin::{BUILTIN_MEASURED_BOOT, builtin_measured_boot};
+pub use registry::PolicyRegistry;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
