@@ -10,7 +10,9 @@ use super::{HostState, PolicyError, PolicyRuntime, call_error};
 use crate::evidence::HashAlg;
 use crate::evidence::uefi::{self, EventLog, PcrBanks};
 
-mod bindings {
+/// Generated bindings. The `types` and `host` interfaces generated here are shared with
+/// the runtime world (see `runtime.rs`), so the host imports are implemented once.
+pub(super) mod bindings {
     wasmtime::component::bindgen!({ world: "measured-boot-policy", path: "../wit" });
 }
 
@@ -42,7 +44,7 @@ impl bindings::zest::policy::host::Host for HostState {
     }
 }
 
-fn from_wit_hash(h: wit_types::HashAlg) -> Option<HashAlg> {
+pub(super) fn from_wit_hash(h: wit_types::HashAlg) -> Option<HashAlg> {
     match h {
         wit_types::HashAlg::Sha1 => Some(HashAlg::Sha1),
         wit_types::HashAlg::Sha256 => Some(HashAlg::Sha256),
@@ -52,7 +54,7 @@ fn from_wit_hash(h: wit_types::HashAlg) -> Option<HashAlg> {
     }
 }
 
-fn to_wit_hash(h: HashAlg) -> wit_types::HashAlg {
+pub(super) fn to_wit_hash(h: HashAlg) -> wit_types::HashAlg {
     match h {
         HashAlg::Sha1 => wit_types::HashAlg::Sha1,
         HashAlg::Sha256 => wit_types::HashAlg::Sha256,

@@ -27,11 +27,57 @@ impl InstanceKey {
     }
 }
 
+/// Loaded instances of one kind of policy.
+struct Instances<P>(Mutex<HashMap<InstanceKey, Arc<P>>>);
+
+impl<P> Default for Instances<P> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<P> Instances<P> {
+    fn len(&self) -> usize {
+        self.0.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Runs `eval` on the instance for `key`, loading it first if needed; an instance that
+    /// breaks is dropped so the next call rebuilds it.
+    fn run<R>(
+        &self,
+        key: InstanceKey,
+        load: impl FnOnce() -> Result<P, PolicyError>,
+        eval: impl FnOnce(&P) -> Result<R, PolicyError>,
+    ) -> Result<R, PolicyError> {
+        let existing = self.0.lock().map_err(|_| poisoned())?.get(&key).cloned();
+        let policy = match existing {
+            Some(p) => p,
+            None => {
+                // Loading runs guest code under its deadline; the map lock is not held meanwhile.
+                let loaded = Arc::new(load()?);
+                self.0
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .entry(key.clone())
+                    .or_insert(loaded)
+                    .clone()
+            }
+        };
+        let result = eval(&policy);
+        if let Err(e) = &result
+            && breaks_instance(e)
+        {
+            self.0.lock().map_err(|_| poisoned())?.remove(&key);
+        }
+        result
+    }
+}
+
 /// The loaded policies of a process.
 pub struct PolicyRegistry {
     runtime: Arc<PolicyRuntime>,
-    measured_boot: Mutex<HashMap<InstanceKey, Arc<MeasuredBootPolicy>>>,
-    runtime_policies: Mutex<HashMap<InstanceKey, Arc<RuntimePolicy>>>,
+    measured_boot: Instances<MeasuredBootPolicy>,
+    runtime_policies: Instances<RuntimePolicy>,
 }
 
 fn poisoned() -> PolicyError {
@@ -47,15 +93,14 @@ impl PolicyRegistry {
     pub fn new(runtime: Arc<PolicyRuntime>) -> Self {
         Self {
             runtime,
-            measured_boot: Mutex::default(),
-            runtime_policies: Mutex::default(),
+            measured_boot: Instances::default(),
+            runtime_policies: Instances::default(),
         }
     }
 
     /// Instances currently loaded (both kinds).
     pub fn loaded(&self) -> usize {
-        self.measured_boot.lock().map(|m| m.len()).unwrap_or(0)
-            + self.runtime_policies.lock().map(|m| m.len()).unwrap_or(0)
+        self.measured_boot.len() + self.runtime_policies.len()
     }
 
     /// Evaluates a boot with the measured-boot `module` holding `document` for `tenant`.
@@ -67,33 +112,11 @@ impl PolicyRegistry {
         document: &[u8],
         evidence: &BootEvidence<'_>,
     ) -> Result<super::measured_boot::Verdict, PolicyError> {
-        let key = InstanceKey::new(tenant, module, document);
-        let existing = self
-            .measured_boot
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(&key)
-            .cloned();
-        let policy = match existing {
-            Some(p) => p,
-            None => {
-                // Loading runs guest code under its deadline; the map lock is not held meanwhile.
-                let loaded = Arc::new(MeasuredBootPolicy::load(&self.runtime, name, module, document)?);
-                self.measured_boot
-                    .lock()
-                    .map_err(|_| poisoned())?
-                    .entry(key.clone())
-                    .or_insert(loaded)
-                    .clone()
-            }
-        };
-        let result = policy.evaluate(evidence);
-        if let Err(e) = &result
-            && breaks_instance(e)
-        {
-            self.measured_boot.lock().map_err(|_| poisoned())?.remove(&key);
-        }
-        result
+        self.measured_boot.run(
+            InstanceKey::new(tenant, module, document),
+            || MeasuredBootPolicy::load(&self.runtime, name, module, document),
+            |p| p.evaluate(evidence),
+        )
     }
 
     /// Evaluates an IMA batch with the runtime `module` holding `document` for `tenant`.
@@ -105,31 +128,10 @@ impl PolicyRegistry {
         document: &[u8],
         evidence: &ImaEvidence<'_>,
     ) -> Result<super::runtime::Verdict, PolicyError> {
-        let key = InstanceKey::new(tenant, module, document);
-        let existing = self
-            .runtime_policies
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(&key)
-            .cloned();
-        let policy = match existing {
-            Some(p) => p,
-            None => {
-                let loaded = Arc::new(RuntimePolicy::load(&self.runtime, name, module, document)?);
-                self.runtime_policies
-                    .lock()
-                    .map_err(|_| poisoned())?
-                    .entry(key.clone())
-                    .or_insert(loaded)
-                    .clone()
-            }
-        };
-        let result = policy.evaluate(evidence);
-        if let Err(e) = &result
-            && breaks_instance(e)
-        {
-            self.runtime_policies.lock().map_err(|_| poisoned())?.remove(&key);
-        }
-        result
+        self.runtime_policies.run(
+            InstanceKey::new(tenant, module, document),
+            || RuntimePolicy::load(&self.runtime, name, module, document),
+            |p| p.evaluate(evidence),
+        )
     }
 }

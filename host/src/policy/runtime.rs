@@ -11,52 +11,20 @@ use crate::evidence::HashAlg;
 use crate::evidence::ima::{self, ImaEntry, ImaReplay, ImaSignature, Template};
 
 mod bindings {
-    wasmtime::component::bindgen!({ world: "runtime-policy", path: "../wit" });
+    wasmtime::component::bindgen!({
+        world: "runtime-policy",
+        path: "../wit",
+        with: {
+            "zest:policy/types": crate::policy::measured_boot::bindings::zest::policy::types,
+            "zest:policy/host": crate::policy::measured_boot::bindings::zest::policy::host,
+        },
+    });
 }
 
+use super::measured_boot::{from_wit_hash, to_wit_hash};
 use bindings::exports::zest::policy::runtime as wit;
 use bindings::zest::policy::types as wit_types;
 pub use wit_types::{Failure, Verdict};
-
-impl bindings::zest::policy::types::Host for HostState {}
-
-impl bindings::zest::policy::host::Host for HostState {
-    fn verify_prehashed(
-        &mut self,
-        spki_der: Vec<u8>,
-        hash: wit_types::HashAlg,
-        digest: Vec<u8>,
-        signature: Vec<u8>,
-    ) -> bool {
-        let hash = match hash {
-            wit_types::HashAlg::Sha1 => Some(HashAlg::Sha1),
-            wit_types::HashAlg::Sha256 => Some(HashAlg::Sha256),
-            wit_types::HashAlg::Sha384 => Some(HashAlg::Sha384),
-            wit_types::HashAlg::Sha512 => Some(HashAlg::Sha512),
-            wit_types::HashAlg::Other => None,
-        };
-        crate::tpm::verify_prehashed(&spki_der, hash, &digest, &signature)
-    }
-
-    fn log(&mut self, level: wit_types::LogLevel, message: String) {
-        let policy = &self.policy;
-        match level {
-            wit_types::LogLevel::Error => tracing::error!(%policy, "{message}"),
-            wit_types::LogLevel::Warn => tracing::warn!(%policy, "{message}"),
-            wit_types::LogLevel::Info => tracing::info!(%policy, "{message}"),
-            wit_types::LogLevel::Debug => tracing::debug!(%policy, "{message}"),
-        }
-    }
-}
-
-fn to_wit_hash(h: HashAlg) -> wit_types::HashAlg {
-    match h {
-        HashAlg::Sha1 => wit_types::HashAlg::Sha1,
-        HashAlg::Sha256 => wit_types::HashAlg::Sha256,
-        HashAlg::Sha384 => wit_types::HashAlg::Sha384,
-        HashAlg::Sha512 => wit_types::HashAlg::Sha512,
-    }
-}
 
 /// One batch of IMA evidence: the list text as the agent sent it and what the replay found.
 pub struct ImaEvidence<'a> {
@@ -127,13 +95,7 @@ impl RuntimePolicy {
     /// The template-hash algorithm the policy expects (`ima.log_hash_alg`), when it is one
     /// the host can compute.
     pub fn log_hash_alg(&self) -> Option<HashAlg> {
-        match self.log_hash {
-            wit_types::HashAlg::Sha1 => Some(HashAlg::Sha1),
-            wit_types::HashAlg::Sha256 => Some(HashAlg::Sha256),
-            wit_types::HashAlg::Sha384 => Some(HashAlg::Sha384),
-            wit_types::HashAlg::Sha512 => Some(HashAlg::Sha512),
-            wit_types::HashAlg::Other => None,
-        }
+        from_wit_hash(self.log_hash)
     }
 
     /// Evaluates one batch. A trap or timeout poisons this instance.
