@@ -8,7 +8,12 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const POLICIES: [&str; 2] = ["accept_all", "reject_all"];
+const POLICIES: [&str; 4] = [
+    "accept_all",
+    "keylime_mb_example",
+    "keylime_runtime",
+    "reject_all",
+];
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -16,6 +21,7 @@ fn main() {
     let policies = manifest.join("../policies");
     println!("cargo:rerun-if-changed=../policies");
     println!("cargo:rerun-if-changed=../wit");
+    println!("cargo:rerun-if-changed=../sdk");
     println!("cargo:rerun-if-env-changed=ZEST_POLICIES_TARGET_DIR");
 
     // target/<profile>/build/zest-<hash>/out → target/zest-policies: one nested build shared

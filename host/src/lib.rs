@@ -2,7 +2,8 @@
 //!
 //! The library holds the domain; `main.rs` only parses arguments and calls [`cli::run`].
 //! Rooms, one concern each:
-//! - [`evidence`]: pure parsers of untrusted TPM bytes (no I/O, no async, fuzzed).
+//! - [`evidence`]: pure parsers of untrusted TPM bytes (no I/O, no async, fuzzed); the
+//!   `zest-evidence` crate in `host/evidence`, shared with the policy SDK's test helpers.
 //! - [`tpm`]: checks and crypto over parsed TPM objects (MakeCredential, EK certificates).
 //! - [`api`]: Keylime's envelope, API versions, identifiers and error mapping.
 //! - [`store`]: the storage interface and its SQLite implementation.
@@ -14,12 +15,13 @@
 pub mod api;
 pub mod cli;
 pub mod config;
-pub mod evidence;
 pub mod net;
 pub mod policy;
 pub mod registrar;
 pub mod store;
 pub mod tpm;
+
+pub use zest_evidence as evidence;
 
 /// Reads a file from Keylime's test data in `../shared/fixtures` (beside the repository, in
 /// CI too); `ZEST_FIXTURES` overrides the location.

@@ -1,69 +1,239 @@
 //! `zest policy …`: the policy author's and operator's offline tools.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use clap::{Args, Subcommand};
+use clap::{ArgGroup, Args, Subcommand};
 
 use crate::evidence::HashAlg;
-use crate::evidence::uefi::EventLog;
+use crate::evidence::ima::{ImaPosition, replay};
+use crate::evidence::uefi::{EventLog, PcrBanks, boot_aggregates};
+use crate::policy::create::{self, RuntimeOptions};
 use crate::policy::measured_boot::{BootEvidence, MeasuredBootPolicy};
-use crate::policy::{PolicyLimits, PolicyRuntime, builtin_measured_boot};
+use crate::policy::runtime::{Failure, ImaEvidence, RuntimePolicy};
+use crate::policy::{
+    BUILTIN_MEASURED_BOOT, BUILTIN_RUNTIME, PolicyLimits, PolicyRuntime, builtin_measured_boot,
+    builtin_names, builtin_runtime,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Dry-run a policy on evidence files: prints the verdict and each failure, exits
     /// non-zero when the evidence fails.
     Test(TestArgs),
+    /// Make a policy document from evidence, as Keylime's `keylime-policy create` does.
+    #[command(subcommand)]
+    Create(CreateCommand),
 }
 
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("kind").required(true).args(["runtime", "measured_boot"])))]
 pub struct TestArgs {
-    /// Evaluate a measured-boot policy (the only kind wired so far).
+    /// Evaluate a runtime (IMA) policy against `--ima-log`.
+    #[arg(long)]
+    runtime: bool,
+    /// Evaluate a measured-boot policy against `--event-log`.
     #[arg(long)]
     measured_boot: bool,
-    /// `builtin:NAME` (accept-all, reject-all) or a component file (.wasm).
+    /// `builtin:NAME` or a component file (.wasm).
     #[arg(long)]
     module: String,
-    /// The policy document: a Keylime mb_refstate JSON file.
+    /// The policy document: a Keylime runtime policy or mb_refstate JSON file.
     #[arg(long)]
     policy: PathBuf,
-    /// The binary UEFI event log (binary_bios_measurements).
+    /// The IMA measurement list (ascii_runtime_measurements).
     #[arg(long)]
+    ima_log: Option<PathBuf>,
+    /// The binary UEFI event log (binary_bios_measurements). With `--runtime` it supplies
+    /// the boot aggregates IMA's `boot_aggregate` entry is compared with.
+    #[arg(long)]
+    event_log: Option<PathBuf>,
+    /// The PCR bank IMA's PCR 10 is replayed in (the quote's hash algorithm).
+    #[arg(long, default_value = "sha256")]
+    bank: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CreateCommand {
+    /// A runtime policy from an IMA measurement list.
+    Runtime(CreateRuntimeArgs),
+    /// A reference state for `keylime-mb-example` from a UEFI event log.
+    MeasuredBoot(CreateMeasuredBootArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateRuntimeArgs {
+    /// The IMA measurement list (ascii_runtime_measurements).
+    #[arg(long, short = 'm')]
+    ima_log: PathBuf,
+    /// Add the digests of keys measured into keyrings (ima-buf entries) to `keyrings`.
+    #[arg(long, short = 'k')]
+    keyrings: bool,
+    /// Add the digests of other ima-buf entries to `ima-buf`.
+    #[arg(long, short = 'b')]
+    ima_buf: bool,
+    /// A keyring whose keys are neither checked nor learned (repeatable; `*` for all).
+    #[arg(long = "ignored-keyrings")]
+    ignored_keyrings: Vec<String>,
+    /// A file of exclude regexes, one per line (`#` comments and blank lines skipped).
+    #[arg(long, short = 'e')]
+    excludelist: Option<PathBuf>,
+    /// A certificate or public key (DER or PEM) that signs IMA file signatures (repeatable).
+    #[arg(long = "add-ima-signature-verification-key")]
+    verification_keys: Vec<PathBuf>,
+    /// Where to write the policy (default: standard output).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateMeasuredBootArgs {
+    /// The binary UEFI event log (binary_bios_measurements).
+    #[arg(long, short = 'e')]
     event_log: PathBuf,
+    /// Accept a log of a machine without Secure Boot.
+    #[arg(long, short = 'i')]
+    without_secureboot: bool,
+    /// Where to write the refstate (default: standard output).
+    #[arg(long, short = 'o')]
+    output: Option<PathBuf>,
 }
 
 pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
     match command {
-        PolicyCommand::Test(args) => test(args),
+        PolicyCommand::Test(args) if args.runtime => test_runtime(args),
+        PolicyCommand::Test(args) => test_measured_boot(args),
+        PolicyCommand::Create(CreateCommand::Runtime(args)) => create_runtime(args),
+        PolicyCommand::Create(CreateCommand::MeasuredBoot(args)) => create_measured_boot(args),
     }
 }
 
-fn test(args: TestArgs) -> anyhow::Result<()> {
-    if !args.measured_boot {
-        bail!("only --measured-boot policies can be tested so far");
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// The module's name and bytes: a built-in of the right kind or a component file.
+fn component(module: &str, builtins: &[(&str, &[u8])], kind: &str) -> anyhow::Result<(String, Vec<u8>)> {
+    match module.strip_prefix("builtin:") {
+        Some(name) => {
+            let found = if kind == "runtime" {
+                builtin_runtime(name)
+            } else {
+                builtin_measured_boot(name)
+            };
+            let bytes = found.with_context(|| {
+                format!(
+                    "no built-in {kind} policy '{name}' (built-ins: {})",
+                    builtin_names(builtins)
+                )
+            })?;
+            Ok((name.to_owned(), bytes.to_vec()))
+        }
+        None => Ok((module.to_owned(), read(Path::new(module))?)),
     }
-    let (name, component) = match args.module.strip_prefix("builtin:") {
-        Some(name) => (
-            name.to_owned(),
-            builtin_measured_boot(name)
-                .with_context(|| {
-                    format!("no built-in measured-boot policy '{name}' (accept-all, reject-all)")
-                })?
-                .to_vec(),
-        ),
-        None => (
-            args.module.clone(),
-            std::fs::read(&args.module).with_context(|| format!("reading the component {}", args.module))?,
-        ),
-    };
-    let document =
-        std::fs::read(&args.policy).with_context(|| format!("reading {}", args.policy.display()))?;
-    let log_bytes =
-        std::fs::read(&args.event_log).with_context(|| format!("reading {}", args.event_log.display()))?;
-    let log = EventLog::parse(&log_bytes)
-        .with_context(|| format!("{} is not a valid event log", args.event_log.display()))?;
+}
+
+fn parse_event_log(path: &Path) -> anyhow::Result<(EventLog, PcrBanks)> {
+    let log = EventLog::parse(&read(path)?)
+        .with_context(|| format!("{} is not a valid event log", path.display()))?;
     let replayed = log.replay();
+    Ok((log, replayed))
+}
+
+fn print_failures(failures: &[Failure]) {
+    for f in failures {
+        // Keylime repeats the whole refstate in measured-boot contexts; a terminal needs
+        // the reason.
+        let context = match serde_json::from_str::<serde_json::Value>(&f.context) {
+            Ok(serde_json::Value::Object(mut map)) if map.contains_key("refstate") => {
+                map.insert("refstate".into(), "…".into());
+                serde_json::Value::Object(map).to_string()
+            }
+            _ => f.context.clone(),
+        };
+        match f.entry {
+            Some(entry) => println!("  {} (entry {entry}) {context}", f.event_id),
+            None => println!("  {} {context}", f.event_id),
+        }
+    }
+}
+
+fn verdict(name: &str, failed: bool) -> anyhow::Result<()> {
+    if failed {
+        println!("FAIL");
+        bail!("the evidence fails policy {name}")
+    }
+    println!("PASS");
+    Ok(())
+}
+
+fn test_runtime(args: TestArgs) -> anyhow::Result<()> {
+    let ima_path = args
+        .ima_log
+        .as_deref()
+        .context("--runtime needs --ima-log FILE")?;
+    let bank = HashAlg::from_name(&args.bank)
+        .with_context(|| format!("--bank {}: not one of sha1, sha256, sha384, sha512", args.bank))?;
+    let (name, component) = component(&args.module, BUILTIN_RUNTIME, "runtime")?;
+    let document = read(&args.policy)?;
+    let text = String::from_utf8(read(ima_path)?)
+        .with_context(|| format!("{} is not a text IMA list", ima_path.display()))?;
+    let aggregates: Vec<(HashAlg, Vec<u8>)> = match &args.event_log {
+        Some(path) => {
+            let (_, replayed) = parse_event_log(path)?;
+            boot_aggregates(&replayed)
+                .into_iter()
+                .flat_map(|(alg, pair)| pair.into_iter().map(move |v| (alg, v)))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+
+    let runtime = PolicyRuntime::new(PolicyLimits::default(), None)?;
+    let policy = RuntimePolicy::load(&runtime, &name, &component, &document)
+        .with_context(|| format!("loading {} into {name}", args.policy.display()))?;
+    let log_hash = policy.log_hash_alg().unwrap_or(HashAlg::Sha1);
+    // Offline there is no quote: the list's own replayed PCR 10 stands in for it.
+    let start = ImaPosition::start(bank);
+    let dry = replay(&text, bank, log_hash, &start, None);
+    let replayed = replay(&text, bank, log_hash, &start, Some(&dry.final_pcr10));
+    let verdict_of = policy.evaluate(&ImaEvidence {
+        text: &text,
+        replay: &replayed,
+        bank,
+        start_offset: 0,
+        boot_aggregates: &aggregates,
+        prior_state: None,
+    })?;
+    println!(
+        "policy {name}: {} entries, PCR 10 ({}) {}, template hashes {}",
+        replayed.entries.len(),
+        bank.name(),
+        hex::encode(&replayed.final_pcr10),
+        log_hash.name()
+    );
+    for e in &replayed.parse_errors {
+        println!(
+            "  ima.parser.entry (entry {}) {}",
+            e.line,
+            serde_json::json!({"message": e.to_string()})
+        );
+    }
+    print_failures(&verdict_of.failures);
+    verdict(
+        &name,
+        !verdict_of.failures.is_empty() || !replayed.parse_errors.is_empty(),
+    )
+}
+
+fn test_measured_boot(args: TestArgs) -> anyhow::Result<()> {
+    let log_path = args
+        .event_log
+        .as_deref()
+        .context("--measured-boot needs --event-log FILE")?;
+    let (name, component) = component(&args.module, BUILTIN_MEASURED_BOOT, "measured-boot")?;
+    let document = read(&args.policy)?;
+    let (log, replayed) = parse_event_log(log_path)?;
     // Offline there is no quote: take the log's sha256 bank (else its first) as quoted.
     let bank = if replayed.contains_key(&HashAlg::Sha256) {
         HashAlg::Sha256
@@ -76,7 +246,8 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
     let quoted: Vec<(u32, Vec<u8>)> = replayed[&bank].iter().map(|(i, v)| (*i, v.clone())).collect();
 
     let runtime = PolicyRuntime::new(PolicyLimits::default(), None)?;
-    let policy = MeasuredBootPolicy::load(&runtime, &name, &component, &document)?;
+    let policy = MeasuredBootPolicy::load(&runtime, &name, &component, &document)
+        .with_context(|| format!("loading {} into {name}", args.policy.display()))?;
     let evidence = BootEvidence {
         log: &log,
         replayed: &replayed,
@@ -85,7 +256,7 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
         first_attestation: true,
         prior_state: None,
     };
-    let verdict = policy.evaluate(&evidence)?;
+    let verdict_of = policy.evaluate(&evidence)?;
     let missing: Vec<u32> = policy
         .relevant_pcrs()
         .iter()
@@ -98,17 +269,89 @@ fn test(args: TestArgs) -> anyhow::Result<()> {
         log.events.len(),
         bank.name()
     );
-    for f in &verdict.failures {
-        println!("  {} {}", f.event_id, f.context);
-    }
+    print_failures(&verdict_of.failures);
     if !missing.is_empty() {
         println!("  measured_boot.missing_pcrs {missing:?}");
     }
-    if verdict.failures.is_empty() && missing.is_empty() {
-        println!("PASS");
-        Ok(())
-    } else {
-        println!("FAIL");
-        bail!("the evidence fails policy {name}")
+    verdict(&name, !verdict_of.failures.is_empty() || !missing.is_empty())
+}
+
+fn write_document(value: &serde_json::Value, output: Option<&Path>) -> anyhow::Result<()> {
+    let text = value.to_string();
+    match output {
+        Some(path) => {
+            std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+        }
+        None => {
+            println!("{text}");
+            Ok(())
+        }
     }
+}
+
+fn create_runtime(args: CreateRuntimeArgs) -> anyhow::Result<()> {
+    let text = String::from_utf8(read(&args.ima_log)?)
+        .with_context(|| format!("{} is not a text IMA list", args.ima_log.display()))?;
+    let mut options = RuntimeOptions {
+        keyrings: args.keyrings,
+        ima_buf: args.ima_buf,
+        ignored_keyrings: args.ignored_keyrings,
+        timestamp: timestamp(),
+        ..RuntimeOptions::default()
+    };
+    if let Some(path) = &args.excludelist {
+        let list =
+            String::from_utf8(read(path)?).with_context(|| format!("{} is not text", path.display()))?;
+        options.excludes.extend(
+            list.lines()
+                .map(str::trim_end)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    for path in &args.verification_keys {
+        options.verification_keys.push(read(path)?);
+    }
+    let policy = create::runtime_policy(&text, &options)
+        .with_context(|| format!("creating a runtime policy from {}", args.ima_log.display()))?;
+    // What we write must load where it is going: Keylime checks its schema here, we load it
+    // into the built-in keylime-runtime (schema, exclude regexes, verification keys).
+    let (name, component) = component("builtin:keylime-runtime", BUILTIN_RUNTIME, "runtime")?;
+    let runtime = PolicyRuntime::new(PolicyLimits::default(), None)?;
+    RuntimePolicy::load(&runtime, &name, &component, policy.to_string().as_bytes())
+        .context("the created policy does not load into keylime-runtime")?;
+    write_document(&policy, args.output.as_deref())
+}
+
+fn create_measured_boot(args: CreateMeasuredBootArgs) -> anyhow::Result<()> {
+    let (log, _) = parse_event_log(&args.event_log)?;
+    let refstate = create::measured_boot_refstate(&log, args.without_secureboot)
+        .with_context(|| format!("creating a refstate from {}", args.event_log.display()))?;
+    write_document(&refstate, args.output.as_deref())
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in UTC, the shape of Keylime's `meta.timestamp`.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }

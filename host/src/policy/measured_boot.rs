@@ -17,6 +17,7 @@ pub(super) mod bindings {
 }
 
 use bindings::exports::zest::policy::measured_boot as wit;
+use bindings::zest::policy::host as wit_host;
 use bindings::zest::policy::types as wit_types;
 pub use wit_types::{Failure, Verdict};
 
@@ -31,6 +32,19 @@ impl bindings::zest::policy::host::Host for HostState {
         signature: Vec<u8>,
     ) -> bool {
         crate::tpm::verify_prehashed(&spki_der, from_wit_hash(hash), &digest, &signature)
+    }
+
+    fn parse_key(&mut self, data: Vec<u8>) -> Option<wit_host::PublicKey> {
+        use crate::evidence::ima_keys::{KeyKind, parse_key};
+        parse_key(&data).map(|key| wit_host::PublicKey {
+            kind: match key.kind {
+                KeyKind::Rsa => wit_host::KeyKind::Rsa,
+                KeyKind::Ec => wit_host::KeyKind::Ec,
+                KeyKind::Other => wit_host::KeyKind::Other,
+            },
+            spki_der: key.spki_der,
+            key_id: key.key_id,
+        })
     }
 
     fn log(&mut self, level: wit_types::LogLevel, message: String) {
@@ -101,9 +115,7 @@ impl MeasuredBootPolicy {
         bindings::MeasuredBootPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(wrong_world)?;
         // A std guest imports WASI interfaces it never calls; they trap if it ever does.
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .map_err(wrong_world)?;
+        super::link_guest_support(&mut linker, &component).map_err(wrong_world)?;
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = bindings::MeasuredBootPolicyPre::new(pre).map_err(wrong_world)?;
         let mut store = Store::new(runtime.engine(), runtime.store_state(name));
@@ -159,7 +171,7 @@ impl MeasuredBootPolicy {
     }
 }
 
-fn load_error_text(e: &wit_types::LoadError) -> String {
+pub(super) fn load_error_text(e: &wit_types::LoadError) -> String {
     match e {
         wit_types::LoadError::InvalidJson(m) => format!("invalid JSON: {m}"),
         wit_types::LoadError::Schema(m) => format!("schema: {m}"),

@@ -9,6 +9,7 @@
 //! crash of the host.
 
 mod builtin;
+pub mod create;
 pub mod measured_boot;
 pub mod registry;
 pub mod runtime;
@@ -25,7 +26,9 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, StoreLimits, StoreLimitsBuilder,
 };
 
-pub use builtin::{BUILTIN_MEASURED_BOOT, builtin_measured_boot};
+pub use builtin::{
+    BUILTIN_MEASURED_BOOT, BUILTIN_RUNTIME, builtin_measured_boot, builtin_names, builtin_runtime,
+};
 pub use registry::PolicyRegistry;
 
 /// How often the epoch advances; deadlines are counted in these ticks.
@@ -207,6 +210,27 @@ pub(crate) struct HostState {
 }
 
 /// Turns a wasmtime error from a call into a policy error.
+/// Links what a std guest needs beyond the policy world and may use safely, then makes
+/// every other import trap: Rust's `HashMap` asks `wasi:random/insecure-seed` for its hash
+/// keys at first use; it gets a constant, so evaluations stay deterministic and no
+/// entropy reaches the guest.
+pub(crate) fn link_guest_support(
+    linker: &mut wasmtime::component::Linker<HostState>,
+    component: &Component,
+) -> wasmtime::Result<()> {
+    const SEED: (u64, u64) = (0x7a65_7374_7365_6564, 0x706f_6c69_6379_0001);
+    let engine = linker.engine().clone();
+    for (name, _) in component.component_type().imports(&engine) {
+        // Whatever 0.2.x the guest's std was built against.
+        if name.starts_with("wasi:random/insecure-seed@0.2.") {
+            linker
+                .instance(name)?
+                .func_wrap("insecure-seed", |_, (): ()| Ok((SEED,)))?;
+        }
+    }
+    linker.define_unknown_imports_as_traps(component)
+}
+
 pub(crate) fn call_error(e: wasmtime::Error, deadline: Duration) -> PolicyError {
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => PolicyError::Timeout(deadline),

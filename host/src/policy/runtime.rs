@@ -8,7 +8,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 use super::{HostState, PolicyError, PolicyRuntime, call_error};
 use crate::evidence::HashAlg;
-use crate::evidence::ima::{self, ImaEntry, ImaReplay, ImaSignature, Template};
+use crate::evidence::ima::{self, ImaReplay, Template};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -21,7 +21,7 @@ mod bindings {
     });
 }
 
-use super::measured_boot::{from_wit_hash, to_wit_hash};
+use super::measured_boot::{from_wit_hash, load_error_text, to_wit_hash};
 use bindings::exports::zest::policy::runtime as wit;
 use bindings::zest::policy::types as wit_types;
 pub use wit_types::{Failure, Verdict};
@@ -61,9 +61,7 @@ impl RuntimePolicy {
             detail: format!("{e:#}"),
         };
         bindings::RuntimePolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(wrong_world)?;
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .map_err(wrong_world)?;
+        super::link_guest_support(&mut linker, &component).map_err(wrong_world)?;
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
         let pre = bindings::RuntimePolicyPre::new(pre).map_err(wrong_world)?;
         let mut store = Store::new(runtime.engine(), runtime.store_state(name));
@@ -78,7 +76,7 @@ impl RuntimePolicy {
             .zest_policy_runtime()
             .call_load(&mut store, document)
             .map_err(|e| call_error(e, deadline))?
-            .map_err(|e| PolicyError::Load(format!("{e:?}")))?;
+            .map_err(|e| PolicyError::Load(load_error_text(&e)))?;
         store.set_epoch_deadline(ticks);
         let log_hash = instance
             .zest_policy_runtime()
@@ -116,19 +114,11 @@ impl RuntimePolicy {
 
 /// The WIT batch: every parsed entry with its replay facts.
 fn batch(e: &ImaEvidence<'_>) -> wit::Batch {
-    let mut facts = e.replay.entries.iter().peekable();
-    let mut entries = Vec::with_capacity(e.replay.entries.len());
-    for (line_no, line) in ima::lines(e.text).enumerate() {
-        let Some(fact) = facts.next_if(|f| f.line == line_no) else {
-            continue;
-        };
-        let Ok(entry) = ImaEntry::parse(line, line_no) else {
-            continue;
-        };
-        entries.push(wit_entry(&entry, fact, e.start_offset));
-    }
     wit::Batch {
-        entries,
+        entries: ima::checked_entries(e.text, e.replay, e.start_offset)
+            .into_iter()
+            .map(wit_entry)
+            .collect(),
         replay: wit::ReplayFacts {
             bank: to_wit_hash(e.bank),
             start_offset: e.start_offset,
@@ -147,21 +137,9 @@ fn batch(e: &ImaEvidence<'_>) -> wit::Batch {
     }
 }
 
-fn wit_entry(entry: &ImaEntry<'_>, fact: &ima::EntryFacts, start: u64) -> wit::Entry {
-    let signature_raw =
-        (entry.template == Template::ImaSig && !entry.signature.is_empty()).then(|| entry.signature_bytes());
-    let signature = signature_raw
-        .as_deref()
-        .and_then(|raw| ImaSignature::parse(raw).ok())
-        .map(|s| wit::ImaSignature {
-            xattr_type: s.xattr_type,
-            hash_algo: s.hash_algo,
-            key_id: s.key_id,
-            signature: s.signature,
-        });
-    let alg = HashAlg::from_name(entry.digest_alg);
+fn wit_entry(entry: ima::CheckedEntry) -> wit::Entry {
     wit::Entry {
-        index: start + fact.line as u64,
+        index: entry.index,
         pcr: entry.pcr,
         template: match entry.template {
             Template::Ima => wit::Template::Ima,
@@ -169,17 +147,24 @@ fn wit_entry(entry: &ImaEntry<'_>, fact: &ima::EntryFacts, start: u64) -> wit::E
             Template::ImaSig => wit::Template::ImaSig,
             Template::ImaBuf => wit::Template::ImaBuf,
         },
-        violation: fact.violation,
-        template_hash_ok: fact.template_hash_ok,
+        violation: entry.violation,
+        template_hash_ok: entry.template_hash_ok,
         file_digest: wit_types::Digest {
-            alg: alg.map(to_wit_hash).unwrap_or(wit_types::HashAlg::Other),
-            alg_name: entry.digest_alg.to_owned(),
-            value: entry.digest().to_vec(),
+            alg: HashAlg::from_name(&entry.digest_alg)
+                .map(to_wit_hash)
+                .unwrap_or(wit_types::HashAlg::Other),
+            alg_name: entry.digest_alg,
+            value: entry.digest,
         },
-        name: entry.name.as_bytes().to_vec(),
-        signature_raw,
-        signature,
-        buffer: (entry.template == Template::ImaBuf).then(|| entry.buffer_bytes()),
-        after_quote: !fact.covered_by_quote,
+        name: entry.name,
+        signature_raw: entry.signature_raw,
+        signature: entry.signature.map(|s| wit::ImaSignature {
+            xattr_type: s.xattr_type,
+            hash_algo: s.hash_algo,
+            key_id: s.key_id,
+            signature: s.signature,
+        }),
+        buffer: entry.buffer,
+        after_quote: entry.after_quote,
     }
 }

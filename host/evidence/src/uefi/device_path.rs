@@ -66,7 +66,8 @@ fn node(node_type: u8, subtype: u8, b: &[u8]) -> String {
         (4, 3) => guid_at(b, 0).map(|g| format!("VenMedia({g})")),
         (4, 4) => Some(utf16(b)),
         (4, 6) => guid_at(b, 0).map(|g| format!("FvFile({g})")),
-        (4, 7) => guid_at(b, 0).map(|g| format!("Fv({g})")),
+        // libefivar's spelling (Keylime renders device paths with it), not EDK2's `Fv(`.
+        (4, 7) => guid_at(b, 0).map(|g| format!("FvVol({g})")),
         _ => None,
     };
     text.unwrap_or_else(|| format!("Path({node_type},{subtype},{})", hex::encode(b)))

@@ -4,6 +4,7 @@
 pub mod attest;
 mod cursor;
 pub mod ima;
+pub mod ima_keys;
 pub mod pcr_blob;
 pub mod public;
 pub mod quote;
@@ -16,3 +17,12 @@ pub use pcr_blob::PcrValues;
 pub use public::{EccCurve, HashAlg, KeyParams, ObjectAttributes, PublicArea, SymmetricDef};
 pub use quote::Quote;
 pub use signature::Signature;
+
+/// Reads a file of Keylime's test data (`../shared/fixtures`, or `$ZEST_FIXTURES`).
+#[cfg(test)]
+pub(crate) fn test_fixture(path: &str) -> Vec<u8> {
+    let root = std::env::var("ZEST_FIXTURES")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures").to_owned());
+    let full = std::path::Path::new(&root).join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
+}

@@ -510,6 +510,63 @@ pub fn replay(
     }
 }
 
+/// One entry as a policy sees it: the parsed fields, owned, with what the replay found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedEntry {
+    /// Absolute position in the agent's list.
+    pub index: u64,
+    pub pcr: u32,
+    pub template: Template,
+    pub violation: bool,
+    pub template_hash_ok: bool,
+    pub digest_alg: String,
+    pub digest: Vec<u8>,
+    pub name: Vec<u8>,
+    /// ima-sig: the raw xattr (None when the column is empty) and its parsed header.
+    pub signature_raw: Option<Vec<u8>>,
+    pub signature: Option<ImaSignature>,
+    /// ima-buf: the buffer.
+    pub buffer: Option<Vec<u8>>,
+    /// Validated, but past the point where the replay met the quote.
+    pub after_quote: bool,
+}
+
+/// The entries of a replayed batch as policies see them; `start_offset` is the position of
+/// the batch's first line in the agent's list. Unparseable lines are left out (the replay
+/// reported them).
+pub fn checked_entries(text: &str, replay: &ImaReplay, start_offset: u64) -> Vec<CheckedEntry> {
+    let mut facts = replay.entries.iter().peekable();
+    let mut out = Vec::with_capacity(replay.entries.len());
+    for (line_no, line) in lines(text).enumerate() {
+        let Some(fact) = facts.next_if(|f| f.line == line_no) else {
+            continue;
+        };
+        let Ok(entry) = ImaEntry::parse(line, line_no) else {
+            continue;
+        };
+        let signature_raw = (entry.template == Template::ImaSig && !entry.signature.is_empty())
+            .then(|| entry.signature_bytes());
+        let signature = signature_raw
+            .as_deref()
+            .and_then(|raw| ImaSignature::parse(raw).ok());
+        out.push(CheckedEntry {
+            index: start_offset + line_no as u64,
+            pcr: entry.pcr,
+            template: entry.template,
+            violation: fact.violation,
+            template_hash_ok: fact.template_hash_ok,
+            digest_alg: entry.digest_alg.to_owned(),
+            digest: entry.digest().to_vec(),
+            name: entry.name.as_bytes().to_vec(),
+            signature_raw,
+            signature,
+            buffer: (entry.template == Template::ImaBuf).then(|| entry.buffer_bytes()),
+            after_quote: !fact.covered_by_quote,
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
