@@ -109,8 +109,14 @@ impl<'a> Run<'a> {
     fn check(mut self, log: &'a BootLog) -> Check {
         for event in &log.events {
             self.event(event).map_err(|why| {
+                // Keylime prints the whole event; the number, kind and variable name say
+                // which one.
+                let variable = match &event.parsed {
+                    EventData::Variable(v) => format!(" {}", v.name),
+                    _ => String::new(),
+                };
                 format!(
-                    "event {} (PCR {}, {}) {why}",
+                    "event {} (PCR {}, {}{variable}) {why}",
                     event.number, event.pcr, event.type_name
                 )
             })?;
@@ -277,12 +283,19 @@ impl<'a> Run<'a> {
 
     fn ipl14(&mut self, e: &'a Event) -> Check {
         let s = ipl_string(e)?;
+        // Keylime's `Or` of three alternatives lists why each one failed.
+        let not = |name: &str| format!("Event String is not '{name}'");
         match s {
-            "MokList" => digests_test(e, &self.rs.mokdig),
-            "MokListX" => digests_test(e, &self.rs.mokxdig),
+            "MokList" => digests_test(e, &self.rs.mokdig)
+                .map_err(|why| format!("[{why}, {}, {}]", not("MokListX"), not("MokListTrusted"))),
+            "MokListX" => digests_test(e, &self.rs.mokxdig)
+                .map_err(|why| format!("[{}, {why}, {}]", not("MokList"), not("MokListTrusted"))),
             "MokListTrusted" => self.once("ipl_mok_list_trusted"),
-            other => Err(format!(
-                "Event String {other:?} is not MokList, MokListX or MokListTrusted"
+            _ => Err(format!(
+                "[{}, {}, {}]",
+                not("MokList"),
+                not("MokListX"),
+                not("MokListTrusted")
             )),
         }
     }
