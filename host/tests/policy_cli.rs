@@ -67,3 +67,141 @@ fn bad_modules_and_logs_are_clear_errors() {
     let (ok, _, stderr) = policy_test("builtin:accept-all", &bogus);
     assert!(!ok && stderr.contains("is not a valid event log"), "{stderr}");
 }
+
+fn zest(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zest")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn runtime_test(policy: &str, ima_log: &str) -> (bool, String, String) {
+    zest(&[
+        "policy",
+        "test",
+        "--runtime",
+        "--module",
+        "builtin:keylime-runtime",
+        "--policy",
+        policy,
+        "--ima-log",
+        ima_log,
+    ])
+}
+
+#[test]
+fn keylimes_fixture_runtime_policy_is_refused_naming_the_entry() {
+    let policy = fixture("keylime/test/data/runtime-policy-test.json");
+    let log = fixture("keylime/test/data/create-runtime-policy/ima-log-sha256");
+    let (ok, _, stderr) = runtime_test(&policy, &log);
+    assert!(!ok);
+    assert!(
+        stderr.contains(r#"digests["boot_aggregate"][0]"#) && stderr.contains("does not match"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_created_runtime_policy_passes_its_list_and_fails_a_changed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = fixture("keylime/test/data/create-runtime-policy/ima-log-sha256");
+    let policy = dir.path().join("policy.json");
+    let (ok, _, stderr) = zest(&[
+        "policy",
+        "create",
+        "runtime",
+        "--ima-log",
+        &log,
+        "-o",
+        policy.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&policy).unwrap()).unwrap();
+    assert_eq!(doc["meta"]["generator"], 3);
+    assert_eq!(
+        doc["digests"]["/data"],
+        serde_json::json!(["96d7fae8adb7286a419a88f78c13d35fb782d63df654b7db56f154765698b754"])
+    );
+
+    let (ok, stdout, stderr) = runtime_test(policy.to_str().unwrap(), &log);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(stdout.trim_end().ends_with("PASS"), "{stdout}");
+
+    // The same file measured with another content: its template hash no longer matches.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let changed = dir.path().join("changed");
+    std::fs::write(&changed, text.replace("96d7fae8", "00000000")).unwrap();
+    let (ok, stdout, stderr) = runtime_test(policy.to_str().unwrap(), changed.to_str().unwrap());
+    assert!(!ok);
+    assert!(stdout.contains("ima.validation.ima_hash (entry 1)"), "{stdout}");
+    assert!(stderr.contains("fails policy keylime-runtime"), "{stderr}");
+
+    // A list that is not IMA's format at all.
+    std::fs::write(&changed, "10 zz ima-ng\n").unwrap();
+    let (ok, stdout, _) = runtime_test(policy.to_str().unwrap(), changed.to_str().unwrap());
+    assert!(!ok && stdout.contains("ima.parser.entry"), "{stdout}");
+
+    // No boot_aggregate first: Keylime's generator refuses the list.
+    let unknown = fixture("keylime/test/data/create-runtime-policy/ima-log-unknown");
+    let (ok, _, stderr) = zest(&["policy", "create", "runtime", "--ima-log", &unknown]);
+    assert!(!ok && stderr.contains("boot_aggregate"), "{stderr}");
+    let (ok, _, stderr) = zest(&[
+        "policy",
+        "test",
+        "--runtime",
+        "--module",
+        "builtin:keylime-runtime",
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert!(!ok && stderr.contains("--ima-log"), "{stderr}");
+}
+
+#[test]
+fn a_measured_boot_refstate_is_created_and_the_example_policy_judges_the_log() {
+    let log = fixture("keylime/test/data/create-mb-policy/binary_bios_measurements");
+    let (ok, _, stderr) = zest(&["policy", "create", "measured-boot", "--event-log", &log]);
+    assert!(!ok && stderr.contains("--without-secureboot"), "{stderr}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let refstate = dir.path().join("refstate.json");
+    let (ok, _, stderr) = zest(&[
+        "policy",
+        "create",
+        "measured-boot",
+        "-i",
+        "-e",
+        &log,
+        "-o",
+        refstate.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&refstate).unwrap()).unwrap();
+    assert_eq!(doc["has_secureboot"], false);
+    assert_eq!(doc["scrtm_and_bios"][0]["platform_firmware"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        doc["kernels"][0]["vmlinuz_plain_sha256"],
+        "0x4a8f189eb2dddfca6495f5e951a0099882e1453e9f6629ad4d961f99428e12c8"
+    );
+
+    // Keylime's example rejects this firmware's second EV_NO_ACTION (StartupLocality).
+    let (ok, stdout, _) = zest(&[
+        "policy",
+        "test",
+        "--measured-boot",
+        "--module",
+        "builtin:keylime-mb-example",
+        "--policy",
+        refstate.to_str().unwrap(),
+        "--event-log",
+        &log,
+    ]);
+    assert!(!ok);
+    assert!(
+        stdout.contains("measured_boot.policy_example") && stdout.contains("test was already run once"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#""refstate":"…""#), "the refstate is elided on a terminal: {stdout}");
+}
