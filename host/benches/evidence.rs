@@ -9,19 +9,16 @@ use std::time::{Duration, Instant};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-use zest::evidence::ima::{ImaEntry, ImaPosition, replay};
+use zest::evidence::ima::{ImaPosition, replay};
 use zest::evidence::uefi::EventLog;
 use zest::evidence::{HashAlg, PublicArea, Quote};
 use zest::tpm::{AttestationKey, QuoteExpectations, verify_quote};
 
+mod common;
+use common::{fixture, synthetic_ima_list};
+
 const HASHES: &[HashAlg] = &[HashAlg::Sha1, HashAlg::Sha256, HashAlg::Sha384, HashAlg::Sha512];
 const SCHEMES: &[&str] = &["rsassa", "rsapss", "ecdsa"];
-
-fn fixture(path: &str) -> Vec<u8> {
-    let root = std::env::var("ZEST_FIXTURES")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures").to_owned());
-    std::fs::read(format!("{root}/{path}")).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
-}
 
 /// Runs `f` repeatedly for about `budget` and returns operations per second.
 fn rate(budget: Duration, mut f: impl FnMut()) -> (f64, u64) {
@@ -147,26 +144,7 @@ fn main() {
     println!("quote parse+verify, P-256 (ECDSA-SHA256):     {per_s:>10.0}/s per core ({n} runs)");
 
     // IMA: 100,000 ima-ng sha256 entries with valid SHA-1 template hashes.
-    let mut text = String::new();
-    let mut data = Vec::new();
-    for i in 0..100_000u32 {
-        let digest = HashAlg::Sha256.digest(&[&i.to_le_bytes()]);
-        let path = format!("/usr/lib64/libexample-{i}.so.1");
-        let provisional = format!(
-            "10 {} ima-ng sha256:{} {path}",
-            "00".repeat(20),
-            hex::encode(&digest)
-        );
-        ImaEntry::parse(&provisional, 0)
-            .unwrap()
-            .write_template_data(&mut data);
-        let hash = HashAlg::Sha1.digest(&[&data]);
-        text.push_str(&format!(
-            "10 {} ima-ng sha256:{} {path}\n",
-            hex::encode(hash),
-            hex::encode(&digest)
-        ));
-    }
+    let text = synthetic_ima_list(100_000);
     let start = ImaPosition::start(HashAlg::Sha256);
     let (per_s, n) = rate(budget, || {
         let r = replay(black_box(&text), HashAlg::Sha256, HashAlg::Sha1, &start, None);

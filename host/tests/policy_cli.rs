@@ -69,7 +69,10 @@ fn bad_modules_and_logs_are_clear_errors() {
 }
 
 fn zest(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_zest")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zest"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -180,7 +183,13 @@ fn a_measured_boot_refstate_is_created_and_the_example_policy_judges_the_log() {
     assert!(ok, "{stderr}");
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&refstate).unwrap()).unwrap();
     assert_eq!(doc["has_secureboot"], false);
-    assert_eq!(doc["scrtm_and_bios"][0]["platform_firmware"].as_array().unwrap().len(), 6);
+    assert_eq!(
+        doc["scrtm_and_bios"][0]["platform_firmware"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
     assert_eq!(
         doc["kernels"][0]["vmlinuz_plain_sha256"],
         "0x4a8f189eb2dddfca6495f5e951a0099882e1453e9f6629ad4d961f99428e12c8"
@@ -203,5 +212,8 @@ fn a_measured_boot_refstate_is_created_and_the_example_policy_judges_the_log() {
         stdout.contains("measured_boot.policy_example") && stdout.contains("test was already run once"),
         "{stdout}"
     );
-    assert!(stdout.contains(r#""refstate":"…""#), "the refstate is elided on a terminal: {stdout}");
+    assert!(
+        stdout.contains(r#""refstate":"…""#),
+        "the refstate is elided on a terminal: {stdout}"
+    );
 }

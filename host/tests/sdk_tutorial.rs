@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn fixture(path: &str) -> PathBuf {
@@ -21,7 +24,9 @@ fn tutorial_files(readme: &str) -> Vec<(String, String)> {
     let mut files = Vec::new();
     let mut lines = readme.lines();
     while let Some(line) = lines.next() {
-        let Some(info) = line.strip_prefix("```") else { continue };
+        let Some(info) = line.strip_prefix("```") else {
+            continue;
+        };
         let path = info.split_whitespace().nth(1);
         let mut body = String::new();
         for inner in lines.by_ref() {
@@ -79,7 +84,11 @@ fn the_sdk_tutorial_works_as_written() {
     let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
         names,
-        ["my-policy/Cargo.toml", "my-policy/src/lib.rs", "my-policy/policy.json"]
+        [
+            "my-policy/Cargo.toml",
+            "my-policy/src/lib.rs",
+            "my-policy/policy.json"
+        ]
     );
 
     // The reader's layout: `zest` (the checkout) and `my-policy` side by side.
@@ -101,15 +110,25 @@ fn the_sdk_tutorial_works_as_written() {
     std::fs::copy(repo().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
 
     cargo(&crate_dir, &["test", "--quiet"]);
-    cargo(&crate_dir, &["build", "--quiet", "--release", "--target", "wasm32-wasip2"]);
+    cargo(
+        &crate_dir,
+        &["build", "--quiet", "--release", "--target", "wasm32-wasip2"],
+    );
 
     let (ok, out) = zest_policy_test(&crate_dir, Path::new("policy.json"));
     assert!(!ok, "{out}");
-    assert!(out.contains("measured_boot.policy_my-policy {\"message\":\"Secure Boot is not enabled\"}"), "{out}");
+    assert!(
+        out.contains("measured_boot.policy_my-policy {\"message\":\"Secure Boot is not enabled\"}"),
+        "{out}"
+    );
     assert!(out.contains("relevant PCRs [7, 8]"), "{out}");
 
     let relaxed = crate_dir.join("relaxed.json");
-    std::fs::write(&relaxed, r#"{"secure_boot": false, "required_cmdline_options": ["ro", "rhgb"]}"#).unwrap();
+    std::fs::write(
+        &relaxed,
+        r#"{"secure_boot": false, "required_cmdline_options": ["ro", "rhgb"]}"#,
+    )
+    .unwrap();
     let (ok, out) = zest_policy_test(&crate_dir, &relaxed);
     assert!(ok, "{out}");
     assert!(out.trim_end().ends_with("PASS"), "{out}");

@@ -70,36 +70,23 @@ fn fedora_bytes() -> Vec<u8> {
 /// variables in PCR 1, the firmware's own boot application): the log of the same boot on
 /// firmware that logs less, which the policy can accept.
 fn fedora_without_unlisted_pcr0_events() -> Vec<u8> {
-    let bytes = fedora_bytes();
-    let log = EventLog::parse(&bytes).unwrap();
-    let header_len = 32 + u32::from_le_bytes(bytes[28..32].try_into().unwrap()) as usize;
-    let mut out = bytes[..header_len].to_vec();
-    for e in &log.events[1..] {
-        let name = e.type_name();
+    let mut log = EventLog::parse(&fedora_bytes()).unwrap();
+    let header = log.events.remove(0);
+    log.events.retain(|e| {
         let firmware_application = matches!(
             e.decode(),
             zest::evidence::uefi::EventData::ImageLoad(i) if i.device_path_text.starts_with("FvVol(")
         );
-        let unlisted = match (e.pcr, name.as_str()) {
+        let unlisted = match (e.pcr, e.type_name().as_str()) {
             (0, "EV_NO_ACTION" | "EV_POST_CODE" | "EV_NONHOST_INFO" | "EV_S_CRTM_CONTENTS") => true,
             (1, "EV_EFI_VARIABLE_DRIVER_CONFIG") => true,
             (4, "EV_EFI_BOOT_SERVICES_APPLICATION") => firmware_application,
             _ => false,
         };
-        if unlisted {
-            continue;
-        }
-        out.extend_from_slice(&e.pcr.to_le_bytes());
-        out.extend_from_slice(&e.event_type.to_le_bytes());
-        out.extend_from_slice(&(e.digests.len() as u32).to_le_bytes());
-        for (alg, digest) in &e.digests {
-            out.extend_from_slice(&alg.to_le_bytes());
-            out.extend_from_slice(digest);
-        }
-        out.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
-        out.extend_from_slice(&e.data);
-    }
-    out
+        !unlisted
+    });
+    log.events.insert(0, header);
+    log.encode()
 }
 
 #[test]

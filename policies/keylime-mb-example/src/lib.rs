@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use serde_json::json;
 use sha2::Digest as _;
-use zest_policy_sdk::measured_boot::{BootLog, Event, EventData, VariableData};
+use zest_policy_sdk::measured_boot::{BootLog, Event, EventData, SignatureEntry, VariableData};
 use zest_policy_sdk::{Failure, LoadError, MeasuredBootPolicy, Verdict, hex};
 
 use refstate::{DigestSpec, RefState, Sig};
@@ -247,8 +247,8 @@ impl<'a> Run<'a> {
                     if !rs.has_secureboot && rs.vendor_db.is_empty() {
                         return Ok(());
                     }
-                    for (i, sig) in signatures(data)?.iter().enumerate() {
-                        if !rs.vendor_db.contains(sig) {
+                    for (i, entry) in signatures(data)?.into_iter().enumerate() {
+                        if !rs.vendor_db.iter().any(|k| k.matches(entry)) {
                             return Err(format!(
                                 "[{i}] is not one of the reference state's vendor_db signatures"
                             ));
@@ -460,16 +460,6 @@ fn secure_boot(data: &VariableData, has_secureboot: bool) -> Check {
     }
 }
 
-fn owned_sigs(entries: &[zest_policy_sdk::measured_boot::SignatureEntry]) -> Vec<Sig> {
-    entries
-        .iter()
-        .map(|e| Sig {
-            owner: e.owner.clone(),
-            data: hex(&e.data),
-        })
-        .collect()
-}
-
 /// Keylime's `KeySubset(Multi)`: every signature list has one of `types` and all its keys
 /// are in `keys`.
 fn key_subset(data: &VariableData, types: &[&str], keys: &[Sig]) -> Check {
@@ -480,8 +470,8 @@ fn key_subset(data: &VariableData, types: &[&str], keys: &[Sig]) -> Check {
         if !types.contains(&list.signature_type.as_str()) {
             return Err(format!("[{i}] SignatureType is not one of {types:?}"));
         }
-        for (j, sig) in owned_sigs(&list.entries).iter().enumerate() {
-            if !keys.contains(sig) {
+        for (j, entry) in list.entries.iter().enumerate() {
+            if !keys.iter().any(|k| k.matches(entry)) {
                 return Err(format!("[{i}] Keys [{j}] is not in the reference state"));
             }
         }
@@ -499,8 +489,19 @@ fn key_superset(data: &VariableData, keys: &[Sig]) -> Check {
     if !CERT_SHA256.contains(&list.signature_type.as_str()) {
         return Err(format!("[0] SignatureType is not '{}'", CERT_SHA256[0]));
     }
-    let present: HashSet<Sig> = owned_sigs(&list.entries).into_iter().collect();
-    let missing = keys.iter().filter(|k| !present.contains(*k)).count();
+    let present: HashSet<(&str, &[u8])> = list
+        .entries
+        .iter()
+        .map(|e| (e.owner.as_str(), e.data.as_slice()))
+        .collect();
+    let missing = keys
+        .iter()
+        .filter(|k| {
+            !k.bytes
+                .as_deref()
+                .is_some_and(|bytes| present.contains(&(k.owner.as_str(), bytes)))
+        })
+        .count();
     if missing == 0 {
         Ok(())
     } else {
@@ -511,12 +512,10 @@ fn key_superset(data: &VariableData, keys: &[Sig]) -> Check {
 }
 
 /// The signatures of a vendor_db authority event (Keylime lists them flat).
-fn signatures(data: &VariableData) -> Result<Vec<Sig>, String> {
+fn signatures(data: &VariableData) -> Result<Vec<&SignatureEntry>, String> {
     match data {
-        VariableData::SignatureLists(lists) => {
-            Ok(lists.iter().flat_map(|l| owned_sigs(&l.entries)).collect())
-        }
-        VariableData::Signature(entry) => Ok(owned_sigs(std::slice::from_ref(entry))),
+        VariableData::SignatureLists(lists) => Ok(lists.iter().flat_map(|l| l.entries.iter()).collect()),
+        VariableData::Signature(entry) => Ok(vec![entry]),
         _ => Err("is not a list".into()),
     }
 }
@@ -542,13 +541,25 @@ fn ipl_string(e: &Event) -> Result<&str, String> {
 }
 
 /// The digests of `value` in every algorithm Keylime knows, for self-describing events.
-fn all_digests(value: &[u8]) -> DigestSpec {
-    vec![
-        ("sha1".into(), hex(&sha1::Sha1::digest(value))),
-        ("sha256".into(), hex(&sha2::Sha256::digest(value))),
-        ("sha384".into(), hex(&sha2::Sha384::digest(value))),
-        ("sha512".into(), hex(&sha2::Sha512::digest(value))),
-    ]
+/// The values are the spec's fixed strings, so each is hashed once per instance.
+fn all_digests(value: &'static [u8]) -> DigestSpec {
+    thread_local! {
+        static KNOWN: std::cell::RefCell<Vec<(&'static [u8], DigestSpec)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    KNOWN.with(|known| {
+        if let Some((_, spec)) = known.borrow().iter().find(|(v, _)| *v == value) {
+            return spec.clone();
+        }
+        let spec = vec![
+            ("sha1".into(), hex(&sha1::Sha1::digest(value))),
+            ("sha256".into(), hex(&sha2::Sha256::digest(value))),
+            ("sha384".into(), hex(&sha2::Sha384::digest(value))),
+            ("sha512".into(), hex(&sha2::Sha512::digest(value))),
+        ];
+        known.borrow_mut().push((value, spec.clone()));
+        spec
+    })
 }
 
 /// Keylime's `EvEfiActionTest`: the spec's strings for the PCR, digest = H(string).

@@ -8,11 +8,19 @@ use zest_policy_sdk::LoadError;
 /// `{"sha256": "0x…"}`: (algorithm, lowercase hex without `0x`).
 pub type DigestSpec = Vec<(String, String)>;
 
-/// `{"SignatureOwner": guid, "SignatureData": "0x…"}` with the `0x` removed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// `{"SignatureOwner": guid, "SignatureData": "0x…"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sig {
     pub owner: String,
-    pub data: String,
+    /// The data when it is lowercase hex; Keylime compares hex strings, so anything else
+    /// never matches.
+    pub bytes: Option<Vec<u8>>,
+}
+
+impl Sig {
+    pub fn matches(&self, entry: &zest_policy_sdk::measured_boot::SignatureEntry) -> bool {
+        self.owner == entry.owner && self.bytes.as_deref() == Some(entry.data.as_slice())
+    }
 }
 
 pub struct Kernel {
@@ -110,9 +118,12 @@ fn sigs(value: &Value, what: &str) -> Result<Vec<Sig>, LoadError> {
             let data = data
                 .strip_prefix("0x")
                 .ok_or_else(|| schema(format!("{what}.SignatureData {data:?} does not start with 0x")))?;
+            let lowercase = data
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
             Ok(Sig {
                 owner: owner.to_owned(),
-                data: data.to_owned(),
+                bytes: lowercase.then(|| zest_policy_sdk::unhex(data)).flatten(),
             })
         })
         .collect()

@@ -185,9 +185,8 @@ impl KeylimeRuntime {
     /// Keylime's `_validate_ima_ng`: excluded → pass; unknown name → `not_in_allowlist`;
     /// digest not listed → `runtime_policy_hash`. The digest algorithm is not compared.
     fn allowlist(&self, against: Against, e: &Entry, boot_aggregates: &[String], out: &mut Vec<Failure>) {
-        if self.excludes.matches(&e.name) {
-            return;
-        }
+        // Keylime tests the excludes first; an entry the allowlist accepts passes either
+        // way, so the regex runs only for entries that would otherwise fail.
         let table = match against {
             Against::Digests => &self.digests,
             Against::Keyrings => &self.keyrings,
@@ -200,6 +199,9 @@ impl KeylimeRuntime {
             _ => &[],
         };
         if listed.is_none() && aggregates.is_empty() {
+            if self.excludes.matches(&e.name) {
+                return;
+            }
             out.push(
                 Failure::message(
                     "ima.validation.ima-ng.not_in_allowlist",
@@ -215,7 +217,7 @@ impl KeylimeRuntime {
         let mut buf = [0u8; 128];
         let got = hex_into(&e.file_digest.value, &mut buf);
         let listed = listed.map(Vec::as_slice).unwrap_or_default();
-        if listed.iter().chain(aggregates).any(|d| d.as_bytes() == got) {
+        if listed.iter().chain(aggregates).any(|d| d.as_bytes() == got) || self.excludes.matches(&e.name) {
             return;
         }
         let expected: Vec<&String> = listed.iter().chain(aggregates).collect();
