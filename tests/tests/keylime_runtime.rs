@@ -90,7 +90,7 @@ fn sha256(data: &[u8]) -> Vec<u8> {
 fn pem_der(pem: &[u8], label: &str) -> Vec<u8> {
     let text = String::from_utf8(pem.to_vec()).unwrap();
     let start = text.find(&format!("-----BEGIN {label}")).unwrap();
-    let (_, pem) = x509_parser::pem::parse_x509_pem(text[start..].as_bytes()).unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&text.as_bytes()[start..]).unwrap();
     pem.contents
 }
 
@@ -132,7 +132,7 @@ fn keylime_fixture_policy_is_refused_as_keylime_refuses_it_and_its_corrected_for
     let rt = runtime();
     let original: Value =
         serde_json::from_slice(&fixture("keylime/test/data/runtime-policy-test.json")).unwrap();
-    match load(&rt, &original) {
+    match load(rt, &original) {
         Err(PolicyError::Load(why)) => {
             assert!(why.contains(r#"digests["boot_aggregate"][0]"#), "{why}");
             assert!(why.contains("does not match '^[0-9a-f]{40,128}$'"), "{why}");
@@ -142,7 +142,7 @@ fn keylime_fixture_policy_is_refused_as_keylime_refuses_it_and_its_corrected_for
     }
 
     let corrected = fixture_policy_corrected();
-    let policy = load(&rt, &corrected).unwrap();
+    let policy = load(rt, &corrected).unwrap();
     assert_eq!(policy.log_hash_alg(), Some(HashAlg::Sha1));
     let mut log = ImaLog::default();
     let aggregate = hex::decode(corrected["digests"]["boot_aggregate"][0].as_str().unwrap()).unwrap();
@@ -184,7 +184,7 @@ fn excludes_violations_pcr_and_template_hash_rules() {
     let rt = runtime();
     let known = sha256(b"known");
     let policy = load(
-        &rt,
+        rt,
         &doc(json!({"/usr/bin/known": [hex::encode(&known)]}), |p| {
             p["excludes"] = json!(["/tmp", r"/var/log/.*\.log$", r"(?i)/OPT/"]);
         }),
@@ -223,7 +223,7 @@ fn excludes_violations_pcr_and_template_hash_rules() {
 #[test]
 fn boot_aggregates_from_a_verified_boot_log_join_the_policy_list() {
     let rt = runtime();
-    let policy = load(&rt, &doc(json!({}), |_| {})).unwrap();
+    let policy = load(rt, &doc(json!({}), |_| {})).unwrap();
     let aggregate = sha256(b"pcr 0..9");
     let mut log = ImaLog::default();
     log.add_ima_ng("boot_aggregate", &aggregate);
@@ -251,7 +251,7 @@ fn a_good_ima_signature_beats_the_allowlist_and_a_bad_one_falls_back_to_it() {
     // The allowlist names another digest for the path: the signature decides.
     let digests = json!({"/usr/bin/signed": [hex::encode([0xaa; 32])]});
     let with_key = load(
-        &rt,
+        rt,
         &doc(digests.clone(), |p| {
             p["verification-keys"] = json!(rsa_verification_keys())
         }),
@@ -262,7 +262,7 @@ fn a_good_ima_signature_beats_the_allowlist_and_a_bad_one_falls_back_to_it() {
     assert!(evaluate(&with_key, &log).failures.is_empty());
 
     // Without the key, or over another file's digest, the allowlist decides.
-    let without_key = load(&rt, &doc(digests.clone(), |_| {})).unwrap();
+    let without_key = load(rt, &doc(digests.clone(), |_| {})).unwrap();
     assert_eq!(
         ids(&evaluate(&without_key, &log))[0].0,
         "ima.validation.ima-ng.runtime_policy_hash"
@@ -310,7 +310,7 @@ fn secp256k1_signatures_from_keylimes_test_key_verify() {
     let mut spki = hex::decode("3056301006072a8648ce3d020106052b8104000a034200").unwrap();
     spki.extend_from_slice(pair.public_key().as_ref());
     let keys = json!({"keyids": [0x531f_4025u32], "pubkeys": [B64.encode(&spki)]}).to_string();
-    let policy = load(&rt, &doc(json!({}), |p| p["verification-keys"] = json!(keys))).unwrap();
+    let policy = load(rt, &doc(json!({}), |p| p["verification-keys"] = json!(keys))).unwrap();
     let content = b"libsecp.so";
     let sig = pair.sign(&SystemRandom::new(), content).unwrap();
     let mut log = ImaLog::default();
@@ -366,7 +366,7 @@ fn keys_measured_into_keyrings_are_checked_learned_and_carried_in_the_state() {
     let content = b"a binary signed by the distribution key";
     let xattr = ima_signature_v2(4, 0xfeed_0001, &ecdsa_sign(&key, content));
     let keyring = json!({".ima": [hex::encode(sha256(&cert))]});
-    let policy = load(&rt, &doc(json!({}), |p| p["keyrings"] = keyring.clone())).unwrap();
+    let policy = load(rt, &doc(json!({}), |p| p["keyrings"] = keyring.clone())).unwrap();
 
     let mut log = ImaLog::default();
     log.add_ima_buf(".ima", &cert);
@@ -409,7 +409,7 @@ fn keys_measured_into_keyrings_are_checked_learned_and_carried_in_the_state() {
 
     // An ignored keyring is neither checked nor learned.
     let ignoring = load(
-        &rt,
+        rt,
         &doc(json!({}), |p| p["ima"]["ignored_keyrings"] = json!([".ima"])),
     )
     .unwrap();
@@ -425,7 +425,7 @@ fn other_ima_buf_entries_are_checked_against_ima_buf() {
     let rt = runtime();
     let version = b"6.11.5-300.fc41.x86_64";
     let policy = load(
-        &rt,
+        rt,
         &doc(json!({}), |p| {
             p["ima-buf"] = json!({"kernel_version": [hex::encode(sha256(version))]})
         }),
@@ -448,7 +448,7 @@ fn other_ima_buf_entries_are_checked_against_ima_buf() {
 #[test]
 fn bad_documents_are_refused_at_load_with_the_reason() {
     let rt = runtime();
-    let refused = |doc: Value, needle: &str| match load(&rt, &doc) {
+    let refused = |doc: Value, needle: &str| match load(rt, &doc) {
         Err(PolicyError::Load(why)) => assert!(why.contains(needle), "{needle:?} not in {why:?}"),
         Err(other) => panic!("{other}"),
         Ok(_) => panic!("accepted a document that must fail: {needle}"),
@@ -500,7 +500,7 @@ fn bad_documents_are_refused_at_load_with_the_reason() {
         "pubkeys[0]",
     );
     match RuntimePolicy::load(
-        &rt,
+        rt,
         "keylime-runtime",
         builtin_runtime("keylime-runtime").unwrap(),
         b"{not json",
@@ -521,7 +521,7 @@ fn dsse_envelopes_and_unknown_extra_fields_load() {
         "payloadType": "application/vnd.keylime+json",
         "signatures": [{"keyid": "k", "sig": "AAAA"}],
     });
-    let policy = load(&rt, &envelope).unwrap();
+    let policy = load(rt, &envelope).unwrap();
     let mut log = ImaLog::default();
     log.add_ima_ng("/usr/bin/known", &known);
     assert!(evaluate(&policy, &log).failures.is_empty());

@@ -64,7 +64,7 @@ fn key_of_certificate(der: &[u8]) -> Option<ImaKey> {
             ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0),
             _ => None,
         });
-    let skid_id = skid.filter(|id| id.len() >= 4).map(|id| last_four(id));
+    let skid_id = skid.filter(|id| id.len() >= 4).map(last_four);
     key_of_spki(cert.public_key().raw, skid_id)
 }
 
@@ -214,7 +214,7 @@ mod tests {
         let text = crate::test_fixture("keylime/test/data/ima_keys/secp256k1.pem");
         let text = String::from_utf8(text).unwrap();
         let start = text.find("-----BEGIN EC PRIVATE KEY").unwrap();
-        let sec1 = pem_body(text[start..].as_bytes()).unwrap();
+        let sec1 = pem_body(&text.as_bytes()[start..]).unwrap();
         let pair = EcdsaKeyPair::from_private_key_der(&ECDSA_P256K1_SHA256_ASN1_SIGNING, &sec1).unwrap();
         let mut spki = hex_bytes("3056301006072a8648ce3d020106052b8104000a034200");
         spki.extend_from_slice(aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref());

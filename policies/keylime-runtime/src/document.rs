@@ -45,6 +45,10 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
     Value::deserialize(d).map(Some)
 }
 
+/// A key of `verification-keys`: its id when the document gives one, and its DER
+/// SubjectPublicKeyInfo.
+pub type VerificationKey = (Option<u32>, Vec<u8>);
+
 /// The checked document.
 pub struct Document {
     pub digests: HashMap<String, Vec<String>>,
@@ -53,8 +57,7 @@ pub struct Document {
     pub ima_buf: HashMap<String, Vec<String>>,
     pub ignored_keyrings: Vec<String>,
     pub log_hash_alg: HashAlg,
-    /// `verification-keys`: (key id if given, DER SubjectPublicKeyInfo).
-    pub verification_keys: Vec<(Option<u32>, Vec<u8>)>,
+    pub verification_keys: Vec<VerificationKey>,
 }
 
 fn schema(message: impl Into<String>) -> LoadError {
@@ -192,7 +195,7 @@ fn decode_payload(text: &str) -> Option<Vec<u8>> {
 
 /// `verification-keys`: a JSON string holding `{"keyids": [...], "pubkeys": [b64 DER]}`
 /// (possibly encoded twice, as Keylime's database once stored it).
-fn verification_keys_of(text: &str) -> Result<Vec<(Option<u32>, Vec<u8>)>, LoadError> {
+fn verification_keys_of(text: &str) -> Result<Vec<VerificationKey>, LoadError> {
     if text.is_empty() {
         return Ok(Vec::new());
     }

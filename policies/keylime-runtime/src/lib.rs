@@ -136,10 +136,10 @@ impl KeylimeRuntime {
         match e.template {
             Template::Ima | Template::ImaNg => self.allowlist(Against::Digests, e, boot_aggregates, out),
             Template::ImaSig => {
-                if e.signature_raw.is_some() {
-                    if self.excludes.matches(&e.name) || self.signature_verifies(e, learned) {
-                        return;
-                    }
+                if e.signature_raw.is_some()
+                    && (self.excludes.matches(&e.name) || self.signature_verifies(e, learned))
+                {
+                    return;
                 }
                 self.allowlist(Against::Digests, e, boot_aggregates, out);
             }
@@ -273,10 +273,13 @@ fn hex_into<'a>(bytes: &[u8], buf: &'a mut [u8; 128]) -> &'a [u8] {
     &buf[..2 * n]
 }
 
-/// Keys learned from keyring measurements, per keyring, in the order learned.
+/// A learned key: its IMA key id and DER SubjectPublicKeyInfo.
+type LearnedKey = (u32, Vec<u8>);
+
+/// Keys learned from keyring measurements, per keyring (by name), in the order learned.
 #[derive(Default)]
 struct Learned {
-    keyrings: Vec<(Vec<u8>, Vec<(u32, Vec<u8>)>)>,
+    keyrings: Vec<(Vec<u8>, Vec<LearnedKey>)>,
 }
 
 impl Learned {
