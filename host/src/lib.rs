@@ -8,6 +8,7 @@
 //! - [`api`]: Keylime's envelope, API versions, identifiers and error mapping.
 //! - [`store`]: the storage interface and its SQLite implementation.
 //! - [`registrar`]: agent registration and activation over HTTP.
+//! - [`verifier`]: enrolled agents and their policies over HTTPS with mTLS.
 //! - [`net`]: listeners, TLS material and the HTTP/HTTPS serving loop.
 //! - [`policy`]: the WebAssembly policy sandbox (wasmtime) and the built-in policies.
 //! - [`config`] and [`cli`]: the operator's edge.
@@ -20,6 +21,7 @@ pub mod policy;
 pub mod registrar;
 pub mod store;
 pub mod tpm;
+pub mod verifier;
 
 pub use zest_evidence as evidence;
 

@@ -117,3 +117,44 @@ fn a_port_in_use_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }
+
+#[test]
+fn serve_runs_the_registrar_and_the_verifier_and_the_verifier_wants_client_certificates() {
+    let data = tempfile::tempdir().unwrap();
+    let (http, https, verifier) = (free_port(), free_port(), free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_zest"))
+        .args(["serve", "--data-dir"])
+        .arg(data.path())
+        .args(["--registrar-port", &http.to_string()])
+        .args(["--registrar-tls-port", &https.to_string()])
+        .args(["--verifier-port", &verifier.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _running = Running(child);
+    assert!(wait_for(http).contains("current_version"));
+    // The verifier speaks only TLS: a plain request gets no HTTP answer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", verifier)).is_err() {
+        assert!(Instant::now() < deadline, "the verifier never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reply = get(verifier, "/version").unwrap_or_default();
+    assert!(!reply.starts_with("HTTP/"), "plain HTTP answered: {reply}");
+    assert!(data.path().join("zest.sqlite").exists());
+}
+
+#[test]
+fn a_bad_verifier_option_is_a_clear_error() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zest"))
+        .args(["verifier", "--data-dir"])
+        .arg(data.path())
+        .args(["--measured-boot-policy-name", "nope"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--measured-boot-policy-name nope") && stderr.contains("accept-all"), "{stderr}");
+}

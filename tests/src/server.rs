@@ -1,7 +1,7 @@
 //! A zest registrar on loopback ports for one test, with its own data directory, and the
 //! HTTP clients that talk to it (plain, TLS without and with the tenant certificate).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -9,6 +9,7 @@ use tempfile::TempDir;
 use zest::config::{DataDir, RegistrarConfig};
 use zest::net::TlsMaterial;
 use zest::registrar::RegistrarServer;
+use zest::verifier::{VerifierConfig, VerifierServer};
 
 use crate::agent::TestAgent;
 
@@ -76,10 +77,6 @@ impl TestRegistrar {
         .await
     }
 
-    fn tls_file(&self, name: &str) -> anyhow::Result<Vec<u8>> {
-        Ok(std::fs::read(self.data.path().join("cv_ca").join(name))?)
-    }
-
     /// Plain HTTP client (the agents' transport).
     pub fn plain_client(&self) -> reqwest::Client {
         reqwest::Client::builder().no_proxy().build().unwrap_or_default()
@@ -87,30 +84,97 @@ impl TestRegistrar {
 
     /// HTTPS client that trusts the registrar's CA and presents no certificate.
     pub fn anonymous_client(&self) -> anyhow::Result<reqwest::Client> {
-        let ca = reqwest::Certificate::from_pem(&self.tls_file(TlsMaterial::CA_CERT)?)?;
-        Ok(reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([ca])
-            .build()?)
+        anonymous_client(self.data.path())
     }
 
     /// HTTPS client presenting the tenant certificate generated in `cv_ca/`.
     pub fn admin_client(&self) -> anyhow::Result<reqwest::Client> {
-        let ca = reqwest::Certificate::from_pem(&self.tls_file(TlsMaterial::CA_CERT)?)?;
-        let mut identity = self.tls_file(TlsMaterial::CLIENT_CERT)?;
-        identity.extend(self.tls_file(TlsMaterial::CLIENT_KEY)?);
-        let identity = reqwest::Identity::from_pem(&identity)?;
-        Ok(reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([ca])
-            .identity(identity)
-            .build()?)
+        admin_client(self.data.path())
     }
 
     /// Registers and activates `agent` over plain HTTP with API `version`, the way Keylime's
     /// Rust agent does (`POST` then `PUT /v{version}/agents/{uuid}`).
     pub async fn register_and_activate(&self, agent: &mut TestAgent, version: &str) -> anyhow::Result<()> {
         register_and_activate(&self.plain_client(), &self.http, agent, version).await
+    }
+}
+
+fn tls_file(data_dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    Ok(std::fs::read(data_dir.join("cv_ca").join(name))?)
+}
+
+/// HTTPS client that trusts the CA in `data_dir/cv_ca` and presents no certificate.
+pub fn anonymous_client(data_dir: &Path) -> anyhow::Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(&tls_file(data_dir, TlsMaterial::CA_CERT)?)?;
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([ca])
+        .build()?)
+}
+
+/// HTTPS client presenting the tenant certificate generated in `data_dir/cv_ca`.
+pub fn admin_client(data_dir: &Path) -> anyhow::Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(&tls_file(data_dir, TlsMaterial::CA_CERT)?)?;
+    let mut identity = tls_file(data_dir, TlsMaterial::CLIENT_CERT)?;
+    identity.extend(tls_file(data_dir, TlsMaterial::CLIENT_KEY)?);
+    let identity = reqwest::Identity::from_pem(&identity)?;
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([ca])
+        .identity(identity)
+        .build()?)
+}
+
+/// A verifier on a free loopback port with its own data directory; stops when dropped.
+pub struct TestVerifier {
+    pub data: TempDir,
+    pub server: VerifierServer,
+    /// `https://localhost:PORT`
+    pub https: String,
+    pub config: VerifierConfig,
+}
+
+impl TestVerifier {
+    /// Starts a verifier with a fresh data directory and Keylime's defaults.
+    pub async fn start() -> anyhow::Result<Self> {
+        let data = tempfile::Builder::new().prefix("zest-verifier-").tempdir()?;
+        let mut config = VerifierConfig::defaults();
+        config.port = 0;
+        Self::start_in(data, config).await
+    }
+
+    /// Starts a verifier on `data` (possibly used before: a restart).
+    pub async fn start_in(data: TempDir, config: VerifierConfig) -> anyhow::Result<Self> {
+        let server = zest::verifier::start(&DataDir(data.path().to_path_buf()), &config).await?;
+        let https = format!("https://localhost:{}", server.addr.port());
+        Ok(Self {
+            data,
+            server,
+            https,
+            config,
+        })
+    }
+
+    /// Stops the verifier and starts another on the same data directory.
+    pub async fn restart(self) -> anyhow::Result<Self> {
+        let Self {
+            data, server, config, ..
+        } = self;
+        drop(server);
+        Self::start_in(data, config).await
+    }
+
+    pub fn admin_client(&self) -> anyhow::Result<reqwest::Client> {
+        admin_client(self.data.path())
+    }
+
+    pub fn anonymous_client(&self) -> anyhow::Result<reqwest::Client> {
+        anonymous_client(self.data.path())
+    }
+
+    /// `https://localhost:PORT/v{version}/{path}`
+    pub fn url(&self, version: &str, path: &str) -> String {
+        format!("{}/v{version}/{path}", self.https)
     }
 }
 

@@ -26,11 +26,24 @@ impl Envelope {
     pub fn empty() -> Self {
         Self::ok(json!({}))
     }
+
+    /// 201 "Created" with `results: {}`.
+    pub fn created() -> Self {
+        Self {
+            code: StatusCode::CREATED,
+            results: json!({}),
+        }
+    }
 }
 
 impl IntoResponse for Envelope {
     fn into_response(self) -> Response {
-        let body = json!({"code": self.code.as_u16(), "status": "Success", "results": self.results});
+        let status = if self.code == StatusCode::CREATED {
+            "Created"
+        } else {
+            "Success"
+        };
+        let body = json!({"code": self.code.as_u16(), "status": status, "results": self.results});
         (self.code, Json(body)).into_response()
     }
 }

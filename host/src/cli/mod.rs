@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{DEFAULT_DATA_DIR, DataDir, RegistrarConfig};
+use crate::verifier::VerifierConfig;
 
 mod evidence;
 mod policy;
@@ -25,10 +26,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run every service in one process (today: the registrar).
+    /// Run every service in one process: the registrar and the verifier.
     Serve(ServeArgs),
     /// Run the registrar: agent registration and activation.
     Registrar(ServeArgs),
+    /// Run the verifier: agents, runtime policies and measured-boot policies (HTTPS, mTLS).
+    Verifier(ServeArgs),
     /// Inspect evidence files offline: UEFI event logs, IMA lists, quotes.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
@@ -44,6 +47,50 @@ struct ServeArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     registrar: RegistrarArgs,
+    #[command(flatten)]
+    verifier: VerifierArgs,
+}
+
+#[derive(Debug, Args)]
+struct VerifierArgs {
+    /// Address the verifier listens on (Keylime `[verifier] ip`).
+    #[arg(long, env = "ZEST_VERIFIER_IP", default_value = "127.0.0.1")]
+    verifier_ip: IpAddr,
+    /// HTTPS port, client certificates required (Keylime `[verifier] port`).
+    #[arg(long, env = "ZEST_VERIFIER_PORT", default_value_t = 8881)]
+    verifier_port: u16,
+    /// Seconds between two quotes of an agent (Keylime `[verifier] quote_interval`).
+    #[arg(long, env = "ZEST_QUOTE_INTERVAL", default_value_t = 2.0)]
+    quote_interval: f64,
+    /// The measured-boot component of refstates that name none (Keylime
+    /// `[verifier] measured_boot_policy_name`: accept-all, reject-all, example, or a built-in name).
+    #[arg(long, env = "ZEST_MEASURED_BOOT_POLICY_NAME", default_value = "accept-all")]
+    measured_boot_policy_name: String,
+}
+
+impl VerifierArgs {
+    fn config(&self) -> anyhow::Result<VerifierConfig> {
+        let mut config = VerifierConfig::defaults();
+        config.ip = self.verifier_ip;
+        config.port = self.verifier_port;
+        if !(self.quote_interval >= 0.0 && self.quote_interval.is_finite()) {
+            anyhow::bail!("--quote-interval must be a number of seconds, 0 or more");
+        }
+        config.quote_interval = self.quote_interval;
+        // Keylime's name of the example policy is `example`.
+        let name = match self.measured_boot_policy_name.as_str() {
+            "example" => "keylime-mb-example",
+            other => other,
+        };
+        if crate::policy::builtin_measured_boot(name).is_none() {
+            anyhow::bail!(
+                "--measured-boot-policy-name {name}: no such built-in ({})",
+                crate::policy::builtin_names(crate::policy::BUILTIN_MEASURED_BOOT)
+            );
+        }
+        config.measured_boot_module = format!("builtin:{name}");
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -112,28 +159,73 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Evidence(command) => evidence::run(command),
         Command::Policy(command) => policy::run(command),
-        Command::Serve(args) | Command::Registrar(args) => {
+        Command::Serve(args) => {
             let data_dir = DataDir(args.data_dir.clone());
-            let config = args.registrar.config(&data_dir);
-            let server = crate::registrar::start(&data_dir, &config)
-                .await
-                .with_context(|| {
-                    format!("starting the registrar (data dir {})", data_dir.path().display())
-                })?;
-            eprintln!(
-                "zest registrar: http://{} (agents), https://{} (agents, tenant); data in {}",
-                server.http_addr,
-                server.https_addr,
-                data_dir.path().display()
-            );
+            let verifier_config = args.verifier.config()?;
+            let registrar = start_registrar(&data_dir, &args).await?;
+            let verifier = start_verifier(&data_dir, &verifier_config).await?;
             tokio::select! {
-                _ = server.wait() => {}
-                r = tokio::signal::ctrl_c() => {
-                    r.context("waiting for Ctrl-C")?;
-                    tracing::info!("shutting down");
-                }
+                _ = registrar.wait() => {}
+                _ = verifier.wait() => {}
+                r = tokio::signal::ctrl_c() => shutdown(r)?,
+            }
+            Ok(())
+        }
+        Command::Registrar(args) => {
+            let data_dir = DataDir(args.data_dir.clone());
+            let registrar = start_registrar(&data_dir, &args).await?;
+            tokio::select! {
+                _ = registrar.wait() => {}
+                r = tokio::signal::ctrl_c() => shutdown(r)?,
+            }
+            Ok(())
+        }
+        Command::Verifier(args) => {
+            let data_dir = DataDir(args.data_dir.clone());
+            let verifier = start_verifier(&data_dir, &args.verifier.config()?).await?;
+            tokio::select! {
+                _ = verifier.wait() => {}
+                r = tokio::signal::ctrl_c() => shutdown(r)?,
             }
             Ok(())
         }
     }
+}
+
+fn shutdown(signal: std::io::Result<()>) -> anyhow::Result<()> {
+    signal.context("waiting for Ctrl-C")?;
+    tracing::info!("shutting down");
+    Ok(())
+}
+
+async fn start_registrar(
+    data_dir: &DataDir,
+    args: &ServeArgs,
+) -> anyhow::Result<crate::registrar::RegistrarServer> {
+    let config = args.registrar.config(data_dir);
+    let server = crate::registrar::start(data_dir, &config)
+        .await
+        .with_context(|| format!("starting the registrar (data dir {})", data_dir.path().display()))?;
+    eprintln!(
+        "zest registrar: http://{} (agents), https://{} (agents, tenant); data in {}",
+        server.http_addr,
+        server.https_addr,
+        data_dir.path().display()
+    );
+    Ok(server)
+}
+
+async fn start_verifier(
+    data_dir: &DataDir,
+    config: &VerifierConfig,
+) -> anyhow::Result<crate::verifier::VerifierServer> {
+    let server = crate::verifier::start(data_dir, config)
+        .await
+        .with_context(|| format!("starting the verifier (data dir {})", data_dir.path().display()))?;
+    eprintln!(
+        "zest verifier: https://{} (tenant, mTLS); data in {}",
+        server.addr,
+        data_dir.path().display()
+    );
+    Ok(server)
 }

@@ -103,6 +103,38 @@ impl PolicyRegistry {
         self.measured_boot.len() + self.runtime_policies.len()
     }
 
+    /// Loads `document` into the runtime `module` for `tenant` (or finds it loaded): the
+    /// check a policy upload gets, and the instance later evaluations use.
+    pub fn load_runtime(
+        &self,
+        tenant: &str,
+        name: &str,
+        module: &[u8],
+        document: &[u8],
+    ) -> Result<(), PolicyError> {
+        self.runtime_policies.run(
+            InstanceKey::new(tenant, module, document),
+            || RuntimePolicy::load(&self.runtime, name, module, document),
+            |_| Ok(()),
+        )
+    }
+
+    /// Loads a reference state into the measured-boot `module` for `tenant`; returns the
+    /// PCRs the policy relies on.
+    pub fn load_measured_boot(
+        &self,
+        tenant: &str,
+        name: &str,
+        module: &[u8],
+        document: &[u8],
+    ) -> Result<Vec<u32>, PolicyError> {
+        self.measured_boot.run(
+            InstanceKey::new(tenant, module, document),
+            || MeasuredBootPolicy::load(&self.runtime, name, module, document),
+            |p| Ok(p.relevant_pcrs().to_vec()),
+        )
+    }
+
     /// Evaluates a boot with the measured-boot `module` holding `document` for `tenant`.
     pub fn evaluate_measured_boot(
         &self,

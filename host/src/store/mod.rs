@@ -5,9 +5,14 @@
 //! (`tokio::task::spawn_blocking`), so a slow disk never stalls the reactor.
 
 mod sqlite;
+mod sqlite_verifier;
+pub mod verifier;
 
 pub use sqlite::SqliteStore;
 use thiserror::Error;
+pub use verifier::{
+    EnrolOutcome, PolicyDelete, PolicyKind, PolicyRecord, PolicyWrite, VerifierAgent, VerifierStore,
+};
 
 /// The tenant every record belongs to until multi-tenancy reaches the API.
 pub const DEFAULT_TENANT: &str = "default";
@@ -21,6 +26,8 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("storage lock poisoned by a panicked writer")]
     Poisoned,
+    #[error("a stored record cannot be read: {0}")]
+    Corrupt(String),
 }
 
 /// A validated registration, ready to store. Keys are kept as the base64 text of their

@@ -26,6 +26,34 @@ const MIGRATIONS: &[&str] = &[
         registered_at   INTEGER NOT NULL,
         updated_at      INTEGER NOT NULL
     ) STRICT;",
+    // 2: the verifier's policies and agents.
+    "CREATE TABLE runtime_policies (
+        tenant    TEXT    NOT NULL,
+        name      TEXT    NOT NULL,
+        module    TEXT    NOT NULL,
+        document  BLOB,
+        checksum  TEXT    NOT NULL,
+        generator INTEGER NOT NULL,
+        PRIMARY KEY (tenant, name)
+    ) STRICT;
+    CREATE TABLE mb_policies (
+        tenant    TEXT    NOT NULL,
+        name      TEXT    NOT NULL,
+        module    TEXT    NOT NULL,
+        document  BLOB,
+        checksum  TEXT    NOT NULL,
+        generator INTEGER NOT NULL,
+        PRIMARY KEY (tenant, name)
+    ) STRICT;
+    CREATE TABLE verifier_agents (
+        tenant         TEXT NOT NULL,
+        agent_id       TEXT NOT NULL PRIMARY KEY,
+        runtime_policy TEXT NOT NULL,
+        mb_policy      TEXT NOT NULL,
+        record         TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX verifier_agents_runtime_policy ON verifier_agents (tenant, runtime_policy);
+    CREATE INDEX verifier_agents_mb_policy ON verifier_agents (tenant, mb_policy);",
 ];
 
 /// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and
@@ -67,7 +95,7 @@ impl SqliteStore {
         })
     }
 
-    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+    pub(super) fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 }

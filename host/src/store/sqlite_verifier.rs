@@ -1,0 +1,248 @@
+//! The verifier's records in the SQLite store.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::verifier::{
+    EnrolOutcome, PolicyDelete, PolicyKind, PolicyRecord, PolicyWrite, VerifierAgent, VerifierStore,
+};
+use super::{DEFAULT_TENANT, SqliteStore, StoreError};
+
+fn to_json(agent: &VerifierAgent) -> Result<String, StoreError> {
+    serde_json::to_string(agent).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json(text: &str) -> Result<VerifierAgent, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn policy_row(kind: PolicyKind, row: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRecord> {
+    let _ = kind;
+    Ok(PolicyRecord {
+        name: row.get(0)?,
+        module: row.get(1)?,
+        document: row.get(2)?,
+        checksum: row.get(3)?,
+        generator: row.get(4)?,
+    })
+}
+
+fn insert_policy(conn: &rusqlite::Connection, kind: PolicyKind, r: &PolicyRecord) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!(
+            "INSERT INTO {} (tenant, name, module, document, checksum, generator)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant, name) DO NOTHING",
+            kind.table()
+        ),
+        params![
+            DEFAULT_TENANT,
+            r.name,
+            r.module,
+            r.document,
+            r.checksum,
+            r.generator
+        ],
+    )
+}
+
+impl VerifierStore for SqliteStore {
+    fn put_policy(
+        &self,
+        kind: PolicyKind,
+        r: &PolicyRecord,
+        create_only: bool,
+    ) -> Result<PolicyWrite, StoreError> {
+        let conn = self.conn()?;
+        if create_only {
+            return Ok(match insert_policy(&conn, kind, r)? {
+                0 => PolicyWrite::Exists,
+                _ => PolicyWrite::Done,
+            });
+        }
+        let changed = conn.execute(
+            &format!(
+                "UPDATE {} SET module = ?3, document = ?4, checksum = ?5, generator = ?6
+                 WHERE tenant = ?1 AND name = ?2",
+                kind.table()
+            ),
+            params![
+                DEFAULT_TENANT,
+                r.name,
+                r.module,
+                r.document,
+                r.checksum,
+                r.generator
+            ],
+        )?;
+        Ok(if changed == 0 {
+            PolicyWrite::NotFound
+        } else {
+            PolicyWrite::Done
+        })
+    }
+
+    fn policy(&self, kind: PolicyKind, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                &format!(
+                    "SELECT name, module, document, checksum, generator FROM {}
+                     WHERE tenant = ?1 AND name = ?2",
+                    kind.table()
+                ),
+                params![DEFAULT_TENANT, name],
+                |row| policy_row(kind, row),
+            )
+            .optional()?)
+    }
+
+    fn policy_names(&self, kind: PolicyKind) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT name FROM {} WHERE tenant = ?1 ORDER BY name",
+            kind.table()
+        ))?;
+        let names = stmt
+            .query_map([DEFAULT_TENANT], |row| row.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
+    fn delete_policy(&self, kind: PolicyKind, name: &str) -> Result<PolicyDelete, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let in_use = tx
+            .query_row(
+                &format!(
+                    "SELECT 1 FROM verifier_agents WHERE tenant = ?1 AND {} = ?2 LIMIT 1",
+                    kind.agent_column()
+                ),
+                params![DEFAULT_TENANT, name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if in_use {
+            return Ok(PolicyDelete::InUse);
+        }
+        let deleted = tx.execute(
+            &format!("DELETE FROM {} WHERE tenant = ?1 AND name = ?2", kind.table()),
+            params![DEFAULT_TENANT, name],
+        )?;
+        tx.commit()?;
+        Ok(if deleted == 0 {
+            PolicyDelete::NotFound
+        } else {
+            PolicyDelete::Deleted
+        })
+    }
+
+    fn enrol(
+        &self,
+        agent: &VerifierAgent,
+        new_policies: &[(PolicyKind, PolicyRecord)],
+    ) -> Result<EnrolOutcome, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM verifier_agents WHERE agent_id = ?1",
+                [&agent.agent_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if exists {
+            return Ok(EnrolOutcome::AgentExists);
+        }
+        for (kind, record) in new_policies {
+            if insert_policy(&tx, *kind, record)? == 0 {
+                return Ok(EnrolOutcome::PolicyExists(*kind));
+            }
+        }
+        for (kind, name) in [
+            (PolicyKind::Runtime, &agent.runtime_policy),
+            (PolicyKind::MeasuredBoot, &agent.mb_policy),
+        ] {
+            let found = tx
+                .query_row(
+                    &format!("SELECT 1 FROM {} WHERE tenant = ?1 AND name = ?2", kind.table()),
+                    params![DEFAULT_TENANT, name],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !found {
+                return Ok(EnrolOutcome::PolicyMissing(kind));
+            }
+        }
+        tx.execute(
+            "INSERT INTO verifier_agents (tenant, agent_id, runtime_policy, mb_policy, record)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                DEFAULT_TENANT,
+                agent.agent_id,
+                agent.runtime_policy,
+                agent.mb_policy,
+                to_json(agent)?
+            ],
+        )?;
+        tx.commit()?;
+        Ok(EnrolOutcome::Enrolled)
+    }
+
+    fn agent(&self, agent_id: &str) -> Result<Option<VerifierAgent>, StoreError> {
+        let conn = self.conn()?;
+        let text: Option<String> = conn
+            .query_row(
+                "SELECT record FROM verifier_agents WHERE agent_id = ?1",
+                [agent_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        text.as_deref().map(from_json).transpose()
+    }
+
+    fn agents(&self) -> Result<Vec<VerifierAgent>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT record FROM verifier_agents ORDER BY agent_id")?;
+        let rows = stmt
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.iter().map(|t| from_json(t)).collect()
+    }
+
+    fn update_agent(&self, agent: &VerifierAgent, unless_states: &[i64]) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        // The state guard reads the stored record: a stop or delete that landed meanwhile wins.
+        let blocked = serde_json::to_string(unless_states).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let changed = conn.execute(
+            "UPDATE verifier_agents SET record = ?2
+             WHERE agent_id = ?1
+               AND json_extract(record, '$.operational_state') NOT IN (SELECT value FROM json_each(?3))",
+            params![agent.agent_id, to_json(agent)?, blocked],
+        )?;
+        Ok(changed > 0)
+    }
+
+    fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let deleted = tx.execute("DELETE FROM verifier_agents WHERE agent_id = ?1", [agent_id])?;
+        if deleted > 0 {
+            // Keylime names an agent's policies after it when no name was given.
+            for kind in [PolicyKind::Runtime, PolicyKind::MeasuredBoot] {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {} WHERE tenant = ?1 AND name = ?2
+                         AND NOT EXISTS (SELECT 1 FROM verifier_agents WHERE {} = ?2)",
+                        kind.table(),
+                        kind.agent_column()
+                    ),
+                    params![DEFAULT_TENANT, agent_id],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(deleted > 0)
+    }
+}

@@ -1,0 +1,193 @@
+//! The verifier's records: enrolled agents and the runtime and measured-boot policies they
+//! use (Keylime's `verifiermain`, `allowlists` and `mbpolicies`).
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+/// Which kind of policy document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    /// Runtime (IMA) policies, Keylime's `allowlists`.
+    Runtime,
+    /// Measured-boot reference states, Keylime's `mbpolicies`.
+    MeasuredBoot,
+}
+
+impl PolicyKind {
+    pub(crate) fn table(self) -> &'static str {
+        match self {
+            Self::Runtime => "runtime_policies",
+            Self::MeasuredBoot => "mb_policies",
+        }
+    }
+
+    pub(crate) fn agent_column(self) -> &'static str {
+        match self {
+            Self::Runtime => "runtime_policy",
+            Self::MeasuredBoot => "mb_policy",
+        }
+    }
+}
+
+/// A named policy document and the component that decides with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRecord {
+    pub name: String,
+    /// `builtin:NAME` or `sha256:HEX` of an uploaded component.
+    pub module: String,
+    /// The document as uploaded (runtime policy JSON or DSSE envelope; mb_refstate JSON);
+    /// `None` is Keylime's null refstate.
+    pub document: Option<Vec<u8>>,
+    /// SHA-256 hex of the document (Keylime's `checksum`).
+    pub checksum: String,
+    /// Runtime policies: `meta.generator` (a policy counts as present when above 1).
+    pub generator: i64,
+}
+
+/// What a policy write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyWrite {
+    Done,
+    /// Create: the name is taken.
+    Exists,
+    /// Update: there is no such policy.
+    NotFound,
+}
+
+/// What a policy delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyDelete {
+    Deleted,
+    NotFound,
+    /// An agent uses it.
+    InUse,
+}
+
+/// What an enrolment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrolOutcome {
+    Enrolled,
+    AgentExists,
+    /// A policy to create under a name that is taken.
+    PolicyExists(PolicyKind),
+    /// A policy named for reuse that does not exist.
+    PolicyMissing(PolicyKind),
+}
+
+/// Operational states, with Keylime's numeric codes (keylime-api.md §4.5).
+pub mod state {
+    pub const REGISTERED: i64 = 0;
+    pub const START: i64 = 1;
+    pub const SAVED: i64 = 2;
+    pub const GET_QUOTE: i64 = 3;
+    pub const GET_QUOTE_RETRY: i64 = 4;
+    pub const PROVIDE_V: i64 = 5;
+    pub const PROVIDE_V_RETRY: i64 = 6;
+    pub const FAILED: i64 = 7;
+    pub const TERMINATED: i64 = 8;
+    pub const INVALID_QUOTE: i64 = 9;
+    pub const TENANT_FAILED: i64 = 10;
+}
+
+/// An enrolled agent with its attestation state. Stored as one JSON record, so that the
+/// attestation state can grow without migrations; the policy names are columns as well,
+/// for the "in use" checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifierAgent {
+    pub agent_id: String,
+    pub ip: Option<String>,
+    pub port: Option<u16>,
+    /// Base64 V half of the bootstrap key.
+    pub v: Option<String>,
+    /// The `tpm_policy` JSON text as enrolled.
+    pub tpm_policy: String,
+    pub runtime_policy: String,
+    pub mb_policy: String,
+    pub ima_sign_verification_keys: String,
+    pub revocation_key: String,
+    pub meta_data: String,
+    pub accept_tpm_hash_algs: Vec<String>,
+    pub accept_tpm_encryption_algs: Vec<String>,
+    pub accept_tpm_signing_algs: Vec<String>,
+    /// Base64 TPM2B_PUBLIC of the AK.
+    pub ak_tpm: String,
+    pub mtls_cert: Option<String>,
+    pub supported_version: Option<String>,
+    pub operational_state: i64,
+    #[serde(default)]
+    pub hash_alg: String,
+    #[serde(default)]
+    pub enc_alg: String,
+    #[serde(default)]
+    pub sign_alg: String,
+    #[serde(default)]
+    pub severity_level: Option<i64>,
+    #[serde(default)]
+    pub last_event_id: Option<String>,
+    #[serde(default)]
+    pub attestation_count: u64,
+    #[serde(default)]
+    pub last_received_quote: u64,
+    #[serde(default)]
+    pub last_successful_attestation: u64,
+    /// The failures of the last failed attestation (event id and context), newest last.
+    #[serde(default)]
+    pub last_failures: Vec<(String, serde_json::Value)>,
+    /// Incremental IMA: the agent's boot time, the next entry and PCR 10 (hex) there.
+    #[serde(default)]
+    pub boottime: Option<u64>,
+    #[serde(default)]
+    pub next_ima_ml_entry: u64,
+    #[serde(default)]
+    pub pcr10: Option<String>,
+    /// The runtime policy's per-agent state (learned keys), base64.
+    #[serde(default)]
+    pub ima_policy_state: Option<String>,
+    /// The agent's NK public key (PEM) from its last full quote.
+    #[serde(default)]
+    pub public_key: Option<String>,
+    /// Whether V was delivered for the current NK key.
+    #[serde(default)]
+    pub v_delivered: bool,
+    /// TPM clock of the last quote: (clock, resetCount, restartCount).
+    #[serde(default)]
+    pub tpm_clock: Option<(u64, u32, u32)>,
+}
+
+/// The verifier's records.
+pub trait VerifierStore: Send + Sync + 'static {
+    /// Creates (`create_only`) or replaces a policy.
+    fn put_policy(
+        &self,
+        kind: PolicyKind,
+        record: &PolicyRecord,
+        create_only: bool,
+    ) -> Result<PolicyWrite, StoreError>;
+
+    fn policy(&self, kind: PolicyKind, name: &str) -> Result<Option<PolicyRecord>, StoreError>;
+
+    fn policy_names(&self, kind: PolicyKind) -> Result<Vec<String>, StoreError>;
+
+    fn delete_policy(&self, kind: PolicyKind, name: &str) -> Result<PolicyDelete, StoreError>;
+
+    /// Enrols an agent, creating the policies given as new ones; all or nothing. The agent
+    /// record names its policies; each must exist afterwards.
+    fn enrol(
+        &self,
+        agent: &VerifierAgent,
+        new_policies: &[(PolicyKind, PolicyRecord)],
+    ) -> Result<EnrolOutcome, StoreError>;
+
+    fn agent(&self, agent_id: &str) -> Result<Option<VerifierAgent>, StoreError>;
+
+    fn agents(&self) -> Result<Vec<VerifierAgent>, StoreError>;
+
+    /// Replaces an agent's record if the agent still exists (a deleted agent is never
+    /// written back) and is not in one of `unless_states`. Returns whether it was written.
+    fn update_agent(&self, agent: &VerifierAgent, unless_states: &[i64]) -> Result<bool, StoreError>;
+
+    /// Deletes an agent, and the policies named after it that no other agent uses.
+    /// Returns whether it existed.
+    fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,135 @@
+//! The verifier: operators enrol agents with their policies; the verifier attests them.
+//! Wire format and quirks follow Keylime (reference/keylime-api.md §4).
+//!
+//! HTTPS only, and only for clients with a certificate from our CA: a connection without
+//! one fails in the handshake (CVE-2026-1709).
+
+mod enrol;
+mod policies;
+mod routes;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use routes::router;
+
+use crate::config::DataDir;
+use crate::net::{self, ClientAuth, TlsMaterial};
+use crate::policy::{PolicyLimits, PolicyRegistry, PolicyRuntime};
+use crate::store::{SqliteStore, VerifierStore};
+
+/// The verifier's settings (Keylime `[verifier]` names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifierConfig {
+    /// `ip`
+    pub ip: IpAddr,
+    /// `port` (8881)
+    pub port: u16,
+    /// `quote_interval`, seconds between quotes of one agent.
+    pub quote_interval: f64,
+    /// `uuid`: this verifier's id in agent records.
+    pub verifier_id: String,
+    /// Limits of every policy call.
+    pub policy_limits: PolicyLimits,
+    /// The measured-boot component of refstates that name none (Keylime's global
+    /// `measured_boot_policy_name`).
+    pub measured_boot_module: String,
+}
+
+impl VerifierConfig {
+    /// Keylime's defaults.
+    pub fn defaults() -> Self {
+        Self {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8881,
+            quote_interval: 2.0,
+            verifier_id: "default".into(),
+            policy_limits: PolicyLimits::default(),
+            measured_boot_module: "builtin:accept-all".into(),
+        }
+    }
+}
+
+/// Shared state of the verifier's handlers.
+#[derive(Clone)]
+pub struct Verifier {
+    pub store: Arc<dyn VerifierStore>,
+    pub policies: Arc<PolicyRegistry>,
+    pub config: Arc<VerifierConfig>,
+}
+
+/// Why the verifier could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] net::TlsError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+}
+
+/// A running verifier; dropping it stops the listener.
+pub struct VerifierServer {
+    pub addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl VerifierServer {
+    /// Waits until the listener stops.
+    pub async fn wait(mut self) {
+        if let Some(task) = self.tasks.pop() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for VerifierServer {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Opens the store, TLS material and policy runtime under `data_dir` and starts the HTTPS
+/// listener (port 0 binds a free port; the bound address is in the result).
+pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<VerifierServer, StartError> {
+    std::fs::create_dir_all(data_dir.path()).map_err(|source| StartError::DataDir {
+        path: data_dir.path().display().to_string(),
+        source,
+    })?;
+    let tls = TlsMaterial::ensure(&data_dir.tls_dir(), &[config.ip.to_string()])?;
+    let store = Arc::new(SqliteStore::open(&data_dir.database())?);
+    let runtime = Arc::new(PolicyRuntime::new(
+        config.policy_limits,
+        Some(data_dir.path().join("policy-cache")),
+    )?);
+    let app = router(Verifier {
+        store,
+        policies: Arc::new(PolicyRegistry::new(runtime)),
+        config: Arc::new(config.clone()),
+    });
+    let addr = SocketAddr::new(config.ip, config.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let server_config = tls.server_config(ClientAuth::Required)?;
+    let tasks = vec![tokio::spawn(net::serve_tls(listener, server_config, app))];
+    tracing::info!(%addr, "verifier listening");
+    Ok(VerifierServer { addr, tasks })
+}

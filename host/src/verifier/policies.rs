@@ -1,0 +1,172 @@
+//! Runtime policies (`/allowlists`) and measured-boot reference states (`/mbpolicies`):
+//! Keylime's request and reply shapes, every document checked by loading it into the
+//! component that will judge with it. Beyond Keylime, a record may name its component
+//! (`"module": "builtin:NAME"`); Keylime's clients send none and get the defaults.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Map, Value};
+
+use super::Verifier;
+use crate::api::ApiError;
+use crate::policy::{PolicyError, builtin_measured_boot, builtin_runtime};
+use crate::store::{DEFAULT_TENANT, PolicyKind, PolicyRecord};
+
+/// The component for runtime policies when a record names none.
+pub const DEFAULT_RUNTIME_MODULE: &str = "builtin:keylime-runtime";
+
+/// Keylime's empty runtime policy (generator 1), used when an agent is enrolled with `""`.
+pub const EMPTY_RUNTIME_POLICY: &str = r#"{"meta": {"version": 1, "generator": 1}, "release": 0, "digests": {}, "excludes": [], "keyrings": {}, "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null}, "ima-buf": {}, "verification-keys": ""}"#;
+
+/// Longest policy name accepted (Keylime's column is VARCHAR(255)).
+const MAX_NAME: usize = 255;
+
+pub fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_NAME || name.chars().any(|c| c.is_control() || c == '/') {
+        return Err(ApiError::bad_request(format!(
+            "policy name must be 1 to {MAX_NAME} printable characters without '/'"
+        )));
+    }
+    Ok(())
+}
+
+/// The component bytes of a module reference.
+pub fn module_bytes(kind: PolicyKind, module: &str) -> Result<&'static [u8], ApiError> {
+    let builtin = module.strip_prefix("builtin:").and_then(|name| match kind {
+        PolicyKind::Runtime => builtin_runtime(name),
+        PolicyKind::MeasuredBoot => builtin_measured_boot(name),
+    });
+    builtin.ok_or_else(|| {
+        let kind = match kind {
+            PolicyKind::Runtime => "runtime",
+            PolicyKind::MeasuredBoot => "measured-boot",
+        };
+        ApiError::bad_request(format!("module: no {kind} policy component '{module}'"))
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(crate::evidence::HashAlg::Sha256.digest(&[bytes]))
+}
+
+/// `meta.generator` of a runtime policy (inside a DSSE payload too); 0 when unknown.
+fn generator_of(document: &[u8]) -> i64 {
+    let Ok(value) = serde_json::from_slice::<Value>(document) else {
+        return 0;
+    };
+    let value = match value.get("payload").and_then(Value::as_str) {
+        Some(payload) => match B64
+            .decode(payload)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(inner) => inner,
+            None => return 0,
+        },
+        None => value,
+    };
+    value["meta"]["generator"].as_i64().unwrap_or(0)
+}
+
+fn load_error(kind: PolicyKind, e: PolicyError) -> ApiError {
+    let what = match kind {
+        PolicyKind::Runtime => "Runtime policy is malformatted",
+        PolicyKind::MeasuredBoot => "Measured boot policy is malformatted",
+    };
+    match e {
+        PolicyError::Load(why) => ApiError::bad_request(format!("{what}: {why}")),
+        other => ApiError::bad_request(format!("{what}: the policy component failed: {other}")),
+    }
+}
+
+/// A runtime policy record from a document, checked by its component.
+pub async fn runtime_record(
+    verifier: &Verifier,
+    name: &str,
+    document: Vec<u8>,
+    module: Option<&str>,
+) -> Result<PolicyRecord, ApiError> {
+    let module = module.unwrap_or(DEFAULT_RUNTIME_MODULE).to_owned();
+    let bytes = module_bytes(PolicyKind::Runtime, &module)?;
+    let registry = verifier.policies.clone();
+    let (n, doc) = (name.to_owned(), document.clone());
+    tokio::task::spawn_blocking(move || registry.load_runtime(DEFAULT_TENANT, &n, bytes, &doc))
+        .await
+        .map_err(|e| ApiError::internal("loading a runtime policy", e))?
+        .map_err(|e| load_error(PolicyKind::Runtime, e))?;
+    Ok(PolicyRecord {
+        name: name.to_owned(),
+        module,
+        checksum: sha256_hex(&document),
+        generator: generator_of(&document),
+        document: Some(document),
+    })
+}
+
+/// A measured-boot record from a refstate (`None`: Keylime's null, nothing to check).
+pub async fn measured_boot_record(
+    verifier: &Verifier,
+    name: &str,
+    document: Option<Vec<u8>>,
+    module: Option<&str>,
+) -> Result<PolicyRecord, ApiError> {
+    let module = module
+        .map(str::to_owned)
+        .unwrap_or_else(|| verifier.config.measured_boot_module.clone());
+    let bytes = module_bytes(PolicyKind::MeasuredBoot, &module)?;
+    if let Some(doc) = document.clone() {
+        let registry = verifier.policies.clone();
+        let n = name.to_owned();
+        tokio::task::spawn_blocking(move || registry.load_measured_boot(DEFAULT_TENANT, &n, bytes, &doc))
+            .await
+            .map_err(|e| ApiError::internal("loading a measured-boot policy", e))?
+            .map_err(|e| load_error(PolicyKind::MeasuredBoot, e))?;
+    }
+    Ok(PolicyRecord {
+        name: name.to_owned(),
+        module,
+        checksum: document.as_deref().map(sha256_hex).unwrap_or_default(),
+        generator: 0,
+        document,
+    })
+}
+
+/// The `runtime_policy` field: base64 of the policy JSON (or DSSE envelope); `""` is the
+/// empty policy.
+pub fn decode_runtime_policy(body: &Map<String, Value>, field: &str) -> Result<Vec<u8>, ApiError> {
+    match body.get(field) {
+        Some(Value::String(s)) if s.is_empty() => Ok(EMPTY_RUNTIME_POLICY.as_bytes().to_vec()),
+        Some(Value::String(s)) => B64
+            .decode(s)
+            .map_err(|e| ApiError::bad_request(format!("{field}: not base64: {e}"))),
+        Some(Value::Null) | None => Err(ApiError::bad_request(format!("{field} is required"))),
+        Some(_) => Err(ApiError::bad_request(format!("{field} must be a base64 string"))),
+    }
+}
+
+/// The `mb_policy` field: the refstate as a JSON string (Keylime's tenant sends text), or
+/// a JSON object; null or `""` means none.
+pub fn decode_mb_policy(body: &Map<String, Value>, field: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => {
+            let parsed: Value = serde_json::from_str(s)
+                .map_err(|e| ApiError::bad_request(format!("{field}: not JSON: {e}")))?;
+            Ok((!parsed.is_null()).then(|| s.as_bytes().to_vec()))
+        }
+        Some(v @ Value::Object(_)) => Ok(Some(v.to_string().into_bytes())),
+        Some(_) => Err(ApiError::bad_request(format!("{field} must be a JSON string"))),
+    }
+}
+
+/// `module` of our own: which component judges with the document.
+pub fn module_field(body: &Map<String, Value>) -> Result<Option<&str>, ApiError> {
+    match body.get("module") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::bad_request(
+            "module must be a string such as builtin:keylime-runtime",
+        )),
+    }
+}

@@ -1,0 +1,599 @@
+//! The verifier's routes under `/v2[.x]` (keylime-api.md §4.2), every one behind mTLS.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /version`, `GET /{v}/version` | API versions |
+//! | `GET /{v}/agents[?bulk=1]`, `GET`/`POST`/`DELETE /{v}/agents/{id}` | enrolled agents |
+//! | `PUT /{v}/agents/{id}/reactivate`, `PUT /{v}/agents/{id}/stop` | polling on and off |
+//! | `GET /{v}/allowlists`, `GET`/`POST`/`PUT`/`DELETE /{v}/allowlists/{name}` | runtime policies |
+//! | `GET /{v}/mbpolicies`, `GET`/`POST`/`PUT`/`DELETE /{v}/mbpolicies/{name}` | measured-boot refstates |
+//! | `GET /{v}/verify/identity` (2.2+) | is this quote from that agent's AK? |
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use serde_json::{Map, Value, json};
+
+use super::Verifier;
+use super::enrol::enrolment;
+use super::policies::{
+    check_name, decode_mb_policy, decode_runtime_policy, measured_boot_record, module_field, runtime_record,
+};
+use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Caller, Envelope};
+use crate::evidence::{HashAlg, PublicArea, Quote};
+use crate::store::verifier::state;
+use crate::store::{
+    EnrolOutcome, PolicyDelete, PolicyKind, PolicyWrite, StoreError, VerifierAgent, VerifierStore,
+};
+use crate::tpm::{AttestationKey, QuoteExpectations, verify_quote};
+
+/// Largest request body (a 100,000-path runtime policy is ~11 MB, base64 ~15 MB).
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+pub fn router(state: Verifier) -> Router {
+    let mut app = Router::new().route("/version", get(version));
+    for suffix in ["", "/"] {
+        app = app
+            .route(&format!("/{{v}}/version{suffix}"), get(versioned_version))
+            .route(&format!("/{{v}}/agents{suffix}"), get(list_agents))
+            .route(
+                &format!("/{{v}}/agents/{{id}}{suffix}"),
+                get(show_agent).post(enrol).delete(delete_agent),
+            )
+            .route(
+                &format!("/{{v}}/agents/{{id}}/reactivate{suffix}"),
+                put(reactivate),
+            )
+            .route(&format!("/{{v}}/agents/{{id}}/stop{suffix}"), put(stop))
+            .route(&format!("/{{v}}/allowlists{suffix}"), get(list_runtime))
+            .route(
+                &format!("/{{v}}/allowlists/{{name}}{suffix}"),
+                get(show_runtime)
+                    .post(create_runtime)
+                    .put(update_runtime)
+                    .delete(delete_runtime),
+            )
+            .route(&format!("/{{v}}/verify/identity{suffix}"), get(verify_identity))
+            .route(&format!("/{{v}}/mbpolicies{suffix}"), get(list_mb))
+            .route(
+                &format!("/{{v}}/mbpolicies/{{name}}{suffix}"),
+                get(show_mb).post(create_mb).put(update_mb).delete(delete_mb),
+            );
+    }
+    app.fallback(api::not_found_fallback)
+        .method_not_allowed_fallback(api::method_not_allowed_fallback)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(api::envelope_for_bare_errors))
+        .with_state(state)
+}
+
+/// The verifier serves the v2 routes (v3 is push mode's, a later room).
+fn version_of(segment: &str) -> Result<ApiVersion, ApiError> {
+    ApiVersion::from_path_segment(segment)
+        .filter(|v| !v.is_v3())
+        .ok_or_else(|| ApiError::not_found(format!("API version not supported: {segment}")))
+}
+
+async fn blocking<T: Send + 'static>(
+    verifier: &Verifier,
+    what: &'static str,
+    f: impl FnOnce(&dyn VerifierStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = verifier.store.clone();
+    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::internal(what, e)),
+        Err(e) => Err(ApiError::internal(what, e)),
+    }
+}
+
+fn json_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    // Keylime parses bodies as JSON whatever the Content-Type (its tenant sends none).
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("Request body must be a JSON object")),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "Request body is not valid JSON: {e}"
+        ))),
+    }
+}
+
+async fn version() -> Envelope {
+    Envelope::ok(api::version_document())
+}
+
+async fn versioned_version(Path(v): Path<String>) -> ApiResult {
+    version_of(&v)?;
+    Ok(Envelope::ok(api::version_document()))
+}
+
+/// Keylime's `attestation_status` of a pull agent.
+fn attestation_status(agent: &VerifierAgent) -> &'static str {
+    match agent.operational_state {
+        state::GET_QUOTE | state::GET_QUOTE_RETRY | state::PROVIDE_V | state::PROVIDE_V_RETRY => "PASS",
+        state::FAILED | state::INVALID_QUOTE | state::TENANT_FAILED => "FAIL",
+        _ => "PENDING",
+    }
+}
+
+/// The status object of `GET /agents/{id}` (keylime-api.md §4.4).
+fn status(
+    verifier: &Verifier,
+    agent: &VerifierAgent,
+    has_mb_refstate: bool,
+    has_runtime_policy: bool,
+) -> Value {
+    let interval = verifier.config.quote_interval;
+    json!({
+        "operational_state": agent.operational_state,
+        "v": agent.v,
+        "ip": agent.ip,
+        "port": agent.port,
+        "tpm_policy": agent.tpm_policy,
+        "meta_data": agent.meta_data,
+        "has_mb_refstate": i32::from(has_mb_refstate),
+        "has_runtime_policy": i32::from(has_runtime_policy),
+        "accept_tpm_hash_algs": agent.accept_tpm_hash_algs,
+        "accept_tpm_encryption_algs": agent.accept_tpm_encryption_algs,
+        "accept_tpm_signing_algs": agent.accept_tpm_signing_algs,
+        "hash_alg": agent.hash_alg,
+        "enc_alg": agent.enc_alg,
+        "sign_alg": agent.sign_alg,
+        "verifier_id": verifier.config.verifier_id,
+        "verifier_ip": verifier.config.ip.to_string(),
+        "verifier_port": verifier.config.port,
+        "severity_level": agent.severity_level,
+        "last_event_id": agent.last_event_id,
+        "attestation_count": agent.attestation_count,
+        "last_received_quote": agent.last_received_quote,
+        "last_successful_attestation": agent.last_successful_attestation,
+        "attestation_status": attestation_status(agent),
+        "attestation_period": format!("{}s", interval as u64),
+        "maximum_attestation_interval": format!("{}s", (interval * 5.0) as u64),
+        "runtime_policy_name": agent.runtime_policy,
+        "mb_policy_name": agent.mb_policy,
+        "failures": agent
+            .last_failures
+            .iter()
+            .map(|(id, context)| json!({"type": id, "context": context}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// The status object of one agent, with its policies' presence.
+fn agent_status(
+    verifier: &Verifier,
+    store: &dyn VerifierStore,
+    agent: &VerifierAgent,
+) -> Result<Value, StoreError> {
+    let mb = store.policy(PolicyKind::MeasuredBoot, &agent.mb_policy)?;
+    let runtime = store.policy(PolicyKind::Runtime, &agent.runtime_policy)?;
+    Ok(status(
+        verifier,
+        agent,
+        mb.is_some_and(|p| p.document.is_some()),
+        runtime.is_some_and(|p| p.generator > 1),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    bulk: Option<String>,
+    verifier: Option<String>,
+}
+
+async fn list_agents(
+    State(verifier): State<Verifier>,
+    Extension(caller): Extension<Caller>,
+    Path(v): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult {
+    version_of(&v)?;
+    caller.require_admin()?;
+    let ours = query.verifier.is_none_or(|id| id == verifier.config.verifier_id);
+    let bulk = query
+        .bulk
+        .is_some_and(|b| b != "0" && !b.eq_ignore_ascii_case("false"));
+    let v2 = verifier.clone();
+    let results = blocking(&verifier, "listing agents", move |store| {
+        let agents = if ours { store.agents()? } else { Vec::new() };
+        if bulk {
+            let mut all = Map::new();
+            for agent in &agents {
+                all.insert(agent.agent_id.clone(), agent_status(&v2, store, agent)?);
+            }
+            Ok(Value::Object(all))
+        } else {
+            // Keylime's list of one-element lists.
+            let ids: Vec<Vec<String>> = agents.into_iter().map(|a| vec![a.agent_id]).collect();
+            Ok(json!({"uuids": ids}))
+        }
+    })
+    .await?;
+    Ok(Envelope::ok(results))
+}
+
+async fn show_agent(
+    State(verifier): State<Verifier>,
+    Extension(caller): Extension<Caller>,
+    Path((v, id)): Path<(String, String)>,
+) -> ApiResult {
+    version_of(&v)?;
+    caller.require_admin()?;
+    let id = AgentId::parse(&id)?;
+    let v2 = verifier.clone();
+    let agent_id = id.to_string();
+    let found = blocking(&verifier, "reading agent", move |store| {
+        store
+            .agent(&agent_id)?
+            .map(|a| agent_status(&v2, store, &a))
+            .transpose()
+    })
+    .await?;
+    found
+        .map(Envelope::ok)
+        .ok_or_else(|| ApiError::not_found("agent id not found"))
+}
+
+async fn enrol(
+    State(verifier): State<Verifier>,
+    Extension(caller): Extension<Caller>,
+    Path((v, id)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    version_of(&v)?;
+    caller.require_admin()?;
+    let id = AgentId::parse(&id)?;
+    let body = json_object(&body)?;
+    let enrolment = enrolment(&verifier, &id, &body).await?;
+    let outcome = blocking(&verifier, "enrolling agent", move |store| {
+        store.enrol(&enrolment.agent, &enrolment.new_policies)
+    })
+    .await?;
+    match outcome {
+        EnrolOutcome::Enrolled => {
+            tracing::info!(agent_id = %id, "agent enrolled");
+            Ok(Envelope::empty())
+        }
+        EnrolOutcome::AgentExists => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("Agent of uuid {id} already exists. Please use delete or update."),
+        )),
+        EnrolOutcome::PolicyExists(kind) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{} with that name already exists", kind_name(kind)),
+        )),
+        EnrolOutcome::PolicyMissing(kind) => Err(ApiError::not_found(format!(
+            "{} with that name not found",
+            kind_name(kind)
+        ))),
+    }
+}
+
+fn kind_name(kind: PolicyKind) -> &'static str {
+    match kind {
+        PolicyKind::Runtime => "Runtime policy",
+        PolicyKind::MeasuredBoot => "Measured boot policy",
+    }
+}
+
+async fn delete_agent(
+    State(verifier): State<Verifier>,
+    Extension(caller): Extension<Caller>,
+    Path((v, id)): Path<(String, String)>,
+) -> ApiResult {
+    version_of(&v)?;
+    caller.require_admin()?;
+    let id = AgentId::parse(&id)?;
+    let agent_id = id.to_string();
+    if blocking(&verifier, "deleting agent", move |s| s.delete_agent(&agent_id)).await? {
+        tracing::info!(agent_id = %id, "agent deleted");
+        Ok(Envelope::empty())
+    } else {
+        Err(ApiError::not_found("agent id not found"))
+    }
+}
+
+/// Sets an agent's operational state (stop, reactivate).
+async fn set_state(verifier: &Verifier, id: &str, to: i64) -> ApiResult {
+    let id = AgentId::parse(id)?;
+    let agent_id = id.to_string();
+    let done = blocking(verifier, "updating agent", move |store| {
+        let Some(mut agent) = store.agent(&agent_id)? else {
+            return Ok(false);
+        };
+        agent.operational_state = to;
+        if to == state::START {
+            agent.last_failures.clear();
+        }
+        store.update_agent(&agent, &[])
+    })
+    .await?;
+    if done {
+        tracing::info!(agent_id = %id, state = to, "agent state set");
+        Ok(Envelope::empty())
+    } else {
+        Err(ApiError::not_found("agent id not found"))
+    }
+}
+
+async fn reactivate(
+    State(verifier): State<Verifier>,
+    Extension(caller): Extension<Caller>,
+    Path((v, id)): Path<(String, String)>,
+) -> ApiResult {
+    version_of(&v)?;
+    caller.require_admin()?;
+    set_state(&verifier, &id, state::START).await
+}
+
+async fn stop(
+    State(verifier): State<Verifier>,
+    Extension(caller): Extension<Caller>,
+    Path((v, id)): Path<(String, String)>,
+) -> ApiResult {
+    version_of(&v)?;
+    caller.require_admin()?;
+    set_state(&verifier, &id, state::TENANT_FAILED).await
+}
+
+async fn list_policies(verifier: &Verifier, caller: &Caller, v: &str, kind: PolicyKind) -> ApiResult {
+    version_of(v)?;
+    caller.require_admin()?;
+    let names = blocking(verifier, "listing policies", move |s| s.policy_names(kind)).await?;
+    let key = match kind {
+        PolicyKind::Runtime => "runtimepolicy names",
+        PolicyKind::MeasuredBoot => "mbpolicy names",
+    };
+    Ok(Envelope::ok(json!({ key: names })))
+}
+
+async fn show_policy(
+    verifier: &Verifier,
+    caller: &Caller,
+    v: &str,
+    name: String,
+    kind: PolicyKind,
+) -> ApiResult {
+    version_of(v)?;
+    caller.require_admin()?;
+    let n = name.clone();
+    let record = blocking(verifier, "reading policy", move |s| s.policy(kind, &n))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("{} {name} not found", kind_name(kind))))?;
+    let text = record
+        .document
+        .as_deref()
+        .map(|d| String::from_utf8_lossy(d).into_owned());
+    Ok(Envelope::ok(match kind {
+        // Keylime's reply carries a misspelt, always-null `tmp_policy`.
+        PolicyKind::Runtime => json!({
+            "name": record.name,
+            "tmp_policy": null,
+            "runtime_policy": text,
+            "module": record.module,
+        }),
+        PolicyKind::MeasuredBoot => json!({"name": record.name, "mb_policy": text, "module": record.module}),
+    }))
+}
+
+async fn write_policy(
+    verifier: &Verifier,
+    caller: &Caller,
+    v: &str,
+    name: String,
+    kind: PolicyKind,
+    body: &Bytes,
+    create: bool,
+) -> ApiResult {
+    version_of(v)?;
+    caller.require_admin()?;
+    check_name(&name)?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("Expected non zero content length"));
+    }
+    let body = json_object(body)?;
+    let module = module_field(&body)?;
+    let record = match kind {
+        PolicyKind::Runtime => {
+            let document = decode_runtime_policy(&body, "runtime_policy")?;
+            runtime_record(verifier, &name, document, module).await?
+        }
+        PolicyKind::MeasuredBoot => {
+            let document = decode_mb_policy(&body, "mb_policy")?;
+            measured_boot_record(verifier, &name, document, module).await?
+        }
+    };
+    let outcome = blocking(verifier, "storing policy", move |s| {
+        s.put_policy(kind, &record, create)
+    })
+    .await?;
+    match outcome {
+        PolicyWrite::Done => {
+            tracing::info!(policy = %name, ?kind, create, "policy stored");
+            Ok(Envelope::created())
+        }
+        PolicyWrite::Exists => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{} with name {name} already exists", kind_name(kind)),
+        )),
+        PolicyWrite::NotFound => Err(ApiError::not_found(format!(
+            "{} with name {name} does not already exist, use POST to create",
+            kind_name(kind)
+        ))),
+    }
+}
+
+async fn delete_policy(
+    verifier: &Verifier,
+    caller: &Caller,
+    v: &str,
+    name: String,
+    kind: PolicyKind,
+) -> Result<Response, ApiError> {
+    version_of(v)?;
+    caller.require_admin()?;
+    let n = name.clone();
+    match blocking(verifier, "deleting policy", move |s| s.delete_policy(kind, &n)).await? {
+        // Keylime answers 204 with no body.
+        PolicyDelete::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
+        PolicyDelete::NotFound => Err(ApiError::not_found(format!(
+            "{} {name} not found",
+            kind_name(kind)
+        ))),
+        PolicyDelete::InUse => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "Can't delete {} {name} as it's currently in use by an agent",
+                kind_name(kind)
+            ),
+        )),
+    }
+}
+
+async fn list_runtime(
+    State(vf): State<Verifier>,
+    Extension(c): Extension<Caller>,
+    Path(v): Path<String>,
+) -> ApiResult {
+    list_policies(&vf, &c, &v, PolicyKind::Runtime).await
+}
+
+async fn list_mb(
+    State(vf): State<Verifier>,
+    Extension(c): Extension<Caller>,
+    Path(v): Path<String>,
+) -> ApiResult {
+    list_policies(&vf, &c, &v, PolicyKind::MeasuredBoot).await
+}
+
+async fn show_runtime(
+    State(vf): State<Verifier>,
+    Extension(c): Extension<Caller>,
+    Path((v, name)): Path<(String, String)>,
+) -> ApiResult {
+    show_policy(&vf, &c, &v, name, PolicyKind::Runtime).await
+}
+
+async fn show_mb(
+    State(vf): State<Verifier>,
+    Extension(c): Extension<Caller>,
+    Path((v, name)): Path<(String, String)>,
+) -> ApiResult {
+    show_policy(&vf, &c, &v, name, PolicyKind::MeasuredBoot).await
+}
+
+async fn create_runtime(
+    State(vf): State<Verifier>,
+    Extension(c): Extension<Caller>,
+    Path((v, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    write_policy(&vf, &c, &v, name, PolicyKind::Runtime, &body, true).await
+}
+
+async fn update_runtime(
+    State(vf): State<Verifier>,
+    Extension(c): Extension<Caller>,
+    Path((v, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    write_policy(&vf, &c, &v, name, PolicyKind::Runtime, &body, false).await
+}
+
+async fn create_mb(
+    State(vf): State<Verifier>,
+    Extension(c): Extension<Caller>,
+    Path((v, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    write_policy(&vf, &c, &v, name, PolicyKind::MeasuredBoot, &body, true).await
+}
+
+async fn update_mb(
+    State(vf): State<Verifier>,
+    Extension(c): Extension<Caller>,
+    Path((v, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    write_policy(&vf, &c, &v, name, PolicyKind::MeasuredBoot, &body, false).await
+}
+
+async fn delete_runtime(
+    State(vf): State<Verifier>,
+    Extension(c): Extension<Caller>,
+    Path((v, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    delete_policy(&vf, &c, &v, name, PolicyKind::Runtime).await
+}
+
+async fn delete_mb(
+    State(vf): State<Verifier>,
+    Extension(c): Extension<Caller>,
+    Path((v, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    delete_policy(&vf, &c, &v, name, PolicyKind::MeasuredBoot).await
+}
+
+#[derive(serde::Deserialize)]
+struct IdentityQuery {
+    agent_uuid: Option<String>,
+    quote: Option<String>,
+    nonce: Option<String>,
+    hash_alg: Option<String>,
+}
+
+/// `GET /verify/identity`: whether `quote` is signed by the agent's enrolled AK over
+/// `nonce` with `hash_alg` (no PCR policy, clock or PCR 16 checks, as in Keylime).
+async fn verify_identity(
+    State(verifier): State<Verifier>,
+    Extension(caller): Extension<Caller>,
+    Path(v): Path<String>,
+    Query(query): Query<IdentityQuery>,
+) -> ApiResult {
+    let version = version_of(&v)?;
+    if version.minor < 2 {
+        return Err(ApiError::not_found(format!(
+            "{v} has no verify/identity (API 2.2 and later)"
+        )));
+    }
+    caller.require_admin()?;
+    let missing = |p: &str| ApiError::bad_request(format!("missing query parameter '{p}'"));
+    let id = AgentId::parse(query.agent_uuid.as_deref().ok_or_else(|| missing("agent_uuid"))?)?;
+    let quote = query.quote.ok_or_else(|| missing("quote"))?;
+    let nonce = query.nonce.ok_or_else(|| missing("nonce"))?;
+    let hash_alg = query.hash_alg.ok_or_else(|| missing("hash_alg"))?;
+    let agent_id = id.to_string();
+    let agent = blocking(&verifier, "reading agent", move |s| s.agent(&agent_id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("agent id not found"))?;
+    let outcome = tokio::task::spawn_blocking(move || identity_check(&agent, &quote, &nonce, &hash_alg))
+        .await
+        .map_err(|e| ApiError::internal("verifying a quote", e))?;
+    Ok(Envelope::ok(match outcome {
+        Ok(()) => json!({"valid": 1}),
+        Err(reason) => json!({"valid": 0, "reason": reason}),
+    }))
+}
+
+fn identity_check(agent: &VerifierAgent, quote: &str, nonce: &str, hash_alg: &str) -> Result<(), String> {
+    use base64::Engine;
+    let hash = HashAlg::from_name(hash_alg).ok_or_else(|| format!("hash_alg {hash_alg} is not supported"))?;
+    let ak_bytes = base64::engine::general_purpose::STANDARD
+        .decode(&agent.ak_tpm)
+        .map_err(|e| format!("stored ak_tpm: {e}"))?;
+    let ak =
+        AttestationKey::new(PublicArea::from_tpm2b(&ak_bytes).map_err(|e| format!("stored ak_tpm: {e}"))?);
+    let quote = Quote::from_keylime_string(quote).map_err(|e| e.to_string())?;
+    let expected = QuoteExpectations {
+        nonce: nonce.as_bytes(),
+        hashes: &[hash],
+        schemes: &["rsassa", "rsapss", "ecdsa"],
+    };
+    verify_quote(&quote, &ak, &expected)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,567 @@
+//! The verifier's REST API over HTTPS with mTLS, as Keylime's tenant uses it: runtime and
+//! measured-boot policies, agent enrolment, status, stop/reactivate and delete; bad input
+//! is a 400 naming the field and changes nothing.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use zest_tests::fixture;
+use zest_tests::server::{TestVerifier, send_json};
+
+/// A runtime policy listing one file, as `zest policy create runtime` (generator 3) makes.
+fn runtime_policy() -> Value {
+    json!({
+        "meta": {"version": 1, "generator": 3, "timestamp": "2026-11-28 12:00:00"},
+        "release": 0,
+        "digests": {"boot_aggregate": ["f4845392eca429a4c941a6a07fc32faf843a88c5c3dfa3b9329ab8f4171d9ce3"]},
+        "excludes": ["/tmp/.*"],
+        "keyrings": {},
+        "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null},
+        "ima-buf": {},
+        "verification-keys": "",
+    })
+}
+
+/// The enrolment body Keylime's tenant sends (keylime-api.md §4.3).
+fn enrol_body() -> Value {
+    let ak = fixture("keylime/test-data/files/ak.pub");
+    json!({
+        "v": B64.encode([7u8; 32]),
+        "cloudagent_ip": "127.0.0.1",
+        "cloudagent_port": "9002",
+        "verifier_ip": "127.0.0.1",
+        "verifier_port": 8881,
+        "tpm_policy": "{\"15\": [\"0000000000000000000000000000000000000000000000000000000000000000\"], \"mask\": \"0x8400\"}",
+        "runtime_policy": B64.encode(runtime_policy().to_string()),
+        "runtime_policy_name": null,
+        "runtime_policy_key": null,
+        "mb_policy": null,
+        "mb_policy_name": "",
+        "ima_sign_verification_keys": "",
+        "metadata": "{}",
+        "revocation_key": "",
+        "accept_tpm_hash_algs": ["sha512", "sha384", "sha256"],
+        "accept_tpm_encryption_algs": ["ecc", "rsa"],
+        "accept_tpm_signing_algs": ["ecschnorr", "rsassa"],
+        "ak_tpm": B64.encode(ak),
+        "mtls_cert": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        "supported_version": "2.6",
+    })
+}
+
+#[tokio::test]
+async fn clients_without_our_certificate_fail_the_handshake() {
+    let verifier = TestVerifier::start().await.unwrap();
+    let anonymous = verifier.anonymous_client().unwrap();
+    let result = anonymous.get(verifier.url("2.6", "agents/")).send().await;
+    assert!(
+        result.is_err(),
+        "a client without a certificate got an answer: {result:?}"
+    );
+    let admin = verifier.admin_client().unwrap();
+    let (status, body) = send_json(admin.get(format!("{}/version", verifier.https)))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"]["current_version"], "2.6");
+}
+
+#[tokio::test]
+async fn runtime_policies_are_created_read_listed_updated_and_deleted() {
+    let verifier = TestVerifier::start().await.unwrap();
+    let admin = verifier.admin_client().unwrap();
+    let url = verifier.url("2.6", "allowlists/fleet");
+    let body = json!({"runtime_policy": B64.encode(runtime_policy().to_string())});
+
+    let (status, reply) = send_json(admin.post(&url).json(&body)).await.unwrap();
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (201, Some("Created")),
+        "{reply}"
+    );
+    let (status, reply) = send_json(admin.post(&url).json(&body)).await.unwrap();
+    assert_eq!(status, 409, "{reply}");
+
+    let (status, reply) = send_json(admin.get(&url)).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(reply["results"]["name"], "fleet");
+    assert_eq!(reply["results"]["tmp_policy"], Value::Null);
+    assert_eq!(reply["results"]["module"], "builtin:keylime-runtime");
+    let stored: Value = serde_json::from_str(reply["results"]["runtime_policy"].as_str().unwrap()).unwrap();
+    assert_eq!(stored, runtime_policy());
+
+    let (_, reply) = send_json(admin.get(verifier.url("2.6", "allowlists/")))
+        .await
+        .unwrap();
+    assert_eq!(reply["results"]["runtimepolicy names"], json!(["fleet"]));
+
+    let mut changed = runtime_policy();
+    changed["excludes"] = json!(["/var/log/.*"]);
+    let update = json!({"runtime_policy": B64.encode(changed.to_string())});
+    let (status, _) = send_json(admin.put(&url).json(&update)).await.unwrap();
+    assert_eq!(status, 201);
+    let (status, reply) = send_json(admin.put(verifier.url("2.6", "allowlists/nope")).json(&update))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{reply}");
+
+    // A policy its component refuses is a 400 with the reason, and nothing changes.
+    let mut bad = runtime_policy();
+    bad["digests"]["/usr/bin/x"] = json!(["sha256:abc"]);
+    let (status, reply) = send_json(
+        admin
+            .post(verifier.url("2.6", "allowlists/bad"))
+            .json(&json!({"runtime_policy": B64.encode(bad.to_string())})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{reply}");
+    let why = reply["status"].as_str().unwrap();
+    assert!(
+        why.contains("Runtime policy is malformatted") && why.contains("/usr/bin/x"),
+        "{why}"
+    );
+    let (status, _) = send_json(admin.get(verifier.url("2.6", "allowlists/bad")))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let mut regex = runtime_policy();
+    regex["excludes"] = json!(["(?<=x)y"]);
+    let (status, reply) = send_json(
+        admin
+            .post(verifier.url("2.6", "allowlists/bad"))
+            .json(&json!({"runtime_policy": B64.encode(regex.to_string())})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        status == 400 && reply["status"].as_str().unwrap().contains("look-"),
+        "{reply}"
+    );
+    for (body, needle) in [
+        (json!({"runtime_policy": "not base64!"}), "not base64"),
+        (json!({}), "runtime_policy is required"),
+        (
+            json!({"runtime_policy": B64.encode("{}"), "module": "builtin:nope"}),
+            "builtin:nope",
+        ),
+    ] {
+        let (status, reply) = send_json(admin.post(verifier.url("2.6", "allowlists/bad")).json(&body))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{reply}");
+        assert!(
+            reply["status"].as_str().unwrap().contains(needle),
+            "{needle}: {reply}"
+        );
+    }
+
+    let response = admin.delete(&url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    assert!(response.text().await.unwrap().is_empty());
+    let (status, _) = send_json(admin.delete(&url)).await.unwrap();
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn measured_boot_policies_are_checked_by_their_component() {
+    let verifier = TestVerifier::start().await.unwrap();
+    let admin = verifier.admin_client().unwrap();
+    let refstate = String::from_utf8(fixture(
+        "keylime/keylime/mba/elchecking/example_reference_state.json",
+    ))
+    .unwrap();
+    let url = verifier.url("2.5", "mbpolicies/ovmf");
+    let body = json!({"mb_policy": refstate, "module": "builtin:keylime-mb-example"});
+    let (status, reply) = send_json(admin.post(&url).json(&body)).await.unwrap();
+    assert_eq!(status, 201, "{reply}");
+    let (_, reply) = send_json(admin.get(&url)).await.unwrap();
+    assert_eq!(reply["results"]["module"], "builtin:keylime-mb-example");
+    assert_eq!(reply["results"]["mb_policy"].as_str().unwrap(), refstate);
+    let (_, reply) = send_json(admin.get(verifier.url("2.5", "mbpolicies")))
+        .await
+        .unwrap();
+    assert_eq!(reply["results"]["mbpolicy names"], json!(["ovmf"]));
+
+    let broken = json!({"mb_policy": "{\"kernels\": []}", "module": "builtin:keylime-mb-example"});
+    let (status, reply) = send_json(admin.post(verifier.url("2.5", "mbpolicies/broken")).json(&broken))
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{reply}");
+    assert!(
+        reply["status"].as_str().unwrap().contains("scrtm_and_bios"),
+        "{reply}"
+    );
+    // Keylime's default component (accept-all) takes any JSON document.
+    let (status, _) = send_json(
+        admin
+            .post(verifier.url("2.5", "mbpolicies/any"))
+            .json(&json!({"mb_policy": "{\"x\": 1}"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201);
+    let (status, reply) = send_json(
+        admin
+            .post(verifier.url("2.5", "mbpolicies/notjson"))
+            .json(&json!({"mb_policy": "{x"})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        status == 400 && reply["status"].as_str().unwrap().contains("mb_policy: not JSON"),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn an_enrolled_agent_is_shown_listed_stopped_reactivated_and_deleted() {
+    let verifier = TestVerifier::start().await.unwrap();
+    let admin = verifier.admin_client().unwrap();
+    let url = verifier.url("2.6", "agents/d432fbb3-d2f1-4a97-9ef7-75bd81c00000");
+    let (status, reply) = send_json(admin.post(&url).json(&enrol_body())).await.unwrap();
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = send_json(admin.post(&url).json(&enrol_body())).await.unwrap();
+    assert_eq!(status, 409, "{reply}");
+    assert!(reply["status"].as_str().unwrap().contains("already exists"));
+
+    let (status, reply) = send_json(admin.get(&url)).await.unwrap();
+    assert_eq!(status, 200);
+    let agent = &reply["results"];
+    assert_eq!(agent["operational_state"], 1);
+    assert_eq!(agent["attestation_status"], "PENDING");
+    assert_eq!(agent["attestation_period"], "2s");
+    assert_eq!(agent["maximum_attestation_interval"], "10s");
+    assert_eq!(agent["has_runtime_policy"], 1);
+    assert_eq!(agent["has_mb_refstate"], 0);
+    assert_eq!(agent["ip"], "127.0.0.1");
+    assert_eq!(agent["port"], 9002);
+    assert_eq!(
+        agent["accept_tpm_hash_algs"],
+        json!(["sha512", "sha384", "sha256"])
+    );
+    assert_eq!(agent["hash_alg"], "");
+    assert_eq!(agent["verifier_id"], "default");
+    assert_eq!(agent["attestation_count"], 0);
+
+    // Keylime names the agent's policies after it.
+    let (_, reply) = send_json(admin.get(verifier.url("2.6", "allowlists")))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["results"]["runtimepolicy names"],
+        json!(["d432fbb3-d2f1-4a97-9ef7-75bd81c00000"])
+    );
+    let (status, _) =
+        send_json(admin.delete(verifier.url("2.6", "allowlists/d432fbb3-d2f1-4a97-9ef7-75bd81c00000")))
+            .await
+            .unwrap();
+    assert_eq!(status, 409, "a policy in use is kept");
+
+    let (_, reply) = send_json(admin.get(verifier.url("2.6", "agents/")))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["results"]["uuids"],
+        json!([["d432fbb3-d2f1-4a97-9ef7-75bd81c00000"]])
+    );
+    let (_, reply) = send_json(admin.get(verifier.url("2.6", "agents/?bulk=1")))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["results"]["d432fbb3-d2f1-4a97-9ef7-75bd81c00000"]["operational_state"],
+        1
+    );
+    let (_, reply) = send_json(admin.get(verifier.url("2.6", "agents/?verifier=other")))
+        .await
+        .unwrap();
+    assert_eq!(reply["results"]["uuids"], json!([]));
+
+    let (status, _) = send_json(admin.put(format!("{url}/stop"))).await.unwrap();
+    assert_eq!(status, 200);
+    let (_, reply) = send_json(admin.get(&url)).await.unwrap();
+    assert_eq!(
+        (
+            reply["results"]["operational_state"].as_i64(),
+            reply["results"]["attestation_status"].as_str()
+        ),
+        (Some(10), Some("FAIL"))
+    );
+    let (status, _) = send_json(admin.put(format!("{url}/reactivate"))).await.unwrap();
+    assert_eq!(status, 200);
+    let (_, reply) = send_json(admin.get(&url)).await.unwrap();
+    assert_eq!(reply["results"]["operational_state"], 1);
+
+    // State survives a restart of the verifier.
+    let verifier = verifier.restart().await.unwrap();
+    let admin = verifier.admin_client().unwrap();
+    let url = verifier.url("2.6", "agents/d432fbb3-d2f1-4a97-9ef7-75bd81c00000");
+    let (status, _) = send_json(admin.get(&url)).await.unwrap();
+    assert_eq!(status, 200);
+
+    let (status, _) = send_json(admin.delete(&url)).await.unwrap();
+    assert_eq!(status, 200);
+    let (status, reply) = send_json(admin.get(&url)).await.unwrap();
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (404, Some("agent id not found"))
+    );
+    let (_, reply) = send_json(admin.get(verifier.url("2.6", "allowlists")))
+        .await
+        .unwrap();
+    assert_eq!(
+        reply["results"]["runtimepolicy names"],
+        json!([]),
+        "the agent's own policy went with it"
+    );
+    let (status, _) = send_json(admin.put(format!("{url}/stop"))).await.unwrap();
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn named_policies_are_shared_and_missing_ones_refused() {
+    let verifier = TestVerifier::start().await.unwrap();
+    let admin = verifier.admin_client().unwrap();
+    let (status, _) = send_json(
+        admin
+            .post(verifier.url("2.6", "allowlists/fleet"))
+            .json(&json!({"runtime_policy": B64.encode(runtime_policy().to_string())})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201);
+    for id in ["a1", "a2"] {
+        let mut body = enrol_body();
+        body["runtime_policy"] = json!("");
+        body["runtime_policy_name"] = json!("fleet");
+        let (status, reply) = send_json(
+            admin
+                .post(verifier.url("2.6", &format!("agents/{id}")))
+                .json(&body),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200, "{reply}");
+    }
+    let mut body = enrol_body();
+    body["runtime_policy"] = json!("");
+    body["runtime_policy_name"] = json!("nope");
+    let (status, reply) = send_json(admin.post(verifier.url("2.6", "agents/a3")).json(&body))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{reply}");
+    let mut body = enrol_body();
+    body["runtime_policy_name"] = json!("fleet");
+    let (status, reply) = send_json(admin.post(verifier.url("2.6", "agents/a3")).json(&body))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "{reply}");
+    let (status, _) = send_json(admin.get(verifier.url("2.6", "agents/a3")))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "a refused enrolment stores nothing");
+
+    let (status, _) = send_json(admin.delete(verifier.url("2.6", "agents/a1")))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let (status, _) = send_json(admin.delete(verifier.url("2.6", "allowlists/fleet")))
+        .await
+        .unwrap();
+    assert_eq!(status, 409, "still used by a2");
+    let (status, _) = send_json(admin.delete(verifier.url("2.6", "agents/a2")))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let response = admin
+        .delete(verifier.url("2.6", "allowlists/fleet"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        204,
+        "a named policy outlives its agents until deleted"
+    );
+}
+
+#[tokio::test]
+async fn each_bad_enrolment_field_is_a_400_naming_it_and_stores_nothing() {
+    let verifier = TestVerifier::start().await.unwrap();
+    let admin = verifier.admin_client().unwrap();
+    let cases: Vec<(&str, Value, &str)> = vec![
+        ("ak_tpm", json!("not base64"), "ak_tpm"),
+        ("ak_tpm", json!(B64.encode([0u8; 10])), "ak_tpm"),
+        ("tpm_policy", json!("{"), "tpm_policy"),
+        ("tpm_policy", json!("{\"10\": [\"00\"]}"), "PCR 10"),
+        ("tpm_policy", json!("{\"99\": [\"00\"]}"), "not a PCR number"),
+        ("tpm_policy", json!("{\"15\": [\"zz\"]}"), "hex"),
+        ("tpm_policy", json!("{\"mask\": \"123\"}"), "mask"),
+        ("cloudagent_port", json!("70000"), "cloudagent_port"),
+        ("cloudagent_ip", json!("bad host!"), "cloudagent_ip"),
+        ("accept_tpm_hash_algs", json!(["md5"]), "accept_tpm_hash_algs"),
+        (
+            "accept_tpm_signing_algs",
+            json!("rsassa"),
+            "accept_tpm_signing_algs",
+        ),
+        ("v", json!(B64.encode([1u8; 5])), "v must be"),
+        (
+            "mtls_cert",
+            json!("disabled"),
+            "mTLS certificate for agent is required!",
+        ),
+        (
+            "mtls_cert",
+            Value::Null,
+            "mTLS certificate for agent is required!",
+        ),
+        ("revocation_key", json!("not a key"), "revocation_key"),
+        ("supported_version", json!("9.9"), "supported_version"),
+        ("runtime_policy", json!("!!"), "runtime_policy"),
+        ("mb_policy", json!("{x"), "mb_policy"),
+    ];
+    for (field, value, needle) in cases {
+        let mut body = enrol_body();
+        body[field] = value.clone();
+        let (status, reply) = send_json(admin.post(verifier.url("2.6", "agents/bad")).json(&body))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{field}={value}: {reply}");
+        let why = reply["status"].as_str().unwrap();
+        assert!(why.contains(needle), "{field}={value}: {why:?} lacks {needle:?}");
+    }
+    for missing in [
+        "tpm_policy",
+        "ak_tpm",
+        "runtime_policy",
+        "mb_policy",
+        "mb_policy_name",
+        "metadata",
+        "revocation_key",
+        "accept_tpm_hash_algs",
+        "cloudagent_ip",
+    ] {
+        let mut body = enrol_body();
+        body.as_object_mut().unwrap().remove(missing);
+        let (status, reply) = send_json(admin.post(verifier.url("2.6", "agents/bad")).json(&body))
+            .await
+            .unwrap();
+        assert_eq!(status, 400, "{missing}: {reply}");
+        assert!(reply["status"].as_str().unwrap().contains(missing), "{reply}");
+    }
+    for (path, body) in [("agents/bad%0Aid", enrol_body()), ("agents/bad", json!([1, 2]))] {
+        let (status, _) = send_json(admin.post(verifier.url("2.6", path)).json(&body))
+            .await
+            .unwrap();
+        assert_eq!(status, 400);
+    }
+    let (_, reply) = send_json(admin.get(verifier.url("2.6", "agents/")))
+        .await
+        .unwrap();
+    assert_eq!(reply["results"]["uuids"], json!([]));
+    let (_, reply) = send_json(admin.get(verifier.url("2.6", "allowlists/")))
+        .await
+        .unwrap();
+    assert_eq!(reply["results"]["runtimepolicy names"], json!([]));
+    let (status, _) = send_json(admin.get(verifier.url("3.0", "agents/")))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "v3 is push mode's");
+}
+
+#[tokio::test]
+async fn verify_identity_checks_a_swtpm_quote_against_the_enrolled_ak() {
+    use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+    use zest_tests::{AkKind, EkKind, Swtpm, TestAgent};
+
+    let verifier = TestVerifier::start().await.unwrap();
+    let admin = verifier.admin_client().unwrap();
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = TestAgent::new(&tpm, "identity-agent", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    let mut body = enrol_body();
+    body["ak_tpm"] = json!(B64.encode(&agent.aik_tpm));
+    let (status, reply) = send_json(
+        admin
+            .post(verifier.url("2.6", "agents/identity-agent"))
+            .json(&body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{reply}");
+
+    let nonce = "Zq8hG2pL0xYc4Rt7Vb1N";
+    let quote = agent
+        .quote(nonce.as_bytes(), &[(HashingAlgorithm::Sha256, &[16])])
+        .unwrap()
+        .keylime_string();
+    let ask = |agent_uuid: &str, nonce: &str, hash_alg: &str, quote: &str| {
+        let url = reqwest::Url::parse_with_params(
+            &verifier.url("2.6", "verify/identity"),
+            &[
+                ("agent_uuid", agent_uuid),
+                ("quote", quote),
+                ("nonce", nonce),
+                ("hash_alg", hash_alg),
+            ],
+        )
+        .unwrap();
+        admin.get(url)
+    };
+    let (status, reply) = send_json(ask("identity-agent", nonce, "sha256", &quote))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, &reply["results"]),
+        (200, &json!({"valid": 1})),
+        "{reply}"
+    );
+
+    let (_, reply) = send_json(ask("identity-agent", "another-nonce-000000", "sha256", &quote))
+        .await
+        .unwrap();
+    assert_eq!(reply["results"]["valid"], 0);
+    assert!(
+        reply["results"]["reason"].as_str().unwrap().contains("nonce"),
+        "{reply}"
+    );
+    let (_, reply) = send_json(ask("identity-agent", nonce, "sha1", &quote))
+        .await
+        .unwrap();
+    assert_eq!(reply["results"]["valid"], 0, "{reply}");
+
+    // A quote by another TPM's AK.
+    let other_tpm = Swtpm::start().unwrap();
+    let mut other = TestAgent::new(&other_tpm, "other", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    let forged = other
+        .quote(nonce.as_bytes(), &[(HashingAlgorithm::Sha256, &[16])])
+        .unwrap()
+        .keylime_string();
+    let (_, reply) = send_json(ask("identity-agent", nonce, "sha256", &forged))
+        .await
+        .unwrap();
+    assert_eq!(reply["results"]["valid"], 0);
+    assert!(
+        reply["results"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not verify"),
+        "{reply}"
+    );
+
+    let (status, _) = send_json(ask("nobody", nonce, "sha256", &quote)).await.unwrap();
+    assert_eq!(status, 404);
+    let only_agent = format!(
+        "{}?agent_uuid=identity-agent",
+        verifier.url("2.6", "verify/identity")
+    );
+    let (status, reply) = send_json(admin.get(only_agent)).await.unwrap();
+    assert_eq!(
+        (status, reply["status"].as_str()),
+        (400, Some("missing query parameter 'quote'"))
+    );
+    let (status, _) = send_json(admin.get(verifier.url("2.1", "verify/identity")))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "2.1 predates verify/identity");
+}
