@@ -156,5 +156,8 @@ fn a_bad_verifier_option_is_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--measured-boot-policy-name nope") && stderr.contains("accept-all"), "{stderr}");
+    assert!(
+        stderr.contains("--measured-boot-policy-name nope") && stderr.contains("accept-all"),
+        "{stderr}"
+    );
 }

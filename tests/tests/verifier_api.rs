@@ -565,3 +565,140 @@ async fn verify_identity_checks_a_swtpm_quote_against_the_enrolled_ak() {
         .unwrap();
     assert_eq!(status, 404, "2.1 predates verify/identity");
 }
+
+#[tokio::test]
+async fn verify_evidence_runs_quote_pcr_and_ima_checks_on_swtpm_evidence() {
+    use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+    use zest::evidence::HashAlg;
+    use zest_tests::ima::ImaLog;
+    use zest_tests::{AkKind, EkKind, Swtpm, TestAgent};
+
+    let verifier = TestVerifier::start().await.unwrap();
+    let admin = verifier.admin_client().unwrap();
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = TestAgent::new(&tpm, "evidence-agent", EkKind::Rsa2048, AkKind::EcDsaP256).unwrap();
+
+    // An IMA list the TPM saw: every entry extended into PCR 10.
+    let mut log = ImaLog::default();
+    let mut digests = serde_json::Map::new();
+    for i in 0..5u8 {
+        let path = format!("/usr/bin/tool{i}");
+        let digest = HashAlg::Sha256.digest(&[&[i]]);
+        let ext = log.add_ima_ng(&path, &digest);
+        agent
+            .pcr_extend(
+                10,
+                &[
+                    (HashingAlgorithm::Sha256, ext.sha256),
+                    (HashingAlgorithm::Sha1, ext.sha1),
+                ],
+            )
+            .unwrap();
+        digests.insert(path, json!([hex::encode(&digest)]));
+    }
+    let mut policy = runtime_policy();
+    policy["digests"] = Value::Object(digests);
+    let pcr15 = hex::encode(agent.pcr_value(HashingAlgorithm::Sha256, 15).unwrap());
+    let nonce = "n0nceF0rEvidence1234";
+    let quote = agent
+        .quote(nonce.as_bytes(), &[(HashingAlgorithm::Sha256, &[10, 15, 16])])
+        .unwrap()
+        .keylime_string();
+    let data = json!({
+        "quote": quote,
+        "nonce": nonce,
+        "hash_alg": "sha256",
+        "tpm_ek": "unused",
+        "tpm_ak": B64.encode(&agent.aik_tpm),
+        "tpm_policy": json!({"15": [pcr15]}).to_string(),
+        "runtime_policy": policy.to_string(),
+        "ima_measurement_list": log.text(),
+    });
+    let ask = |version: &str, data: &Value| {
+        admin
+            .post(verifier.url(version, "verify/evidence"))
+            .json(&json!({"type": "tpm", "data": data}))
+    };
+    let (status, reply) = send_json(ask("2.6", &data)).await.unwrap();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["results"]["valid"], true, "{reply}");
+    assert_eq!(reply["results"]["claims"]["hash_alg"], "sha256");
+    let (_, reply) = send_json(ask("2.4", &data)).await.unwrap();
+    assert_eq!(reply["results"]["valid"], 1, "2.4 answers 1/0");
+
+    let failure_types = |reply: &Value| -> Vec<String> {
+        reply["results"]["failures"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .map(|f| f["type"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut strict = data.clone();
+    let mut fewer = policy.clone();
+    fewer["digests"].as_object_mut().unwrap().remove("/usr/bin/tool3");
+    strict["runtime_policy"] = json!(fewer.to_string());
+    strict["tpm_policy"] = json!(json!({"15": ["11".repeat(32)]}).to_string());
+    let (status, reply) = send_json(ask("2.6", &strict)).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(reply["results"]["valid"], false);
+    assert_eq!(
+        failure_types(&reply),
+        [
+            "pcr_validation.invalid_pcr_15",
+            "ima.validation.ima-ng.not_in_allowlist"
+        ],
+        "{reply}"
+    );
+    assert_eq!(reply["results"]["failures"][0]["context"]["got"], pcr15);
+
+    // The list edited after the fact matches no prefix of the quoted PCR 10.
+    let mut edited = log.clone();
+    edited.set_line(2, edited.line(2).replace("tool2", "toolX"));
+    let mut tampered = data.clone();
+    tampered["ima_measurement_list"] = json!(edited.text());
+    let (_, reply) = send_json(ask("2.6", &tampered)).await.unwrap();
+    let types = failure_types(&reply);
+    assert!(types.contains(&"ima.pcr_mismatch".to_owned()), "{reply}");
+    assert!(types.contains(&"ima.validation.ima_hash".to_owned()), "{reply}");
+
+    let mut wrong_nonce = data.clone();
+    wrong_nonce["nonce"] = json!("another-nonce-000000");
+    let (_, reply) = send_json(ask("2.6", &wrong_nonce)).await.unwrap();
+    assert_eq!(
+        failure_types(&reply),
+        ["qoute_validation.quote_validation"],
+        "{reply}"
+    );
+
+    let mut no_quote = data.clone();
+    no_quote.as_object_mut().unwrap().remove("quote");
+    let (status, reply) = send_json(ask("2.6", &no_quote)).await.unwrap();
+    assert_eq!(
+        (status, failure_types(&reply)),
+        (400, vec!["default.missing_param".to_owned()]),
+        "{reply}"
+    );
+    let mut no_policy = data.clone();
+    for f in ["tpm_policy", "runtime_policy"] {
+        no_policy.as_object_mut().unwrap().remove(f);
+    }
+    let (status, reply) = send_json(ask("2.6", &no_policy)).await.unwrap();
+    assert_eq!(
+        (status, failure_types(&reply)),
+        (400, vec!["default.missing_policy".to_owned()]),
+        "{reply}"
+    );
+    let (status, _) = send_json(
+        admin
+            .post(verifier.url("2.6", "verify/evidence"))
+            .json(&json!({"data": {}})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    let (status, _) = send_json(ask("2.3", &data)).await.unwrap();
+    assert_eq!(status, 404, "2.3 predates verify/evidence");
+}

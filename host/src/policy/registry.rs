@@ -119,6 +119,21 @@ impl PolicyRegistry {
         )
     }
 
+    /// The template-hash algorithm a loaded runtime policy expects (`ima.log_hash_alg`).
+    pub fn runtime_log_hash(
+        &self,
+        tenant: &str,
+        name: &str,
+        module: &[u8],
+        document: &[u8],
+    ) -> Result<Option<HashAlg>, PolicyError> {
+        self.runtime_policies.run(
+            InstanceKey::new(tenant, module, document),
+            || RuntimePolicy::load(&self.runtime, name, module, document),
+            |p| Ok(p.log_hash_alg()),
+        )
+    }
+
     /// Loads a reference state into the measured-boot `module` for `tenant`; returns the
     /// PCRs the policy relies on.
     pub fn load_measured_boot(

@@ -5,6 +5,8 @@
 //! one fails in the handshake (CVE-2026-1709).
 
 mod enrol;
+mod evidence;
+pub mod pipeline;
 mod policies;
 mod routes;
 

@@ -8,13 +8,14 @@
 //! | `GET /{v}/allowlists`, `GET`/`POST`/`PUT`/`DELETE /{v}/allowlists/{name}` | runtime policies |
 //! | `GET /{v}/mbpolicies`, `GET`/`POST`/`PUT`/`DELETE /{v}/mbpolicies/{name}` | measured-boot refstates |
 //! | `GET /{v}/verify/identity` (2.2+) | is this quote from that agent's AK? |
+//! | `POST /{v}/verify/evidence` (2.4+) | stateless verification of evidence handed in |
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use serde_json::{Map, Value, json};
 
 use super::Verifier;
@@ -57,6 +58,10 @@ pub fn router(state: Verifier) -> Router {
                     .delete(delete_runtime),
             )
             .route(&format!("/{{v}}/verify/identity{suffix}"), get(verify_identity))
+            .route(
+                &format!("/{{v}}/verify/evidence{suffix}"),
+                post(super::evidence::verify_evidence),
+            )
             .route(&format!("/{{v}}/mbpolicies{suffix}"), get(list_mb))
             .route(
                 &format!("/{{v}}/mbpolicies/{{name}}{suffix}"),

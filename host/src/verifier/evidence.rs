@@ -1,0 +1,218 @@
+//! `POST /v2.x/verify/evidence` (2.4+): stateless verification of evidence a caller hands
+//! in, through the same pipeline as every attestation (keylime-api.md §4.8).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Map, Value, json};
+
+use super::Verifier;
+use super::pipeline::{AttestationInput, PolicyRef, attest, parse_tpm_policy};
+use super::policies::{DEFAULT_RUNTIME_MODULE, module_bytes};
+use crate::api::{ApiError, ApiVersion, Caller};
+use crate::evidence::{HashAlg, PublicArea, Quote};
+use crate::store::{DEFAULT_TENANT, PolicyKind};
+use crate::tpm::AttestationKey;
+
+/// Keylime's reply: the envelope with `valid`, `claims` and, when checks ran and failed,
+/// `failures`; 400 for missing parameters or policies, with the same body shape.
+fn reply(code: StatusCode, status: &str, results: Value) -> Response {
+    (
+        code,
+        Json(json!({"code": code.as_u16(), "status": status, "results": results})),
+    )
+        .into_response()
+}
+
+fn refused(version: ApiVersion, event_id: &str, message: String) -> Response {
+    reply(
+        StatusCode::BAD_REQUEST,
+        &message,
+        json!({
+            "valid": valid_value(version, false),
+            "claims": {},
+            "failures": [{"type": event_id, "context": {"message": message}}],
+        }),
+    )
+}
+
+/// 2.4 answers 1/0, 2.5 and later true/false.
+fn valid_value(version: ApiVersion, valid: bool) -> Value {
+    if version.minor >= 5 {
+        json!(valid)
+    } else {
+        json!(i32::from(valid))
+    }
+}
+
+fn text<'a>(data: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
+    data.get(field).and_then(Value::as_str).filter(|s| !s.is_empty())
+}
+
+pub async fn verify_evidence(
+    State(verifier): State<Verifier>,
+    Extension(caller): Extension<Caller>,
+    Path(v): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let version = ApiVersion::from_path_segment(&v)
+        .filter(|v| !v.is_v3() && v.minor >= 4)
+        .ok_or_else(|| ApiError::not_found(format!("{v} has no verify/evidence (API 2.4 and later)")))?;
+    caller.require_admin()?;
+    let body: Map<String, Value> = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(ApiError::bad_request("Request body must be a JSON object")),
+    };
+    let (Some(kind), Some(Value::Object(data))) = (body.get("type"), body.get("data")) else {
+        let missing = if body.contains_key("type") { "data" } else { "type" };
+        return Ok(refused(
+            version,
+            "default.missing_param",
+            format!("missing parameter '{missing}'"),
+        ));
+    };
+    match kind.as_str() {
+        Some("tpm") => {}
+        Some("tee") => {
+            return Ok(refused(
+                version,
+                "tee_attestation.unsupported",
+                "TEE evidence is not supported by zest".into(),
+            ));
+        }
+        _ => {
+            return Ok(refused(
+                version,
+                "default.invalid_type",
+                "invalid evidence type".into(),
+            ));
+        }
+    }
+    for field in ["quote", "nonce", "hash_alg", "tpm_ek", "tpm_ak"] {
+        if text(data, field).is_none() {
+            return Ok(refused(
+                version,
+                "default.missing_param",
+                format!("missing parameter '{field}'"),
+            ));
+        }
+    }
+    if ["tpm_policy", "runtime_policy", "mb_policy"]
+        .iter()
+        .all(|f| data.get(*f).is_none_or(Value::is_null))
+    {
+        return Ok(refused(
+            version,
+            "default.missing_policy",
+            "at least one of tpm_policy, runtime_policy and mb_policy is required".into(),
+        ));
+    }
+    let data = data.clone();
+    let registry = verifier.policies.clone();
+    let mb_module = verifier.config.measured_boot_module.clone();
+    let outcome = tokio::task::spawn_blocking(move || check(&registry, &mb_module, &data).map(|f| (f, data)))
+        .await
+        .map_err(|e| ApiError::internal("verifying evidence", e))?;
+    Ok(match outcome {
+        Err(message) => refused(version, "default.invalid_param", message),
+        Ok((failures, data)) if failures.is_empty() => reply(
+            StatusCode::OK,
+            "Success",
+            json!({"valid": valid_value(version, true), "claims": data}),
+        ),
+        Ok((failures, _)) => reply(
+            StatusCode::OK,
+            "Success",
+            json!({
+                "valid": valid_value(version, false),
+                "claims": {},
+                "failures": failures
+                    .into_iter()
+                    .map(|f| json!({"type": f.event_id, "context": f.context}))
+                    .collect::<Vec<_>>(),
+            }),
+        ),
+    })
+}
+
+/// Parses what the caller sent and runs the pipeline; `Err` is a malformed parameter.
+fn check(
+    registry: &crate::policy::PolicyRegistry,
+    mb_module: &str,
+    data: &Map<String, Value>,
+) -> Result<Vec<super::pipeline::Failure>, String> {
+    let field = |f: &str| text(data, f).unwrap_or_default();
+    let quote = Quote::from_keylime_string(field("quote")).map_err(|e| format!("quote: {e}"))?;
+    let hash =
+        HashAlg::from_name(field("hash_alg")).ok_or("hash_alg: not one of sha1, sha256, sha384, sha512")?;
+    let ak_bytes = B64
+        .decode(field("tpm_ak"))
+        .map_err(|e| format!("tpm_ak: not base64: {e}"))?;
+    let ak = AttestationKey::new(PublicArea::from_tpm2b(&ak_bytes).map_err(|e| format!("tpm_ak: {e}"))?);
+    // The nonce is the qualifying data as text, or base64 of its raw bytes: take the one the
+    // quote carries, so that a mismatch is still reported against the text.
+    let text_nonce = field("nonce").as_bytes().to_vec();
+    let nonce = match B64.decode(field("nonce")) {
+        Ok(raw) if quote.attest.extra_data == raw => raw,
+        _ => text_nonce,
+    };
+    let tpm_policy = match data.get("tpm_policy") {
+        None | Some(Value::Null) => Default::default(),
+        Some(Value::String(s)) if s.is_empty() => Default::default(),
+        Some(Value::String(s)) => parse_tpm_policy(s)?,
+        Some(v @ Value::Object(_)) => parse_tpm_policy(&v.to_string())?,
+        Some(_) => return Err("tpm_policy must be a JSON string".into()),
+    };
+    let document_of = |f: &str| -> Result<Option<Vec<u8>>, String> {
+        match data.get(f) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.as_bytes().to_vec())),
+            Some(v @ Value::Object(_)) => Ok(Some(v.to_string().into_bytes())),
+            Some(_) => Err(format!("{f} must be a JSON string")),
+        }
+    };
+    let runtime_doc = document_of("runtime_policy")?;
+    let mb_doc = document_of("mb_policy")?;
+    let ima_list = text(data, "ima_measurement_list").unwrap_or_default();
+    let mb_log = match text(data, "mb_log") {
+        Some(b64) => Some(B64.decode(b64).map_err(|e| format!("mb_log: not base64: {e}"))?),
+        None => None,
+    };
+    let runtime_module = module_bytes(PolicyKind::Runtime, DEFAULT_RUNTIME_MODULE).map_err(|e| e.message)?;
+    let mb_module = module_bytes(PolicyKind::MeasuredBoot, mb_module).map_err(|e| e.message)?;
+    let input = AttestationInput {
+        tenant: DEFAULT_TENANT,
+        quote: &quote,
+        ak: &ak,
+        nonce: &nonce,
+        hash,
+        tpm_policy: &tpm_policy,
+        runtime: runtime_doc.as_deref().map(|document| {
+            (
+                PolicyRef {
+                    name: "verify-evidence",
+                    module: runtime_module,
+                    document,
+                },
+                ima_list,
+            )
+        }),
+        measured_boot: match (mb_doc.as_deref(), mb_log.as_deref()) {
+            (Some(document), Some(log)) => Some((
+                PolicyRef {
+                    name: "verify-evidence",
+                    module: mb_module,
+                    document,
+                },
+                log,
+            )),
+            _ => None,
+        },
+    };
+    Ok(attest(registry, &input).failures)
+}
