@@ -5,6 +5,7 @@ pub mod agent;
 pub mod ek_issuer;
 pub mod ima;
 pub mod policies;
+pub mod pull_agent;
 pub mod server;
 pub mod swtpm;
 

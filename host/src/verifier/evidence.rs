@@ -11,9 +11,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 
 use super::Verifier;
-use super::pipeline::{AttestationInput, PolicyRef, attest, parse_tpm_policy};
+use super::pipeline::{AttestationInput, ImaInput, PolicyRef, attest, parse_tpm_policy};
 use super::policies::{DEFAULT_RUNTIME_MODULE, module_bytes};
 use crate::api::{ApiError, ApiVersion, Caller};
+use crate::evidence::ima::ImaPosition;
 use crate::evidence::{HashAlg, PublicArea, Quote};
 use crate::store::{DEFAULT_TENANT, PolicyKind};
 use crate::tpm::AttestationKey;
@@ -192,15 +193,16 @@ fn check(
         nonce: &nonce,
         hash,
         tpm_policy: &tpm_policy,
-        runtime: runtime_doc.as_deref().map(|document| {
-            (
-                PolicyRef {
-                    name: "verify-evidence",
-                    module: runtime_module,
-                    document,
-                },
-                ima_list,
-            )
+        runtime: runtime_doc.as_deref().map(|document| ImaInput {
+            policy: PolicyRef {
+                name: "verify-evidence",
+                module: runtime_module,
+                document,
+            },
+            list: ima_list,
+            from: ImaPosition::start(hash),
+            start_offset: 0,
+            prior_state: None,
         }),
         measured_boot: match (mb_doc.as_deref(), mb_log.as_deref()) {
             (Some(document), Some(log)) => Some((

@@ -8,6 +8,7 @@ mod enrol;
 mod evidence;
 pub mod pipeline;
 mod policies;
+mod poller;
 mod routes;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -40,6 +41,10 @@ pub struct VerifierConfig {
     /// The measured-boot component of refstates that name none (Keylime's global
     /// `measured_boot_policy_name`).
     pub measured_boot_module: String,
+    /// `max_retries`: failed quote requests before an agent is FAILED.
+    pub max_retries: u32,
+    /// `retry_interval`: the first wait after a failed request (then doubled).
+    pub retry_interval: std::time::Duration,
 }
 
 impl VerifierConfig {
@@ -52,6 +57,8 @@ impl VerifierConfig {
             verifier_id: "default".into(),
             policy_limits: PolicyLimits::default(),
             measured_boot_module: "builtin:accept-all".into(),
+            max_retries: 5,
+            retry_interval: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -118,11 +125,28 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         config.policy_limits,
         Some(data_dir.path().join("policy-cache")),
     )?);
-    let app = router(Verifier {
+    let verifier = Verifier {
         store,
         policies: Arc::new(PolicyRegistry::new(runtime)),
         config: Arc::new(config.clone()),
-    });
+    };
+    let read = |file: &str| {
+        let path = tls.path(file);
+        std::fs::read(&path).map_err(|source| net::TlsError::Io { path, source })
+    };
+    let mut identity = read(TlsMaterial::CLIENT_CERT)?;
+    identity.extend(read(TlsMaterial::CLIENT_KEY)?);
+    let poller = poller::spawn(
+        verifier.clone(),
+        poller::AgentTls {
+            identity_pem: Arc::new(identity),
+        },
+        poller::Retries {
+            max: config.max_retries,
+            interval: config.retry_interval,
+        },
+    );
+    let app = router(verifier);
     let addr = SocketAddr::new(config.ip, config.port);
     let listener = TcpListener::bind(addr)
         .await
@@ -131,7 +155,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
     let server_config = tls.server_config(ClientAuth::Required)?;
-    let tasks = vec![tokio::spawn(net::serve_tls(listener, server_config, app))];
+    let tasks = vec![poller, tokio::spawn(net::serve_tls(listener, server_config, app))];
     tracing::info!(%addr, "verifier listening");
     Ok(VerifierServer { addr, tasks })
 }

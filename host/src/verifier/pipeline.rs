@@ -56,14 +56,27 @@ pub struct AttestationInput<'a> {
     pub hash: HashAlg,
     /// `tpm_policy`: PCR → accepted lowercase hex values.
     pub tpm_policy: &'a BTreeMap<u8, Vec<String>>,
-    pub runtime: Option<(PolicyRef<'a>, &'a str)>,
+    pub runtime: Option<ImaInput<'a>>,
     pub measured_boot: Option<(PolicyRef<'a>, &'a [u8])>,
 }
 
-/// The outcome: every failure, and the verified quote when the quote itself held.
+/// The IMA part of an attestation: the list (from `start_offset` on), where its replay
+/// starts, and the runtime policy's state for this agent.
+pub struct ImaInput<'a> {
+    pub policy: PolicyRef<'a>,
+    pub list: &'a str,
+    pub from: ImaPosition,
+    pub start_offset: u64,
+    pub prior_state: Option<Vec<u8>>,
+}
+
+/// The outcome: every failure, the verified quote when the quote itself held, and where
+/// the next IMA replay starts (with the runtime policy's state) when the list matched.
 pub struct Attestation {
     pub failures: Vec<Failure>,
     pub quote: Option<VerifiedQuote>,
+    pub ima_next: Option<ImaPosition>,
+    pub ima_state: Option<Vec<u8>>,
 }
 
 fn policy_failure(component: &str, e: PolicyError) -> Failure {
@@ -86,6 +99,8 @@ pub fn attest(registry: &PolicyRegistry, input: &AttestationInput<'_>) -> Attest
                     e.to_string(),
                 )],
                 quote: None,
+                ima_next: None,
+                ima_state: None,
             };
         }
     };
@@ -118,12 +133,17 @@ pub fn attest(registry: &PolicyRegistry, input: &AttestationInput<'_>) -> Attest
             }
         }
     }
-    if let Some((policy, list)) = &input.runtime {
-        failures.extend(runtime(registry, input, &verified, policy, list, &aggregates));
+    let (mut ima_next, mut ima_state) = (None, None);
+    if let Some(ima) = &input.runtime {
+        let (ima_failures, next, state) = runtime(registry, input, &verified, ima, &aggregates);
+        failures.extend(ima_failures);
+        (ima_next, ima_state) = (next, state);
     }
     Attestation {
         failures,
         quote: Some(verified),
+        ima_next,
+        ima_state,
     }
 }
 
@@ -204,27 +224,29 @@ fn measured_boot(
     failures
 }
 
+type ImaOutcome = (Vec<Failure>, Option<ImaPosition>, Option<Vec<u8>>);
+
 fn runtime(
     registry: &PolicyRegistry,
     input: &AttestationInput<'_>,
     verified: &VerifiedQuote,
-    policy: &PolicyRef<'_>,
-    list: &str,
+    ima: &ImaInput<'_>,
     aggregates: &[(HashAlg, Vec<u8>)],
-) -> Vec<Failure> {
+) -> ImaOutcome {
+    let policy = &ima.policy;
     let log_hash = match registry.runtime_log_hash(input.tenant, policy.name, policy.module, policy.document)
     {
         Ok(h) => h.unwrap_or(HashAlg::Sha1),
-        Err(e) => return vec![policy_failure("ima", e)],
+        Err(e) => return (vec![policy_failure("ima", e)], None, None),
     };
     let Some(pcr10) = verified.pcr(input.hash, IMA_PCR) else {
-        return vec![Failure::new(
+        let missing = Failure::new(
             "pcr_validation.missing_pcrs",
             json!({"context": "PCRs are missing in quote", "data": [IMA_PCR]}),
-        )];
+        );
+        return (vec![missing], None, None);
     };
-    let start = ImaPosition::start(input.hash);
-    let replayed = replay(list, input.hash, log_hash, &start, Some(pcr10));
+    let replayed = replay(ima.list, input.hash, log_hash, &ima.from, Some(pcr10));
     let mut failures: Vec<Failure> = replayed
         .parse_errors
         .iter()
@@ -240,13 +262,14 @@ fn runtime(
         ));
     }
     let evidence = ImaEvidence {
-        text: list,
+        text: ima.list,
         replay: &replayed,
         bank: input.hash,
-        start_offset: 0,
+        start_offset: ima.start_offset,
         boot_aggregates: aggregates,
-        prior_state: None,
+        prior_state: ima.prior_state.clone(),
     };
+    let mut state = None;
     match registry.evaluate_runtime(
         input.tenant,
         policy.name,
@@ -254,15 +277,18 @@ fn runtime(
         policy.document,
         &evidence,
     ) {
-        Ok(verdict) => failures.extend(verdict.failures.into_iter().map(|f| {
-            Failure::new(
-                f.event_id,
-                serde_json::from_str(&f.context).unwrap_or(Value::String(f.context)),
-            )
-        })),
+        Ok(verdict) => {
+            state = verdict.state;
+            failures.extend(verdict.failures.into_iter().map(|f| {
+                Failure::new(
+                    f.event_id,
+                    serde_json::from_str(&f.context).unwrap_or(Value::String(f.context)),
+                )
+            }));
+        }
         Err(e) => failures.push(policy_failure("ima", e)),
     }
-    failures
+    (failures, replayed.next_position, state)
 }
 
 /// Parses a `tpm_policy` JSON text into PCR → accepted lowercase hex values (`mask`
