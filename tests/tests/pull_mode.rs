@@ -13,6 +13,66 @@ use zest_tests::pull_agent::PullAgent;
 use zest_tests::server::{TestVerifier, send_json};
 use zest_tests::{AkKind, EkKind, Swtpm, TestAgent, fixture};
 
+/// Keylime's test RSA key: the agent's NK (its public half is the quote's `pubkey`) and the
+/// revocation key.
+fn rsa_private_pem() -> String {
+    String::from_utf8(fixture("keylime/test/data/ima_keys/rsa2048.pem")).unwrap()
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .unwrap()
+        .1
+        .contents
+}
+
+/// DER length prefix.
+fn der_len(n: usize) -> Vec<u8> {
+    if n < 128 {
+        vec![n as u8]
+    } else {
+        vec![0x82, (n >> 8) as u8, n as u8]
+    }
+}
+
+/// PKCS#8 around a PKCS#1 RSA private key (what aws-lc-rs decrypts with).
+fn pkcs8_of_pkcs1(pkcs1: &[u8]) -> Vec<u8> {
+    let mut inner = vec![
+        0x02, 0x01, 0x00, 0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05,
+        0x00, 0x04,
+    ];
+    inner.extend(der_len(pkcs1.len()));
+    inner.extend_from_slice(pkcs1);
+    let mut out = vec![0x30];
+    out.extend(der_len(inner.len()));
+    out.extend(inner);
+    out
+}
+
+/// A plain-HTTP sink that keeps every JSON body POSTed to it (the revocation webhook).
+async fn webhook_sink() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = seen.clone();
+    let app = axum::Router::new().route(
+        "/revocation",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                    store.lock().unwrap().push(v);
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/revocation", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen)
+}
+
 fn config() -> VerifierConfig {
     let mut config = VerifierConfig::defaults();
     config.port = 0;
@@ -57,8 +117,13 @@ async fn start_agent(tpm: &Swtpm, uuid: &str, verifier: &TestVerifier) -> PullAg
 }
 
 async fn enrol(verifier: &TestVerifier, agent: &PullAgent, uuid: &str, policy: &Value) {
+    enrol_with(verifier, agent, uuid, policy, json!({})).await
+}
+
+/// Enrols with `extra` fields replacing the defaults.
+async fn enrol_with(verifier: &TestVerifier, agent: &PullAgent, uuid: &str, policy: &Value, extra: Value) {
     let ak = agent.state.lock().unwrap().agent.aik_tpm.clone();
-    let body = json!({
+    let mut body = json!({
         "v": null,
         "cloudagent_ip": "127.0.0.1",
         "cloudagent_port": agent.addr.port(),
@@ -77,6 +142,9 @@ async fn enrol(verifier: &TestVerifier, agent: &PullAgent, uuid: &str, policy: &
         "mtls_cert": agent.cert_pem,
         "supported_version": "2.2",
     });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
     let admin = verifier.admin_client().unwrap();
     let (status, reply) = send_json(
         admin
@@ -111,12 +179,24 @@ async fn wait_for(verifier: &TestVerifier, uuid: &str, what: &str, done: impl Fn
 
 #[tokio::test]
 async fn an_agent_passes_round_after_round_then_fails_on_a_file_outside_its_policy() {
-    let verifier = verifier().await;
+    let (webhook, revocations) = webhook_sink().await;
+    let data = tempfile::Builder::new().prefix("zest-pull-").tempdir().unwrap();
+    let mut cfg = config();
+    cfg.revocation_webhook = Some(webhook);
+    let verifier = TestVerifier::start_in(data, cfg).await.unwrap();
     let tpm = Swtpm::start().unwrap();
     let agent = start_agent(&tpm, "pull-agent-1", &verifier).await;
     let paths = ["/usr/bin/bash", "/usr/lib/libc.so.6", "/usr/bin/ls"];
     agent.measure(paths[0], &digest(paths[0])).unwrap();
-    enrol(&verifier, &agent, "pull-agent-1", &policy_for(&paths)).await;
+    let v = [0x5au8; 32];
+    enrol_with(
+        &verifier,
+        &agent,
+        "pull-agent-1",
+        &policy_for(&paths),
+        json!({"v": B64.encode(v), "revocation_key": rsa_private_pem()}),
+    )
+    .await;
 
     let s = wait_for(&verifier, "pull-agent-1", "three passing rounds", |s| {
         s["attestation_count"].as_u64().unwrap_or(0) >= 3
@@ -125,6 +205,19 @@ async fn an_agent_passes_round_after_round_then_fails_on_a_file_outside_its_poli
     assert_eq!(s["operational_state"], 3, "{s}");
     assert_eq!(s["attestation_status"], "PASS");
     assert_eq!(s["hash_alg"], "sha256");
+
+    // V went to the agent once, RSA-OAEP-SHA1 under its NK key.
+    let vkeys = agent.state.lock().unwrap().vkeys.clone();
+    assert_eq!(vkeys.len(), 1, "{vkeys:?}");
+    let encrypted = B64.decode(vkeys[0]["encrypted_key"].as_str().unwrap()).unwrap();
+    let nk = aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(&pkcs8_of_pkcs1(&der_of(&rsa_private_pem())))
+        .unwrap();
+    let nk = aws_lc_rs::rsa::OaepPrivateDecryptingKey::new(nk).unwrap();
+    let mut plain = vec![0u8; 256];
+    let plain = nk
+        .decrypt(&aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1, &encrypted, &mut plain, None)
+        .unwrap();
+    assert_eq!(plain, v);
 
     // New measurements keep passing, and rounds ask only for the new entries.
     agent.measure(paths[1], &digest(paths[1])).unwrap();
@@ -157,6 +250,31 @@ async fn an_agent_passes_round_after_round_then_fails_on_a_file_outside_its_poli
         polled,
         "a failed agent is not polled"
     );
+
+    // A signed revocation message reached the agent and the webhook.
+    let at_agent = agent.state.lock().unwrap().revocations.clone();
+    let at_webhook = revocations.lock().unwrap().clone();
+    assert_eq!(at_agent.len(), 1, "{at_agent:?}");
+    assert_eq!(at_webhook, at_agent);
+    let message = &at_agent[0];
+    let msg: Value = serde_json::from_str(message["msg"].as_str().unwrap()).unwrap();
+    assert_eq!(msg["type"], "revocation");
+    assert_eq!(msg["agent_id"], "pull-agent-1");
+    assert_eq!(msg["event_id"], "ima.validation.ima-ng.not_in_allowlist");
+    let context: Value = serde_json::from_str(msg["context"].as_str().unwrap()).unwrap();
+    assert_eq!(context["message"], "File not found in allowlist: /tmp/evil");
+    let public = der_of(&String::from_utf8(fixture("keylime/test/data/ima_keys/rsa2048pub.pem")).unwrap());
+    let (_, spki) = {
+        use x509_parser::prelude::FromDer;
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(&public).unwrap()
+    };
+    let key = aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
+        spki.subject_public_key.data.as_ref(),
+    );
+    let signature = B64.decode(message["signature"].as_str().unwrap()).unwrap();
+    key.verify(message["msg"].as_str().unwrap().as_bytes(), &signature)
+        .expect("RSA-PSS-SHA256 over the msg text");
 }
 
 #[tokio::test]

@@ -66,6 +66,9 @@ struct VerifierArgs {
     /// `[verifier] measured_boot_policy_name`: accept-all, reject-all, example, or a built-in name).
     #[arg(long, env = "ZEST_MEASURED_BOOT_POLICY_NAME", default_value = "accept-all")]
     measured_boot_policy_name: String,
+    /// Also POST revocation messages here (Keylime `[revocations] webhook_url`).
+    #[arg(long, env = "ZEST_REVOCATION_WEBHOOK")]
+    revocation_webhook: Option<String>,
 }
 
 impl VerifierArgs {
@@ -89,6 +92,7 @@ impl VerifierArgs {
             );
         }
         config.measured_boot_module = format!("builtin:{name}");
+        config.revocation_webhook = self.revocation_webhook.clone();
         Ok(config)
     }
 }

@@ -6,6 +6,7 @@
 
 mod enrol;
 mod evidence;
+mod notify;
 pub mod pipeline;
 mod policies;
 mod poller;
@@ -45,6 +46,8 @@ pub struct VerifierConfig {
     pub max_retries: u32,
     /// `retry_interval`: the first wait after a failed request (then doubled).
     pub retry_interval: std::time::Duration,
+    /// `[revocations] webhook_url`: where revocation messages are POSTed besides agents.
+    pub revocation_webhook: Option<String>,
 }
 
 impl VerifierConfig {
@@ -59,6 +62,7 @@ impl VerifierConfig {
             measured_boot_module: "builtin:accept-all".into(),
             max_retries: 5,
             retry_interval: std::time::Duration::from_secs(2),
+            revocation_webhook: None,
         }
     }
 }

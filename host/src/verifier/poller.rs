@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use super::Verifier;
+use super::notify;
 use super::pipeline::{AttestationInput, Failure, ImaInput, PolicyRef, attest, parse_tpm_policy};
 use super::policies::module_bytes;
 use crate::evidence::ima::{ImaPosition, ImaState, Resume, resume};
@@ -197,7 +198,18 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
             agent.attestation_count += 1;
             agent.last_successful_attestation = agent.last_received_quote;
             agent.last_failures.clear();
+            if !agent.v_delivered {
+                agent.v_delivered = deliver_v(&client, &agent, &version).await;
+            }
         } else {
+            if let Some(first) = failures.first() {
+                tokio::spawn(send_revocation(
+                    verifier.clone(),
+                    tls.clone(),
+                    agent.clone(),
+                    first.clone(),
+                ));
+            }
             tracing::warn!(agent_id = %id, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "attestation failed");
             // Keylime's default severity policy makes every failure final: polling stops.
             agent.operational_state = state::INVALID_QUOTE;
@@ -405,4 +417,88 @@ fn check_round(verifier: &Verifier, agent: &mut VerifierAgent, results: &Value, 
         agent.ima_policy_state = None;
     }
     failures
+}
+
+/// Delivers V after a good quote (PROVIDE_V); true when done or when there is no V.
+async fn deliver_v(client: &reqwest::Client, agent: &VerifierAgent, version: &str) -> bool {
+    let (Some(v), Some(pubkey)) = (&agent.v, &agent.public_key) else {
+        return true;
+    };
+    let body = match notify::vkey_body(pubkey, v) {
+        Ok(b) => b,
+        Err(why) => {
+            tracing::warn!(agent_id = %agent.agent_id, %why, "cannot prepare V");
+            return false;
+        }
+    };
+    let url = format!(
+        "https://{}:{}/v{version}/keys/vkey",
+        agent.ip.as_deref().unwrap_or("127.0.0.1"),
+        agent.port.unwrap_or(9002)
+    );
+    match client.post(url).json(&body).send().await {
+        Ok(r) if r.status().is_success() => {
+            tracing::info!(agent_id = %agent.agent_id, "V delivered");
+            true
+        }
+        Ok(r) => {
+            tracing::warn!(agent_id = %agent.agent_id, status = %r.status(), "V delivery refused");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(agent_id = %agent.agent_id, error = %e, "V delivery failed");
+            false
+        }
+    }
+}
+
+/// Signs a revocation message for `failed` and sends it to every enrolled agent (Keylime
+/// notifies them all, the failing one included) and to the webhook, if one is set.
+async fn send_revocation(verifier: Verifier, tls: AgentTls, failed: VerifierAgent, failure: Failure) {
+    let message = match notify::revocation(
+        &failed,
+        &failure.event_id,
+        &failure.context,
+        &notify::asctime_now(),
+    ) {
+        Ok(m) => m,
+        Err(why) => {
+            tracing::warn!(agent_id = %failed.agent_id, %why, "cannot sign the revocation message");
+            return;
+        }
+    };
+    if let Some(url) = &verifier.config.revocation_webhook {
+        match reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(30))
+            .build()
+        {
+            Ok(client) => match client.post(url).json(&message).send().await {
+                Ok(r) if r.status().is_success() => {
+                    tracing::info!(agent_id = %failed.agent_id, "revocation sent to the webhook")
+                }
+                Ok(r) => tracing::warn!(status = %r.status(), "the revocation webhook refused the message"),
+                Err(e) => tracing::warn!(error = %e, "the revocation webhook is unreachable"),
+            },
+            Err(e) => tracing::warn!(error = %e, "no HTTP client for the webhook"),
+        }
+    }
+    let store = verifier.store.clone();
+    let Ok(Ok(agents)) = tokio::task::spawn_blocking(move || store.agents()).await else {
+        return;
+    };
+    for agent in agents {
+        let Ok(client) = client_for(&tls, &agent) else {
+            continue;
+        };
+        let version = agent.supported_version.clone().unwrap_or_else(|| "2.2".into());
+        let url = format!(
+            "https://{}:{}/v{version}/notifications/revocation",
+            agent.ip.as_deref().unwrap_or("127.0.0.1"),
+            agent.port.unwrap_or(9002)
+        );
+        if let Err(e) = client.post(url).json(&message).send().await {
+            tracing::warn!(agent_id = %agent.agent_id, error = %e, "revocation not delivered");
+        }
+    }
 }

@@ -1,0 +1,72 @@
+//! What the verifier sends agents besides quote requests: the V half of the bootstrap key
+//! after the first good quote (RSA-OAEP-SHA1 to the agent's NK key), and signed revocation
+//! messages when an attestation fails (keylime-api.md §5.4 and §8).
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey, PublicEncryptingKey};
+use aws_lc_rs::signature::{RSA_PSS_SHA256, RsaKeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+
+use crate::store::VerifierAgent;
+
+fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .ok()
+        .map(|(_, p)| p.contents)
+}
+
+/// `{"encrypted_key": b64(RSA-OAEP-SHA1(NK, V))}` for `POST /keys/vkey`.
+pub fn vkey_body(nk_pem: &str, v_b64: &str) -> Result<Value, String> {
+    let v = B64.decode(v_b64).map_err(|e| format!("stored V: {e}"))?;
+    let der = pem_der(nk_pem).ok_or("the agent's public key is not PEM")?;
+    let key = PublicEncryptingKey::from_der(&der).map_err(|e| format!("the agent's public key: {e}"))?;
+    let key = OaepPublicEncryptingKey::new(key).map_err(|_| "the agent's public key is not an RSA key")?;
+    let mut out = vec![0u8; key.ciphertext_size()];
+    let encrypted = key
+        .encrypt(&OAEP_SHA1_MGF1SHA1, &v, &mut out, None)
+        .map_err(|_| "RSA-OAEP encryption of V failed")?;
+    Ok(json!({"encrypted_key": B64.encode(encrypted)}))
+}
+
+/// A revocation message: `{"msg": <JSON text>, "signature": b64(RSA-PSS-SHA256(msg))}`,
+/// signed with the agent's enrolled `revocation_key` (empty key: empty signature).
+pub fn revocation(
+    agent: &VerifierAgent,
+    event_id: &str,
+    context: &Value,
+    event_time: &str,
+) -> Result<Value, String> {
+    let msg = json!({
+        "type": "revocation",
+        "ip": agent.ip,
+        "agent_id": agent.agent_id,
+        "port": agent.port,
+        "tpm_policy": agent.tpm_policy,
+        "meta_data": agent.meta_data,
+        "event_time": event_time,
+        "event_id": event_id,
+        "severity_label": "emergency",
+        "context": context.to_string(),
+    })
+    .to_string();
+    let signature = if agent.revocation_key.is_empty() {
+        String::new()
+    } else {
+        let der = pem_der(&agent.revocation_key).ok_or("revocation_key is not PEM")?;
+        let key = RsaKeyPair::from_der(&der)
+            .or_else(|_| RsaKeyPair::from_pkcs8(&der))
+            .map_err(|e| format!("revocation_key: {e}"))?;
+        let mut sig = vec![0u8; key.public_modulus_len()];
+        key.sign(&RSA_PSS_SHA256, &SystemRandom::new(), msg.as_bytes(), &mut sig)
+            .map_err(|_| "signing the revocation message failed")?;
+        B64.encode(sig)
+    };
+    Ok(json!({"msg": msg, "signature": signature}))
+}
+
+/// `time.asctime()` of now in UTC, Keylime's `event_time`.
+pub fn asctime_now() -> String {
+    crate::clock::Utc::now().asctime()
+}
