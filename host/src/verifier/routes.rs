@@ -87,23 +87,11 @@ async fn blocking<T: Send + 'static>(
     what: &'static str,
     f: impl FnOnce(&dyn VerifierStore) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let store = verifier.store.clone();
-    match tokio::task::spawn_blocking(move || f(store.as_ref())).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ApiError::internal(what, e)),
-        Err(e) => Err(ApiError::internal(what, e)),
-    }
+    api::blocking(verifier.store.clone(), what, f).await
 }
 
 fn json_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
-    // Keylime parses bodies as JSON whatever the Content-Type (its tenant sends none).
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::bad_request("Request body must be a JSON object")),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "Request body is not valid JSON: {e}"
-        ))),
-    }
+    api::json_object(body)
 }
 
 async fn version() -> Envelope {
