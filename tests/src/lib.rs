@@ -2,6 +2,7 @@
 //! through tss-esapi and speaks the Keylime agent's HTTP, and servers on loopback.
 
 pub mod agent;
+pub mod boot;
 pub mod ek_issuer;
 pub mod ima;
 pub mod policies;

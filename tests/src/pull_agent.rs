@@ -8,9 +8,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, body::Bytes};
+use base64::Engine;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
@@ -30,6 +32,13 @@ pub struct PullState {
     /// Bodies POSTed to `/keys/vkey` and `/notifications/revocation`.
     pub vkeys: Vec<Value>,
     pub revocations: Vec<Value>,
+    /// API versions served under `/v{v}/` (Keylime's agent: 2.1–2.6); others get 400
+    /// "API version not supported".
+    pub versions: Vec<String>,
+    /// The version prefix of every quote request, in order, refused ones included.
+    pub requested_versions: Vec<String>,
+    /// The UEFI event log served as `mb_measurement_list` when PCR 0 is asked for.
+    pub boot_log: Option<Vec<u8>>,
 }
 
 /// A running pull agent; dropping it stops the listener.
@@ -93,14 +102,14 @@ impl PullAgent {
             requested_offsets: Vec::new(),
             vkeys: Vec::new(),
             revocations: Vec::new(),
+            versions: ["2.1", "2.2", "2.3", "2.4", "2.5", "2.6"]
+                .map(String::from)
+                .to_vec(),
+            requested_versions: Vec::new(),
+            boot_log: None,
         }));
         let app = Router::new()
-            .route(
-                "/version",
-                get(|| async {
-                    Json(json!({"code": 200, "status": "Success", "results": {"supported_version": "2.2"}}))
-                }),
-            )
+            .route("/version", get(version))
             .route("/{v}/quotes/integrity", get(integrity))
             .route("/{v}/keys/vkey", post(vkey))
             .route("/{v}/notifications/revocation", post(revocation))
@@ -129,6 +138,42 @@ impl PullAgent {
         )
     }
 
+    /// Boots with `log`: extends every measuring event's SHA-1 and SHA-256 digests into its
+    /// PCR, as firmware does, and serves the log from then on.
+    pub fn boot(&self, log: Vec<u8>) -> anyhow::Result<()> {
+        let parsed = zest::evidence::uefi::EventLog::parse(&log)?;
+        let mut state = self.state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        for event in parsed.events.iter().skip(1) {
+            if event.event_type == zest::evidence::uefi::EV_NO_ACTION {
+                continue;
+            }
+            let digests: Vec<(HashingAlgorithm, Vec<u8>)> = [
+                (HashingAlgorithm::Sha1, zest::evidence::HashAlg::Sha1),
+                (HashingAlgorithm::Sha256, zest::evidence::HashAlg::Sha256),
+            ]
+            .into_iter()
+            .filter_map(|(bank, alg)| event.digest(alg).map(|d| (bank, d.to_vec())))
+            .collect();
+            state.agent.pcr_extend(u8::try_from(event.pcr)?, &digests)?;
+        }
+        state.boot_log = Some(log);
+        Ok(())
+    }
+
+    /// Narrows the API versions the agent serves (as its `api_versions` option does).
+    pub fn serve_versions(&self, versions: &[&str]) {
+        if let Ok(mut s) = self.state.lock() {
+            s.versions = versions.iter().map(|v| v.to_string()).collect();
+        }
+    }
+
+    pub fn requested_versions(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .map(|s| s.requested_versions.clone())
+            .unwrap_or_default()
+    }
+
     pub fn requested_offsets(&self) -> Vec<u64> {
         self.state
             .lock()
@@ -145,10 +190,51 @@ struct IntegrityQuery {
     ima_ml_entry: Option<u64>,
 }
 
+type Reply = (StatusCode, Json<Value>);
+
+fn envelope(code: StatusCode, status: &str, results: Value) -> Reply {
+    (
+        code,
+        Json(json!({"code": code.as_u16(), "status": status, "results": results})),
+    )
+}
+
+async fn version(State(state): State<Arc<Mutex<PullState>>>) -> Reply {
+    let versions = state.lock().map(|s| s.versions.clone()).unwrap_or_default();
+    let newest = versions.last().cloned().unwrap_or_default();
+    envelope(
+        StatusCode::OK,
+        "Success",
+        json!({"supported_version": newest, "supported_versions": versions}),
+    )
+}
+
+/// The Rust agent's answer to a version prefix it does not serve.
+fn refuses(state: &Arc<Mutex<PullState>>, v: &str) -> Option<Reply> {
+    let served = state
+        .lock()
+        .map(|s| s.versions.iter().any(|ours| format!("v{ours}") == v))
+        .unwrap_or(false);
+    (!served).then(|| {
+        envelope(
+            StatusCode::BAD_REQUEST,
+            &format!("API version not supported: {v}"),
+            json!({}),
+        )
+    })
+}
+
 async fn integrity(
     State(state): State<Arc<Mutex<PullState>>>,
+    UrlPath(v): UrlPath<String>,
     Query(q): Query<IntegrityQuery>,
-) -> Json<Value> {
+) -> Reply {
+    if let Ok(mut s) = state.lock() {
+        s.requested_versions.push(v.trim_start_matches('v').to_owned());
+    }
+    if let Some(refusal) = refuses(&state, &v) {
+        return refusal;
+    }
     let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
         let mut s = state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let mask = u32::from_str_radix(q.mask.trim_start_matches("0x"), 16)? | (1 << 16);
@@ -169,6 +255,9 @@ async fn integrity(
             "ima_measurement_list": s.log.text_from(from as usize),
             "ima_measurement_list_entry": from,
         });
+        if let Some(log) = s.boot_log.as_ref().filter(|_| mask & 1 != 0) {
+            results["mb_measurement_list"] = json!(base64::engine::general_purpose::STANDARD.encode(log));
+        }
         if q.partial.as_deref() != Some("1") {
             results["pubkey"] = json!(s.pubkey);
         }
@@ -176,22 +265,32 @@ async fn integrity(
     })
     .await;
     match answer {
-        Ok(Ok(v)) => Json(v),
-        Ok(Err(e)) => Json(json!({"code": 500, "status": e.to_string(), "results": {}})),
-        Err(e) => Json(json!({"code": 500, "status": e.to_string(), "results": {}})),
+        Ok(Ok(v)) => (StatusCode::OK, Json(v)),
+        Ok(Err(e)) => envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), json!({})),
+        Err(e) => envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), json!({})),
     }
 }
 
-async fn vkey(State(state): State<Arc<Mutex<PullState>>>, body: Bytes) -> Json<Value> {
+async fn vkey(State(state): State<Arc<Mutex<PullState>>>, UrlPath(v): UrlPath<String>, body: Bytes) -> Reply {
+    if let Some(refusal) = refuses(&state, &v) {
+        return refusal;
+    }
     if let (Ok(mut s), Ok(v)) = (state.lock(), serde_json::from_slice(&body)) {
         s.vkeys.push(v);
     }
-    Json(json!({"code": 200, "status": "Success", "results": {}}))
+    envelope(StatusCode::OK, "Success", json!({}))
 }
 
-async fn revocation(State(state): State<Arc<Mutex<PullState>>>, body: Bytes) -> Json<Value> {
+async fn revocation(
+    State(state): State<Arc<Mutex<PullState>>>,
+    UrlPath(v): UrlPath<String>,
+    body: Bytes,
+) -> Reply {
+    if let Some(refusal) = refuses(&state, &v) {
+        return refusal;
+    }
     if let (Ok(mut s), Ok(v)) = (state.lock(), serde_json::from_slice(&body)) {
         s.revocations.push(v);
     }
-    Json(json!({"code": 200, "status": "Success", "results": {}}))
+    envelope(StatusCode::OK, "Success", json!({}))
 }

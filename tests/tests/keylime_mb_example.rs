@@ -7,6 +7,7 @@ use zest::evidence::uefi::{EventLog, PcrBanks};
 use zest::policy::create::measured_boot_refstate;
 use zest::policy::measured_boot::{BootEvidence, MeasuredBootPolicy, Verdict};
 use zest::policy::{PolicyError, PolicyLimits, PolicyRuntime, builtin_measured_boot};
+use zest_tests::boot::{fedora_bytes, fedora_without_unlisted_pcr0_events};
 use zest_tests::fixture;
 
 fn runtime() -> &'static PolicyRuntime {
@@ -59,34 +60,6 @@ fn reason(v: &Verdict) -> String {
     assert_eq!(context["context"], "Boot attestation failed");
     assert_eq!(context["policy"], "example");
     context["reason"].as_str().unwrap().to_owned()
-}
-
-fn fedora_bytes() -> Vec<u8> {
-    fixture("keylime/test/data/create-mb-policy/binary_bios_measurements")
-}
-
-/// The Fedora log without the events of this firmware that Keylime's `example` does not
-/// know (StartupLocality, POST codes, non-host info and S-CRTM contents in PCR 0, setup
-/// variables in PCR 1, the firmware's own boot application): the log of the same boot on
-/// firmware that logs less, which the policy can accept.
-fn fedora_without_unlisted_pcr0_events() -> Vec<u8> {
-    let mut log = EventLog::parse(&fedora_bytes()).unwrap();
-    let header = log.events.remove(0);
-    log.events.retain(|e| {
-        let firmware_application = matches!(
-            e.decode(),
-            zest::evidence::uefi::EventData::ImageLoad(i) if i.device_path_text.starts_with("FvVol(")
-        );
-        let unlisted = match (e.pcr, e.type_name().as_str()) {
-            (0, "EV_NO_ACTION" | "EV_POST_CODE" | "EV_NONHOST_INFO" | "EV_S_CRTM_CONTENTS") => true,
-            (1, "EV_EFI_VARIABLE_DRIVER_CONFIG") => true,
-            (4, "EV_EFI_BOOT_SERVICES_APPLICATION") => firmware_application,
-            _ => false,
-        };
-        !unlisted
-    });
-    log.events.insert(0, header);
-    log.encode()
 }
 
 #[test]

@@ -278,8 +278,14 @@ async fn an_agent_passes_round_after_round_then_fails_on_a_file_outside_its_poli
 }
 
 #[tokio::test]
-async fn an_unreachable_agent_is_retried_then_failed() {
-    let verifier = verifier().await;
+async fn an_unreachable_agent_shows_timeout_while_retried_then_fails_with_a_comm_error() {
+    let (webhook, notifications) = webhook_sink().await;
+    let data = tempfile::Builder::new().prefix("zest-pull-").tempdir().unwrap();
+    let mut cfg = config();
+    cfg.revocation_webhook = Some(webhook);
+    // Retries after 6 s and 12 s: the agent is stale (10 s) before it is FAILED.
+    cfg.retry_interval = Duration::from_secs(6);
+    let verifier = TestVerifier::start_in(data, cfg).await.unwrap();
     let tpm = Swtpm::start().unwrap();
     let agent = start_agent(&tpm, "pull-agent-2", &verifier).await;
     enrol(&verifier, &agent, "pull-agent-2", &policy_for(&[])).await;
@@ -288,12 +294,223 @@ async fn an_unreachable_agent_is_retried_then_failed() {
     })
     .await;
     drop(agent);
+    let s = wait_for(&verifier, "pull-agent-2", "retries", |s| {
+        s["operational_state"] == 4
+    })
+    .await;
+    assert_eq!(s["attestation_status"], "PASS", "fresh until 10 s: {s}");
+    let s = wait_for(&verifier, "pull-agent-2", "TIMEOUT", |s| {
+        s["attestation_status"] == "TIMEOUT"
+    })
+    .await;
+    assert_eq!(s["operational_state"], 4, "still retrying: {s}");
     let s = wait_for(&verifier, "pull-agent-2", "FAILED", |s| {
         s["operational_state"] == 7
     })
     .await;
     assert_eq!(s["attestation_status"], "FAIL");
-    assert_eq!(s["failures"][0]["type"], "internal.no_quote");
+    assert_eq!(s["failures"][0]["type"], "internal.verifier.not_reachable");
+    assert_eq!(s["last_event_id"], "internal.verifier.not_reachable");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let seen = notifications.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let msg: Value = serde_json::from_str(seen[0]["msg"].as_str().unwrap()).unwrap();
+    assert_eq!(msg["type"], "comm_error");
+    assert_eq!(msg["event_id"], "internal.verifier.not_reachable");
+    assert_eq!(msg["severity_label"], "emergency");
+}
+
+#[tokio::test]
+async fn an_agent_never_attested_fails_unreachable_without_a_notification() {
+    let (webhook, notifications) = webhook_sink().await;
+    let data = tempfile::Builder::new().prefix("zest-pull-").tempdir().unwrap();
+    let mut cfg = config();
+    cfg.revocation_webhook = Some(webhook);
+    let verifier = TestVerifier::start_in(data, cfg).await.unwrap();
+    let tpm = Swtpm::start().unwrap();
+    let agent = start_agent(&tpm, "pull-agent-6", &verifier).await;
+    let ak = agent.state.lock().unwrap().agent.aik_tpm.clone();
+    let cert = agent.cert_pem.clone();
+    drop(agent);
+    let admin = verifier.admin_client().unwrap();
+    let (code, reply) = send_json(admin.post(verifier.url("2.6", "agents/pull-agent-6")).json(&json!({
+        "cloudagent_ip": "127.0.0.1", "cloudagent_port": 1, "tpm_policy": "{}",
+        "runtime_policy": "", "mb_policy": null, "ima_sign_verification_keys": "", "metadata": "{}",
+        "revocation_key": "", "accept_tpm_hash_algs": ["sha256"], "accept_tpm_encryption_algs": ["rsa"],
+        "accept_tpm_signing_algs": ["rsassa"], "ak_tpm": B64.encode(ak), "mtls_cert": cert,
+        "supported_version": "2.6", "mb_policy_name": "",
+    })))
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{reply}");
+    let s = wait_for(&verifier, "pull-agent-6", "FAILED", |s| {
+        s["operational_state"] == 7
+    })
+    .await;
+    assert_eq!(s["attestation_status"], "FAIL");
+    assert_eq!(s["failures"][0]["type"], "internal.verifier.not_reachable");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        notifications.lock().unwrap().is_empty(),
+        "no comm_error for an agent that never attested"
+    );
+}
+
+#[tokio::test]
+async fn the_api_version_is_negotiated_with_the_agent() {
+    let verifier = verifier().await;
+    let tpm = Swtpm::start().unwrap();
+    // An older agent: enrolled with the tenant's 2.6, it refuses it and offers up to 2.3.
+    let old = start_agent(&tpm, "pull-agent-7", &verifier).await;
+    old.serve_versions(&["2.1", "2.2", "2.3"]);
+    enrol_with(
+        &verifier,
+        &old,
+        "pull-agent-7",
+        &policy_for(&[]),
+        json!({"supported_version": "2.6"}),
+    )
+    .await;
+    wait_for(&verifier, "pull-agent-7", "passing rounds at 2.3", |s| {
+        s["attestation_count"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
+    let versions = old.requested_versions();
+    assert_eq!(versions.first().map(String::as_str), Some("2.6"), "{versions:?}");
+    assert!(versions[1..].iter().all(|v| v == "2.3"), "{versions:?}");
+
+    // Enrolled without a version: the agent's /version decides, newest common first.
+    let tpm2 = Swtpm::start().unwrap();
+    let new = start_agent(&tpm2, "pull-agent-8", &verifier).await;
+    enrol_with(
+        &verifier,
+        &new,
+        "pull-agent-8",
+        &policy_for(&[]),
+        json!({"supported_version": null}),
+    )
+    .await;
+    wait_for(&verifier, "pull-agent-8", "a passing round", |s| {
+        s["attestation_count"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    assert!(
+        new.requested_versions().iter().all(|v| v == "2.6"),
+        "{:?}",
+        new.requested_versions()
+    );
+
+    // An agent that speaks nothing we do fails with the reason.
+    let tpm3 = Swtpm::start().unwrap();
+    let alien = start_agent(&tpm3, "pull-agent-9", &verifier).await;
+    alien.serve_versions(&["3.0"]);
+    enrol(&verifier, &alien, "pull-agent-9", &policy_for(&[])).await;
+    let s = wait_for(&verifier, "pull-agent-9", "FAILED", |s| {
+        s["operational_state"] == 7
+    })
+    .await;
+    assert_eq!(
+        s["failures"][0]["type"], "internal.verifier.version_not_supported",
+        "{s}"
+    );
+}
+
+#[tokio::test]
+async fn a_recoverable_failure_keeps_the_agent_polled_and_notifies_once() {
+    let (webhook, notifications) = webhook_sink().await;
+    let data = tempfile::Builder::new().prefix("zest-pull-").tempdir().unwrap();
+    let mut cfg = config();
+    cfg.revocation_webhook = Some(webhook);
+    cfg.severity = zest::verifier::severity::SeverityPolicy::from_keylime(
+        r#"["info", "warning", "emergency"]"#,
+        r#"[{"event_id": "ima\\..*", "severity_label": "warning"}, {"event_id": ".*", "severity_label": "emergency"}]"#,
+    )
+    .unwrap();
+    let verifier = TestVerifier::start_in(data, cfg).await.unwrap();
+    let tpm = Swtpm::start().unwrap();
+    let agent = start_agent(&tpm, "pull-agent-10", &verifier).await;
+    agent.measure("/usr/bin/ok", &digest("/usr/bin/ok")).unwrap();
+    enrol(&verifier, &agent, "pull-agent-10", &policy_for(&["/usr/bin/ok"])).await;
+    wait_for(&verifier, "pull-agent-10", "a passing round", |s| {
+        s["attestation_count"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    agent.measure("/tmp/odd", &digest("/tmp/odd")).unwrap();
+    let s = wait_for(&verifier, "pull-agent-10", "INVALID_QUOTE", |s| {
+        s["operational_state"] == 9
+    })
+    .await;
+    assert_eq!(s["attestation_status"], "FAIL");
+    assert_eq!(s["severity_level"], 1, "{s}");
+    assert_eq!(s["last_event_id"], "ima.validation.ima-ng.not_in_allowlist");
+    let polled = agent.requested_offsets().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let offsets = agent.requested_offsets();
+    assert!(
+        offsets.len() > polled + 2,
+        "a warning keeps the agent polled: {offsets:?}"
+    );
+    // Keylime restarts IMA from the first entry after a failure.
+    assert_eq!(*offsets.last().unwrap(), 0, "{offsets:?}");
+    let seen = notifications.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "notified only when the severity rose: {seen:?}");
+    let msg: Value = serde_json::from_str(seen[0]["msg"].as_str().unwrap()).unwrap();
+    assert_eq!(msg["severity_label"], "warning");
+    assert_eq!(status(&verifier, "pull-agent-10").await["operational_state"], 9);
+}
+
+#[tokio::test]
+async fn measured_boot_is_checked_against_the_boot_log_and_the_quote() {
+    let data = tempfile::Builder::new().prefix("zest-pull-").tempdir().unwrap();
+    let mut cfg = config();
+    cfg.measured_boot_module = "builtin:keylime-mb-example".into();
+    let verifier = TestVerifier::start_in(data, cfg).await.unwrap();
+    let tpm = Swtpm::start().unwrap();
+    let agent = start_agent(&tpm, "pull-agent-11", &verifier).await;
+    let log = zest_tests::boot::fedora_without_unlisted_pcr0_events();
+    agent.boot(log.clone()).unwrap();
+    let mut refstate = zest::policy::create::measured_boot_refstate(
+        &zest::evidence::uefi::EventLog::parse(&log).unwrap(),
+        true,
+    )
+    .unwrap();
+    // This firmware's dbx holds several lists, which `example` refuses; [] skips the check.
+    refstate["dbx"] = json!([]);
+    // The tenant's mask for measured boot: PCRs 0–9 and 11–15, and IMA's PCR 10.
+    enrol_with(
+        &verifier,
+        &agent,
+        "pull-agent-11",
+        &policy_for(&[]),
+        json!({"tpm_policy": "{\"mask\": \"0xffff\"}", "mb_policy": refstate.to_string()}),
+    )
+    .await;
+    let s = wait_for(&verifier, "pull-agent-11", "passing rounds", |s| {
+        s["attestation_count"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
+    assert_eq!(s["has_mb_refstate"], 1, "{s}");
+    assert_eq!(s["attestation_status"], "PASS");
+
+    // Something measured into PCR 4 that the log does not show: the replay no longer matches.
+    agent
+        .state
+        .lock()
+        .unwrap()
+        .agent
+        .pcr_extend(
+            4,
+            &[(
+                tss_esapi::interface_types::algorithm::HashingAlgorithm::Sha256,
+                vec![7u8; 32],
+            )],
+        )
+        .unwrap();
+    let s = wait_for(&verifier, "pull-agent-11", "INVALID_QUOTE", |s| {
+        s["operational_state"] == 9
+    })
+    .await;
+    assert_eq!(s["last_event_id"], "measured_boot.invalid_pcr_4", "{s}");
 }
 
 #[tokio::test]

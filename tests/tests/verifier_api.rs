@@ -417,7 +417,7 @@ async fn each_bad_enrolment_field_is_a_400_naming_it_and_stores_nothing() {
             "mTLS certificate for agent is required!",
         ),
         ("revocation_key", json!("not a key"), "revocation_key"),
-        ("supported_version", json!("9.9"), "supported_version"),
+        ("supported_version", json!(2.6), "supported_version"),
         ("runtime_policy", json!("!!"), "runtime_policy"),
         ("mb_policy", json!("{x"), "mb_policy"),
     ];

@@ -69,6 +69,27 @@ struct VerifierArgs {
     /// Also POST revocation messages here (Keylime `[revocations] webhook_url`).
     #[arg(long, env = "ZEST_REVOCATION_WEBHOOK")]
     revocation_webhook: Option<String>,
+    /// Failed quote requests before an agent is FAILED (Keylime `[verifier] max_retries`).
+    #[arg(long, env = "ZEST_MAX_RETRIES", default_value_t = 5)]
+    max_retries: u32,
+    /// Seconds before the first retry, doubled each time (Keylime `[verifier] retry_interval`).
+    #[arg(long, env = "ZEST_RETRY_INTERVAL", default_value_t = 2.0)]
+    retry_interval: f64,
+    /// Seconds to wait for an agent's answer (Keylime `[verifier] request_timeout`).
+    #[arg(long, env = "ZEST_REQUEST_TIMEOUT", default_value_t = 60.0)]
+    request_timeout: f64,
+    /// Severity labels, least severe first, as a JSON list (Keylime `[verifier] severity_labels`).
+    #[arg(long, env = "ZEST_SEVERITY_LABELS", requires = "severity_policy")]
+    severity_labels: Option<String>,
+    /// Rules `[{"event_id": REGEX, "severity_label": LABEL}, …]` (Keylime `[verifier]
+    /// severity_policy`); failures below the last label keep the agent polled.
+    #[arg(long, env = "ZEST_SEVERITY_POLICY", requires = "severity_labels")]
+    severity_policy: Option<String>,
+}
+
+fn seconds(flag: &str, value: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow::anyhow!("{flag} must be a number of seconds, 0 or more"))
 }
 
 impl VerifierArgs {
@@ -93,6 +114,12 @@ impl VerifierArgs {
         }
         config.measured_boot_module = format!("builtin:{name}");
         config.revocation_webhook = self.revocation_webhook.clone();
+        config.max_retries = self.max_retries;
+        config.retry_interval = seconds("--retry-interval", self.retry_interval)?;
+        config.request_timeout = seconds("--request-timeout", self.request_timeout)?;
+        if let (Some(labels), Some(policy)) = (&self.severity_labels, &self.severity_policy) {
+            config.severity = crate::verifier::severity::SeverityPolicy::from_keylime(labels, policy)?;
+        }
         Ok(config)
     }
 }

@@ -153,6 +153,10 @@ pub struct VerifierAgent {
     /// TPM clock of the last quote: (clock, resetCount, restartCount).
     #[serde(default)]
     pub tpm_clock: Option<(u64, u32, u32)>,
+    /// In INVALID_QUOTE but still polled: the failure's severity was below the highest
+    /// label and recoverable, so the agent may pass again.
+    #[serde(default)]
+    pub polls_after_failure: bool,
 }
 
 /// The verifier's records.

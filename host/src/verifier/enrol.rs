@@ -168,17 +168,13 @@ pub async fn enrolment(
         }
         Some(_) => {}
     }
+    // A version we do not speak to agents is dropped: the pull loop then negotiates with
+    // the agent's /version (Keylime stores its own version and negotiates on refusal).
     let supported_version = match body.get("supported_version") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
-            crate::api::ApiVersion::from_path_segment(&format!("v{s}")).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "supported_version '{}' is not an API version we speak",
-                    s.escape_debug()
-                ))
-            })?;
-            Some(s.clone())
-        }
+        Some(Value::String(s)) => crate::api::ApiVersion::from_path_segment(&format!("v{s}"))
+            .filter(|_| s.starts_with("2."))
+            .map(|_| s.clone()),
         Some(_) => {
             return Err(ApiError::bad_request(
                 "supported_version must be a string such as \"2.6\"",
@@ -288,6 +284,7 @@ pub async fn enrolment(
         public_key: None,
         v_delivered: false,
         tpm_clock: None,
+        polls_after_failure: false,
     };
     Ok(Enrolment { agent, new_policies })
 }

@@ -11,6 +11,7 @@ pub mod pipeline;
 mod policies;
 mod poller;
 mod routes;
+pub mod severity;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -48,6 +49,10 @@ pub struct VerifierConfig {
     pub retry_interval: std::time::Duration,
     /// `[revocations] webhook_url`: where revocation messages are POSTed besides agents.
     pub revocation_webhook: Option<String>,
+    /// `severity_labels` and `severity_policy`: which failures stop polling.
+    pub severity: severity::SeverityPolicy,
+    /// `request_timeout`: the longest wait for an agent's answer.
+    pub request_timeout: std::time::Duration,
 }
 
 impl VerifierConfig {
@@ -63,7 +68,17 @@ impl VerifierConfig {
             max_retries: 5,
             retry_interval: std::time::Duration::from_secs(2),
             revocation_webhook: None,
+            severity: severity::SeverityPolicy::keylime_default(),
+            request_timeout: std::time::Duration::from_secs(60),
         }
+    }
+}
+
+impl VerifierConfig {
+    /// How long after its last good quote an agent still shows as attested: Keylime's
+    /// `maximum_attestation_interval` (5 × `quote_interval`), at least 10 s.
+    pub fn stale_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64((self.quote_interval * 5.0).max(10.0))
     }
 }
 

@@ -30,16 +30,18 @@ pub fn vkey_body(nk_pem: &str, v_b64: &str) -> Result<Value, String> {
     Ok(json!({"encrypted_key": B64.encode(encrypted)}))
 }
 
-/// A revocation message: `{"msg": <JSON text>, "signature": b64(RSA-PSS-SHA256(msg))}`,
+/// A revocation (or `comm_error`) message: `{"msg": <JSON text>, "signature": b64(RSA-PSS-SHA256(msg))}`,
 /// signed with the agent's enrolled `revocation_key` (empty key: empty signature).
 pub fn revocation(
     agent: &VerifierAgent,
+    kind: &str,
     event_id: &str,
+    severity_label: &str,
     context: &Value,
     event_time: &str,
 ) -> Result<Value, String> {
     let msg = json!({
-        "type": "revocation",
+        "type": kind,
         "ip": agent.ip,
         "agent_id": agent.agent_id,
         "port": agent.port,
@@ -47,7 +49,7 @@ pub fn revocation(
         "meta_data": agent.meta_data,
         "event_time": event_time,
         "event_id": event_id,
-        "severity_label": "emergency",
+        "severity_label": severity_label,
         "context": context.to_string(),
     })
     .to_string();

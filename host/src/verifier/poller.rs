@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
@@ -14,12 +14,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
-use super::Verifier;
 use super::notify;
 use super::pipeline::{AttestationInput, Failure, ImaInput, PolicyRef, attest, parse_tpm_policy};
 use super::policies::module_bytes;
+use super::severity::Verdict;
+use super::{Verifier, VerifierConfig};
 use crate::evidence::ima::{ImaPosition, ImaState, Resume, resume};
-use crate::evidence::{HashAlg, PublicArea, Quote};
+use crate::evidence::{ClockInfo, HashAlg, PublicArea, Quote};
 use crate::store::verifier::state;
 use crate::store::{DEFAULT_TENANT, PolicyKind, VerifierAgent};
 use crate::tpm::AttestationKey;
@@ -37,18 +38,18 @@ pub struct Retries {
     pub interval: Duration,
 }
 
-fn polls(operational_state: i64) -> bool {
-    matches!(
-        operational_state,
-        state::START | state::GET_QUOTE | state::GET_QUOTE_RETRY | state::PROVIDE_V | state::PROVIDE_V_RETRY
-    )
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+/// Whether the pull loop attests this agent: the polling states, and INVALID_QUOTE after a
+/// failure that the severity policy lets polling survive.
+fn polls(agent: &VerifierAgent) -> bool {
+    match agent.operational_state {
+        state::START
+        | state::GET_QUOTE
+        | state::GET_QUOTE_RETRY
+        | state::PROVIDE_V
+        | state::PROVIDE_V_RETRY => true,
+        state::INVALID_QUOTE => agent.polls_after_failure,
+        _ => false,
+    }
 }
 
 /// Starts the loop that keeps one polling task per agent in a polling state.
@@ -60,7 +61,7 @@ pub fn spawn(verifier: Verifier, tls: AgentTls, retries: Retries) -> JoinHandle<
             let store = verifier.store.clone();
             if let Ok(Ok(agents)) = tokio::task::spawn_blocking(move || store.agents()).await {
                 for agent in agents {
-                    if polls(agent.operational_state) && !running.contains_key(&agent.agent_id) {
+                    if polls(&agent) && !running.contains_key(&agent.agent_id) {
                         let task = tokio::spawn(poll_agent(
                             verifier.clone(),
                             tls.clone(),
@@ -90,7 +91,7 @@ async fn load(verifier: &Verifier, id: &str) -> Option<VerifierAgent> {
 async fn save(verifier: &Verifier, agent: VerifierAgent, expected_state: i64) -> bool {
     let store = verifier.store.clone();
     let blocked: Vec<i64> = (0..=10).filter(|s| *s != expected_state).collect();
-    let keeps_polling = polls(agent.operational_state);
+    let keeps_polling = polls(&agent);
     match tokio::task::spawn_blocking(move || store.update_agent(&agent, &blocked)).await {
         Ok(Ok(written)) => written && keeps_polling,
         _ => false,
@@ -108,7 +109,11 @@ fn nonce() -> String {
         .collect()
 }
 
-fn client_for(tls: &AgentTls, agent: &VerifierAgent) -> Result<reqwest::Client, String> {
+fn client_for(
+    tls: &AgentTls,
+    config: &VerifierConfig,
+    agent: &VerifierAgent,
+) -> Result<reqwest::Client, String> {
     let pem = agent.mtls_cert.as_deref().ok_or("no mtls_cert enrolled")?;
     let pinned = reqwest::Certificate::from_pem(pem.as_bytes()).map_err(|e| format!("mtls_cert: {e}"))?;
     let identity =
@@ -117,9 +122,137 @@ fn client_for(tls: &AgentTls, agent: &VerifierAgent) -> Result<reqwest::Client, 
         .no_proxy()
         .tls_certs_only([pinned])
         .identity(identity)
-        .timeout(Duration::from_secs(60))
+        .timeout(config.request_timeout)
         .build()
         .map_err(|e| e.to_string())
+}
+
+/// Agent API versions the verifier speaks to pull agents (Keylime's agents serve 2.1–2.6).
+const AGENT_VERSIONS: [&str; 6] = ["2.1", "2.2", "2.3", "2.4", "2.5", "2.6"];
+const CURRENT_AGENT_VERSION: &str = "2.6";
+
+fn version_key(version: &str) -> Option<(u32, u32)> {
+    let (major, minor) = version.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+fn base_url(agent: &VerifierAgent) -> String {
+    format!(
+        "https://{}:{}",
+        agent.ip.as_deref().unwrap_or("127.0.0.1"),
+        agent.port.unwrap_or(9002)
+    )
+}
+
+/// Asks the agent's `GET /version` and picks the newest API version both sides speak
+/// (`supported_versions`, or the single `supported_version` of older agents).
+async fn negotiate(client: &reqwest::Client, agent: &VerifierAgent) -> Result<String, String> {
+    let answer = client
+        .get(format!("{}/version", base_url(agent)))
+        .send()
+        .await
+        .map_err(|e| format!("GET /version: {e}"))?;
+    if !answer.status().is_success() {
+        return Err(format!("GET /version answered {}", answer.status()));
+    }
+    let body: Value = answer.json().await.map_err(|e| format!("GET /version: {e}"))?;
+    let results = &body["results"];
+    let offered: Vec<&str> = match results["supported_versions"].as_array() {
+        Some(list) => list.iter().filter_map(Value::as_str).collect(),
+        None => results["supported_version"].as_str().into_iter().collect(),
+    };
+    offered
+        .iter()
+        .copied()
+        .filter(|v| AGENT_VERSIONS.contains(v))
+        .max_by_key(|v| version_key(v))
+        .map(str::to_owned)
+        .ok_or_else(|| format!("the agent offers no API version we speak: {offered:?}"))
+}
+
+/// What came back for a quote request.
+enum Answer {
+    Quote(Value),
+    /// Keylime retries these: timeouts, 500 and connection errors.
+    Unreachable(String),
+    /// 400 "API version not supported": negotiate and retry.
+    VersionNotSupported,
+    /// Any other refusal is final.
+    Refused(String),
+}
+
+async fn request(client: &reqwest::Client, url: &str) -> Answer {
+    let response = match client.get(url).send().await {
+        Ok(r) => r,
+        Err(e) => return Answer::Unreachable(e.to_string()),
+    };
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    match status.as_u16() {
+        200 => Answer::Quote(body),
+        408 | 500 => Answer::Unreachable(format!("the agent answered {status}")),
+        400 if body["status"]
+            .as_str()
+            .is_some_and(|s| s.contains("API version not supported")) =>
+        {
+            Answer::VersionNotSupported
+        }
+        _ => Answer::Refused(format!("the agent answered {status}")),
+    }
+}
+
+/// Keylime's event of the verifier's own failures (`internal.verifier.*`).
+fn internal(event: &str, message: impl Into<String>) -> Vec<Failure> {
+    fail(&format!("internal.verifier.{event}"), message)
+}
+
+/// Applies the severity policy to a round's failures: the agent enters `to`, its severity
+/// only rises; returns the verdict when it rose (the event to notify) and whether polling
+/// goes on.
+fn judge(
+    verifier: &Verifier,
+    agent: &mut VerifierAgent,
+    failures: Vec<Failure>,
+    to: i64,
+) -> (Option<Verdict>, bool) {
+    let Some(verdict) = verifier.config.severity.judge(&failures) else {
+        return (None, true);
+    };
+    agent.operational_state = to;
+    agent.polls_after_failure = to == state::INVALID_QUOTE && !verdict.stops;
+    agent.last_failures = failures.into_iter().map(|f| (f.event_id, f.context)).collect();
+    let rose = agent.severity_level.is_none_or(|level| level < verdict.level);
+    if rose {
+        agent.severity_level = Some(verdict.level);
+        agent.last_event_id = Some(verdict.event.event_id.clone());
+    }
+    let goes_on = !verdict.stops;
+    (rose.then_some(verdict), goes_on)
+}
+
+/// Ends polling with the agent FAILED, telling agents and the webhook (`comm_error`) when
+/// an agent that had attested becomes unreachable.
+async fn give_up(
+    verifier: &Verifier,
+    tls: &AgentTls,
+    mut agent: VerifierAgent,
+    round_state: i64,
+    failures: Vec<Failure>,
+) {
+    let unreachable = failures
+        .first()
+        .is_some_and(|f| f.event_id == "internal.verifier.not_reachable");
+    let (verdict, _) = judge(verifier, &mut agent, failures, state::FAILED);
+    if let Some(verdict) = verdict.filter(|_| unreachable && agent.attestation_count > 0) {
+        tokio::spawn(send_notification(
+            verifier.clone(),
+            tls.clone(),
+            agent.clone(),
+            "comm_error",
+            verdict,
+        ));
+    }
+    save(verifier, agent, round_state).await;
 }
 
 async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: String) {
@@ -128,61 +261,114 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
         let Some(mut agent) = load(&verifier, &id).await else {
             return;
         };
-        if !polls(agent.operational_state) {
+        if !polls(&agent) {
             return;
         }
         let round_state = agent.operational_state;
-        let client = match client_for(&tls, &agent) {
+        let client = match client_for(&tls, &verifier.config, &agent) {
             Ok(c) => c,
             Err(why) => {
-                agent.operational_state = state::FAILED;
-                agent.last_failures = vec![("internal.agent_tls".into(), json!({"message": why}))];
-                save(&verifier, agent, round_state).await;
+                give_up(&verifier, &tls, agent, round_state, internal("agent_tls", why)).await;
                 return;
             }
         };
-        let nonce = nonce();
-        let version = agent.supported_version.clone().unwrap_or_else(|| "2.2".into());
-        let mask = parse_mask(&agent.tpm_policy);
-        let partial = u8::from(agent.public_key.is_some() && round_state == state::GET_QUOTE);
-        let url = format!(
-            "https://{}:{}/v{version}/quotes/integrity?nonce={nonce}&mask={mask}&partial={partial}&ima_ml_entry={}",
-            agent.ip.as_deref().unwrap_or("127.0.0.1"),
-            agent.port.unwrap_or(9002),
-            agent.next_ima_ml_entry
-        );
-        let answer = match client.get(&url).send().await {
-            Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
-            Ok(r) => {
-                tracing::warn!(agent_id = %id, status = %r.status(), "quote request refused");
-                None
+        let answer = match agent.supported_version.clone() {
+            Some(version) => {
+                let nonce = nonce();
+                let mask = parse_mask(&agent.tpm_policy);
+                // The NK key is asked for until it is known, and again after retries.
+                let partial = u8::from(
+                    agent.public_key.is_some()
+                        && matches!(round_state, state::GET_QUOTE | state::INVALID_QUOTE),
+                );
+                let url = format!(
+                    "{}/v{version}/quotes/integrity?nonce={nonce}&mask={mask}&partial={partial}&ima_ml_entry={}",
+                    base_url(&agent),
+                    agent.next_ima_ml_entry
+                );
+                (request(&client, &url).await, nonce, version)
             }
-            Err(e) => {
-                tracing::warn!(agent_id = %id, error = %e, "agent unreachable");
-                None
-            }
+            // Enrolled without a version (or one we do not speak): ask the agent first.
+            None => (Answer::VersionNotSupported, String::new(), String::new()),
         };
-        let Some(answer) = answer else {
-            attempts += 1;
-            if attempts > retries.max {
-                agent.operational_state = state::FAILED;
-                agent.last_failures = vec![(
-                    "internal.no_quote".into(),
-                    json!({"message": format!("no quote after {} attempts", attempts)}),
-                )];
-                save(&verifier, agent, round_state).await;
+        let (answer, nonce, version) = answer;
+        let results = match answer {
+            Answer::Quote(body) => body.get("results").cloned().unwrap_or(Value::Null),
+            Answer::VersionNotSupported => {
+                match negotiate(&client, &agent).await {
+                    Ok(chosen) if chosen == version => {
+                        let why = format!("the agent refused API {version} which its /version offers");
+                        give_up(
+                            &verifier,
+                            &tls,
+                            agent,
+                            round_state,
+                            internal("version_not_supported", why),
+                        )
+                        .await;
+                        return;
+                    }
+                    Ok(chosen) => {
+                        let downgrade = agent
+                            .supported_version
+                            .as_deref()
+                            .is_some_and(|old| version_key(&chosen) < version_key(old));
+                        if downgrade && agent.attestation_count > 0 {
+                            let why = format!(
+                                "the agent refused API {version} and offers only {chosen}; no downgrade after a successful attestation"
+                            );
+                            give_up(
+                                &verifier,
+                                &tls,
+                                agent,
+                                round_state,
+                                internal("version_not_supported", why),
+                            )
+                            .await;
+                            return;
+                        }
+                        tracing::info!(agent_id = %id, version = %chosen, "agent API version negotiated");
+                        agent.supported_version = Some(chosen);
+                        if !save(&verifier, agent, round_state).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(why) if version.is_empty() => {
+                        // Not even /version answered: treat as unreachable and retry.
+                        tracing::warn!(agent_id = %id, %why, "version negotiation failed");
+                        if !retry(&verifier, &tls, retries, &mut attempts, agent, round_state).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(why) => {
+                        give_up(
+                            &verifier,
+                            &tls,
+                            agent,
+                            round_state,
+                            internal("version_not_supported", why),
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            }
+            Answer::Unreachable(why) => {
+                tracing::warn!(agent_id = %id, %why, "agent unreachable");
+                if !retry(&verifier, &tls, retries, &mut attempts, agent, round_state).await {
+                    return;
+                }
+                continue;
+            }
+            Answer::Refused(why) => {
+                tracing::warn!(agent_id = %id, %why, "quote request refused");
+                give_up(&verifier, &tls, agent, round_state, internal("no_quote", why)).await;
                 return;
             }
-            agent.operational_state = state::GET_QUOTE_RETRY;
-            if !save(&verifier, agent, round_state).await {
-                return;
-            }
-            let backoff = retries.interval.saturating_mul(2u32.saturating_pow(attempts - 1));
-            tokio::time::sleep(backoff.min(Duration::from_secs(60))).await;
-            continue;
         };
         attempts = 0;
-        let results = answer.get("results").cloned().unwrap_or(Value::Null);
         let v = verifier.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let outcome = check_round(&v, &mut agent, &results, &nonce);
@@ -192,9 +378,10 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
         let Ok((mut agent, failures)) = checked else {
             return;
         };
-        agent.last_received_quote = now();
+        agent.last_received_quote = crate::clock::unix_now();
         if failures.is_empty() {
             agent.operational_state = state::GET_QUOTE;
+            agent.polls_after_failure = false;
             agent.attestation_count += 1;
             agent.last_successful_attestation = agent.last_received_quote;
             agent.last_failures.clear();
@@ -202,26 +389,50 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
                 agent.v_delivered = deliver_v(&client, &agent, &version).await;
             }
         } else {
-            if let Some(first) = failures.first() {
-                tokio::spawn(send_revocation(
+            tracing::warn!(agent_id = %id, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "attestation failed");
+            let (verdict, _) = judge(&verifier, &mut agent, failures, state::INVALID_QUOTE);
+            if let Some(verdict) = verdict {
+                tokio::spawn(send_notification(
                     verifier.clone(),
                     tls.clone(),
                     agent.clone(),
-                    first.clone(),
+                    "revocation",
+                    verdict,
                 ));
             }
-            tracing::warn!(agent_id = %id, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "attestation failed");
-            // Keylime's default severity policy makes every failure final: polling stops.
-            agent.operational_state = state::INVALID_QUOTE;
-            agent.last_event_id = failures.first().map(|f| f.event_id.clone());
-            agent.severity_level = Some(6);
-            agent.last_failures = failures.into_iter().map(|f| (f.event_id, f.context)).collect();
         }
         if !save(&verifier, agent, round_state).await {
             return;
         }
         tokio::time::sleep(Duration::from_secs_f64(verifier.config.quote_interval)).await;
     }
+}
+
+/// One more failed attempt to reach the agent: GET_QUOTE_RETRY after Keylime's backoff
+/// (2, 4, 8, … s), or FAILED after `max_retries`. Returns whether polling goes on.
+async fn retry(
+    verifier: &Verifier,
+    tls: &AgentTls,
+    retries: Retries,
+    attempts: &mut u32,
+    mut agent: VerifierAgent,
+    round_state: i64,
+) -> bool {
+    *attempts += 1;
+    if *attempts > retries.max {
+        let why = format!("agent was not reachable from verifier in {} attempts", *attempts);
+        give_up(verifier, tls, agent, round_state, internal("not_reachable", why)).await;
+        return false;
+    }
+    agent.operational_state = state::GET_QUOTE_RETRY;
+    if !save(verifier, agent, round_state).await {
+        return false;
+    }
+    let backoff = retries
+        .interval
+        .saturating_mul(2u32.saturating_pow(*attempts - 1));
+    tokio::time::sleep(backoff.min(Duration::from_secs(60))).await;
+    true
 }
 
 /// The `mask` of the enrolled `tpm_policy` (Keylime's tenant sets it), PCR 16 added.
@@ -327,6 +538,7 @@ fn check_round(verifier: &Verifier, agent: &mut VerifierAgent, results: &Value, 
             agent.pcr10 = None;
             agent.boottime = Some(boottime);
             agent.ima_policy_state = None;
+            agent.tpm_clock = None;
             return Vec::new();
         }
         Resume::OffsetMismatch { requested, answered } => {
@@ -399,6 +611,16 @@ fn check_round(verifier: &Verifier, agent: &mut VerifierAgent, results: &Value, 
             }),
             Some(_) => {}
         }
+        match clock_regression(agent.tpm_clock, &verified.clock_info) {
+            Some(why) => failures.push(Failure {
+                event_id: "qoute_validation.quote_validation".into(),
+                context: json!({"message": "Validation of clockinfo from quote", "data": why}),
+            }),
+            None => {
+                let c = &verified.clock_info;
+                agent.tpm_clock = Some((c.clock, c.reset_count, c.restart_count));
+            }
+        }
         agent.hash_alg = hash.name().to_owned();
         agent.enc_alg = text("enc_alg").unwrap_or_default().to_owned();
         agent.sign_alg = text("sign_alg").unwrap_or_default().to_owned();
@@ -419,6 +641,28 @@ fn check_round(verifier: &Verifier, agent: &mut VerifierAgent, results: &Value, 
     failures
 }
 
+/// Keylime's TPM clock rules between two quotes of one boot: the reset and restart counts
+/// never decrease, the clock is `safe`, and it moves forward unless both counts rose.
+fn clock_regression(previous: Option<(u64, u32, u32)>, now: &ClockInfo) -> Option<&'static str> {
+    if let Some((clock, reset_count, restart_count)) = previous {
+        if now.reset_count < reset_count {
+            return Some("resetCount value decreased on TPM between two consecutive quotes");
+        }
+        if now.restart_count < restart_count {
+            return Some("restartCount value decreased on TPM between two consecutive quotes");
+        }
+        if !now.safe {
+            return Some("clock safe flag is disabled");
+        }
+        let both_rose = now.reset_count > reset_count && now.restart_count > restart_count;
+        if !both_rose && now.clock <= clock {
+            return Some("the TPM clock did not advance between two consecutive quotes");
+        }
+        return None;
+    }
+    (!now.safe).then_some("clock safe flag is disabled")
+}
+
 /// Delivers V after a good quote (PROVIDE_V); true when done or when there is no V.
 async fn deliver_v(client: &reqwest::Client, agent: &VerifierAgent, version: &str) -> bool {
     let (Some(v), Some(pubkey)) = (&agent.v, &agent.public_key) else {
@@ -431,11 +675,7 @@ async fn deliver_v(client: &reqwest::Client, agent: &VerifierAgent, version: &st
             return false;
         }
     };
-    let url = format!(
-        "https://{}:{}/v{version}/keys/vkey",
-        agent.ip.as_deref().unwrap_or("127.0.0.1"),
-        agent.port.unwrap_or(9002)
-    );
+    let url = format!("{}/v{version}/keys/vkey", base_url(agent));
     match client.post(url).json(&body).send().await {
         Ok(r) if r.status().is_success() => {
             tracing::info!(agent_id = %agent.agent_id, "V delivered");
@@ -452,13 +692,22 @@ async fn deliver_v(client: &reqwest::Client, agent: &VerifierAgent, version: &st
     }
 }
 
-/// Signs a revocation message for `failed` and sends it to every enrolled agent (Keylime
-/// notifies them all, the failing one included) and to the webhook, if one is set.
-async fn send_revocation(verifier: Verifier, tls: AgentTls, failed: VerifierAgent, failure: Failure) {
+/// Signs a notification (`revocation` or `comm_error`) about `failed` and sends it to every
+/// enrolled agent (Keylime notifies them all, the failing one included) and to the webhook,
+/// if one is set.
+async fn send_notification(
+    verifier: Verifier,
+    tls: AgentTls,
+    failed: VerifierAgent,
+    kind: &'static str,
+    verdict: Verdict,
+) {
     let message = match notify::revocation(
         &failed,
-        &failure.event_id,
-        &failure.context,
+        kind,
+        &verdict.event.event_id,
+        &verdict.label,
+        &verdict.event.context,
         &notify::asctime_now(),
     ) {
         Ok(m) => m,
@@ -470,12 +719,12 @@ async fn send_revocation(verifier: Verifier, tls: AgentTls, failed: VerifierAgen
     if let Some(url) = &verifier.config.revocation_webhook {
         match reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_secs(30))
+            .timeout(verifier.config.request_timeout)
             .build()
         {
             Ok(client) => match client.post(url).json(&message).send().await {
                 Ok(r) if r.status().is_success() => {
-                    tracing::info!(agent_id = %failed.agent_id, "revocation sent to the webhook")
+                    tracing::info!(agent_id = %failed.agent_id, kind, "notification sent to the webhook")
                 }
                 Ok(r) => tracing::warn!(status = %r.status(), "the revocation webhook refused the message"),
                 Err(e) => tracing::warn!(error = %e, "the revocation webhook is unreachable"),
@@ -488,17 +737,54 @@ async fn send_revocation(verifier: Verifier, tls: AgentTls, failed: VerifierAgen
         return;
     };
     for agent in agents {
-        let Ok(client) = client_for(&tls, &agent) else {
+        let Ok(client) = client_for(&tls, &verifier.config, &agent) else {
             continue;
         };
-        let version = agent.supported_version.clone().unwrap_or_else(|| "2.2".into());
-        let url = format!(
-            "https://{}:{}/v{version}/notifications/revocation",
-            agent.ip.as_deref().unwrap_or("127.0.0.1"),
-            agent.port.unwrap_or(9002)
-        );
+        let version = agent
+            .supported_version
+            .as_deref()
+            .unwrap_or(CURRENT_AGENT_VERSION);
+        let url = format!("{}/v{version}/notifications/revocation", base_url(&agent));
         if let Err(e) = client.post(url).json(&message).send().await {
             tracing::warn!(agent_id = %agent.agent_id, error = %e, "revocation not delivered");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock(clock: u64, reset_count: u32, restart_count: u32, safe: bool) -> ClockInfo {
+        ClockInfo {
+            clock,
+            reset_count,
+            restart_count,
+            safe,
+        }
+    }
+
+    #[test]
+    fn the_tpm_clock_must_move_forward_within_a_boot() {
+        assert_eq!(clock_regression(None, &clock(5, 1, 0, true)), None);
+        assert!(clock_regression(None, &clock(5, 1, 0, false)).is_some());
+        assert_eq!(clock_regression(Some((5, 1, 0)), &clock(6, 1, 0, true)), None);
+        assert!(clock_regression(Some((5, 1, 0)), &clock(5, 1, 0, true)).is_some());
+        assert!(clock_regression(Some((5, 1, 0)), &clock(9, 0, 0, true)).is_some());
+        assert!(clock_regression(Some((5, 1, 2)), &clock(9, 1, 1, true)).is_some());
+        assert!(clock_regression(Some((5, 1, 0)), &clock(9, 1, 0, false)).is_some());
+        // Both counts rose: the clock may have been reset.
+        assert_eq!(clock_regression(Some((5, 1, 0)), &clock(1, 2, 1, true)), None);
+    }
+
+    #[test]
+    fn the_newest_common_version_is_chosen() {
+        let mut offered = ["2.1", "2.10", "2.6", "3.0"]
+            .into_iter()
+            .filter(|v| AGENT_VERSIONS.contains(v))
+            .collect::<Vec<_>>();
+        offered.sort_by_key(|v| version_key(v));
+        assert_eq!(offered.last(), Some(&"2.6"));
+        assert!(version_key("2.10") > version_key("2.9"));
     }
 }

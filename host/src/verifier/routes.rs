@@ -103,10 +103,23 @@ async fn versioned_version(Path(v): Path<String>) -> ApiResult {
     Ok(Envelope::ok(api::version_document()))
 }
 
-/// Keylime's `attestation_status` of a pull agent.
-fn attestation_status(agent: &VerifierAgent) -> &'static str {
+/// Keylime's `attestation_status` of a pull agent, with one difference: an agent whose last
+/// good quote is older than the staleness limit is `TIMEOUT`, not `PASS`, whatever its
+/// state says, so that a stuck or dead worker never leaves it shown as attested
+/// (CVE-2022-3500).
+fn attestation_status(agent: &VerifierAgent, config: &super::VerifierConfig) -> &'static str {
     match agent.operational_state {
-        state::GET_QUOTE | state::GET_QUOTE_RETRY | state::PROVIDE_V | state::PROVIDE_V_RETRY => "PASS",
+        state::GET_QUOTE | state::GET_QUOTE_RETRY | state::PROVIDE_V | state::PROVIDE_V_RETRY => {
+            if agent.last_successful_attestation == 0 {
+                "PENDING"
+            } else if crate::clock::unix_now().saturating_sub(agent.last_successful_attestation)
+                > config.stale_after().as_secs()
+            {
+                "TIMEOUT"
+            } else {
+                "PASS"
+            }
+        }
         state::FAILED | state::INVALID_QUOTE | state::TENANT_FAILED => "FAIL",
         _ => "PENDING",
     }
@@ -143,7 +156,7 @@ fn status(
         "attestation_count": agent.attestation_count,
         "last_received_quote": agent.last_received_quote,
         "last_successful_attestation": agent.last_successful_attestation,
-        "attestation_status": attestation_status(agent),
+        "attestation_status": attestation_status(agent, &verifier.config),
         "attestation_period": format!("{}s", interval as u64),
         "maximum_attestation_interval": format!("{}s", (interval * 5.0) as u64),
         "runtime_policy_name": agent.runtime_policy,
@@ -300,7 +313,11 @@ async fn set_state(verifier: &Verifier, id: &str, to: i64) -> ApiResult {
         };
         agent.operational_state = to;
         if to == state::START {
+            // A reactivated agent starts over: a new failure must notify again.
             agent.last_failures.clear();
+            agent.severity_level = None;
+            agent.last_event_id = None;
+            agent.polls_after_failure = false;
         }
         store.update_agent(&agent, &[])
     })
