@@ -39,6 +39,11 @@ pub struct PullState {
     pub requested_versions: Vec<String>,
     /// The UEFI event log served as `mb_measurement_list` when PCR 0 is asked for.
     pub boot_log: Option<Vec<u8>>,
+    /// A misbehaving agent: quotes over this instead of the verifier's nonce.
+    pub quote_nonce: Option<Vec<u8>>,
+    /// Answers every quote with the whole IMA list (entry 0), as agents that ignore
+    /// `ima_ml_entry` do: every round is a full replay.
+    pub always_full_ima: bool,
 }
 
 /// A running pull agent; dropping it stops the listener.
@@ -107,6 +112,8 @@ impl PullAgent {
                 .to_vec(),
             requested_versions: Vec::new(),
             boot_log: None,
+            quote_nonce: None,
+            always_full_ima: false,
         }));
         let app = Router::new()
             .route("/version", get(version))
@@ -239,13 +246,19 @@ async fn integrity(
         let mut s = state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let mask = u32::from_str_radix(q.mask.trim_start_matches("0x"), 16)? | (1 << 16);
         let pcrs: Vec<u8> = (0..24u8).filter(|p| mask & (1 << p) != 0).collect();
-        let quote = s
-            .agent
-            .quote(q.nonce.as_bytes(), &[(HashingAlgorithm::Sha256, &pcrs)])?;
+        let nonce = s
+            .quote_nonce
+            .clone()
+            .unwrap_or_else(|| q.nonce.as_bytes().to_vec());
+        let quote = s.agent.quote(&nonce, &[(HashingAlgorithm::Sha256, &pcrs)])?;
         let from = q.ima_ml_entry.unwrap_or(0);
         s.requested_offsets.push(from);
         // An offset past the end of the list is answered from the start, as the agent does.
-        let from = if (from as usize) > s.log.len() { 0 } else { from };
+        let from = if (from as usize) > s.log.len() || s.always_full_ima {
+            0
+        } else {
+            from
+        };
         let mut results = json!({
             "quote": quote.keylime_string(),
             "hash_alg": "sha256",

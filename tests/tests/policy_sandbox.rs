@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use zest::evidence::HashAlg;
 use zest::evidence::uefi::{EventLog, PcrBanks};
 use zest::policy::measured_boot::{BootEvidence, MeasuredBootPolicy};
-use zest::policy::{PolicyError, PolicyLimits, PolicyRuntime};
+use zest::policy::{PolicyError, PolicyLimits, PolicyRuntime, PolicySource};
 use zest_tests::fixture;
 use zest_tests::policies::test_component;
 
@@ -151,7 +151,7 @@ fn the_registry_reuses_instances_per_tenant_and_rebuilds_broken_ones() {
     for _ in 0..3 {
         assert!(
             registry
-                .evaluate_measured_boot("tenant-a", "ok", &hostile, b"ok", &evidence)
+                .evaluate_measured_boot("tenant-a", &PolicySource::new("ok", &hostile, b"ok"), &evidence)
                 .unwrap()
                 .failures
                 .is_empty()
@@ -163,14 +163,18 @@ fn the_registry_reuses_instances_per_tenant_and_rebuilds_broken_ones() {
         "one instance serves every evaluation of a document"
     );
     registry
-        .evaluate_measured_boot("tenant-b", "ok", &hostile, b"ok", &evidence)
+        .evaluate_measured_boot("tenant-b", &PolicySource::new("ok", &hostile, b"ok"), &evidence)
         .unwrap();
     assert_eq!(registry.loaded(), 2, "tenants never share an instance");
 
     // A trapping instance is dropped, so the next call traps afresh in a new instance rather
     // than failing to enter the broken one.
     for _ in 0..2 {
-        match registry.evaluate_measured_boot("tenant-a", "trap", &hostile, b"trap", &evidence) {
+        match registry.evaluate_measured_boot(
+            "tenant-a",
+            &PolicySource::new("trap", &hostile, b"trap"),
+            &evidence,
+        ) {
             Err(PolicyError::Trap(message)) => assert!(!message.contains("cannot enter"), "{message}"),
             other => panic!("expected a trap, got {other:?}"),
         }

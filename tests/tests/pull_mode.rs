@@ -561,3 +561,56 @@ async fn a_restarted_verifier_resumes_incrementally_and_a_delete_is_final() {
         "a deleted agent is not polled"
     );
 }
+
+#[tokio::test]
+async fn a_replayed_nonce_a_foreign_ak_and_a_pcr_off_policy_each_fail_the_quote() {
+    let verifier = verifier().await;
+    let (tpm_a, tpm_b, tpm_c) = (
+        Swtpm::start().unwrap(),
+        Swtpm::start().unwrap(),
+        Swtpm::start().unwrap(),
+    );
+    let replaying = start_agent(&tpm_a, "pull-agent-12", &verifier).await;
+    let foreign = start_agent(&tpm_b, "pull-agent-13", &verifier).await;
+    let off_policy = start_agent(&tpm_c, "pull-agent-14", &verifier).await;
+    for (agent, uuid) in [(&replaying, "pull-agent-12"), (&foreign, "pull-agent-13")] {
+        enrol(&verifier, agent, uuid, &policy_for(&[])).await;
+        wait_for(&verifier, uuid, "a passing round", |s| {
+            s["attestation_count"].as_u64().unwrap_or(0) >= 1
+        })
+        .await;
+    }
+    // Answers with a quote over an old nonce, as a replaying agent would.
+    replaying.state.lock().unwrap().quote_nonce = Some(b"AAAAAAAAAAAAAAAAAAAA".to_vec());
+    // Quotes with an AK the verifier never enrolled.
+    foreign
+        .state
+        .lock()
+        .unwrap()
+        .agent
+        .create_ak(AkKind::RsaSsa)
+        .unwrap();
+    // Enrolled expecting a PCR 11 the TPM does not hold.
+    enrol_with(
+        &verifier,
+        &off_policy,
+        "pull-agent-14",
+        &policy_for(&[]),
+        json!({"tpm_policy": format!("{{\"11\": [\"{}\"], \"mask\": \"0xc00\"}}", "ab".repeat(32))}),
+    )
+    .await;
+
+    for (uuid, event, needle) in [
+        ("pull-agent-12", "qoute_validation.quote_validation", "nonce"),
+        ("pull-agent-13", "qoute_validation.quote_validation", "signature"),
+        ("pull-agent-14", "pcr_validation.invalid_pcr_11", "allowlist"),
+    ] {
+        let s = wait_for(&verifier, uuid, "INVALID_QUOTE", |s| s["operational_state"] == 9).await;
+        assert_eq!(s["last_event_id"], event, "{s}");
+        assert_eq!(s["attestation_status"], "FAIL");
+        assert!(
+            s["failures"][0]["context"].to_string().contains(needle),
+            "{uuid}: {s}"
+        );
+    }
+}

@@ -215,6 +215,141 @@ async fn measured_boot_policies_are_checked_by_their_component() {
 }
 
 #[tokio::test]
+async fn policy_modules_are_uploaded_checked_named_by_policies_and_deleted_when_unused() {
+    let verifier = TestVerifier::start().await.unwrap();
+    let admin = verifier.admin_client().unwrap();
+    let upload = |kind: &str, content_type: &str, bytes: Vec<u8>| {
+        admin
+            .post(verifier.url("2.6", &format!("modules?kind={kind}")))
+            .header("content-type", content_type)
+            .body(bytes)
+    };
+    let reject_all = zest::policy::builtin_measured_boot("reject-all")
+        .unwrap()
+        .to_vec();
+    let runtime = zest::policy::builtin_runtime("keylime-runtime").unwrap().to_vec();
+
+    // Refusals, each naming its cause; nothing is stored.
+    let (status, reply) = send_json(upload("measured-boot", "application/json", reject_all.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, 415, "{reply}");
+    let (status, reply) = send_json(upload("kernel", "application/wasm", reject_all.clone()))
+        .await
+        .unwrap();
+    assert!(
+        status == 400 && reply["status"].as_str().unwrap().contains("kind"),
+        "{reply}"
+    );
+    let (status, reply) = send_json(upload(
+        "measured-boot",
+        "application/wasm",
+        b"\0asm junk".to_vec(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(status, 400, "{reply}");
+    let (status, reply) = send_json(upload("measured-boot", "application/wasm", runtime.clone()))
+        .await
+        .unwrap();
+    assert!(
+        status == 400 && reply["status"].as_str().unwrap().contains("measured-boot-policy"),
+        "a runtime component is not a measured-boot one: {reply}"
+    );
+    let (_, reply) = send_json(admin.get(verifier.url("2.6", "modules")))
+        .await
+        .unwrap();
+    let modules = reply["results"]["modules"].as_array().unwrap();
+    assert!(modules.iter().all(|m| m["builtin"] == true), "{reply}");
+    assert!(
+        modules
+            .iter()
+            .any(|m| m["module"] == "builtin:keylime-runtime" && m["kind"] == "runtime")
+    );
+
+    // Accepted: named by content, 201 then 200 for the same bytes.
+    let (status, reply) = send_json(upload("measured-boot", "application/wasm", reject_all.clone()))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{reply}");
+    let id = reply["results"]["module"].as_str().unwrap().to_owned();
+    assert_eq!(
+        id,
+        format!(
+            "sha256:{}",
+            hex::encode(zest::evidence::HashAlg::Sha256.digest(&[&reject_all]))
+        )
+    );
+    assert_eq!(reply["results"]["size"], reject_all.len());
+    let (status, _) = send_json(upload(
+        "measured-boot",
+        "application/octet-stream",
+        reject_all.clone(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let (status, reply) = send_json(admin.get(verifier.url("2.6", &format!("modules/{id}"))))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, reply["results"]["kind"].as_str()),
+        (200, Some("measured-boot")),
+        "{reply}"
+    );
+
+    // A policy names it; the wrong kind is refused; in use, it cannot be deleted.
+    let (status, reply) = send_json(
+        admin
+            .post(verifier.url("2.6", "mbpolicies/strict"))
+            .json(&json!({"mb_policy": "{}", "module": id})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 201, "{reply}");
+    let (status, reply) = send_json(
+        admin
+            .post(verifier.url("2.6", "allowlists/wrong-kind"))
+            .json(&json!({"runtime_policy": B64.encode(runtime_policy().to_string()), "module": id})),
+    )
+    .await
+    .unwrap();
+    assert!(
+        status == 400 && reply["status"].as_str().unwrap().contains("not a runtime"),
+        "{reply}"
+    );
+    let (status, reply) = send_json(admin.delete(verifier.url("2.6", &format!("modules/{id}"))))
+        .await
+        .unwrap();
+    assert!(
+        status == 409
+            && reply["status"]
+                .as_str()
+                .unwrap()
+                .contains("measured-boot policy strict"),
+        "{reply}"
+    );
+    let (status, _) = send_json(admin.delete(verifier.url("2.6", "mbpolicies/strict")))
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    let response = admin
+        .delete(verifier.url("2.6", &format!("modules/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let (status, _) = send_json(admin.get(verifier.url("2.6", &format!("modules/{id}"))))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let (status, _) = send_json(admin.delete(verifier.url("2.6", "modules/builtin:reject-all")))
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
 async fn an_enrolled_agent_is_shown_listed_stopped_reactivated_and_deleted() {
     let verifier = TestVerifier::start().await.unwrap();
     let admin = verifier.admin_client().unwrap();

@@ -22,41 +22,63 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Likewise for a client that opens a connection and never sends its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The next connection. Nagle's algorithm is off: with it, a small response written in two
+/// segments waits for the client's delayed ACK (40 ms on Linux) on every request.
+async fn accept(listener: &TcpListener) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener.accept().await {
+        Ok((stream, peer)) => {
+            let _ = stream.set_nodelay(true);
+            Some((stream, peer))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
+        }
+    }
+}
+
+/// Accepts connections and runs `handle` on each. The connection tasks live in a set owned
+/// by this loop, so dropping the server task closes its open connections as well, kept-alive
+/// ones included: a stopped server stops answering at once.
+async fn serve_loop<F, Fut>(listener: TcpListener, handle: F)
+where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = accept(&listener) => {
+                if let Some((stream, peer)) = accepted {
+                    connections.spawn(handle(stream, peer));
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
 /// Serves `router` over plain HTTP until the task is dropped.
 pub async fn serve_plain(listener: TcpListener, router: Router) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    serve_loop(listener, move |stream, peer| {
         let router = router.clone();
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = serve_connection(TokioIo::new(stream), router, Caller::Plain).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Serves `router` over HTTPS until the task is dropped.
 pub async fn serve_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>, router: Router) {
     let acceptor = TlsAcceptor::from(config);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    serve_loop(listener, move |stream, peer| {
         let acceptor = acceptor.clone();
         let router = router.clone();
-        tokio::spawn(async move {
+        async move {
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
@@ -77,8 +99,9 @@ pub async fn serve_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>,
             if let Err(e) = serve_connection(TokioIo::new(tls), router, caller).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 async fn serve_connection<I>(

@@ -99,13 +99,11 @@ pub struct MeasuredBootPolicy {
 }
 
 impl MeasuredBootPolicy {
-    /// Instantiates `component_bytes` and loads `refstate` into it.
-    pub fn load(
+    /// Compiles (or finds compiled) a component and links it as a measured-boot policy.
+    fn instance_pre(
         runtime: &PolicyRuntime,
-        name: &str,
         component_bytes: &[u8],
-        refstate: &[u8],
-    ) -> Result<Self, PolicyError> {
+    ) -> Result<bindings::MeasuredBootPolicyPre<HostState>, PolicyError> {
         let component = runtime.component(component_bytes)?;
         let mut linker: Linker<HostState> = Linker::new(runtime.engine());
         let wrong_world = |e: wasmtime::Error| PolicyError::WrongWorld {
@@ -117,7 +115,22 @@ impl MeasuredBootPolicy {
         // A std guest imports WASI interfaces it never calls; they trap if it ever does.
         super::link_guest_support(&mut linker, &component).map_err(wrong_world)?;
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = bindings::MeasuredBootPolicyPre::new(pre).map_err(wrong_world)?;
+        bindings::MeasuredBootPolicyPre::new(pre).map_err(wrong_world)
+    }
+
+    /// Whether `component_bytes` is a component of the measured-boot-policy world.
+    pub fn check_world(runtime: &PolicyRuntime, component_bytes: &[u8]) -> Result<(), PolicyError> {
+        Self::instance_pre(runtime, component_bytes).map(|_| ())
+    }
+
+    /// Instantiates `component_bytes` and loads `refstate` into it.
+    pub fn load(
+        runtime: &PolicyRuntime,
+        name: &str,
+        component_bytes: &[u8],
+        refstate: &[u8],
+    ) -> Result<Self, PolicyError> {
+        let pre = Self::instance_pre(runtime, component_bytes)?;
         let mut store = Store::new(runtime.engine(), runtime.store_state(name));
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();

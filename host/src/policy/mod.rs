@@ -29,7 +29,7 @@ use wasmtime::{
 pub use builtin::{
     BUILTIN_MEASURED_BOOT, BUILTIN_RUNTIME, builtin_measured_boot, builtin_names, builtin_runtime,
 };
-pub use registry::PolicyRegistry;
+pub use registry::{PolicyRegistry, PolicySource};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -166,6 +166,7 @@ impl PolicyRuntime {
         bytes: &[u8],
         cache: Option<&std::path::Path>,
     ) -> Result<Component, PolicyError> {
+        tracing::info!(bytes = bytes.len(), "compiling a policy component");
         let component =
             Component::new(&self.engine, bytes).map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
         if let Some(path) = cache

@@ -10,19 +10,64 @@ use super::runtime::{ImaEvidence, RuntimePolicy};
 use super::{PolicyError, PolicyRuntime};
 use crate::evidence::HashAlg;
 
+/// A policy to run: its component and document, and their identities when the caller
+/// knows them already (a stored record's module name and document checksum), which spares
+/// hashing a megabyte of component and document on every attestation.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicySource<'a> {
+    pub name: &'a str,
+    pub module: &'a [u8],
+    pub document: &'a [u8],
+    /// (module id such as `builtin:keylime-runtime` or `sha256:…`, SHA-256 hex of `document`)
+    pub identity: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> PolicySource<'a> {
+    pub fn new(name: &'a str, module: &'a [u8], document: &'a [u8]) -> Self {
+        Self {
+            name,
+            module,
+            document,
+            identity: None,
+        }
+    }
+
+    /// The same source, identified by a stored record's module id and document checksum.
+    pub fn known_as(self, module_id: &'a str, document_sha256: &'a str) -> Self {
+        Self {
+            identity: Some((module_id, document_sha256)),
+            ..self
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct InstanceKey {
-    tenant: String,
-    module: Vec<u8>,
-    document: Vec<u8>,
+enum InstanceKey {
+    Digests {
+        tenant: String,
+        module: Vec<u8>,
+        document: Vec<u8>,
+    },
+    Ids {
+        tenant: String,
+        module: String,
+        document: String,
+    },
 }
 
 impl InstanceKey {
-    fn new(tenant: &str, module: &[u8], document: &[u8]) -> Self {
-        Self {
-            tenant: tenant.to_owned(),
-            module: HashAlg::Sha256.digest(&[module]),
-            document: HashAlg::Sha256.digest(&[document]),
+    fn new(tenant: &str, source: &PolicySource<'_>) -> Self {
+        match source.identity {
+            Some((module, document)) => Self::Ids {
+                tenant: tenant.to_owned(),
+                module: module.to_owned(),
+                document: document.to_owned(),
+            },
+            None => Self::Digests {
+                tenant: tenant.to_owned(),
+                module: HashAlg::Sha256.digest(&[source.module]),
+                document: HashAlg::Sha256.digest(&[source.document]),
+            },
         }
     }
 }
@@ -98,6 +143,16 @@ impl PolicyRegistry {
         }
     }
 
+    /// Whether `component` implements the runtime-policy world (compiling it once).
+    pub fn check_runtime_component(&self, component: &[u8]) -> Result<(), PolicyError> {
+        RuntimePolicy::check_world(&self.runtime, component)
+    }
+
+    /// Whether `component` implements the measured-boot-policy world.
+    pub fn check_measured_boot_component(&self, component: &[u8]) -> Result<(), PolicyError> {
+        MeasuredBootPolicy::check_world(&self.runtime, component)
+    }
+
     /// Instances currently loaded (both kinds).
     pub fn loaded(&self) -> usize {
         self.measured_boot.len() + self.runtime_policies.len()
@@ -105,16 +160,10 @@ impl PolicyRegistry {
 
     /// Loads `document` into the runtime `module` for `tenant` (or finds it loaded): the
     /// check a policy upload gets, and the instance later evaluations use.
-    pub fn load_runtime(
-        &self,
-        tenant: &str,
-        name: &str,
-        module: &[u8],
-        document: &[u8],
-    ) -> Result<(), PolicyError> {
+    pub fn load_runtime(&self, tenant: &str, source: &PolicySource<'_>) -> Result<(), PolicyError> {
         self.runtime_policies.run(
-            InstanceKey::new(tenant, module, document),
-            || RuntimePolicy::load(&self.runtime, name, module, document),
+            InstanceKey::new(tenant, source),
+            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document),
             |_| Ok(()),
         )
     }
@@ -123,13 +172,11 @@ impl PolicyRegistry {
     pub fn runtime_log_hash(
         &self,
         tenant: &str,
-        name: &str,
-        module: &[u8],
-        document: &[u8],
+        source: &PolicySource<'_>,
     ) -> Result<Option<HashAlg>, PolicyError> {
         self.runtime_policies.run(
-            InstanceKey::new(tenant, module, document),
-            || RuntimePolicy::load(&self.runtime, name, module, document),
+            InstanceKey::new(tenant, source),
+            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document),
             |p| Ok(p.log_hash_alg()),
         )
     }
@@ -139,13 +186,11 @@ impl PolicyRegistry {
     pub fn load_measured_boot(
         &self,
         tenant: &str,
-        name: &str,
-        module: &[u8],
-        document: &[u8],
+        source: &PolicySource<'_>,
     ) -> Result<Vec<u32>, PolicyError> {
         self.measured_boot.run(
-            InstanceKey::new(tenant, module, document),
-            || MeasuredBootPolicy::load(&self.runtime, name, module, document),
+            InstanceKey::new(tenant, source),
+            || MeasuredBootPolicy::load(&self.runtime, source.name, source.module, source.document),
             |p| Ok(p.relevant_pcrs().to_vec()),
         )
     }
@@ -154,14 +199,12 @@ impl PolicyRegistry {
     pub fn evaluate_measured_boot(
         &self,
         tenant: &str,
-        name: &str,
-        module: &[u8],
-        document: &[u8],
+        source: &PolicySource<'_>,
         evidence: &BootEvidence<'_>,
     ) -> Result<super::measured_boot::Verdict, PolicyError> {
         self.measured_boot.run(
-            InstanceKey::new(tenant, module, document),
-            || MeasuredBootPolicy::load(&self.runtime, name, module, document),
+            InstanceKey::new(tenant, source),
+            || MeasuredBootPolicy::load(&self.runtime, source.name, source.module, source.document),
             |p| p.evaluate(evidence),
         )
     }
@@ -170,14 +213,12 @@ impl PolicyRegistry {
     pub fn evaluate_runtime(
         &self,
         tenant: &str,
-        name: &str,
-        module: &[u8],
-        document: &[u8],
+        source: &PolicySource<'_>,
         evidence: &ImaEvidence<'_>,
     ) -> Result<super::runtime::Verdict, PolicyError> {
         self.runtime_policies.run(
-            InstanceKey::new(tenant, module, document),
-            || RuntimePolicy::load(&self.runtime, name, module, document),
+            InstanceKey::new(tenant, source),
+            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document),
             |p| p.evaluate(evidence),
         )
     }

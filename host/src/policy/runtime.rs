@@ -47,13 +47,11 @@ pub struct RuntimePolicy {
 }
 
 impl RuntimePolicy {
-    /// Instantiates `component_bytes` and loads `document` into it.
-    pub fn load(
+    /// Compiles (or finds compiled) a component and links it as a runtime policy.
+    fn instance_pre(
         runtime: &PolicyRuntime,
-        name: &str,
         component_bytes: &[u8],
-        document: &[u8],
-    ) -> Result<Self, PolicyError> {
+    ) -> Result<bindings::RuntimePolicyPre<HostState>, PolicyError> {
         let component = runtime.component(component_bytes)?;
         let mut linker: Linker<HostState> = Linker::new(runtime.engine());
         let wrong_world = |e: wasmtime::Error| PolicyError::WrongWorld {
@@ -63,7 +61,23 @@ impl RuntimePolicy {
         bindings::RuntimePolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(wrong_world)?;
         super::link_guest_support(&mut linker, &component).map_err(wrong_world)?;
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = bindings::RuntimePolicyPre::new(pre).map_err(wrong_world)?;
+        bindings::RuntimePolicyPre::new(pre).map_err(wrong_world)
+    }
+
+    /// Whether `component_bytes` is a component of the runtime-policy world (the check of
+    /// an upload, before any document names it).
+    pub fn check_world(runtime: &PolicyRuntime, component_bytes: &[u8]) -> Result<(), PolicyError> {
+        Self::instance_pre(runtime, component_bytes).map(|_| ())
+    }
+
+    /// Instantiates `component_bytes` and loads `document` into it.
+    pub fn load(
+        runtime: &PolicyRuntime,
+        name: &str,
+        component_bytes: &[u8],
+        document: &[u8],
+    ) -> Result<Self, PolicyError> {
+        let pre = Self::instance_pre(runtime, component_bytes)?;
         let mut store = Store::new(runtime.engine(), runtime.store_state(name));
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();

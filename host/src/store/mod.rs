@@ -11,7 +11,8 @@ pub mod verifier;
 pub use sqlite::SqliteStore;
 use thiserror::Error;
 pub use verifier::{
-    EnrolOutcome, PolicyDelete, PolicyKind, PolicyRecord, PolicyWrite, VerifierAgent, VerifierStore,
+    EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind, PolicyRecord, PolicyWrite,
+    VerifierAgent, VerifierStore,
 };
 
 /// The tenant every record belongs to until multi-tenancy reaches the API.

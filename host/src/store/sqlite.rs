@@ -54,6 +54,15 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX verifier_agents_runtime_policy ON verifier_agents (tenant, runtime_policy);
     CREATE INDEX verifier_agents_mb_policy ON verifier_agents (tenant, mb_policy);",
+    // 3: uploaded policy components, content-addressed.
+    "CREATE TABLE policy_modules (
+        tenant      TEXT    NOT NULL,
+        id          TEXT    NOT NULL,
+        kind        TEXT    NOT NULL,
+        bytes       BLOB    NOT NULL,
+        uploaded_at INTEGER NOT NULL,
+        PRIMARY KEY (tenant, id)
+    ) STRICT;",
 ];
 
 /// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and

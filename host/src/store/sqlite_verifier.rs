@@ -3,7 +3,8 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::verifier::{
-    EnrolOutcome, PolicyDelete, PolicyKind, PolicyRecord, PolicyWrite, VerifierAgent, VerifierStore,
+    EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind, PolicyRecord, PolicyWrite,
+    VerifierAgent, VerifierStore,
 };
 use super::{DEFAULT_TENANT, SqliteStore, StoreError};
 
@@ -244,5 +245,108 @@ impl VerifierStore for SqliteStore {
         }
         tx.commit()?;
         Ok(deleted > 0)
+    }
+
+    fn put_module(&self, record: &ModuleRecord, bytes: &[u8]) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let inserted = conn.execute(
+            "INSERT OR IGNORE INTO policy_modules (tenant, id, kind, bytes, uploaded_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                DEFAULT_TENANT,
+                record.id,
+                record.kind.name(),
+                bytes,
+                record.uploaded_at as i64
+            ],
+        )?;
+        Ok(inserted == 1)
+    }
+
+    fn module(&self, id: &str) -> Result<Option<(ModuleRecord, Vec<u8>)>, StoreError> {
+        let conn = self.conn()?;
+        let row = conn
+            .query_row(
+                "SELECT kind, bytes, uploaded_at FROM policy_modules WHERE tenant = ?1 AND id = ?2",
+                params![DEFAULT_TENANT, id],
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Vec<u8>>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(kind, bytes, uploaded_at)| {
+            let kind = PolicyKind::from_name(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("module kind {kind}")))?;
+            Ok((
+                ModuleRecord {
+                    id: id.to_owned(),
+                    kind,
+                    size: bytes.len() as u64,
+                    uploaded_at: uploaded_at.max(0) as u64,
+                },
+                bytes,
+            ))
+        })
+        .transpose()
+    }
+
+    fn modules(&self) -> Result<Vec<ModuleRecord>, StoreError> {
+        let conn = self.conn()?;
+        let mut statement = conn.prepare(
+            "SELECT id, kind, length(bytes), uploaded_at FROM policy_modules WHERE tenant = ?1 ORDER BY id",
+        )?;
+        let rows = statement.query_map(params![DEFAULT_TENANT], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (id, kind, size, uploaded_at) = row?;
+            let kind = PolicyKind::from_name(&kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("module kind {kind}")))?;
+            Ok(ModuleRecord {
+                id,
+                kind,
+                size: size.max(0) as u64,
+                uploaded_at: uploaded_at.max(0) as u64,
+            })
+        })
+        .collect()
+    }
+
+    fn delete_module(&self, id: &str) -> Result<ModuleDelete, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let mut users = Vec::new();
+        for kind in [PolicyKind::Runtime, PolicyKind::MeasuredBoot] {
+            let mut statement = tx.prepare(&format!(
+                "SELECT name FROM {} WHERE tenant = ?1 AND module = ?2 ORDER BY name",
+                kind.table()
+            ))?;
+            let names = statement.query_map(params![DEFAULT_TENANT, id], |row| row.get::<_, String>(0))?;
+            for name in names {
+                users.push(format!("{} policy {}", kind.name(), name?));
+            }
+        }
+        if !users.is_empty() {
+            return Ok(ModuleDelete::InUse(users));
+        }
+        let deleted = tx.execute(
+            "DELETE FROM policy_modules WHERE tenant = ?1 AND id = ?2",
+            params![DEFAULT_TENANT, id],
+        )?;
+        tx.commit()?;
+        Ok(if deleted == 0 {
+            ModuleDelete::NotFound
+        } else {
+            ModuleDelete::Deleted
+        })
     }
 }

@@ -28,6 +28,22 @@ impl PolicyKind {
             Self::MeasuredBoot => "mb_policy",
         }
     }
+
+    /// The name of a component's kind: the WIT world it implements, less `-policy`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Runtime => "runtime",
+            Self::MeasuredBoot => "measured-boot",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "runtime" => Some(Self::Runtime),
+            "measured-boot" => Some(Self::MeasuredBoot),
+            _ => None,
+        }
+    }
 }
 
 /// A named policy document and the component that decides with it.
@@ -62,6 +78,25 @@ pub enum PolicyDelete {
     NotFound,
     /// An agent uses it.
     InUse,
+}
+
+/// An uploaded policy component, named by the SHA-256 of its bytes (`sha256:<hex>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModuleRecord {
+    pub id: String,
+    pub kind: PolicyKind,
+    pub size: u64,
+    /// Unix seconds.
+    pub uploaded_at: u64,
+}
+
+/// What a module delete did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleDelete {
+    Deleted,
+    NotFound,
+    /// These policies (kind, name) still name it.
+    InUse(Vec<String>),
 }
 
 /// What an enrolment did.
@@ -194,4 +229,15 @@ pub trait VerifierStore: Send + Sync + 'static {
     /// Deletes an agent, and the policies named after it that no other agent uses.
     /// Returns whether it existed.
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError>;
+
+    /// Stores an uploaded component; returns false when it was there already.
+    fn put_module(&self, record: &ModuleRecord, bytes: &[u8]) -> Result<bool, StoreError>;
+
+    /// A component's record and bytes.
+    fn module(&self, id: &str) -> Result<Option<(ModuleRecord, Vec<u8>)>, StoreError>;
+
+    fn modules(&self) -> Result<Vec<ModuleRecord>, StoreError>;
+
+    /// Deletes a component no policy names.
+    fn delete_module(&self, id: &str) -> Result<ModuleDelete, StoreError>;
 }

@@ -11,11 +11,13 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 
 use super::Verifier;
-use super::pipeline::{AttestationInput, ImaInput, PolicyRef, attest, parse_tpm_policy};
-use super::policies::{DEFAULT_RUNTIME_MODULE, module_bytes};
+use super::modules::resolve;
+use super::pipeline::{AttestationInput, ImaInput, attest, parse_tpm_policy};
+use super::policies::DEFAULT_RUNTIME_MODULE;
 use crate::api::{ApiError, ApiVersion, Caller};
 use crate::evidence::ima::ImaPosition;
 use crate::evidence::{HashAlg, PublicArea, Quote};
+use crate::policy::PolicySource;
 use crate::store::{DEFAULT_TENANT, PolicyKind};
 use crate::tpm::AttestationKey;
 
@@ -113,9 +115,8 @@ pub async fn verify_evidence(
         ));
     }
     let data = data.clone();
-    let registry = verifier.policies.clone();
-    let mb_module = verifier.config.measured_boot_module.clone();
-    let outcome = tokio::task::spawn_blocking(move || check(&registry, &mb_module, &data).map(|f| (f, data)))
+    let verifier = verifier.clone();
+    let outcome = tokio::task::spawn_blocking(move || check(&verifier, &data).map(|f| (f, data)))
         .await
         .map_err(|e| ApiError::internal("verifying evidence", e))?;
     Ok(match outcome {
@@ -142,8 +143,7 @@ pub async fn verify_evidence(
 
 /// Parses what the caller sent and runs the pipeline; `Err` is a malformed parameter.
 fn check(
-    registry: &crate::policy::PolicyRegistry,
-    mb_module: &str,
+    verifier: &super::Verifier,
     data: &Map<String, Value>,
 ) -> Result<Vec<super::pipeline::Failure>, String> {
     let field = |f: &str| text(data, f).unwrap_or_default();
@@ -184,8 +184,14 @@ fn check(
         Some(b64) => Some(B64.decode(b64).map_err(|e| format!("mb_log: not base64: {e}"))?),
         None => None,
     };
-    let runtime_module = module_bytes(PolicyKind::Runtime, DEFAULT_RUNTIME_MODULE).map_err(|e| e.message)?;
-    let mb_module = module_bytes(PolicyKind::MeasuredBoot, mb_module).map_err(|e| e.message)?;
+    let runtime_module =
+        resolve(verifier, PolicyKind::Runtime, DEFAULT_RUNTIME_MODULE).map_err(|e| e.message)?;
+    let mb_module = resolve(
+        verifier,
+        PolicyKind::MeasuredBoot,
+        &verifier.config.measured_boot_module,
+    )
+    .map_err(|e| e.message)?;
     let input = AttestationInput {
         tenant: DEFAULT_TENANT,
         quote: &quote,
@@ -194,27 +200,18 @@ fn check(
         hash,
         tpm_policy: &tpm_policy,
         runtime: runtime_doc.as_deref().map(|document| ImaInput {
-            policy: PolicyRef {
-                name: "verify-evidence",
-                module: runtime_module,
-                document,
-            },
+            policy: PolicySource::new("verify-evidence", &runtime_module, document),
             list: ima_list,
             from: ImaPosition::start(hash),
             start_offset: 0,
             prior_state: None,
         }),
         measured_boot: match (mb_doc.as_deref(), mb_log.as_deref()) {
-            (Some(document), Some(log)) => Some((
-                PolicyRef {
-                    name: "verify-evidence",
-                    module: mb_module,
-                    document,
-                },
-                log,
-            )),
+            (Some(document), Some(log)) => {
+                Some((PolicySource::new("verify-evidence", &mb_module, document), log))
+            }
             _ => None,
         },
     };
-    Ok(attest(registry, &input).failures)
+    Ok(attest(&verifier.policies, &input).failures)
 }

@@ -6,6 +6,7 @@
 
 mod enrol;
 mod evidence;
+mod modules;
 mod notify;
 pub mod pipeline;
 mod policies;
@@ -88,6 +89,8 @@ pub struct Verifier {
     pub store: Arc<dyn VerifierStore>,
     pub policies: Arc<PolicyRegistry>,
     pub config: Arc<VerifierConfig>,
+    /// Uploaded policy components read so far.
+    pub modules: Arc<modules::ModuleCache>,
 }
 
 /// Why the verifier could not start.
@@ -148,6 +151,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         store,
         policies: Arc::new(PolicyRegistry::new(runtime)),
         config: Arc::new(config.clone()),
+        modules: Arc::default(),
     };
     let read = |file: &str| {
         let path = tls.path(file);

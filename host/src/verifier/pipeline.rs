@@ -12,7 +12,7 @@ use crate::evidence::uefi::{EventLog, boot_aggregates};
 use crate::evidence::{HashAlg, Quote};
 use crate::policy::measured_boot::BootEvidence;
 use crate::policy::runtime::ImaEvidence;
-use crate::policy::{PolicyError, PolicyRegistry};
+use crate::policy::{PolicyError, PolicyRegistry, PolicySource};
 use crate::tpm::{AttestationKey, QuoteExpectations, VerifiedQuote, verify_quote};
 
 /// PCRs measured boot may speak for (Keylime's `MEASUREDBOOT_PCRS`).
@@ -39,13 +39,6 @@ impl Failure {
     }
 }
 
-/// A policy document and the component that judges with it.
-pub struct PolicyRef<'a> {
-    pub name: &'a str,
-    pub module: &'a [u8],
-    pub document: &'a [u8],
-}
-
 /// What one attestation looks at.
 pub struct AttestationInput<'a> {
     pub tenant: &'a str,
@@ -57,13 +50,13 @@ pub struct AttestationInput<'a> {
     /// `tpm_policy`: PCR → accepted lowercase hex values.
     pub tpm_policy: &'a BTreeMap<u8, Vec<String>>,
     pub runtime: Option<ImaInput<'a>>,
-    pub measured_boot: Option<(PolicyRef<'a>, &'a [u8])>,
+    pub measured_boot: Option<(PolicySource<'a>, &'a [u8])>,
 }
 
 /// The IMA part of an attestation: the list (from `start_offset` on), where its replay
 /// starts, and the runtime policy's state for this agent.
 pub struct ImaInput<'a> {
-    pub policy: PolicyRef<'a>,
+    pub policy: PolicySource<'a>,
     pub list: &'a str,
     pub from: ImaPosition,
     pub start_offset: u64,
@@ -151,16 +144,15 @@ fn measured_boot(
     registry: &PolicyRegistry,
     input: &AttestationInput<'_>,
     verified: &VerifiedQuote,
-    policy: &PolicyRef<'_>,
+    policy: &PolicySource<'_>,
     log: &EventLog,
     replayed: &crate::evidence::uefi::PcrBanks,
 ) -> Vec<Failure> {
     let mut failures = Vec::new();
-    let relevant =
-        match registry.load_measured_boot(input.tenant, policy.name, policy.module, policy.document) {
-            Ok(r) => r,
-            Err(e) => return vec![policy_failure("measured_boot", e)],
-        };
+    let relevant = match registry.load_measured_boot(input.tenant, policy) {
+        Ok(r) => r,
+        Err(e) => return vec![policy_failure("measured_boot", e)],
+    };
     let quoted: Vec<(u32, Vec<u8>)> = verified
         .pcrs
         .iter()
@@ -206,13 +198,7 @@ fn measured_boot(
         first_attestation: true,
         prior_state: None,
     };
-    match registry.evaluate_measured_boot(
-        input.tenant,
-        policy.name,
-        policy.module,
-        policy.document,
-        &evidence,
-    ) {
+    match registry.evaluate_measured_boot(input.tenant, policy, &evidence) {
         Ok(verdict) => failures.extend(verdict.failures.into_iter().map(|f| {
             Failure::new(
                 f.event_id,
@@ -234,8 +220,7 @@ fn runtime(
     aggregates: &[(HashAlg, Vec<u8>)],
 ) -> ImaOutcome {
     let policy = &ima.policy;
-    let log_hash = match registry.runtime_log_hash(input.tenant, policy.name, policy.module, policy.document)
-    {
+    let log_hash = match registry.runtime_log_hash(input.tenant, policy) {
         Ok(h) => h.unwrap_or(HashAlg::Sha1),
         Err(e) => return (vec![policy_failure("ima", e)], None, None),
     };
@@ -270,13 +255,7 @@ fn runtime(
         prior_state: ima.prior_state.clone(),
     };
     let mut state = None;
-    match registry.evaluate_runtime(
-        input.tenant,
-        policy.name,
-        policy.module,
-        policy.document,
-        &evidence,
-    ) {
+    match registry.evaluate_runtime(input.tenant, policy, &evidence) {
         Ok(verdict) => {
             state = verdict.state;
             failures.extend(verdict.failures.into_iter().map(|f| {

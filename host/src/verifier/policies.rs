@@ -1,15 +1,17 @@
 //! Runtime policies (`/allowlists`) and measured-boot reference states (`/mbpolicies`):
 //! Keylime's request and reply shapes, every document checked by loading it into the
 //! component that will judge with it. Beyond Keylime, a record may name its component
-//! (`"module": "builtin:NAME"`); Keylime's clients send none and get the defaults.
+//! (`"module": "builtin:NAME"` or an upload's `"sha256:HEX"`); Keylime's clients send none
+//! and get the defaults.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value};
 
 use super::Verifier;
+use super::modules::resolve;
 use crate::api::ApiError;
-use crate::policy::{PolicyError, builtin_measured_boot, builtin_runtime};
+use crate::policy::{PolicyError, PolicySource};
 use crate::store::{DEFAULT_TENANT, PolicyKind, PolicyRecord};
 
 /// The component for runtime policies when a record names none.
@@ -28,21 +30,6 @@ pub fn check_name(name: &str) -> Result<(), ApiError> {
         )));
     }
     Ok(())
-}
-
-/// The component bytes of a module reference.
-pub fn module_bytes(kind: PolicyKind, module: &str) -> Result<&'static [u8], ApiError> {
-    let builtin = module.strip_prefix("builtin:").and_then(|name| match kind {
-        PolicyKind::Runtime => builtin_runtime(name),
-        PolicyKind::MeasuredBoot => builtin_measured_boot(name),
-    });
-    builtin.ok_or_else(|| {
-        let kind = match kind {
-            PolicyKind::Runtime => "runtime",
-            PolicyKind::MeasuredBoot => "measured-boot",
-        };
-        ApiError::bad_request(format!("module: no {kind} policy component '{module}'"))
-    })
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -87,13 +74,20 @@ pub async fn runtime_record(
     module: Option<&str>,
 ) -> Result<PolicyRecord, ApiError> {
     let module = module.unwrap_or(DEFAULT_RUNTIME_MODULE).to_owned();
-    let bytes = module_bytes(PolicyKind::Runtime, &module)?;
-    let registry = verifier.policies.clone();
-    let (n, doc) = (name.to_owned(), document.clone());
-    tokio::task::spawn_blocking(move || registry.load_runtime(DEFAULT_TENANT, &n, bytes, &doc))
-        .await
-        .map_err(|e| ApiError::internal("loading a runtime policy", e))?
-        .map_err(|e| load_error(PolicyKind::Runtime, e))?;
+    let (v, n, m, doc) = (
+        verifier.clone(),
+        name.to_owned(),
+        module.clone(),
+        document.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let bytes = resolve(&v, PolicyKind::Runtime, &m)?;
+        v.policies
+            .load_runtime(DEFAULT_TENANT, &PolicySource::new(&n, &bytes, &doc))
+            .map_err(|e| load_error(PolicyKind::Runtime, e))
+    })
+    .await
+    .map_err(|e| ApiError::internal("loading a runtime policy", e))??;
     Ok(PolicyRecord {
         name: name.to_owned(),
         module,
@@ -113,15 +107,25 @@ pub async fn measured_boot_record(
     let module = module
         .map(str::to_owned)
         .unwrap_or_else(|| verifier.config.measured_boot_module.clone());
-    let bytes = module_bytes(PolicyKind::MeasuredBoot, &module)?;
-    if let Some(doc) = document.clone() {
-        let registry = verifier.policies.clone();
-        let n = name.to_owned();
-        tokio::task::spawn_blocking(move || registry.load_measured_boot(DEFAULT_TENANT, &n, bytes, &doc))
-            .await
-            .map_err(|e| ApiError::internal("loading a measured-boot policy", e))?
-            .map_err(|e| load_error(PolicyKind::MeasuredBoot, e))?;
-    }
+    let (v, n, m, doc) = (
+        verifier.clone(),
+        name.to_owned(),
+        module.clone(),
+        document.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let bytes = resolve(&v, PolicyKind::MeasuredBoot, &m)?;
+        match doc {
+            Some(doc) => v
+                .policies
+                .load_measured_boot(DEFAULT_TENANT, &PolicySource::new(&n, &bytes, &doc))
+                .map(|_| ())
+                .map_err(|e| load_error(PolicyKind::MeasuredBoot, e)),
+            None => Ok(()),
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal("loading a measured-boot policy", e))??;
     Ok(PolicyRecord {
         name: name.to_owned(),
         module,

@@ -14,13 +14,14 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+use super::modules::resolve;
 use super::notify;
-use super::pipeline::{AttestationInput, Failure, ImaInput, PolicyRef, attest, parse_tpm_policy};
-use super::policies::module_bytes;
+use super::pipeline::{AttestationInput, Failure, ImaInput, attest, parse_tpm_policy};
 use super::severity::Verdict;
 use super::{Verifier, VerifierConfig};
 use crate::evidence::ima::{ImaPosition, ImaState, Resume, resume};
 use crate::evidence::{ClockInfo, HashAlg, PublicArea, Quote};
+use crate::policy::PolicySource;
 use crate::store::verifier::state;
 use crate::store::{DEFAULT_TENANT, PolicyKind, VerifierAgent};
 use crate::tpm::AttestationKey;
@@ -257,6 +258,7 @@ async fn give_up(
 
 async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: String) {
     let mut attempts = 0u32;
+    let mut connection: Option<(Option<String>, reqwest::Client)> = None;
     loop {
         let Some(mut agent) = load(&verifier, &id).await else {
             return;
@@ -265,12 +267,20 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
             return;
         }
         let round_state = agent.operational_state;
-        let client = match client_for(&tls, &verifier.config, &agent) {
-            Ok(c) => c,
-            Err(why) => {
-                give_up(&verifier, &tls, agent, round_state, internal("agent_tls", why)).await;
-                return;
-            }
+        // One client per agent while its certificate stays: its connection is kept alive
+        // between rounds instead of a TLS handshake per quote.
+        let client = match &connection {
+            Some((cert, client)) if *cert == agent.mtls_cert => client.clone(),
+            _ => match client_for(&tls, &verifier.config, &agent) {
+                Ok(c) => {
+                    connection = Some((agent.mtls_cert.clone(), c.clone()));
+                    c
+                }
+                Err(why) => {
+                    give_up(&verifier, &tls, agent, round_state, internal("agent_tls", why)).await;
+                    return;
+                }
+            },
         };
         let answer = match agent.supported_version.clone() {
             Some(version) => {
@@ -551,14 +561,11 @@ fn check_round(verifier: &Verifier, agent: &mut VerifierAgent, results: &Value, 
     let prior_state = agent.ima_policy_state.as_deref().and_then(|s| B64.decode(s).ok());
     let runtime_module = runtime
         .as_ref()
-        .and_then(|r| module_bytes(PolicyKind::Runtime, &r.module).ok());
-    let runtime_input = match (&runtime, runtime_module, list) {
+        .and_then(|r| resolve(verifier, PolicyKind::Runtime, &r.module).ok());
+    let runtime_input = match (&runtime, &runtime_module, list) {
         (Some(record), Some(module), Some(list)) => record.document.as_deref().map(|document| ImaInput {
-            policy: PolicyRef {
-                name: &record.name,
-                module,
-                document,
-            },
+            policy: PolicySource::new(&record.name, module, document)
+                .known_as(&record.module, &record.checksum),
             list,
             from: from.clone(),
             start_offset: answered,
@@ -569,15 +576,11 @@ fn check_round(verifier: &Verifier, agent: &mut VerifierAgent, results: &Value, 
     let mb_log = text("mb_measurement_list").and_then(|b| B64.decode(b).ok());
     let mb_module = mb
         .as_ref()
-        .and_then(|r| module_bytes(PolicyKind::MeasuredBoot, &r.module).ok());
-    let mb_input = match (&mb, mb_module, &mb_log) {
+        .and_then(|r| resolve(verifier, PolicyKind::MeasuredBoot, &r.module).ok());
+    let mb_input = match (&mb, &mb_module, &mb_log) {
         (Some(record), Some(module), Some(log)) => record.document.as_deref().map(|document| {
             (
-                PolicyRef {
-                    name: &record.name,
-                    module,
-                    document,
-                },
+                PolicySource::new(&record.name, module, document).known_as(&record.module, &record.checksum),
                 log.as_slice(),
             )
         }),

@@ -9,6 +9,7 @@
 //! | `GET /{v}/mbpolicies`, `GET`/`POST`/`PUT`/`DELETE /{v}/mbpolicies/{name}` | measured-boot refstates |
 //! | `GET /{v}/verify/identity` (2.2+) | is this quote from that agent's AK? |
 //! | `POST /{v}/verify/evidence` (2.4+) | stateless verification of evidence handed in |
+//! | `/{v}/modules[/{id}]` (ours) | policy components: upload, list, show, delete (`modules.rs`) |
 
 use axum::Router;
 use axum::body::Bytes;
@@ -61,6 +62,14 @@ pub fn router(state: Verifier) -> Router {
             .route(
                 &format!("/{{v}}/verify/evidence{suffix}"),
                 post(super::evidence::verify_evidence),
+            )
+            .route(
+                &format!("/{{v}}/modules{suffix}"),
+                get(super::modules::list).post(super::modules::upload),
+            )
+            .route(
+                &format!("/{{v}}/modules/{{id}}{suffix}"),
+                get(super::modules::show).delete(super::modules::delete),
             )
             .route(&format!("/{{v}}/mbpolicies{suffix}"), get(list_mb))
             .route(
