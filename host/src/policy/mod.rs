@@ -166,7 +166,7 @@ impl PolicyRuntime {
         bytes: &[u8],
         cache: Option<&std::path::Path>,
     ) -> Result<Component, PolicyError> {
-        tracing::info!(bytes = bytes.len(), "compiling a policy component");
+        tracing::debug!(bytes = bytes.len(), "compiling a policy component");
         let component =
             Component::new(&self.engine, bytes).map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
         if let Some(path) = cache
