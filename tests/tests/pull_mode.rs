@@ -600,7 +600,20 @@ async fn a_replayed_nonce_a_foreign_ak_and_a_pcr_off_policy_each_fail_the_quote(
     )
     .await;
 
+    // Enrolled accepting only signing schemes the agent does not use.
+    let tpm_d = Swtpm::start().unwrap();
+    let other_scheme = start_agent(&tpm_d, "pull-agent-16", &verifier).await;
+    enrol_with(
+        &verifier,
+        &other_scheme,
+        "pull-agent-16",
+        &policy_for(&[]),
+        json!({"accept_tpm_signing_algs": ["ecschnorr", "rsapss"]}),
+    )
+    .await;
+
     for (uuid, event, needle) in [
+        ("pull-agent-16", "qoute_validation.invalid_sign_alg", "rsassa"),
         ("pull-agent-12", "qoute_validation.quote_validation", "nonce"),
         ("pull-agent-13", "qoute_validation.quote_validation", "signature"),
         ("pull-agent-14", "pcr_validation.invalid_pcr_11", "allowlist"),

@@ -462,6 +462,22 @@ fn fail(id: &str, message: impl Into<String>) -> Vec<Failure> {
     }]
 }
 
+/// Keylime's algorithm acceptance: exact, or equal after the agent's aliases (`rsa` is
+/// `rsa2048`, `ecc` is `ecc256`; agents say the latter from API 2.5 on).
+fn accepted(algorithm: &str, accept: &[String]) -> bool {
+    fn normalise(a: &str) -> &str {
+        match a {
+            "rsa" => "rsa2048",
+            "ecc" => "ecc256",
+            other => other,
+        }
+    }
+    !algorithm.is_empty()
+        && accept
+            .iter()
+            .any(|a| a == algorithm || normalise(a) == normalise(algorithm))
+}
+
 /// Checks one answer of the agent and records what the next round needs in `agent`.
 fn check_round(verifier: &Verifier, agent: &mut VerifierAgent, results: &Value, nonce: &str) -> Vec<Failure> {
     let text = |f: &str| results.get(f).and_then(Value::as_str);
@@ -477,6 +493,20 @@ fn check_round(verifier: &Verifier, agent: &mut VerifierAgent, results: &Value, 
             format!("hash_alg {:?} is not accepted", text("hash_alg")),
         );
     };
+    let enc_alg = text("enc_alg").unwrap_or_default();
+    if !accepted(enc_alg, &agent.accept_tpm_encryption_algs) {
+        return fail(
+            "qoute_validation.invalid_enc_alg",
+            format!("TPM Quote is using an unaccepted encryption algorithm: {enc_alg}"),
+        );
+    }
+    let sign_alg = text("sign_alg").unwrap_or_default();
+    if !accepted(sign_alg, &agent.accept_tpm_signing_algs) {
+        return fail(
+            "qoute_validation.invalid_sign_alg",
+            format!("TPM Quote is using an unaccepted signing algorithm: {sign_alg}"),
+        );
+    }
     let Some(boottime) = results.get("boottime").and_then(Value::as_u64) else {
         return fail("qoute_validation.invalid_data", "boottime must be an integer");
     };
@@ -625,8 +655,8 @@ fn check_round(verifier: &Verifier, agent: &mut VerifierAgent, results: &Value, 
             }
         }
         agent.hash_alg = hash.name().to_owned();
-        agent.enc_alg = text("enc_alg").unwrap_or_default().to_owned();
-        agent.sign_alg = text("sign_alg").unwrap_or_default().to_owned();
+        agent.enc_alg = enc_alg.to_owned();
+        agent.sign_alg = sign_alg.to_owned();
     }
     if failures.is_empty() {
         if let Some(next) = outcome.ima_next {
@@ -778,6 +808,17 @@ mod tests {
         assert!(clock_regression(Some((5, 1, 0)), &clock(9, 1, 0, false)).is_some());
         // Both counts rose: the clock may have been reset.
         assert_eq!(clock_regression(Some((5, 1, 0)), &clock(1, 2, 1, true)), None);
+    }
+
+    #[test]
+    fn algorithm_aliases_are_accepted_both_ways() {
+        let accept = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(accepted("rsa2048", &accept(&["ecc", "rsa"])));
+        assert!(accepted("rsa", &accept(&["rsa2048"])));
+        assert!(accepted("ecc256", &accept(&["ecc"])));
+        assert!(!accepted("ecc384", &accept(&["ecc"])));
+        assert!(!accepted("rsassa", &accept(&["ecschnorr"])));
+        assert!(!accepted("", &accept(&[""])));
     }
 
     #[test]
