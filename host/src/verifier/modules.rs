@@ -20,7 +20,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Verifier;
-use crate::api::{self, ApiError, ApiResult, ApiVersion, Caller, Envelope};
+use super::routes::version_of;
+use crate::api::{self, ApiError, ApiResult, Caller, Envelope};
 use crate::policy::{BUILTIN_MEASURED_BOOT, BUILTIN_RUNTIME, builtin_measured_boot, builtin_runtime};
 use crate::store::{ModuleDelete, ModuleRecord, PolicyKind};
 
@@ -110,12 +111,6 @@ fn is_upload_id(id: &str) -> bool {
             && h.bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
-}
-
-fn version_of(segment: &str) -> Result<ApiVersion, ApiError> {
-    ApiVersion::from_path_segment(segment)
-        .filter(|v| !v.is_v3())
-        .ok_or_else(|| ApiError::not_found(format!("API version not supported: {segment}")))
 }
 
 fn describe(record: &ModuleRecord) -> Value {

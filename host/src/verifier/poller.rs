@@ -171,6 +171,22 @@ async fn negotiate(client: &reqwest::Client, agent: &VerifierAgent) -> Result<St
         .ok_or_else(|| format!("the agent offers no API version we speak: {offered:?}"))
 }
 
+/// Whether to move from the `refused` version (empty: none yet) to the agent's `chosen`
+/// one: not to the same one again, and never down once the agent has attested.
+fn switch_version(refused: &str, chosen: &str, attested: bool) -> Result<(), String> {
+    if chosen == refused {
+        return Err(format!(
+            "the agent refused API {refused} which its /version offers"
+        ));
+    }
+    if attested && !refused.is_empty() && version_key(chosen) < version_key(refused) {
+        return Err(format!(
+            "the agent refused API {refused} and offers only {chosen}; no downgrade after a successful attestation"
+        ));
+    }
+    Ok(())
+}
+
 /// What came back for a quote request.
 enum Answer {
     Quote(Value),
@@ -304,39 +320,9 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
         let (answer, nonce, version) = answer;
         let results = match answer {
             Answer::Quote(body) => body.get("results").cloned().unwrap_or(Value::Null),
-            Answer::VersionNotSupported => {
-                match negotiate(&client, &agent).await {
-                    Ok(chosen) if chosen == version => {
-                        let why = format!("the agent refused API {version} which its /version offers");
-                        give_up(
-                            &verifier,
-                            &tls,
-                            agent,
-                            round_state,
-                            internal("version_not_supported", why),
-                        )
-                        .await;
-                        return;
-                    }
-                    Ok(chosen) => {
-                        let downgrade = agent
-                            .supported_version
-                            .as_deref()
-                            .is_some_and(|old| version_key(&chosen) < version_key(old));
-                        if downgrade && agent.attestation_count > 0 {
-                            let why = format!(
-                                "the agent refused API {version} and offers only {chosen}; no downgrade after a successful attestation"
-                            );
-                            give_up(
-                                &verifier,
-                                &tls,
-                                agent,
-                                round_state,
-                                internal("version_not_supported", why),
-                            )
-                            .await;
-                            return;
-                        }
+            Answer::VersionNotSupported => match negotiate(&client, &agent).await {
+                Ok(chosen) => match switch_version(&version, &chosen, agent.attestation_count > 0) {
+                    Ok(()) => {
                         tracing::info!(agent_id = %id, version = %chosen, "agent API version negotiated");
                         agent.supported_version = Some(chosen);
                         if !save(&verifier, agent, round_state).await {
@@ -344,27 +330,32 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
                         }
                         continue;
                     }
-                    Err(why) if version.is_empty() => {
-                        // Not even /version answered: treat as unreachable and retry.
-                        tracing::warn!(agent_id = %id, %why, "version negotiation failed");
-                        if !retry(&verifier, &tls, retries, &mut attempts, agent, round_state).await {
-                            return;
-                        }
-                        continue;
-                    }
                     Err(why) => {
-                        give_up(
-                            &verifier,
-                            &tls,
-                            agent,
-                            round_state,
-                            internal("version_not_supported", why),
-                        )
-                        .await;
+                        let failure = internal("version_not_supported", why);
+                        give_up(&verifier, &tls, agent, round_state, failure).await;
                         return;
                     }
+                },
+                Err(why) if version.is_empty() => {
+                    // Not even /version answered: treat as unreachable and retry.
+                    tracing::warn!(agent_id = %id, %why, "version negotiation failed");
+                    if !retry(&verifier, &tls, retries, &mut attempts, agent, round_state).await {
+                        return;
+                    }
+                    continue;
                 }
-            }
+                Err(why) => {
+                    give_up(
+                        &verifier,
+                        &tls,
+                        agent,
+                        round_state,
+                        internal("version_not_supported", why),
+                    )
+                    .await;
+                    return;
+                }
+            },
             Answer::Unreachable(why) => {
                 tracing::warn!(agent_id = %id, %why, "agent unreachable");
                 if !retry(&verifier, &tls, retries, &mut attempts, agent, round_state).await {
@@ -819,6 +810,15 @@ mod tests {
         assert!(!accepted("ecc384", &accept(&["ecc"])));
         assert!(!accepted("rsassa", &accept(&["ecschnorr"])));
         assert!(!accepted("", &accept(&[""])));
+    }
+
+    #[test]
+    fn a_version_switch_never_repeats_nor_downgrades_an_attested_agent() {
+        assert_eq!(switch_version("", "2.6", false), Ok(()));
+        assert_eq!(switch_version("2.6", "2.3", false), Ok(()));
+        assert!(switch_version("2.6", "2.3", true).is_err());
+        assert!(switch_version("2.3", "2.3", false).is_err());
+        assert_eq!(switch_version("2.3", "2.6", true), Ok(()));
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn router(state: Verifier) -> Router {
 }
 
 /// The verifier serves the v2 routes (v3 is push mode's, a later room).
-fn version_of(segment: &str) -> Result<ApiVersion, ApiError> {
+pub(super) fn version_of(segment: &str) -> Result<ApiVersion, ApiError> {
     ApiVersion::from_path_segment(segment)
         .filter(|v| !v.is_v3())
         .ok_or_else(|| ApiError::not_found(format!("API version not supported: {segment}")))
