@@ -11,6 +11,30 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Microseconds since the Unix epoch.
+pub fn unix_micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// `2026-11-28T12:46:00.543813+00:00`: RFC 3339 with microseconds, as Keylime's push API
+/// writes timestamps.
+pub fn rfc3339_micros(micros: u64) -> String {
+    let t = Utc::from_unix(micros / 1_000_000);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        t.year,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        micros % 1_000_000
+    )
+}
+
 /// A UTC calendar time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Utc {

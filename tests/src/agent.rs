@@ -247,6 +247,18 @@ impl TestAgent {
         })
     }
 
+    /// TPM2_Certify of the AK by the AK itself over `challenge` (the push agent's proof of
+    /// possession): the marshalled TPMS_ATTEST and TPMT_SIGNATURE.
+    pub fn certify_ak(&mut self, challenge: &[u8]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        let ak = self.ak;
+        let data = Data::try_from(challenge.to_vec())?;
+        let (attest, signature) = self.ctx.execute_with_sessions(
+            (Some(AuthSession::Password), Some(AuthSession::Password), None),
+            |c| c.certify(ak.into(), ak, data, SignatureScheme::Null),
+        )?;
+        Ok((attest.marshall()?, signature.marshall()?))
+    }
+
     /// The current value of one PCR.
     pub fn pcr_value(&mut self, bank: HashingAlgorithm, pcr: u8) -> anyhow::Result<Vec<u8>> {
         let list = PcrSelectionListBuilder::new()

@@ -78,6 +78,11 @@ struct VerifierArgs {
     /// Seconds to wait for an agent's answer (Keylime `[verifier] request_timeout`).
     #[arg(long, env = "ZEST_REQUEST_TIMEOUT", default_value_t = 60.0)]
     request_timeout: f64,
+    /// Which agents the verifier serves: pull (it polls them), push (API 3.0: they
+    /// authenticate and submit evidence), or both, chosen per agent at enrolment (Keylime
+    /// `[verifier] mode`).
+    #[arg(long, env = "ZEST_MODE", default_value = "pull", value_parser = ["pull", "push", "both"])]
+    mode: String,
     /// Severity labels, least severe first, as a JSON list (Keylime `[verifier] severity_labels`).
     #[arg(long, env = "ZEST_SEVERITY_LABELS", requires = "severity_policy")]
     severity_labels: Option<String>,
@@ -114,6 +119,11 @@ impl VerifierArgs {
         }
         config.measured_boot_module = format!("builtin:{name}");
         config.revocation_webhook = self.revocation_webhook.clone();
+        config.mode = match self.mode.as_str() {
+            "push" => crate::verifier::Mode::Push,
+            "both" => crate::verifier::Mode::Both,
+            _ => crate::verifier::Mode::Pull,
+        };
         config.max_retries = self.max_retries;
         config.retry_interval = seconds("--retry-interval", self.retry_interval)?;
         config.request_timeout = seconds("--request-timeout", self.request_timeout)?;

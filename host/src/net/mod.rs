@@ -4,5 +4,5 @@
 mod serve;
 pub mod tls;
 
-pub use serve::{serve_plain, serve_tls};
+pub use serve::{Peer, serve_plain, serve_tls};
 pub use tls::{ClientAuth, TlsError, TlsMaterial, load_certs};

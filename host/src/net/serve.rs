@@ -22,6 +22,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Likewise for a client that opens a connection and never sends its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The client's address, in every request's extensions (for per-address rate limits).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// The next connection. Nagle's algorithm is off: with it, a small response written in two
 /// segments waits for the client's delayed ACK (40 ms on Linux) on every request.
 async fn accept(listener: &TcpListener) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
@@ -64,7 +68,7 @@ pub async fn serve_plain(listener: TcpListener, router: Router) {
     serve_loop(listener, move |stream, peer| {
         let router = router.clone();
         async move {
-            if let Err(e) = serve_connection(TokioIo::new(stream), router, Caller::Plain).await {
+            if let Err(e) = serve_connection(TokioIo::new(stream), router, Caller::Plain, peer).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         }
@@ -96,7 +100,7 @@ pub async fn serve_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>,
                 },
                 None => Caller::TlsAnonymous,
             };
-            if let Err(e) = serve_connection(TokioIo::new(tls), router, caller).await {
+            if let Err(e) = serve_connection(TokioIo::new(tls), router, caller, peer).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         }
@@ -108,12 +112,14 @@ async fn serve_connection<I>(
     io: I,
     router: Router,
     caller: Caller,
+    peer: std::net::SocketAddr,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service = router.map_request(move |mut req: Request<hyper::body::Incoming>| {
         req.extensions_mut().insert(caller.clone());
+        req.extensions_mut().insert(Peer(peer));
         req
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -63,6 +63,16 @@ const MIGRATIONS: &[&str] = &[
         uploaded_at INTEGER NOT NULL,
         PRIMARY KEY (tenant, id)
     ) STRICT;",
+    // 4: authenticated push sessions; the token only as a salted PBKDF2 hash.
+    "CREATE TABLE push_sessions (
+        session_id       TEXT    NOT NULL PRIMARY KEY,
+        tenant           TEXT    NOT NULL,
+        agent_id         TEXT    NOT NULL,
+        token_salt       BLOB    NOT NULL,
+        token_hash       BLOB    NOT NULL,
+        token_expires_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX push_sessions_agent ON push_sessions (tenant, agent_id);",
 ];
 
 /// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and

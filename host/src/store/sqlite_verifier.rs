@@ -4,7 +4,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::verifier::{
     EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind, PolicyRecord, PolicyWrite,
-    VerifierAgent, VerifierStore,
+    PushSession, VerifierAgent, VerifierStore,
 };
 use super::{DEFAULT_TENANT, SqliteStore, StoreError};
 
@@ -348,5 +348,56 @@ impl VerifierStore for SqliteStore {
         } else {
             ModuleDelete::Deleted
         })
+    }
+
+    fn put_session(&self, session: &PushSession) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM push_sessions WHERE tenant = ?1 AND agent_id = ?2",
+            params![DEFAULT_TENANT, session.agent_id],
+        )?;
+        tx.execute(
+            "INSERT INTO push_sessions (session_id, tenant, agent_id, token_salt, token_hash, token_expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                session.session_id,
+                DEFAULT_TENANT,
+                session.agent_id,
+                session.token_salt,
+                session.token_hash,
+                session.token_expires_at as i64
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn session(&self, session_id: &str) -> Result<Option<PushSession>, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                "SELECT agent_id, token_salt, token_hash, token_expires_at FROM push_sessions
+                 WHERE tenant = ?1 AND session_id = ?2",
+                params![DEFAULT_TENANT, session_id],
+                |row| {
+                    Ok(PushSession {
+                        session_id: session_id.to_owned(),
+                        agent_id: row.get(0)?,
+                        token_salt: row.get(1)?,
+                        token_hash: row.get(2)?,
+                        token_expires_at: row.get::<_, i64>(3)?.max(0) as u64,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    fn extend_session(&self, session_id: &str, token_expires_at: u64) -> Result<(), StoreError> {
+        self.conn()?.execute(
+            "UPDATE push_sessions SET token_expires_at = ?3 WHERE tenant = ?1 AND session_id = ?2",
+            params![DEFAULT_TENANT, session_id, token_expires_at as i64],
+        )?;
+        Ok(())
     }
 }

@@ -99,6 +99,18 @@ pub enum ModuleDelete {
     InUse(Vec<String>),
 }
 
+/// An authenticated push session: the agent's bearer token is `<session_id>.<secret>`, and
+/// only a salted slow hash of it is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSession {
+    pub session_id: String,
+    pub agent_id: String,
+    pub token_salt: Vec<u8>,
+    pub token_hash: Vec<u8>,
+    /// Unix seconds.
+    pub token_expires_at: u64,
+}
+
 /// What an enrolment did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnrolOutcome {
@@ -192,6 +204,9 @@ pub struct VerifierAgent {
     /// label and recoverable, so the agent may pass again.
     #[serde(default)]
     pub polls_after_failure: bool,
+    /// A push agent (API 3.0): it authenticates and submits evidence; never polled.
+    #[serde(default)]
+    pub push: bool,
 }
 
 /// The verifier's records.
@@ -240,4 +255,12 @@ pub trait VerifierStore: Send + Sync + 'static {
 
     /// Deletes a component no policy names.
     fn delete_module(&self, id: &str) -> Result<ModuleDelete, StoreError>;
+
+    /// Stores a proven session and ends the agent's others (one active session per agent).
+    fn put_session(&self, session: &PushSession) -> Result<(), StoreError>;
+
+    fn session(&self, session_id: &str) -> Result<Option<PushSession>, StoreError>;
+
+    /// Moves a session's token expiry (a passing attestation extends it).
+    fn extend_session(&self, session_id: &str, token_expires_at: u64) -> Result<(), StoreError>;
 }

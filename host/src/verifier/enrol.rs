@@ -158,8 +158,15 @@ pub async fn enrolment(
             return Err(ApiError::bad_request("v must be base64 of 32 bytes"));
         }
     }
+    // Push agents (API 3.0) open no port: no address, no agent certificate.
+    let push = match verifier.config.mode {
+        super::Mode::Pull => false,
+        super::Mode::Push => true,
+        super::Mode::Both => matches!(body.get("cloudagent_ip"), None | Some(Value::Null)),
+    };
     let mtls_cert = optional_string(body, "mtls_cert")?;
     match mtls_cert.as_deref() {
+        _ if push => {}
         None | Some("disabled") => {
             return Err(ApiError::bad_request("mTLS certificate for agent is required!"));
         }
@@ -252,8 +259,8 @@ pub async fn enrolment(
 
     let agent = VerifierAgent {
         agent_id: id.to_string(),
-        ip: Some(ip(body)?),
-        port: Some(port(body)?),
+        ip: if push { None } else { Some(ip(body)?) },
+        port: if push { None } else { Some(port(body)?) },
         v,
         tpm_policy: tpm_policy(body)?,
         runtime_policy,
@@ -265,9 +272,10 @@ pub async fn enrolment(
         accept_tpm_encryption_algs: encryption,
         accept_tpm_signing_algs: signing,
         ak_tpm,
-        mtls_cert,
+        mtls_cert: mtls_cert.filter(|_| !push),
         supported_version,
-        operational_state: state::START,
+        // Keylime shows push agents as GET_QUOTE (3) from the start.
+        operational_state: if push { state::GET_QUOTE } else { state::START },
         hash_alg: String::new(),
         enc_alg: String::new(),
         sign_alg: String::new(),
@@ -285,6 +293,7 @@ pub async fn enrolment(
         v_delivered: false,
         tpm_clock: None,
         polls_after_failure: false,
+        push,
     };
     Ok(Enrolment { agent, new_policies })
 }

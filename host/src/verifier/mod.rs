@@ -11,6 +11,7 @@ mod notify;
 pub mod pipeline;
 mod policies;
 mod poller;
+pub mod push;
 mod routes;
 pub mod severity;
 
@@ -27,6 +28,26 @@ use crate::config::DataDir;
 use crate::net::{self, ClientAuth, TlsMaterial};
 use crate::policy::{PolicyLimits, PolicyRegistry, PolicyRuntime};
 use crate::store::{SqliteStore, VerifierStore};
+
+/// Which agents the verifier serves (Keylime `[verifier] mode`; `both` is ours: the mode is
+/// chosen per agent at enrolment, push when the tenant gives no `cloudagent_ip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Pull,
+    Push,
+    Both,
+}
+
+impl Mode {
+    /// Push agents connect without a client certificate, so the listener asks for one but
+    /// does not require it; every admin route checks for it itself.
+    fn client_auth(self) -> ClientAuth {
+        match self {
+            Self::Pull => ClientAuth::Required,
+            Self::Push | Self::Both => ClientAuth::Optional,
+        }
+    }
+}
 
 /// The verifier's settings (Keylime `[verifier]` names).
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +75,12 @@ pub struct VerifierConfig {
     pub severity: severity::SeverityPolicy,
     /// `request_timeout`: the longest wait for an agent's answer.
     pub request_timeout: std::time::Duration,
+    /// `mode`: pull, push or both.
+    pub mode: Mode,
+    /// `nonce_lifetime`: how long a push session's challenge may be answered.
+    pub nonce_lifetime: std::time::Duration,
+    /// `session_lifetime`: how long a push token lives (extended by passing attestations).
+    pub session_lifetime: std::time::Duration,
 }
 
 impl VerifierConfig {
@@ -71,6 +98,9 @@ impl VerifierConfig {
             revocation_webhook: None,
             severity: severity::SeverityPolicy::keylime_default(),
             request_timeout: std::time::Duration::from_secs(60),
+            mode: Mode::Pull,
+            nonce_lifetime: std::time::Duration::from_secs(60),
+            session_lifetime: std::time::Duration::from_secs(180),
         }
     }
 }
@@ -91,6 +121,8 @@ pub struct Verifier {
     pub config: Arc<VerifierConfig>,
     /// Uploaded policy components read so far.
     pub modules: Arc<modules::ModuleCache>,
+    /// Push sessions waiting for their proof of possession.
+    pub sessions: Arc<push::sessions::Sessions>,
 }
 
 /// Why the verifier could not start.
@@ -152,6 +184,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         policies: Arc::new(PolicyRegistry::new(runtime)),
         config: Arc::new(config.clone()),
         modules: Arc::default(),
+        sessions: Arc::default(),
     };
     let read = |file: &str| {
         let path = tls.path(file);
@@ -177,7 +210,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
-    let server_config = tls.server_config(ClientAuth::Required)?;
+    let server_config = tls.server_config(config.mode.client_auth())?;
     let tasks = vec![poller, tokio::spawn(net::serve_tls(listener, server_config, app))];
     tracing::info!(%addr, "verifier listening");
     Ok(VerifierServer { addr, tasks })

@@ -42,6 +42,9 @@ pub struct Retries {
 /// Whether the pull loop attests this agent: the polling states, and INVALID_QUOTE after a
 /// failure that the severity policy lets polling survive.
 fn polls(agent: &VerifierAgent) -> bool {
+    if agent.push {
+        return false;
+    }
     match agent.operational_state {
         state::START
         | state::GET_QUOTE

@@ -10,6 +10,7 @@
 //! | `GET /{v}/verify/identity` (2.2+) | is this quote from that agent's AK? |
 //! | `POST /{v}/verify/evidence` (2.4+) | stateless verification of evidence handed in |
 //! | `/{v}/modules[/{id}]` (ours) | policy components: upload, list, show, delete (`modules.rs`) |
+//! | `POST /v3[.0]/sessions`, `PATCH /v3[.0]/sessions/{id}` | push agents' proof of possession (`push/`) |
 
 use axum::Router;
 use axum::body::Bytes;
@@ -75,6 +76,18 @@ pub fn router(state: Verifier) -> Router {
             .route(
                 &format!("/{{v}}/mbpolicies/{{name}}{suffix}"),
                 get(show_mb).post(create_mb).put(update_mb).delete(delete_mb),
+            );
+    }
+    // Push mode's public routes (API 3.0); JSON:API replies of their own.
+    for prefix in ["v3", "v3.0"] {
+        app = app
+            .route(
+                &format!("/{prefix}/sessions"),
+                post(super::push::sessions::create),
+            )
+            .route(
+                &format!("/{prefix}/sessions/{{id}}"),
+                axum::routing::patch(super::push::sessions::prove),
             );
     }
     app.fallback(api::not_found_fallback)

@@ -1,0 +1,365 @@
+//! Proof-of-possession sessions (`POST /v3/sessions`, `PATCH /v3/sessions/{id}`): the
+//! verifier hands out a fresh random challenge; the agent answers with TPM2_Certify of its
+//! AK by the AK itself over that challenge; a valid proof for an enrolled push agent earns a
+//! bearer token `<session_id>.<secret>`, of which only a salted PBKDF2 hash is stored.
+//!
+//! A challenge is answerable once and only until `nonce_lifetime`; pending sessions live
+//! in memory (an unauthenticated caller never writes to the store), and creation is rate
+//! limited per client address and per agent id. A failed proof, an unknown agent and an
+//! expired challenge all answer the same 401 so that agent ids cannot be probed.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
+use serde_json::{Value, json};
+
+use super::{PushError, RateLimiter};
+use crate::api::AgentId;
+use crate::clock::{rfc3339_micros, unix_micros_now};
+use crate::evidence::{Attest, Attested, PublicArea, Signature};
+use crate::net::Peer;
+use crate::store::PushSession;
+use crate::tpm::{object_name, verify_signature};
+use crate::verifier::Verifier;
+
+/// Keylime stores tokens as PBKDF2-HMAC-SHA256 with 600,000 iterations.
+const PBKDF2_ITERATIONS: u32 = 600_000;
+const CHALLENGE_BYTES: usize = 32;
+/// Pending sessions kept at most; beyond it, expired ones are dropped first.
+const MAX_PENDING: usize = 100_000;
+
+struct Pending {
+    agent_id: String,
+    challenge: Vec<u8>,
+    created_at: u64,
+    expires_at: u64,
+}
+
+/// Sessions waiting for their proof, and the creation rate limits.
+pub struct Sessions {
+    pending: Mutex<HashMap<String, Pending>>,
+    per_address: RateLimiter,
+    per_agent: RateLimiter,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        // Keylime's defaults: 50 per minute per client address, 15 per minute per agent.
+        Self {
+            pending: Mutex::default(),
+            per_address: RateLimiter::new(50, Duration::from_secs(60)),
+            per_agent: RateLimiter::new(15, Duration::from_secs(60)),
+        }
+    }
+}
+
+fn random<const N: usize>() -> Result<[u8; N], PushError> {
+    let mut bytes = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| PushError::new(StatusCode::INTERNAL_SERVER_ERROR, "no randomness"))?;
+    Ok(bytes)
+}
+
+/// A random (version 4) UUID.
+fn uuid4() -> Result<String, PushError> {
+    let mut b = random::<16>()?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
+}
+
+/// The stored hash of a token.
+pub fn token_hash(salt: &[u8], token: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let iterations = NonZeroU32::new(PBKDF2_ITERATIONS).unwrap_or(NonZeroU32::MIN);
+    aws_lc_rs::pbkdf2::derive(
+        aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        salt,
+        token.as_bytes(),
+        &mut out,
+    );
+    out
+}
+
+fn attributes(body: &[u8]) -> Result<serde_json::Map<String, Value>, PushError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| PushError::new(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))?;
+    match &value["data"]["attributes"] {
+        Value::Object(map) if value["data"]["type"] == "session" => Ok(map.clone()),
+        _ => Err(PushError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON:API document with data.type \"session\" and data.attributes",
+        )),
+    }
+}
+
+fn agent_id(attributes: &serde_json::Map<String, Value>) -> Result<String, PushError> {
+    let text = attributes
+        .get("agent_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| PushError::new(StatusCode::BAD_REQUEST, "agent_id is required"))?;
+    AgentId::parse(text)
+        .map(|id| id.to_string())
+        .map_err(|e| PushError::new(StatusCode::BAD_REQUEST, e.message))
+}
+
+fn is_tpm_pop(entry: &Value) -> bool {
+    entry["authentication_class"] == "pop" && entry["authentication_type"] == "tpm_pop"
+}
+
+/// `POST /v3[.0]/sessions`: a challenge for an agent that says it can prove possession.
+pub async fn create(
+    State(verifier): State<Verifier>,
+    peer: Option<Extension<Peer>>,
+    body: Bytes,
+) -> Response {
+    create_inner(&verifier, peer.map(|Extension(p)| p), &body).unwrap_or_else(IntoResponse::into_response)
+}
+
+fn create_inner(verifier: &Verifier, peer: Option<Peer>, body: &[u8]) -> Result<Response, PushError> {
+    let attributes = attributes(body)?;
+    let agent_id = agent_id(&attributes)?;
+    let supported = attributes
+        .get("authentication_supported")
+        .and_then(Value::as_array)
+        .is_some_and(|list| list.iter().any(is_tpm_pop));
+    if !supported {
+        return Err(PushError::new(
+            StatusCode::BAD_REQUEST,
+            "authentication_supported must include tpm_pop authentication type",
+        ));
+    }
+    let sessions = &verifier.sessions;
+    if let Some(peer) = peer {
+        sessions
+            .per_address
+            .check(&peer.0.ip().to_string())
+            .map_err(PushError::too_many)?;
+    }
+    sessions.per_agent.check(&agent_id).map_err(PushError::too_many)?;
+
+    let session_id = uuid4()?;
+    let challenge = random::<CHALLENGE_BYTES>()?.to_vec();
+    let created_at = unix_micros_now();
+    let expires_at = created_at + verifier.config.nonce_lifetime.as_micros() as u64;
+    let reply = json!({"data": {
+        "type": "session",
+        "id": session_id,
+        "attributes": {
+            "agent_id": agent_id,
+            "authentication_requested": [{
+                "authentication_class": "pop",
+                "authentication_type": "tpm_pop",
+                "chosen_parameters": {"challenge": B64.encode(&challenge)},
+            }],
+            "created_at": rfc3339_micros(created_at),
+            "challenges_expire_at": rfc3339_micros(expires_at),
+        },
+    }});
+    let mut pending = sessions
+        .pending
+        .lock()
+        .map_err(|_| PushError::new(StatusCode::INTERNAL_SERVER_ERROR, "session table poisoned"))?;
+    if pending.len() >= MAX_PENDING {
+        pending.retain(|_, p| p.expires_at > created_at);
+        if pending.len() >= MAX_PENDING {
+            return Err(PushError::too_many(verifier.config.nonce_lifetime));
+        }
+    }
+    pending.insert(
+        session_id,
+        Pending {
+            agent_id,
+            challenge,
+            created_at,
+            expires_at,
+        },
+    );
+    Ok((StatusCode::OK, Json(reply)).into_response())
+}
+
+/// Checks a TPM2_Certify of the AK by itself over `challenge`.
+pub fn check_proof(
+    ak: &PublicArea,
+    challenge: &[u8],
+    message: &[u8],
+    signature: &[u8],
+) -> Result<(), String> {
+    let attest = Attest::parse(message).map_err(|e| format!("message: {e}"))?;
+    if attest.magic != crate::evidence::attest::TPM_GENERATED_VALUE {
+        return Err("message was not generated by a TPM".into());
+    }
+    let Attested::Certify { name, .. } = &attest.attested else {
+        return Err("message is not a TPM2_Certify attestation".into());
+    };
+    if attest.extra_data != challenge {
+        return Err("the certification is not over this session's challenge".into());
+    }
+    if *name != object_name(ak) {
+        return Err("the certified object is not the agent's enrolled AK".into());
+    }
+    let signature = Signature::parse(signature).map_err(|e| format!("signature: {e}"))?;
+    verify_signature(ak, &signature, message).map_err(|e| format!("signature: {e}"))
+}
+
+/// `PATCH /v3[.0]/sessions/{id}`: the proof; a token when it holds.
+pub async fn prove(
+    State(verifier): State<Verifier>,
+    Path(session_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let attributes = match attributes(&body) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let agent_id = match agent_id(&attributes) {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let received_at = unix_micros_now();
+    // A challenge is answered once: the pending session is taken whatever the outcome.
+    let pending = {
+        let Ok(mut pending) = verifier.sessions.pending.lock() else {
+            return PushError::new(StatusCode::INTERNAL_SERVER_ERROR, "session table poisoned")
+                .into_response();
+        };
+        match pending.get(&session_id) {
+            None => return PushError::new(StatusCode::NOT_FOUND, "Session not found").into_response(),
+            Some(p) if p.agent_id != agent_id => {
+                return PushError::new(StatusCode::BAD_REQUEST, "agent_id does not match the session")
+                    .into_response();
+            }
+            Some(_) => pending.remove(&session_id),
+        }
+    };
+    let Some(pending) = pending else {
+        return PushError::new(StatusCode::NOT_FOUND, "Session not found").into_response();
+    };
+    let provided = attributes
+        .get("authentication_provided")
+        .and_then(Value::as_array)
+        .and_then(|list| list.iter().find(|e| is_tpm_pop(e)).cloned());
+    let Some(provided) = provided else {
+        return PushError::new(
+            StatusCode::BAD_REQUEST,
+            "authentication_provided must hold a tpm_pop proof",
+        )
+        .into_response();
+    };
+    let field = |name: &str| {
+        provided["data"][name]
+            .as_str()
+            .and_then(|t| B64.decode(t).ok())
+            .unwrap_or_default()
+    };
+    let (message, signature) = (field("message"), field("signature"));
+    let mut echo = json!({
+        "authentication_class": "pop",
+        "authentication_type": "tpm_pop",
+        "chosen_parameters": {"challenge": B64.encode(&pending.challenge)},
+        "data": {"message": B64.encode(&message), "signature": B64.encode(&signature)},
+    });
+    if let Some(extra) = provided.get("data").filter(|d| d.is_object()) {
+        echo["data"] = extra.clone();
+    }
+    let mut attributes = json!({
+        "agent_id": agent_id.clone(),
+        "evaluation": "fail",
+        "authentication": [echo],
+        "created_at": rfc3339_micros(pending.created_at),
+        "challenges_expire_at": rfc3339_micros(pending.expires_at),
+        "response_received_at": rfc3339_micros(received_at),
+    });
+    let reply = |attributes: Value, code: StatusCode| {
+        (
+            code,
+            Json(json!({"data": {"type": "session", "id": session_id, "attributes": attributes}})),
+        )
+            .into_response()
+    };
+
+    let v = verifier.clone();
+    let id = agent_id.clone();
+    let sid = session_id.clone();
+    let lifetime = verifier.config.session_lifetime;
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Option<(String, u64)>, String> {
+        if received_at > pending.expires_at {
+            return Ok(None);
+        }
+        let Some(agent) = v.store.agent(&id).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let ak = B64
+            .decode(&agent.ak_tpm)
+            .ok()
+            .and_then(|b| PublicArea::from_tpm2b(&b).ok());
+        let (true, Some(ak)) = (agent.push, ak) else {
+            return Ok(None);
+        };
+        if let Err(why) = check_proof(&ak, &pending.challenge, &message, &signature) {
+            tracing::info!(agent_id = %id, %why, "proof of possession refused");
+            return Ok(None);
+        }
+        let secret: [u8; 32] = random().map_err(|_| "no randomness".to_owned())?;
+        let salt: [u8; 16] = random().map_err(|_| "no randomness".to_owned())?;
+        let token = format!("{sid}.{}", URL_SAFE_NO_PAD.encode(secret));
+        let expires_at = crate::clock::unix_now() + lifetime.as_secs();
+        v.store
+            .put_session(&PushSession {
+                session_id: sid,
+                agent_id: id,
+                token_salt: salt.to_vec(),
+                token_hash: token_hash(&salt, &token).to_vec(),
+                token_expires_at: expires_at,
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Some((token, expires_at)))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Some((token, expires_at)))) => {
+            tracing::info!(%agent_id, "push session authenticated");
+            attributes["evaluation"] = json!("pass");
+            attributes["token"] = json!(token);
+            attributes["token_expires_at"] = json!(rfc3339_micros(expires_at * 1_000_000));
+            reply(attributes, StatusCode::OK)
+        }
+        Ok(Ok(None)) => reply(attributes, StatusCode::UNAUTHORIZED),
+        Ok(Err(why)) => {
+            tracing::error!(%why, "storing a push session");
+            PushError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error: storing the session",
+            )
+            .into_response()
+        }
+        Err(why) => {
+            tracing::error!(%why, "checking a proof of possession");
+            PushError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal error: checking the proof",
+            )
+            .into_response()
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! Push mode's proof-of-possession sessions over HTTPS without a client certificate, as
+//! Keylime's push agent opens them: a challenge per session, TPM2_Certify of the AK by
+//! itself from a swtpm, a bearer token stored only as a salted PBKDF2 hash.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use zest::verifier::{Mode, VerifierConfig};
+use zest_tests::server::{TestVerifier, send_json};
+use zest_tests::{AkKind, EkKind, Swtpm, TestAgent};
+
+async fn push_verifier(nonce_lifetime: Duration) -> TestVerifier {
+    let data = tempfile::Builder::new().prefix("zest-push-").tempdir().unwrap();
+    let mut config = VerifierConfig::defaults();
+    config.port = 0;
+    config.mode = Mode::Push;
+    config.nonce_lifetime = nonce_lifetime;
+    TestVerifier::start_in(data, config).await.unwrap()
+}
+
+/// Enrols `agent` the way Keylime's tenant does for a push agent: no address, no mTLS cert.
+async fn enrol(verifier: &TestVerifier, agent: &TestAgent) {
+    let body = json!({
+        "v": null, "cloudagent_ip": null, "cloudagent_port": null,
+        "tpm_policy": "{}", "runtime_policy": "", "runtime_policy_name": null,
+        "mb_policy": null, "mb_policy_name": "", "ima_sign_verification_keys": "",
+        "metadata": "{}", "revocation_key": "", "accept_tpm_hash_algs": ["sha256"],
+        "accept_tpm_encryption_algs": ["rsa", "ecc"], "accept_tpm_signing_algs": ["rsassa", "ecdsa"],
+        "ak_tpm": B64.encode(&agent.aik_tpm), "mtls_cert": "disabled", "supported_version": null,
+    });
+    let admin = verifier.admin_client().unwrap();
+    let (status, reply) = send_json(
+        admin
+            .post(verifier.url("2.6", &format!("agents/{}", agent.uuid)))
+            .json(&body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{reply}");
+}
+
+/// The push agent's client: trusts the verifier's CA, presents no certificate.
+fn agent_client(verifier: &TestVerifier) -> reqwest::Client {
+    verifier.anonymous_client().unwrap()
+}
+
+async fn open_session(verifier: &TestVerifier, client: &reqwest::Client, agent_id: &str) -> (u16, Value) {
+    let body = json!({"data": {"type": "session", "attributes": {
+        "agent_id": agent_id,
+        "authentication_supported": [{"authentication_class": "pop", "authentication_type": "tpm_pop"}],
+    }}});
+    send_json(
+        client
+            .post(format!("{}/v3.0/sessions", verifier.https))
+            .header("content-type", "application/vnd.api+json")
+            .body(body.to_string()),
+    )
+    .await
+    .unwrap()
+}
+
+async fn prove(
+    verifier: &TestVerifier,
+    client: &reqwest::Client,
+    session: &Value,
+    agent_id: &str,
+    message: &[u8],
+    signature: &[u8],
+) -> (u16, Value) {
+    let id = session["data"]["id"].as_str().unwrap();
+    let body = json!({"data": {"type": "session", "id": id, "attributes": {
+        "agent_id": agent_id,
+        "authentication_provided": [{"authentication_class": "pop", "authentication_type": "tpm_pop",
+            "data": {"message": B64.encode(message), "signature": B64.encode(signature)}}],
+    }}});
+    send_json(
+        client
+            .patch(format!("{}/v3.0/sessions/{id}", verifier.https))
+            .header("content-type", "application/vnd.api+json")
+            .body(body.to_string()),
+    )
+    .await
+    .unwrap()
+}
+
+fn challenge_of(session: &Value) -> Vec<u8> {
+    let requested = &session["data"]["attributes"]["authentication_requested"][0];
+    assert_eq!(requested["authentication_type"], "tpm_pop");
+    B64.decode(requested["chosen_parameters"]["challenge"].as_str().unwrap())
+        .unwrap()
+}
+
+/// Opens a session and proves possession with the agent's AK; returns the PATCH reply.
+async fn authenticate(verifier: &TestVerifier, agent: &mut TestAgent) -> (u16, Value) {
+    let client = agent_client(verifier);
+    let (status, session) = open_session(verifier, &client, &agent.uuid).await;
+    assert_eq!(status, 200, "{session}");
+    let (message, signature) = agent.certify_ak(&challenge_of(&session)).unwrap();
+    prove(verifier, &client, &session, &agent.uuid, &message, &signature).await
+}
+
+#[tokio::test]
+async fn rsa_and_ecc_aks_earn_a_token_stored_only_as_a_slow_hash() {
+    let verifier = push_verifier(Duration::from_secs(60)).await;
+    for (uuid, ak) in [("push-rsa", AkKind::RsaSsa), ("push-ecc", AkKind::EcDsaP256)] {
+        let tpm = Swtpm::start().unwrap();
+        let mut agent = TestAgent::new(&tpm, uuid, EkKind::Rsa2048, ak).unwrap();
+        enrol(&verifier, &agent).await;
+        let (status, reply) = authenticate(&verifier, &mut agent).await;
+        assert_eq!(status, 200, "{uuid}: {reply}");
+        let attributes = &reply["data"]["attributes"];
+        assert_eq!(attributes["evaluation"], "pass", "{reply}");
+        let session_id = reply["data"]["id"].as_str().unwrap();
+        let token = attributes["token"].as_str().unwrap();
+        let (prefix, secret) = token.split_once('.').unwrap();
+        assert_eq!(prefix, session_id);
+        assert_eq!(secret.len(), 43, "32 random bytes, URL-safe base64");
+        for stamp in [
+            "created_at",
+            "challenges_expire_at",
+            "response_received_at",
+            "token_expires_at",
+        ] {
+            let text = attributes[stamp].as_str().unwrap();
+            assert!(text.ends_with("+00:00") && text.len() == 32, "{stamp}: {text}");
+        }
+
+        // The store holds a salted PBKDF2-HMAC-SHA256 of the token, never the token.
+        let db = rusqlite::Connection::open(verifier.data.path().join("zest.sqlite")).unwrap();
+        let (salt, hash): (Vec<u8>, Vec<u8>) = db
+            .query_row(
+                "SELECT token_salt, token_hash FROM push_sessions WHERE agent_id = ?1",
+                [uuid],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let mut expected = [0u8; 32];
+        aws_lc_rs::pbkdf2::derive(
+            aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(600_000).unwrap(),
+            &salt,
+            token.as_bytes(),
+            &mut expected,
+        );
+        assert_eq!(hash, expected);
+        let file = std::fs::read(verifier.data.path().join("zest.sqlite")).unwrap();
+        let wal = std::fs::read(verifier.data.path().join("zest.sqlite-wal")).unwrap_or_default();
+        for bytes in [&file, &wal] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "the token's secret is not stored"
+            );
+        }
+    }
+    // One active session per agent: a second proof replaces the first.
+    let db = rusqlite::Connection::open(verifier.data.path().join("zest.sqlite")).unwrap();
+    let count: i64 = db
+        .query_row("SELECT count(*) FROM push_sessions", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 2);
+}
+
+#[tokio::test]
+async fn forged_reused_expired_and_unknown_proofs_are_refused() {
+    let verifier = push_verifier(Duration::from_secs(60)).await;
+    let client = agent_client(&verifier);
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = TestAgent::new(&tpm, "push-agent", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    enrol(&verifier, &agent).await;
+
+    // A certification over another challenge: 401, no token; the challenge is then spent.
+    let (_, session) = open_session(&verifier, &client, &agent.uuid).await;
+    let (message, signature) = agent.certify_ak(b"not the verifier's challenge").unwrap();
+    let (status, reply) = prove(&verifier, &client, &session, &agent.uuid, &message, &signature).await;
+    assert_eq!(status, 401, "{reply}");
+    assert_eq!(reply["data"]["attributes"]["evaluation"], "fail");
+    assert!(reply["data"]["attributes"].get("token").is_none());
+    let (message, signature) = agent.certify_ak(&challenge_of(&session)).unwrap();
+    let (status, reply) = prove(&verifier, &client, &session, &agent.uuid, &message, &signature).await;
+    assert_eq!(status, 404, "a challenge is answered once: {reply}");
+
+    // A valid certification by another TPM's AK.
+    let other_tpm = Swtpm::start().unwrap();
+    let mut other = TestAgent::new(&other_tpm, "push-agent", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    let (_, session) = open_session(&verifier, &client, &agent.uuid).await;
+    let (message, signature) = other.certify_ak(&challenge_of(&session)).unwrap();
+    let (status, _) = prove(&verifier, &client, &session, &agent.uuid, &message, &signature).await;
+    assert_eq!(status, 401);
+
+    // A tampered signature.
+    let (_, session) = open_session(&verifier, &client, &agent.uuid).await;
+    let (message, mut signature) = agent.certify_ak(&challenge_of(&session)).unwrap();
+    let last = signature.len() - 1;
+    signature[last] ^= 1;
+    let (status, _) = prove(&verifier, &client, &session, &agent.uuid, &message, &signature).await;
+    assert_eq!(status, 401);
+
+    // An agent that is not enrolled looks exactly like a bad proof.
+    let stranger_tpm = Swtpm::start().unwrap();
+    let mut stranger =
+        TestAgent::new(&stranger_tpm, "push-stranger", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    let (status, reply) = authenticate(&verifier, &mut stranger).await;
+    assert_eq!(status, 401, "{reply}");
+
+    // Unknown session, other agent's session, malformed bodies.
+    let unknown = json!({"data": {"id": "00000000-0000-4000-8000-000000000000"}});
+    let (status, reply) = prove(&verifier, &client, &unknown, &agent.uuid, b"x", b"y").await;
+    assert_eq!(status, 404, "{reply}");
+    assert_eq!(reply["errors"][0]["detail"], "Session not found");
+    let (_, session) = open_session(&verifier, &client, &agent.uuid).await;
+    let (status, _) = prove(&verifier, &client, &session, "push-stranger", b"x", b"y").await;
+    assert_eq!(status, 400);
+    let (status, reply) = send_json(
+        client
+            .post(format!("{}/v3/sessions", verifier.https))
+            .header("content-type", "application/json")
+            .body(r#"{"data": {"type": "session", "attributes": {"agent_id": "push-agent", "authentication_supported": []}}}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    assert!(reply["errors"][0]["detail"].as_str().unwrap().contains("tpm_pop"));
+    // Still authenticates after all that.
+    let (status, reply) = authenticate(&verifier, &mut agent).await;
+    assert_eq!(
+        (status, &reply["data"]["attributes"]["evaluation"]),
+        (200, &json!("pass")),
+        "{reply}"
+    );
+
+    // The admin API stays behind client certificates on the same port.
+    let (status, _) = send_json(client.get(verifier.url("2.6", "agents")))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn challenges_expire_are_never_repeated_and_creation_is_rate_limited() {
+    let verifier = push_verifier(Duration::from_secs(1)).await;
+    let client = agent_client(&verifier);
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = TestAgent::new(&tpm, "push-slow", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    enrol(&verifier, &agent).await;
+    let (_, session) = open_session(&verifier, &client, &agent.uuid).await;
+    let (message, signature) = agent.certify_ak(&challenge_of(&session)).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, reply) = prove(&verifier, &client, &session, &agent.uuid, &message, &signature).await;
+    assert_eq!(status, 401, "an expired challenge: {reply}");
+
+    // 15 sessions a minute per agent: the 16th is refused.
+    let mut challenges = std::collections::HashSet::new();
+    for _ in 0..15 {
+        let (status, session) = open_session(&verifier, &client, "push-limited").await;
+        assert_eq!(status, 200, "{session}");
+        let challenge = challenge_of(&session);
+        assert_eq!(challenge.len(), 32);
+        assert!(challenges.insert(challenge), "a challenge repeated");
+    }
+    let response = client
+        .post(format!("{}/v3/sessions", verifier.https))
+        .header("content-type", "application/vnd.api+json")
+        .body(
+            json!({"data": {"type": "session", "attributes": {"agent_id": "push-limited",
+            "authentication_supported": [{"authentication_class": "pop", "authentication_type": "tpm_pop"}]}}})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 429);
+    assert!(response.headers().get("retry-after").is_some());
+    let (status, _) = open_session(&verifier, &client, "push-other").await;
+    assert_eq!(status, 200, "another agent is counted apart");
+}
