@@ -7,6 +7,7 @@ pub mod ek_issuer;
 pub mod ima;
 pub mod policies;
 pub mod pull_agent;
+pub mod push_agent;
 pub mod server;
 pub mod swtpm;
 

@@ -73,6 +73,14 @@ const MIGRATIONS: &[&str] = &[
         token_expires_at INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX push_sessions_agent ON push_sessions (tenant, agent_id);",
+    // 5: push attestations, one JSON record each, numbered per agent from 0.
+    "CREATE TABLE push_attestations (
+        tenant   TEXT    NOT NULL,
+        agent_id TEXT    NOT NULL,
+        idx      INTEGER NOT NULL,
+        record   TEXT    NOT NULL,
+        PRIMARY KEY (tenant, agent_id, idx)
+    ) STRICT;",
 ];
 
 /// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and

@@ -4,7 +4,7 @@ use rusqlite::{OptionalExtension, params};
 
 use super::verifier::{
     EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind, PolicyRecord, PolicyWrite,
-    PushSession, VerifierAgent, VerifierStore,
+    PushAttestation, PushSession, VerifierAgent, VerifierStore,
 };
 use super::{DEFAULT_TENANT, SqliteStore, StoreError};
 
@@ -399,5 +399,66 @@ impl VerifierStore for SqliteStore {
             params![DEFAULT_TENANT, session_id, token_expires_at as i64],
         )?;
         Ok(())
+    }
+
+    fn add_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<u64, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let next: i64 = tx.query_row(
+            "SELECT coalesce(max(idx) + 1, 0) FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2",
+            params![DEFAULT_TENANT, agent_id],
+            |row| row.get(0),
+        )?;
+        let mut record = record.clone();
+        record.index = next as u64;
+        let text = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        tx.execute(
+            "INSERT INTO push_attestations (tenant, agent_id, idx, record) VALUES (?1, ?2, ?3, ?4)",
+            params![DEFAULT_TENANT, agent_id, next, text],
+        )?;
+        tx.commit()?;
+        Ok(next as u64)
+    }
+
+    fn update_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<(), StoreError> {
+        let text = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn()?.execute(
+            "UPDATE push_attestations SET record = ?4 WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3",
+            params![DEFAULT_TENANT, agent_id, record.index as i64, text],
+        )?;
+        Ok(())
+    }
+
+    fn attestation(&self, agent_id: &str, index: Option<u64>) -> Result<Option<PushAttestation>, StoreError> {
+        let conn = self.conn()?;
+        let text: Option<String> = match index {
+            Some(i) => conn
+                .query_row(
+                    "SELECT record FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3",
+                    params![DEFAULT_TENANT, agent_id, i as i64],
+                    |row| row.get(0),
+                )
+                .optional()?,
+            None => conn
+                .query_row(
+                    "SELECT record FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2
+                     ORDER BY idx DESC LIMIT 1",
+                    params![DEFAULT_TENANT, agent_id],
+                    |row| row.get(0),
+                )
+                .optional()?,
+        };
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    fn attestations(&self, agent_id: &str) -> Result<Vec<PushAttestation>, StoreError> {
+        let conn = self.conn()?;
+        let mut statement = conn.prepare(
+            "SELECT record FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2 ORDER BY idx",
+        )?;
+        let rows = statement.query_map(params![DEFAULT_TENANT, agent_id], |row| row.get::<_, String>(0))?;
+        rows.map(|text| serde_json::from_str(&text?).map_err(|e| StoreError::Corrupt(e.to_string())))
+            .collect()
     }
 }

@@ -207,6 +207,46 @@ pub struct VerifierAgent {
     /// A push agent (API 3.0): it authenticates and submits evidence; never polled.
     #[serde(default)]
     pub push: bool,
+    /// Push: failed attestations since the last pass (Keylime's
+    /// `consecutive_attestation_failures`).
+    #[serde(default)]
+    pub consecutive_attestation_failures: u64,
+    /// Push: whether the latest judged attestation passed (reactivation resets it, so the
+    /// agent shows PENDING until it passes again).
+    #[serde(default)]
+    pub last_attestation_passed: bool,
+}
+
+/// One push attestation: what the agent offered, what the verifier asked for, what came
+/// back and the verdict. Stored as JSON, numbered per agent from 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushAttestation {
+    pub index: u64,
+    /// `awaiting_evidence`, `evaluating_evidence`, `verification_complete`.
+    pub stage: String,
+    /// `pending`, `pass`, `fail`.
+    pub evaluation: String,
+    /// `broken_evidence_chain` or `policy_violation` on a failure.
+    pub failure_reason: Option<String>,
+    #[serde(default)]
+    pub failures: Vec<(String, serde_json::Value)>,
+    /// Each requested item: `evidence_class`, `evidence_type`, `capabilities`,
+    /// `chosen_parameters` and, once submitted, `data`.
+    pub evidence: Vec<serde_json::Value>,
+    pub system_info: serde_json::Value,
+    /// The agent's boot time (Unix seconds).
+    pub boot_time: u64,
+    /// Base64 of the quote's challenge.
+    pub challenge: String,
+    /// IMA: the first entry asked for, and how many the evidence certified.
+    pub ima_offset: Option<u64>,
+    #[serde(default)]
+    pub ima_entries: u64,
+    /// Microseconds since the epoch.
+    pub capabilities_received_at: u64,
+    pub challenges_expire_at: u64,
+    pub evidence_received_at: Option<u64>,
+    pub verified_at: Option<u64>,
 }
 
 /// The verifier's records.
@@ -263,4 +303,16 @@ pub trait VerifierStore: Send + Sync + 'static {
 
     /// Moves a session's token expiry (a passing attestation extends it).
     fn extend_session(&self, session_id: &str, token_expires_at: u64) -> Result<(), StoreError>;
+
+    /// Stores a new attestation under the agent's next index, which it returns.
+    fn add_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<u64, StoreError>;
+
+    /// Replaces an attestation (same agent and index).
+    fn update_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<(), StoreError>;
+
+    /// One attestation, or the latest with `None`.
+    fn attestation(&self, agent_id: &str, index: Option<u64>) -> Result<Option<PushAttestation>, StoreError>;
+
+    /// An agent's attestations, oldest first.
+    fn attestations(&self, agent_id: &str) -> Result<Vec<PushAttestation>, StoreError>;
 }

@@ -294,6 +294,8 @@ pub async fn enrolment(
         tpm_clock: None,
         polls_after_failure: false,
         push,
+        consecutive_attestation_failures: 0,
+        last_attestation_passed: false,
     };
     Ok(Enrolment { agent, new_policies })
 }

@@ -81,6 +81,11 @@ pub struct VerifierConfig {
     pub nonce_lifetime: std::time::Duration,
     /// `session_lifetime`: how long a push token lives (extended by passing attestations).
     pub session_lifetime: std::time::Duration,
+    /// `challenge_lifetime`: how long a push attestation's challenge may be answered.
+    pub challenge_lifetime: std::time::Duration,
+    /// `auto_recover_attestation_failures`: whether a passing push attestation clears
+    /// earlier failures (Keylime: no, the agent shows FAIL until reactivated).
+    pub auto_recover_attestation_failures: bool,
 }
 
 impl VerifierConfig {
@@ -101,6 +106,8 @@ impl VerifierConfig {
             mode: Mode::Pull,
             nonce_lifetime: std::time::Duration::from_secs(60),
             session_lifetime: std::time::Duration::from_secs(180),
+            challenge_lifetime: std::time::Duration::from_secs(1800),
+            auto_recover_attestation_failures: false,
         }
     }
 }
@@ -123,6 +130,8 @@ pub struct Verifier {
     pub modules: Arc<modules::ModuleCache>,
     /// Push sessions waiting for their proof of possession.
     pub sessions: Arc<push::sessions::Sessions>,
+    /// Push tokens verified since start.
+    pub tokens: Arc<push::auth::TokenCache>,
 }
 
 /// Why the verifier could not start.
@@ -185,6 +194,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         config: Arc::new(config.clone()),
         modules: Arc::default(),
         sessions: Arc::default(),
+        tokens: Arc::default(),
     };
     let read = |file: &str| {
         let path = tls.path(file);

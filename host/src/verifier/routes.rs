@@ -11,6 +11,7 @@
 //! | `POST /{v}/verify/evidence` (2.4+) | stateless verification of evidence handed in |
 //! | `/{v}/modules[/{id}]` (ours) | policy components: upload, list, show, delete (`modules.rs`) |
 //! | `POST /v3[.0]/sessions`, `PATCH /v3[.0]/sessions/{id}` | push agents' proof of possession (`push/`) |
+//! | `POST`/`GET /v3[.0]/agents/{id}/attestations`, `PATCH`/`GET …/{n\|latest}` | push attestations |
 
 use axum::Router;
 use axum::body::Bytes;
@@ -88,6 +89,14 @@ pub fn router(state: Verifier) -> Router {
             .route(
                 &format!("/{prefix}/sessions/{{id}}"),
                 axum::routing::patch(super::push::sessions::prove),
+            )
+            .route(
+                &format!("/{prefix}/agents/{{id}}/attestations"),
+                get(super::push::attestations::list).post(super::push::attestations::create),
+            )
+            .route(
+                &format!("/{prefix}/agents/{{id}}/attestations/{{which}}"),
+                get(super::push::attestations::show).patch(super::push::attestations::submit),
             );
     }
     app.fallback(api::not_found_fallback)
@@ -130,6 +139,18 @@ async fn versioned_version(Path(v): Path<String>) -> ApiResult {
 /// state says, so that a stuck or dead worker never leaves it shown as attested
 /// (CVE-2022-3500).
 fn attestation_status(agent: &VerifierAgent, config: &super::VerifierConfig) -> &'static str {
+    if agent.push {
+        // Keylime's push rules; an agent silent for longer than the limit has timed out.
+        let timed_out = agent.last_received_quote > 0
+            && crate::clock::unix_now().saturating_sub(agent.last_received_quote)
+                > config.stale_after().as_secs();
+        return match (timed_out, agent.consecutive_attestation_failures > 0) {
+            (_, true) => "FAIL",
+            (true, false) => "TIMEOUT",
+            (false, false) if agent.last_attestation_passed => "PASS",
+            _ => "PENDING",
+        };
+    }
     match agent.operational_state {
         state::GET_QUOTE | state::GET_QUOTE_RETRY | state::PROVIDE_V | state::PROVIDE_V_RETRY => {
             if agent.last_successful_attestation == 0 {
@@ -333,8 +354,16 @@ async fn set_state(verifier: &Verifier, id: &str, to: i64) -> ApiResult {
         let Some(mut agent) = store.agent(&agent_id)? else {
             return Ok(false);
         };
-        agent.operational_state = to;
+        // A push agent is never polled: reactivation only clears its failures, and it shows
+        // PENDING until its next attestation passes.
+        agent.operational_state = if agent.push && to == state::START {
+            state::GET_QUOTE
+        } else {
+            to
+        };
         if to == state::START {
+            agent.consecutive_attestation_failures = 0;
+            agent.last_attestation_passed = false;
             // A reactivated agent starts over: a new failure must notify again.
             agent.last_failures.clear();
             agent.severity_level = None;

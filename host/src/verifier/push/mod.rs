@@ -1,7 +1,10 @@
 //! Push mode (API 3.0, keylime-api.md §6): agents that open no port authenticate with TPM
-//! proof of possession (`sessions.rs`) and submit their evidence themselves. Replies use
+//! proof of possession (`sessions.rs`, tokens checked in `auth.rs`) and submit their evidence
+//! themselves (`attestations.rs`). Replies use
 //! JSON:API shapes, errors as `{"errors": [{"status", "title", "detail"}]}`.
 
+pub mod attestations;
+pub mod auth;
 pub mod sessions;
 
 use std::collections::{HashMap, VecDeque};

@@ -1,0 +1,809 @@
+//! Push attestations (keylime-api.md §6.2–6.5). The agent offers its capabilities
+//! (`POST /v3/agents/{id}/attestations` → 201, `Location`, the evidence the verifier wants
+//! and a fresh challenge), then submits that evidence (`PATCH …/attestations/{n}` or
+//! `…/latest` → 202 with `meta.seconds_to_next_attestation`); the verdict follows
+//! asynchronously through the one attestation pipeline. Admins read records with
+//! `GET …/attestations`, `…/latest` and `…/{n}`.
+
+use std::collections::BTreeSet;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Map, Value, json};
+
+use super::PushError;
+use super::auth::authenticate;
+use crate::api::{AgentId, Caller};
+use crate::clock::{parse_rfc3339, rfc3339_micros, unix_micros_now, unix_now};
+use crate::evidence::ima::ImaPosition;
+use crate::evidence::{HashAlg, KeyParams, PublicArea, Quote};
+use crate::policy::PolicySource;
+use crate::store::{DEFAULT_TENANT, PolicyKind, PolicyRecord, PushAttestation, VerifierAgent};
+use crate::tpm::AttestationKey;
+use crate::verifier::Verifier;
+use crate::verifier::modules::resolve;
+use crate::verifier::pipeline::{AttestationInput, Failure, ImaInput, attest, parse_tpm_policy};
+
+const JSON_API: &str = "application/vnd.api+json";
+const MEASURED_BOOT_PCRS: [u8; 15] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15];
+
+fn invalid(detail: impl Into<String>) -> PushError {
+    PushError::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
+}
+
+fn internal(e: impl std::fmt::Display) -> PushError {
+    tracing::error!(error = %e, "push attestation");
+    PushError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
+}
+
+/// `/v3.0` or `/v3`, as the request was addressed.
+fn prefix(uri: &Uri) -> &'static str {
+    if uri.path().starts_with("/v3.0/") {
+        "/v3.0"
+    } else {
+        "/v3"
+    }
+}
+
+fn require_json_api(headers: &HeaderMap) -> Result<(), PushError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with(JSON_API) {
+        Ok(())
+    } else {
+        Err(PushError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Type must be {JSON_API}"),
+        ))
+    }
+}
+
+fn attributes(body: &[u8]) -> Result<Map<String, Value>, PushError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| PushError::new(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))?;
+    let allowed = ["data", "errors", "meta", "links", "jsonapi"];
+    if let Some(extra) = value
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !allowed.contains(&k.as_str())))
+    {
+        return Err(PushError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unexpected top-level member '{extra}'"),
+        ));
+    }
+    match &value["data"]["attributes"] {
+        Value::Object(map) if value["data"]["type"] == "attestation" => Ok(map.clone()),
+        _ => Err(PushError::new(
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON:API document with data.type \"attestation\" and data.attributes",
+        )),
+    }
+}
+
+fn agent_id(id: &str) -> Result<String, PushError> {
+    AgentId::parse(id)
+        .map(|a| a.to_string())
+        .map_err(|e| PushError::new(StatusCode::BAD_REQUEST, e.message))
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// The AK's signing scheme and hash, which the agent will use whatever it is told.
+fn ak_scheme(ak: &PublicArea) -> (&'static str, HashAlg) {
+    const TPM_ALG_RSAPSS: u16 = 0x0016;
+    match &ak.params {
+        KeyParams::Rsa {
+            scheme, scheme_hash, ..
+        } => (
+            if *scheme == TPM_ALG_RSAPSS {
+                "rsapss"
+            } else {
+                "rsassa"
+            },
+            scheme_hash.unwrap_or(HashAlg::Sha256),
+        ),
+        KeyParams::Ecc { scheme_hash, .. } => ("ecdsa", scheme_hash.unwrap_or(HashAlg::Sha256)),
+        KeyParams::Other { .. } => ("rsassa", HashAlg::Sha256),
+    }
+}
+
+fn enrolled_ak(agent: &VerifierAgent) -> Result<(Vec<u8>, PublicArea), PushError> {
+    let bytes = B64.decode(&agent.ak_tpm).map_err(internal)?;
+    let public = PublicArea::from_tpm2b(&bytes).map_err(internal)?;
+    Ok((bytes, public))
+}
+
+/// The policies an agent is judged by (a runtime policy only when it is not Keylime's
+/// empty one; a refstate only when it has a document).
+fn policies(
+    verifier: &Verifier,
+    agent: &VerifierAgent,
+) -> Result<(Option<PolicyRecord>, Option<PolicyRecord>), PushError> {
+    let runtime = verifier
+        .store
+        .policy(PolicyKind::Runtime, &agent.runtime_policy)
+        .map_err(internal)?
+        .filter(|r| r.generator > 1 && r.document.is_some());
+    let mb = verifier
+        .store
+        .policy(PolicyKind::MeasuredBoot, &agent.mb_policy)
+        .map_err(internal)?
+        .filter(|r| r.document.is_some());
+    Ok((runtime, mb))
+}
+
+/// What the verifier asks of one offer (keylime-api.md §6.2 "Verifier parameter selection").
+struct Chosen {
+    evidence: Vec<Value>,
+    challenge: Vec<u8>,
+    ima_offset: Option<u64>,
+}
+
+fn choose(
+    verifier: &Verifier,
+    agent: &VerifierAgent,
+    offered: &[Value],
+    boot_time: Option<u64>,
+) -> Result<Chosen, PushError> {
+    let (ak_bytes, ak) = enrolled_ak(agent)?;
+    let (runtime, mb) = policies(verifier, agent)?;
+    let tpm_policy = parse_tpm_policy(&agent.tpm_policy).map_err(invalid)?;
+    let mut required: BTreeSet<u8> = tpm_policy
+        .iter()
+        .filter(|(_, accepted)| !accepted.is_empty())
+        .map(|(pcr, _)| *pcr)
+        .collect();
+    if runtime.is_some() {
+        required.insert(10);
+    }
+    if mb.is_some() {
+        required.extend(MEASURED_BOOT_PCRS);
+    }
+    let required: Vec<u8> = required.into_iter().collect();
+
+    let find = |class: &str, kind: &str| {
+        offered
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e["evidence_class"] == class && e["evidence_type"] == kind)
+    };
+    let (quote_at, quote) = find("certification", "tpm_quote")
+        .ok_or_else(|| invalid("/data/attributes/evidence_supported: no tpm_quote is offered"))?;
+    let pointer = format!("/data/attributes/evidence_supported/{quote_at}/capabilities");
+    let caps = &quote["capabilities"];
+    if caps["component_version"] != "2.0" {
+        return Err(invalid(format!("{pointer}/component_version must be \"2.0\"")));
+    }
+    let (scheme, hash) = ak_scheme(&ak);
+    if !strings(&caps["signature_schemes"]).contains(&scheme)
+        || !agent.accept_tpm_signing_algs.iter().any(|a| a == scheme)
+    {
+        return Err(invalid(format!(
+            "{pointer}/signature_schemes: the AK signs with {scheme}, which is not both offered and accepted"
+        )));
+    }
+    let bank = hash.name();
+    if !strings(&caps["hash_algorithms"]).contains(&bank)
+        || !agent.accept_tpm_hash_algs.iter().any(|a| a == bank)
+    {
+        return Err(invalid(format!(
+            "{pointer}/hash_algorithms: the AK hashes with {bank}, which is not both offered and accepted"
+        )));
+    }
+    let subjects = caps["available_subjects"].as_object().ok_or_else(|| {
+        invalid(format!(
+            "{pointer}/available_subjects must be an object {{bank: [PCRs]}}"
+        ))
+    })?;
+    let available: Vec<u64> = subjects
+        .get(bank)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    if let Some(missing) = required.iter().find(|p| !available.contains(&u64::from(**p))) {
+        return Err(invalid(format!(
+            "{pointer}/available_subjects/{bank}: PCR {missing} is required but not offered"
+        )));
+    }
+    let keys = caps["certification_keys"]
+        .as_array()
+        .ok_or_else(|| invalid(format!("{pointer}/certification_keys is required")))?;
+    let is_ak = |k: &Value| {
+        k["public"]
+            .as_str()
+            .and_then(|p| B64.decode(p).ok())
+            .is_some_and(|p| p == ak_bytes || p.as_slice() == ak_bytes.get(2..).unwrap_or_default())
+    };
+    let key = keys
+        .iter()
+        .find(|k| is_ak(k))
+        .or_else(|| keys.iter().find(|k| k["server_identifier"] == "ak"))
+        .or_else(|| keys.first())
+        .ok_or_else(|| invalid(format!("{pointer}/certification_keys is empty")))?;
+    let selected: Map<String, Value> = subjects
+        .keys()
+        .map(|b| (b.clone(), if b == bank { json!(required) } else { Value::Null }))
+        .collect();
+    let mut challenge = vec![0u8; 32];
+    SystemRandom::new().fill(&mut challenge).map_err(internal)?;
+    let mut evidence = vec![json!({
+        "evidence_class": "certification",
+        "evidence_type": "tpm_quote",
+        "capabilities": caps,
+        "chosen_parameters": {
+            "challenge": B64.encode(&challenge),
+            "signature_scheme": scheme,
+            "hash_algorithm": bank,
+            "selected_subjects": selected,
+            "certification_key": key,
+        },
+    })];
+
+    if mb.is_some() {
+        let (_, uefi) = find("log", "uefi_log")
+            .filter(|(_, e)| strings(&e["capabilities"]["formats"]).contains(&"application/octet-stream"))
+            .ok_or_else(|| invalid("/data/attributes/evidence_supported: the refstate needs a uefi_log in application/octet-stream"))?;
+        evidence.push(json!({
+            "evidence_class": "log",
+            "evidence_type": "uefi_log",
+            "capabilities": uefi["capabilities"],
+            "chosen_parameters": {"format": "application/octet-stream"},
+        }));
+    }
+    let mut ima_offset = None;
+    if runtime.is_some() {
+        let (at, ima) = find("log", "ima_log")
+            .filter(|(_, e)| {
+                strings(&e["capabilities"]["formats"]).contains(&"text/plain")
+                    && e["capabilities"]["supports_partial_access"] == true
+            })
+            .ok_or_else(|| invalid("/data/attributes/evidence_supported: the runtime policy needs an ima_log in text/plain with partial access"))?;
+        let boot_time = boot_time
+            .ok_or_else(|| invalid("/data/attributes/system_info/boot_time is required with an IMA log"))?;
+        let offset = match agent.boottime {
+            Some(last) if last == boot_time && agent.pcr10.is_some() => agent.next_ima_ml_entry,
+            Some(last) if last > boot_time => {
+                return Err(invalid(
+                    "/data/attributes/system_info/boot_time is earlier than the last attested boot",
+                ));
+            }
+            _ => 0,
+        };
+        let count = ima["capabilities"]["entry_count"].as_u64().unwrap_or(0);
+        if offset > count {
+            return Err(invalid(format!(
+                "/data/attributes/evidence_supported/{at}/capabilities/entry_count: {count} entries, but {offset} were attested already"
+            )));
+        }
+        ima_offset = Some(offset);
+        evidence.push(json!({
+            "evidence_class": "log",
+            "evidence_type": "ima_log",
+            "capabilities": ima["capabilities"],
+            "chosen_parameters": {"starting_offset": offset, "format": "text/plain"},
+        }));
+    }
+    Ok(Chosen {
+        evidence,
+        challenge,
+        ima_offset,
+    })
+}
+
+/// The JSON:API resource of one attestation.
+fn resource(prefix: &str, agent_id: &str, a: &PushAttestation) -> Value {
+    let stamp = |t: Option<u64>| t.map(rfc3339_micros);
+    let mut attributes = json!({
+        "stage": a.stage,
+        "evaluation": a.evaluation,
+        "evidence": a.evidence,
+        "system_info": a.system_info,
+        "capabilities_received_at": rfc3339_micros(a.capabilities_received_at),
+        "challenges_expire_at": rfc3339_micros(a.challenges_expire_at),
+    });
+    if a.stage == "awaiting_evidence" {
+        attributes["evidence_requested"] = json!(
+            a.evidence
+                .iter()
+                .map(|e| json!({
+                    "evidence_class": e["evidence_class"],
+                    "evidence_type": e["evidence_type"],
+                    "chosen_parameters": e["chosen_parameters"],
+                }))
+                .collect::<Vec<_>>()
+        );
+    }
+    if let Some(t) = stamp(a.evidence_received_at) {
+        attributes["evidence_received_at"] = json!(t);
+    }
+    if let Some(t) = stamp(a.verified_at) {
+        attributes["verification_completed_at"] = json!(t);
+    }
+    if let Some(reason) = &a.failure_reason {
+        attributes["failure_reason"] = json!(reason);
+        attributes["failures"] = json!(
+            a.failures
+                .iter()
+                .map(|(id, context)| json!({"type": id, "context": context}))
+                .collect::<Vec<_>>()
+        );
+    }
+    json!({
+        "type": "attestation",
+        "id": a.index.to_string(),
+        "attributes": attributes,
+        "links": {"self": format!("{prefix}/agents/{agent_id}/attestations/{}", a.index)},
+    })
+}
+
+fn document(data: Value, self_link: &str) -> Value {
+    json!({"data": data, "links": {"self": self_link}, "jsonapi": {"version": "1.1"}})
+}
+
+/// `POST /v3[.0]/agents/{id}/attestations`: capabilities in, evidence request out.
+pub async fn create(
+    State(verifier): State<Verifier>,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let prefix = prefix(&uri);
+    let outcome =
+        tokio::task::spawn_blocking(move || create_blocking(&verifier, &id, prefix, &headers, &body)).await;
+    match outcome {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => internal(e).into_response(),
+    }
+}
+
+fn create_blocking(
+    verifier: &Verifier,
+    id: &str,
+    prefix: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, PushError> {
+    require_json_api(headers)?;
+    let agent_id = agent_id(id)?;
+    authenticate(verifier, headers, &agent_id)?;
+    let agent = verifier
+        .store
+        .agent(&agent_id)
+        .map_err(internal)?
+        .filter(|a| a.push)
+        .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "agent not found"))?;
+    let now = unix_micros_now();
+    if let Some(latest) = verifier.store.attestation(&agent_id, None).map_err(internal)? {
+        if latest.stage == "evaluating_evidence" {
+            let mut e = PushError::new(StatusCode::SERVICE_UNAVAILABLE, "verification_in_progress");
+            e.retry_after = Some(std::time::Duration::from_secs(1));
+            return Err(e);
+        }
+        if let Some(received) = latest.evidence_received_at {
+            let next = received + (verifier.config.quote_interval * 1e6) as u64;
+            if now < next {
+                let wait = std::time::Duration::from_micros(next - now);
+                let mut e = PushError::too_many(wait);
+                e.detail = "premature_attestation".into();
+                return Err(e);
+            }
+        }
+    }
+    let attributes = attributes(body)?;
+    let offered = attributes
+        .get("evidence_supported")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid("/data/attributes/evidence_supported is required"))?;
+    let system_info = attributes.get("system_info").cloned().unwrap_or(json!({}));
+    let boot_time = match &system_info["boot_time"] {
+        Value::String(s) => Some(
+            parse_rfc3339(s)
+                .ok_or_else(|| invalid("/data/attributes/system_info/boot_time is not an RFC 3339 time"))?,
+        ),
+        Value::Number(n) => Some(
+            n.as_u64()
+                .ok_or_else(|| invalid("/data/attributes/system_info/boot_time"))?,
+        ),
+        _ => None,
+    };
+    let chosen = choose(verifier, &agent, offered, boot_time)?;
+    let record = PushAttestation {
+        index: 0,
+        stage: "awaiting_evidence".into(),
+        evaluation: "pending".into(),
+        failure_reason: None,
+        failures: Vec::new(),
+        evidence: chosen.evidence,
+        system_info: json!({"boot_time": boot_time.map(|t| rfc3339_micros(t * 1_000_000))}),
+        boot_time: boot_time.unwrap_or(0),
+        challenge: B64.encode(&chosen.challenge),
+        ima_offset: chosen.ima_offset,
+        ima_entries: 0,
+        capabilities_received_at: now,
+        challenges_expire_at: now + verifier.config.challenge_lifetime.as_micros() as u64,
+        evidence_received_at: None,
+        verified_at: None,
+    };
+    let index = verifier
+        .store
+        .add_attestation(&agent_id, &record)
+        .map_err(internal)?;
+    let record = PushAttestation { index, ..record };
+    let location = format!("{prefix}/agents/{agent_id}/attestations/{index}");
+    let body = document(
+        resource(prefix, &agent_id, &record),
+        &format!("{prefix}/agents/{agent_id}/attestations"),
+    );
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
+}
+
+/// Binary evidence fields come as base64 or hex.
+fn binary(value: &Value, pointer: &str) -> Result<Vec<u8>, PushError> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| invalid(format!("{pointer} is required")))?;
+    B64.decode(text)
+        .or_else(|_| hex::decode(text))
+        .map_err(|_| invalid(format!("{pointer} is neither base64 nor hex")))
+}
+
+/// `PATCH /v3[.0]/agents/{id}/attestations/{n|latest}`: the evidence; 202, verdict later.
+pub async fn submit(
+    State(verifier): State<Verifier>,
+    Path((id, which)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let prefix = prefix(&uri);
+    let path = uri.path().to_owned();
+    let v = verifier.clone();
+    let outcome =
+        tokio::task::spawn_blocking(move || submit_blocking(&v, &id, &which, &headers, &body)).await;
+    let (agent_id, session_id, record) = match outcome {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) => return e.into_response(),
+        Err(e) => return internal(e).into_response(),
+    };
+    let reply = json!({
+        "data": resource(prefix, &agent_id, &record),
+        "meta": {"seconds_to_next_attestation": verifier.config.quote_interval.ceil() as u64},
+        "links": {"self": path},
+        "jsonapi": {"version": "1.1"},
+    });
+    tokio::task::spawn_blocking(move || verify(&verifier, &agent_id, &session_id, record));
+    (StatusCode::ACCEPTED, Json(reply)).into_response()
+}
+
+fn submit_blocking(
+    verifier: &Verifier,
+    id: &str,
+    which: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(String, String, PushAttestation), PushError> {
+    require_json_api(headers)?;
+    let agent_id = agent_id(id)?;
+    let session_id = authenticate(verifier, headers, &agent_id)?;
+    let not_found = || PushError::new(StatusCode::NOT_FOUND, "attestation not found");
+    let latest = verifier
+        .store
+        .attestation(&agent_id, None)
+        .map_err(internal)?
+        .ok_or_else(not_found)?;
+    if which != "latest" {
+        let index: u64 = which.parse().map_err(|_| not_found())?;
+        if index > latest.index {
+            return Err(not_found());
+        }
+        if index < latest.index {
+            return Err(PushError::new(
+                StatusCode::FORBIDDEN,
+                "old_attestation: a newer attestation supersedes this one",
+            ));
+        }
+    }
+    let mut record = latest;
+    if record.stage != "awaiting_evidence" {
+        return Err(PushError::new(
+            StatusCode::FORBIDDEN,
+            "evidence_immutable: evidence was already submitted",
+        ));
+    }
+    let now = unix_micros_now();
+    if now > record.challenges_expire_at {
+        return Err(PushError::new(StatusCode::FORBIDDEN, "challenges_expired"));
+    }
+    let attributes = attributes(body)?;
+    let collected = attributes
+        .get("evidence_collected")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            PushError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request: evidence_collected is required",
+            )
+        })?;
+    if collected.len() != record.evidence.len() {
+        return Err(invalid(format!(
+            "/data/attributes/evidence_collected: {} items requested, {} sent",
+            record.evidence.len(),
+            collected.len()
+        )));
+    }
+    for (i, (asked, sent)) in record.evidence.iter_mut().zip(collected).enumerate() {
+        let pointer = format!("/data/attributes/evidence_collected/{i}");
+        if asked["evidence_class"] != sent["evidence_class"]
+            || asked["evidence_type"] != sent["evidence_type"]
+        {
+            return Err(invalid(format!(
+                "{pointer}: expected {} {}",
+                asked["evidence_class"], asked["evidence_type"]
+            )));
+        }
+        let data = &sent["data"];
+        match asked["evidence_type"].as_str() {
+            Some("tpm_quote") => {
+                for field in ["message", "signature", "subject_data"] {
+                    binary(&data[field], &format!("{pointer}/data/{field}"))?;
+                }
+            }
+            Some("uefi_log") => {
+                binary(&data["entries"], &format!("{pointer}/data/entries"))?;
+            }
+            Some("ima_log") => {
+                if !data["entries"].is_string() {
+                    return Err(invalid(format!("{pointer}/data/entries must be text")));
+                }
+            }
+            _ => return Err(invalid(format!("{pointer}: unknown evidence"))),
+        }
+        asked["data"] = data.clone();
+    }
+    record.stage = "evaluating_evidence".into();
+    record.evidence_received_at = Some(now);
+    verifier
+        .store
+        .update_attestation(&agent_id, &record)
+        .map_err(internal)?;
+    Ok((agent_id, session_id, record))
+}
+
+/// Judges submitted evidence and records the verdict on the attestation and the agent.
+fn verify(verifier: &Verifier, agent_id: &str, session_id: &str, mut record: PushAttestation) {
+    let Ok(Some(mut agent)) = verifier.store.agent(agent_id) else {
+        return;
+    };
+    let (failures, next) = match judge(verifier, &agent, &record) {
+        Ok(outcome) => outcome,
+        Err(why) => (
+            vec![Failure {
+                event_id: "qoute_validation.invalid_data".into(),
+                context: json!({"message": why}),
+            }],
+            None,
+        ),
+    };
+    let now = unix_now();
+    record.stage = "verification_complete".into();
+    record.verified_at = Some(unix_micros_now());
+    agent.last_received_quote = now;
+    if failures.is_empty() {
+        record.evaluation = "pass".into();
+        agent.last_attestation_passed = true;
+        if let Some((position, state)) = next {
+            record.ima_entries = position.next_entry.saturating_sub(record.ima_offset.unwrap_or(0));
+            agent.next_ima_ml_entry = position.next_entry;
+            agent.pcr10 = Some(hex::encode(&position.pcr10));
+            agent.boottime = Some(record.boot_time);
+            agent.ima_policy_state = state.map(|s| B64.encode(s));
+        }
+        agent.attestation_count += 1;
+        agent.last_successful_attestation = now;
+        if agent.consecutive_attestation_failures == 0 || verifier.config.auto_recover_attestation_failures {
+            agent.consecutive_attestation_failures = 0;
+            agent.last_failures.clear();
+        }
+        let expires = now + verifier.config.session_lifetime.as_secs();
+        if verifier.store.extend_session(session_id, expires).is_ok() {
+            verifier.tokens.extend(session_id, expires);
+        }
+    } else {
+        tracing::warn!(%agent_id, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "push attestation failed");
+        record.evaluation = "fail".into();
+        agent.last_attestation_passed = false;
+        let broken = failures.iter().any(|f| {
+            f.event_id.starts_with("qoute_validation.")
+                || f.event_id == "ima.pcr_mismatch"
+                || f.event_id.starts_with("measured_boot.invalid_pcr_")
+                || f.event_id.ends_with("missing_pcrs")
+        });
+        record.failure_reason = Some(
+            if broken {
+                "broken_evidence_chain"
+            } else {
+                "policy_violation"
+            }
+            .into(),
+        );
+        record.failures = failures
+            .iter()
+            .map(|f| (f.event_id.clone(), f.context.clone()))
+            .collect();
+        agent.consecutive_attestation_failures += 1;
+        agent.last_event_id = failures.first().map(|f| f.event_id.clone());
+        agent.last_failures = record.failures.clone();
+        // Keylime restarts IMA from the first entry after a failure.
+        agent.next_ima_ml_entry = 0;
+        agent.pcr10 = None;
+        agent.ima_policy_state = None;
+    }
+    if let Err(e) = verifier.store.update_attestation(agent_id, &record) {
+        tracing::error!(error = %e, "storing a push verdict");
+    }
+    if let Err(e) = verifier.store.update_agent(&agent, &[]) {
+        tracing::error!(error = %e, "storing a push agent");
+    }
+}
+
+type Judged = (Vec<Failure>, Option<(ImaPosition, Option<Vec<u8>>)>);
+
+fn judge(verifier: &Verifier, agent: &VerifierAgent, record: &PushAttestation) -> Result<Judged, String> {
+    let item = |kind: &str| record.evidence.iter().find(|e| e["evidence_type"] == kind);
+    let quote_item = item("tpm_quote").ok_or("no quote")?;
+    let field = |name: &str| binary(&quote_item["data"][name], name).map_err(|e| e.detail);
+    let quote_text = format!(
+        "r{}:{}:{}",
+        B64.encode(field("message")?),
+        B64.encode(field("signature")?),
+        B64.encode(field("subject_data")?)
+    );
+    let quote = Quote::from_keylime_string(&quote_text).map_err(|e| e.to_string())?;
+    let (_, ak) = enrolled_ak(agent).map_err(|e| e.detail)?;
+    let ak = AttestationKey::new(ak);
+    let hash = quote_item["chosen_parameters"]["hash_algorithm"]
+        .as_str()
+        .and_then(HashAlg::from_name)
+        .ok_or("no hash algorithm")?;
+    let challenge = B64.decode(&record.challenge).map_err(|e| e.to_string())?;
+    let tpm_policy = parse_tpm_policy(&agent.tpm_policy)?;
+    let (runtime, mb) = policies(verifier, agent).map_err(|e| e.detail)?;
+    let runtime_module = runtime
+        .as_ref()
+        .and_then(|r| resolve(verifier, PolicyKind::Runtime, &r.module).ok());
+    let mb_module = mb
+        .as_ref()
+        .and_then(|r| resolve(verifier, PolicyKind::MeasuredBoot, &r.module).ok());
+    let ima_text = item("ima_log").and_then(|e| e["data"]["entries"].as_str());
+    let uefi = item("uefi_log").and_then(|e| binary(&e["data"]["entries"], "entries").ok());
+    let offset = record.ima_offset.unwrap_or(0);
+    let from = match (&agent.pcr10, offset) {
+        (Some(pcr10), o) if o > 0 => ImaPosition {
+            next_entry: o,
+            pcr10: hex::decode(pcr10).map_err(|e| e.to_string())?,
+        },
+        _ => ImaPosition::start(hash),
+    };
+    let prior_state = if offset > 0 {
+        agent.ima_policy_state.as_deref().and_then(|s| B64.decode(s).ok())
+    } else {
+        None
+    };
+    let runtime_input = match (&runtime, &runtime_module, ima_text) {
+        (Some(r), Some(m), Some(list)) => r.document.as_deref().map(|document| ImaInput {
+            policy: PolicySource::new(&r.name, m, document).known_as(&r.module, &r.checksum),
+            list,
+            from,
+            start_offset: offset,
+            prior_state,
+        }),
+        _ => None,
+    };
+    let mb_input = match (&mb, &mb_module, &uefi) {
+        (Some(r), Some(m), Some(log)) => r.document.as_deref().map(|document| {
+            (
+                PolicySource::new(&r.name, m, document).known_as(&r.module, &r.checksum),
+                log.as_slice(),
+            )
+        }),
+        _ => None,
+    };
+    let outcome = attest(
+        &verifier.policies,
+        &AttestationInput {
+            tenant: DEFAULT_TENANT,
+            quote: &quote,
+            ak: &ak,
+            nonce: &challenge,
+            hash,
+            tpm_policy: &tpm_policy,
+            runtime: runtime_input,
+            measured_boot: mb_input,
+        },
+    );
+    let next = outcome.ima_next.map(|p| (p, outcome.ima_state));
+    Ok((outcome.failures, next))
+}
+
+/// Admin reads: `GET …/attestations`, `…/latest`, `…/{n}`.
+pub async fn list(
+    State(verifier): State<Verifier>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Response {
+    let prefix = prefix(&uri);
+    if let Err(e) = caller.require_admin() {
+        return PushError::new(e.code, e.message).into_response();
+    }
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Value, PushError> {
+        let agent_id = agent_id(&id)?;
+        verifier
+            .store
+            .agent(&agent_id)
+            .map_err(internal)?
+            .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "agent not found"))?;
+        let all = verifier.store.attestations(&agent_id).map_err(internal)?;
+        let data: Vec<Value> = all.iter().map(|a| resource(prefix, &agent_id, a)).collect();
+        Ok(document(
+            json!(data),
+            &format!("{prefix}/agents/{agent_id}/attestations"),
+        ))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(body)) => (StatusCode::OK, Json(body)).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => internal(e).into_response(),
+    }
+}
+
+pub async fn show(
+    State(verifier): State<Verifier>,
+    Extension(caller): Extension<Caller>,
+    Path((id, which)): Path<(String, String)>,
+    uri: Uri,
+) -> Response {
+    let prefix = prefix(&uri);
+    let path = uri.path().to_owned();
+    if let Err(e) = caller.require_admin() {
+        return PushError::new(e.code, e.message).into_response();
+    }
+    let outcome = tokio::task::spawn_blocking(move || -> Result<Value, PushError> {
+        let agent_id = agent_id(&id)?;
+        let index = match which.as_str() {
+            "latest" => None,
+            n => Some(
+                n.parse::<u64>()
+                    .map_err(|_| PushError::new(StatusCode::NOT_FOUND, "attestation not found"))?,
+            ),
+        };
+        let record = verifier
+            .store
+            .attestation(&agent_id, index)
+            .map_err(internal)?
+            .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "attestation not found"))?;
+        Ok(document(resource(prefix, &agent_id, &record), &path))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(body)) => (StatusCode::OK, Json(body)).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => internal(e).into_response(),
+    }
+}

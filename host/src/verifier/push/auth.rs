@@ -1,0 +1,110 @@
+//! Bearer tokens of push agents: `Authorization: Bearer <session_id>.<secret>`. The store
+//! keeps only a salted PBKDF2 hash; a token verified once is remembered in memory by its
+//! SHA-256, so only the first request after a start pays for the slow hash.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::http::{HeaderMap, StatusCode, header};
+
+use super::PushError;
+use super::sessions::token_hash;
+use crate::verifier::Verifier;
+
+#[derive(Clone)]
+struct Known {
+    digest: Vec<u8>,
+    agent_id: String,
+    expires_at: u64,
+}
+
+/// Tokens verified since start, by session id.
+#[derive(Default)]
+pub struct TokenCache(Mutex<HashMap<String, Known>>);
+
+impl TokenCache {
+    /// A passing attestation extends its session.
+    pub fn extend(&self, session_id: &str, expires_at: u64) {
+        if let Ok(mut known) = self.0.lock()
+            && let Some(k) = known.get_mut(session_id)
+        {
+            k.expires_at = expires_at;
+        }
+    }
+}
+
+fn unauthorized(detail: &str) -> PushError {
+    PushError::new(StatusCode::UNAUTHORIZED, detail)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks the request's bearer token for `agent_id` (blocking: may read the store and run
+/// the slow hash). Returns the session id. 401 when missing, unknown or expired; 403 when
+/// the token is another agent's.
+pub fn authenticate(verifier: &Verifier, headers: &HeaderMap, agent_id: &str) -> Result<String, PushError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| unauthorized("a bearer token is required"))?;
+    let (session_id, _) = token
+        .split_once('.')
+        .filter(|(id, secret)| id.len() == 36 && !secret.is_empty())
+        .ok_or_else(|| unauthorized("malformed token"))?;
+    let digest = crate::evidence::HashAlg::Sha256.digest(&[token.as_bytes()]);
+    let now = crate::clock::unix_now();
+    let cached = verifier
+        .tokens
+        .0
+        .lock()
+        .ok()
+        .and_then(|k| k.get(session_id).cloned());
+    let known = match cached {
+        Some(k) if constant_time_eq(&k.digest, &digest) => k,
+        // Another secret for a known session id: not this token.
+        Some(_) => return Err(unauthorized("invalid token")),
+        None => {
+            let session = verifier
+                .store
+                .session(session_id)
+                .map_err(|e| {
+                    PushError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("Internal error: {e}"))
+                })?
+                .ok_or_else(|| unauthorized("invalid token"))?;
+            if !constant_time_eq(&token_hash(&session.token_salt, token), &session.token_hash) {
+                return Err(unauthorized("invalid token"));
+            }
+            let known = Known {
+                digest,
+                agent_id: session.agent_id,
+                expires_at: session.token_expires_at,
+            };
+            if let Ok(mut cache) = verifier.tokens.0.lock() {
+                // One session per agent: an older one of this agent is gone from the store.
+                cache.retain(|_, k| k.agent_id != known.agent_id);
+                cache.insert(session_id.to_owned(), known.clone());
+            }
+            known
+        }
+    };
+    if known.expires_at < now {
+        return Err(unauthorized("the token has expired"));
+    }
+    // The store may have replaced this session with a newer one of the same agent.
+    if verifier
+        .store
+        .session(session_id)
+        .map_err(|e| PushError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("Internal error: {e}")))?
+        .is_none()
+    {
+        return Err(unauthorized("the session has ended"));
+    }
+    if known.agent_id != agent_id {
+        return Err(PushError::new(StatusCode::FORBIDDEN, "ownership required"));
+    }
+    Ok(session_id.to_owned())
+}

@@ -1,0 +1,417 @@
+//! Push mode end to end (API 3.0): swtpm-backed agents authenticate, offer capabilities,
+//! submit quotes and IMA entries; the verifier judges asynchronously and shows the verdict
+//! in its agent status and attestation records.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use zest::evidence::HashAlg;
+use zest::verifier::{Mode, VerifierConfig};
+use zest_tests::push_agent::PushAgent;
+use zest_tests::server::{TestVerifier, send_json};
+use zest_tests::{AkKind, EkKind, Swtpm, TestAgent};
+
+fn config() -> VerifierConfig {
+    let mut config = VerifierConfig::defaults();
+    config.port = 0;
+    config.mode = Mode::Push;
+    config.quote_interval = 0.2;
+    config
+}
+
+async fn verifier_with(config: VerifierConfig) -> TestVerifier {
+    let data = tempfile::Builder::new().prefix("zest-push-").tempdir().unwrap();
+    TestVerifier::start_in(data, config).await.unwrap()
+}
+
+fn digest(path: &str) -> Vec<u8> {
+    HashAlg::Sha256.digest(&[path.as_bytes()])
+}
+
+fn policy_for(paths: &[String]) -> Value {
+    let digests: serde_json::Map<String, Value> = paths
+        .iter()
+        .map(|p| (p.clone(), json!([hex::encode(digest(p))])))
+        .collect();
+    json!({"meta": {"version": 1, "generator": 3}, "release": 0, "digests": digests, "excludes": [],
+        "keyrings": {}, "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null},
+        "ima-buf": {}, "verification-keys": ""})
+}
+
+/// Enrols a push agent (no address, no mTLS certificate), with a runtime policy when given.
+async fn enrol(verifier: &TestVerifier, agent: &TestAgent, tpm_policy: &str, runtime: Option<&Value>) {
+    let body = json!({
+        "v": null, "cloudagent_ip": null, "cloudagent_port": null, "tpm_policy": tpm_policy,
+        "runtime_policy": runtime.map(|r| B64.encode(r.to_string())).unwrap_or_default(),
+        "runtime_policy_name": null, "mb_policy": null, "mb_policy_name": "",
+        "ima_sign_verification_keys": "", "metadata": "{}", "revocation_key": "",
+        "accept_tpm_hash_algs": ["sha256", "sha1"], "accept_tpm_encryption_algs": ["rsa", "ecc"],
+        "accept_tpm_signing_algs": ["rsassa", "ecdsa"], "ak_tpm": B64.encode(&agent.aik_tpm),
+        "mtls_cert": "disabled", "supported_version": null,
+    });
+    let admin = verifier.admin_client().unwrap();
+    let (status, reply) = send_json(
+        admin
+            .post(verifier.url("2.6", &format!("agents/{}", agent.uuid)))
+            .json(&body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{reply}");
+}
+
+async fn push_agent(verifier: &TestVerifier, tpm: &Swtpm, uuid: &str, ak: AkKind) -> PushAgent {
+    let key = if ak == AkKind::RsaSsa { "rsa" } else { "ecc" };
+    let agent = TestAgent::new(tpm, uuid, EkKind::Rsa2048, ak).unwrap();
+    PushAgent::new(agent, &verifier.https, verifier.anonymous_client().unwrap(), key)
+}
+
+async fn admin_get(verifier: &TestVerifier, path: &str) -> (u16, Value) {
+    let admin = verifier.admin_client().unwrap();
+    send_json(admin.get(format!("{}{path}", verifier.https)))
+        .await
+        .unwrap()
+}
+
+async fn status(verifier: &TestVerifier, uuid: &str) -> Value {
+    admin_get(verifier, &format!("/v2.6/agents/{uuid}")).await.1["results"].clone()
+}
+
+/// Waits for attestation `index` of `uuid` to be judged; returns its attributes.
+async fn verdict(verifier: &TestVerifier, uuid: &str, index: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, reply) = admin_get(verifier, &format!("/v3.0/agents/{uuid}/attestations/{index}")).await;
+        assert_eq!(code, 200, "{reply}");
+        let attributes = reply["data"]["attributes"].clone();
+        if attributes["stage"] == "verification_complete" {
+            return attributes;
+        }
+        assert!(Instant::now() < deadline, "no verdict: {reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A whole round that must be accepted; returns (index, the ima_log starting offset, verdict).
+async fn round(verifier: &TestVerifier, agent: &mut PushAgent) -> (u64, Option<u64>, Value) {
+    let r = agent.attest().await.unwrap();
+    assert_eq!(r.created.0, 201, "{}", r.created.1);
+    let location = r.location.unwrap();
+    let index: u64 = location.rsplit('/').next().unwrap().parse().unwrap();
+    assert_eq!(
+        location,
+        format!("/v3.0/agents/{}/attestations/{index}", agent.agent.uuid)
+    );
+    let requested = &r.created.1["data"]["attributes"]["evidence_requested"];
+    let offset = requested
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["evidence_type"] == "ima_log")
+        .and_then(|e| e["chosen_parameters"]["starting_offset"].as_u64());
+    let (code, reply) = r.submitted.unwrap();
+    assert_eq!(code, 202, "{reply}");
+    assert!(reply["meta"]["seconds_to_next_attestation"].is_u64(), "{reply}");
+    let judged = verdict(verifier, &agent.agent.uuid, index).await;
+    // The next round may start once quote_interval has passed since the evidence.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    (index, offset, judged)
+}
+
+#[tokio::test]
+async fn agents_pass_round_after_round_then_fail_on_tampered_ima_and_replays_are_refused() {
+    let verifier = verifier_with(config()).await;
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = push_agent(&verifier, &tpm, "push-agent-1", AkKind::RsaSsa).await;
+    let paths: Vec<String> = (0..8).map(|i| format!("/usr/bin/tool-{i}")).collect();
+    for p in &paths[..3] {
+        agent.measure(p, &digest(p)).unwrap();
+    }
+    enrol(&verifier, &agent.agent, "{}", Some(&policy_for(&paths))).await;
+    assert_eq!(
+        status(&verifier, "push-agent-1").await["attestation_status"],
+        "PENDING"
+    );
+
+    // Without a token: 401, in JSON:API errors.
+    let (code, _, body) = agent.offer().await.unwrap();
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(body["errors"][0]["status"], "401");
+    agent.authenticate().await.unwrap();
+
+    let mut offsets = Vec::new();
+    for (i, p) in paths[3..].iter().enumerate() {
+        let (index, offset, judged) = round(&verifier, &mut agent).await;
+        assert_eq!(index, i as u64);
+        assert_eq!(judged["evaluation"], "pass", "{judged}");
+        offsets.push(offset.unwrap());
+        agent.measure(p, &digest(p)).unwrap();
+    }
+    assert_eq!(offsets, [0, 3, 4, 5, 6], "IMA is asked for incrementally");
+    let s = status(&verifier, "push-agent-1").await;
+    assert_eq!(
+        (s["attestation_status"].as_str(), s["attestation_count"].as_u64()),
+        (Some("PASS"), Some(5)),
+        "{s}"
+    );
+    assert_eq!(s["operational_state"], 3);
+
+    // Evidence for an attestation is taken once; a superseded one is closed.
+    let (code, location, created) = agent.offer().await.unwrap();
+    assert_eq!(code, 201, "{created}");
+    let url = format!("{}{}", verifier.https, location.unwrap());
+    let evidence = agent
+        .evidence(&created["data"]["attributes"]["evidence_requested"], None)
+        .unwrap();
+    let (code, _) = agent.submit(&url, &evidence).await.unwrap();
+    assert_eq!(code, 202);
+    let (code, reply) = agent.submit(&url, &evidence).await.unwrap();
+    assert_eq!(code, 403, "{reply}");
+    assert!(
+        reply["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("evidence_immutable")
+    );
+    let old_index: u64 = url.rsplit('/').next().unwrap().parse().unwrap();
+    verdict(&verifier, "push-agent-1", old_index).await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let old_challenge = B64
+        .decode(
+            created["data"]["attributes"]["evidence_requested"][0]["chosen_parameters"]["challenge"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let (code, location, created) = agent.offer().await.unwrap();
+    assert_eq!(code, 201);
+    let (code, reply) = agent.submit(&url, &evidence).await.unwrap();
+    assert_eq!(code, 403, "{reply}");
+    assert!(
+        reply["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("old_attestation")
+    );
+
+    // A quote over the previous challenge: accepted for judging, judged broken.
+    let replayed = agent
+        .evidence(
+            &created["data"]["attributes"]["evidence_requested"],
+            Some(&old_challenge),
+        )
+        .unwrap();
+    let location = location.unwrap();
+    let (code, _) = agent
+        .submit(&format!("{}{location}", verifier.https), &replayed)
+        .await
+        .unwrap();
+    assert_eq!(code, 202);
+    let index: u64 = location.rsplit('/').next().unwrap().parse().unwrap();
+    let judged = verdict(&verifier, "push-agent-1", index).await;
+    assert_eq!(
+        (judged["evaluation"].as_str(), judged["failure_reason"].as_str()),
+        (Some("fail"), Some("broken_evidence_chain")),
+        "{judged}"
+    );
+    assert_eq!(
+        status(&verifier, "push-agent-1").await["attestation_status"],
+        "FAIL"
+    );
+}
+
+#[tokio::test]
+async fn a_file_outside_the_policy_fails_the_agent_until_it_is_reactivated() {
+    let verifier = verifier_with(config()).await;
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = push_agent(&verifier, &tpm, "push-agent-2", AkKind::RsaSsa).await;
+    let paths = vec!["/usr/bin/ok".to_string()];
+    agent.measure(&paths[0], &digest(&paths[0])).unwrap();
+    enrol(&verifier, &agent.agent, "{}", Some(&policy_for(&paths))).await;
+    agent.authenticate().await.unwrap();
+    assert_eq!(round(&verifier, &mut agent).await.2["evaluation"], "pass");
+    agent.measure("/tmp/evil", &digest("/tmp/evil")).unwrap();
+    let (_, _, judged) = round(&verifier, &mut agent).await;
+    assert_eq!(
+        (judged["evaluation"].as_str(), judged["failure_reason"].as_str()),
+        (Some("fail"), Some("policy_violation"))
+    );
+    assert_eq!(
+        judged["failures"][0]["type"], "ima.validation.ima-ng.not_in_allowlist",
+        "{judged}"
+    );
+    let s = status(&verifier, "push-agent-2").await;
+    assert_eq!(s["attestation_status"], "FAIL", "{s}");
+    assert_eq!(s["last_event_id"], "ima.validation.ima-ng.not_in_allowlist");
+
+    // Reactivation clears the failure; the agent shows PENDING until a round passes. The
+    // policy now lists the file, so the next round (a full replay) passes.
+    let admin = verifier.admin_client().unwrap();
+    let allow = |extra: &[&str]| {
+        let mut policy = policy_for(&paths);
+        for p in extra {
+            policy["digests"][*p] = json!([hex::encode(digest(p))]);
+        }
+        json!({"runtime_policy": B64.encode(policy.to_string())})
+    };
+    let (code, reply) = send_json(
+        admin
+            .put(verifier.url("2.6", "allowlists/push-agent-2"))
+            .json(&allow(&["/tmp/evil"])),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 201, "{reply}");
+    let (code, _) = send_json(admin.put(verifier.url("2.6", "agents/push-agent-2/reactivate")))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let s = status(&verifier, "push-agent-2").await;
+    assert_eq!(
+        (s["attestation_status"].as_str(), s["operational_state"].as_u64()),
+        (Some("PENDING"), Some(3)),
+        "{s}"
+    );
+    assert_eq!(round(&verifier, &mut agent).await.2["evaluation"], "pass");
+    assert_eq!(
+        status(&verifier, "push-agent-2").await["attestation_status"],
+        "PASS"
+    );
+
+    // Without reactivation a later pass does not clear a failure (Keylime's
+    // auto_recover_attestation_failures is off).
+    agent.measure("/tmp/evil2", &digest("/tmp/evil2")).unwrap();
+    assert_eq!(round(&verifier, &mut agent).await.2["evaluation"], "fail");
+    let (code, _) = send_json(
+        admin
+            .put(verifier.url("2.6", "allowlists/push-agent-2"))
+            .json(&allow(&["/tmp/evil", "/tmp/evil2"])),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 201);
+    assert_eq!(round(&verifier, &mut agent).await.2["evaluation"], "pass");
+    assert_eq!(
+        status(&verifier, "push-agent-2").await["attestation_status"],
+        "FAIL"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_and_the_agent_authenticates_again() {
+    let mut cfg = config();
+    cfg.session_lifetime = Duration::from_secs(1);
+    let verifier = verifier_with(cfg).await;
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = push_agent(&verifier, &tpm, "push-agent-3", AkKind::RsaSsa).await;
+    enrol(&verifier, &agent.agent, r#"{"mask": "0x1"}"#, None).await;
+    agent.authenticate().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (code, _, body) = agent.offer().await.unwrap();
+    assert_eq!(code, 401, "{body}");
+    agent.authenticate().await.unwrap();
+    assert_eq!(round(&verifier, &mut agent).await.2["evaluation"], "pass");
+    // A forged token for a real session id is refused too.
+    let forged = format!(
+        "{}.{}",
+        agent.token.as_ref().unwrap().split_once('.').unwrap().0,
+        "A".repeat(43)
+    );
+    agent.token = Some(forged);
+    assert_eq!(agent.offer().await.unwrap().0, 401);
+}
+
+#[tokio::test]
+async fn a_silent_agent_times_out_and_recovers_by_attesting() {
+    let verifier = verifier_with(config()).await;
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = push_agent(&verifier, &tpm, "push-agent-4", AkKind::EcDsaP256).await;
+    enrol(&verifier, &agent.agent, r#"{"mask": "0x1"}"#, None).await;
+    agent.authenticate().await.unwrap();
+    assert_eq!(
+        round(&verifier, &mut agent).await.2["evaluation"],
+        "pass",
+        "an ECC AK attests"
+    );
+    assert_eq!(
+        status(&verifier, "push-agent-4").await["attestation_status"],
+        "PASS"
+    );
+    // stale_after: max(5 × quote_interval, 10 s).
+    tokio::time::sleep(Duration::from_millis(11_000)).await;
+    assert_eq!(
+        status(&verifier, "push-agent-4").await["attestation_status"],
+        "TIMEOUT"
+    );
+    assert_eq!(round(&verifier, &mut agent).await.2["evaluation"], "pass");
+    assert_eq!(
+        status(&verifier, "push-agent-4").await["attestation_status"],
+        "PASS"
+    );
+}
+
+#[tokio::test]
+async fn hundreds_of_records_are_listed_and_agents_never_see_each_other() {
+    let mut cfg = config();
+    cfg.quote_interval = 0.0;
+    let verifier = verifier_with(cfg).await;
+    let (tpm_a, tpm_b) = (Swtpm::start().unwrap(), Swtpm::start().unwrap());
+    let mut a = push_agent(&verifier, &tpm_a, "push-agent-5", AkKind::RsaSsa).await;
+    let mut b = push_agent(&verifier, &tpm_b, "push-agent-6", AkKind::RsaSsa).await;
+    enrol(&verifier, &a.agent, r#"{"mask": "0x1"}"#, None).await;
+    enrol(&verifier, &b.agent, r#"{"mask": "0x1"}"#, None).await;
+    a.authenticate().await.unwrap();
+    b.authenticate().await.unwrap();
+    const ROUNDS: u64 = 120;
+    for i in 0..ROUNDS {
+        let r = a.attest().await.unwrap();
+        assert_eq!(r.created.0, 201, "{}", r.created.1);
+        assert_eq!(r.submitted.unwrap().0, 202);
+        verdict(&verifier, "push-agent-5", i).await;
+    }
+    let (code, list) = admin_get(&verifier, "/v3.0/agents/push-agent-5/attestations").await;
+    assert_eq!(code, 200);
+    let records = list["data"].as_array().unwrap();
+    assert_eq!(records.len() as u64, ROUNDS);
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["id"], i.to_string());
+        assert_eq!(r["attributes"]["evaluation"], "pass");
+        assert_eq!(
+            r["links"]["self"],
+            format!("/v3.0/agents/push-agent-5/attestations/{i}")
+        );
+    }
+    let (_, latest) = admin_get(&verifier, "/v3/agents/push-agent-5/attestations/latest").await;
+    assert_eq!(latest["data"]["id"], (ROUNDS - 1).to_string());
+
+    // B's token does not open A's attestations; B sees none of A's records.
+    let token_b = b.token.clone();
+    a.token = token_b;
+    assert_eq!(a.offer().await.unwrap().0, 403);
+    let (_, list_b) = admin_get(&verifier, "/v3.0/agents/push-agent-6/attestations").await;
+    assert_eq!(list_b["data"], json!([]));
+    // Agents cannot read records: that is the admin's (mTLS) view.
+    let anonymous = verifier.anonymous_client().unwrap();
+    let (code, _) = send_json(anonymous.get(format!(
+        "{}/v3.0/agents/push-agent-6/attestations",
+        verifier.https
+    )))
+    .await
+    .unwrap();
+    assert_eq!(code, 403);
+    // Wrong content type.
+    let (code, _) = send_json(
+        anonymous
+            .post(format!(
+                "{}/v3.0/agents/push-agent-6/attestations",
+                verifier.https
+            ))
+            .header("content-type", "application/json")
+            .body("{}"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 415);
+}
