@@ -313,6 +313,11 @@ async fn an_expired_token_is_refused_and_the_agent_authenticates_again() {
     assert_eq!(code, 401, "{body}");
     agent.authenticate().await.unwrap();
     assert_eq!(round(&verifier, &mut agent).await.2["evaluation"], "pass");
+    // Passing rounds extend the token: rounds for longer than its lifetime keep working.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(round(&verifier, &mut agent).await.2["evaluation"], "pass");
+    }
     // A forged token for a real session id is refused too.
     let forged = format!(
         "{}.{}",
@@ -321,6 +326,59 @@ async fn an_expired_token_is_refused_and_the_agent_authenticates_again() {
     );
     agent.token = Some(forged);
     assert_eq!(agent.offer().await.unwrap().0, 401);
+}
+
+#[tokio::test]
+async fn rounds_inside_the_quote_interval_wait_and_short_ima_logs_are_refused() {
+    let mut cfg = config();
+    cfg.quote_interval = 3.0;
+    let verifier = verifier_with(cfg).await;
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = push_agent(&verifier, &tpm, "push-agent-7", AkKind::RsaSsa).await;
+    let paths = vec!["/usr/bin/a".to_string(), "/usr/bin/b".to_string()];
+    for p in &paths {
+        agent.measure(p, &digest(p)).unwrap();
+    }
+    enrol(&verifier, &agent.agent, "{}", Some(&policy_for(&paths))).await;
+    agent.authenticate().await.unwrap();
+    let r = agent.attest().await.unwrap();
+    let (code, reply) = r.submitted.unwrap();
+    assert_eq!(code, 202);
+    assert_eq!(reply["meta"]["seconds_to_next_attestation"], 3);
+    verdict(&verifier, "push-agent-7", 0).await;
+    let response = agent.offer().await.unwrap();
+    assert_eq!(response.0, 429, "{}", response.2);
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+
+    // An IMA log shorter than the agent offered is refused, and nothing is judged.
+    agent.measure("/usr/bin/c", &digest("/usr/bin/c")).unwrap();
+    let (code, location, created) = agent.offer().await.unwrap();
+    assert_eq!(code, 201, "{created}");
+    let mut evidence = agent
+        .evidence(&created["data"]["attributes"]["evidence_requested"], None)
+        .unwrap();
+    let collected = evidence["data"]["attributes"]["evidence_collected"]
+        .as_array_mut()
+        .unwrap();
+    let ima = collected
+        .iter_mut()
+        .find(|e| e["evidence_type"] == "ima_log")
+        .unwrap();
+    ima["data"]["entries"] = json!("");
+    let (code, reply) = agent
+        .submit(&format!("{}{}", verifier.https, location.unwrap()), &evidence)
+        .await
+        .unwrap();
+    assert_eq!(code, 422, "{reply}");
+    assert!(
+        reply["errors"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("at least"),
+        "{reply}"
+    );
+    let (_, latest) = admin_get(&verifier, "/v3.0/agents/push-agent-7/attestations/latest").await;
+    assert_eq!(latest["data"]["attributes"]["stage"], "awaiting_evidence");
 }
 
 #[tokio::test]

@@ -567,8 +567,20 @@ fn submit_blocking(
                 binary(&data["entries"], &format!("{pointer}/data/entries"))?;
             }
             Some("ima_log") => {
-                if !data["entries"].is_string() {
-                    return Err(invalid(format!("{pointer}/data/entries must be text")));
+                let entries = data["entries"]
+                    .as_str()
+                    .ok_or_else(|| invalid(format!("{pointer}/data/entries must be text")))?;
+                // At least what the agent said it had when it offered, from the offset on.
+                let offered = asked["capabilities"]["entry_count"].as_u64().unwrap_or(0);
+                let from = asked["chosen_parameters"]["starting_offset"]
+                    .as_u64()
+                    .unwrap_or(0);
+                let needed = offered.saturating_sub(from);
+                let sent = entries.bytes().filter(|b| *b == b'\n').count() as u64;
+                if sent < needed {
+                    return Err(invalid(format!(
+                        "{pointer}/data/entries must contain at least {needed} entries, {sent} were sent"
+                    )));
                 }
             }
             _ => return Err(invalid(format!("{pointer}: unknown evidence"))),
