@@ -265,9 +265,12 @@ async fn integrity(
             "enc_alg": "rsa",
             "sign_alg": "rsassa",
             "boottime": s.boottime,
-            "ima_measurement_list": s.log.text_from(from as usize),
-            "ima_measurement_list_entry": from,
         });
+        // Like Keylime's agent: the IMA list only when PCR 10 is asked for.
+        if mask & (1 << 10) != 0 {
+            results["ima_measurement_list"] = json!(s.log.text_from(from as usize));
+            results["ima_measurement_list_entry"] = json!(from);
+        }
         if let Some(log) = s.boot_log.as_ref().filter(|_| mask & 1 != 0) {
             results["mb_measurement_list"] = json!(base64::engine::general_purpose::STANDARD.encode(log));
         }

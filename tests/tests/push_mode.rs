@@ -473,3 +473,63 @@ async fn hundreds_of_records_are_listed_and_agents_never_see_each_other() {
     .unwrap();
     assert_eq!(code, 415);
 }
+
+#[tokio::test]
+async fn one_verifier_serves_pull_and_push_agents_side_by_side() {
+    let mut cfg = config();
+    cfg.mode = Mode::Both;
+    let verifier = verifier_with(cfg).await;
+    let (tpm_pull, tpm_push) = (Swtpm::start().unwrap(), Swtpm::start().unwrap());
+    let pulled = TestAgent::new(&tpm_pull, "both-pull", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    let ak = pulled.aik_tpm.clone();
+    let pubkey = String::from_utf8(zest_tests::fixture("keylime/test/data/ima_keys/rsa2048pub.pem")).unwrap();
+    let pulled = zest_tests::pull_agent::PullAgent::start(
+        pulled,
+        pubkey,
+        &verifier.data.path().join("cv_ca/cacert.crt"),
+    )
+    .await
+    .unwrap();
+    let admin = verifier.admin_client().unwrap();
+    let body = json!({
+        "v": null, "cloudagent_ip": "127.0.0.1", "cloudagent_port": pulled.addr.port(),
+        "tpm_policy": r#"{"mask": "0x1"}"#, "runtime_policy": "", "runtime_policy_name": null,
+        "mb_policy": null, "mb_policy_name": "", "ima_sign_verification_keys": "", "metadata": "{}",
+        "revocation_key": "", "accept_tpm_hash_algs": ["sha256"], "accept_tpm_encryption_algs": ["rsa"],
+        "accept_tpm_signing_algs": ["rsassa"], "ak_tpm": B64.encode(ak), "mtls_cert": pulled.cert_pem,
+        "supported_version": "2.6",
+    });
+    let (code, reply) = send_json(admin.post(verifier.url("2.6", "agents/both-pull")).json(&body))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{reply}");
+    let mut pushed = push_agent(&verifier, &tpm_push, "both-push", AkKind::RsaSsa).await;
+    enrol(&verifier, &pushed.agent, r#"{"mask": "0x1"}"#, None).await;
+    pushed.authenticate().await.unwrap();
+    assert_eq!(round(&verifier, &mut pushed).await.2["evaluation"], "pass");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status(&verifier, "both-pull").await;
+        if s["attestation_count"].as_u64().unwrap_or(0) >= 2 {
+            assert_eq!(s["attestation_status"], "PASS");
+            assert_eq!(s["ip"], "127.0.0.1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pull agent was not attested: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = status(&verifier, "both-push").await;
+    assert_eq!(
+        (s["attestation_status"].as_str(), &s["ip"]),
+        (Some("PASS"), &Value::Null),
+        "{s}"
+    );
+    // The push agent is never polled, and the pull agent cannot open push sessions.
+    assert!(pulled.requested_offsets().len() >= 2);
+    let mut impostor = push_agent(&verifier, &tpm_pull, "both-pull", AkKind::RsaSsa).await;
+    assert!(
+        impostor.authenticate().await.is_err(),
+        "a pull agent has no push session"
+    );
+}
