@@ -8,118 +8,20 @@
 //! (`ZEST_BIN` names another binary; `ROUND_SECONDS` sets each phase's length, default 10;
 //! `ZEST_BENCH_LOG` keeps the verifier's log, at `RUST_LOG` level, in a file).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use zest::evidence::HashAlg;
+use zest_tests::process::{Verifier, cpu_seconds, memory_kib};
 use zest_tests::pull_agent::PullAgent;
 use zest_tests::server::{admin_client, send_json};
 use zest_tests::{AkKind, EkKind, Swtpm, TestAgent, fixture};
 
 const ENTRIES: usize = 1000;
-
-fn zest_binary() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("ZEST_BIN") {
-        return Ok(path.into());
-    }
-    // target/release/deps/pull_round-… → target/release/zest
-    let exe = std::env::current_exe()?;
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("zest"))
-        .context("no target directory")?;
-    if !path.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release -p zest` first",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// CPU seconds (user + system) of a process so far.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let rest = stat.rsplit_once(')').context("odd /proc stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    let per_second: f64 = String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
-        .trim()
-        .parse()?;
-    Ok(ticks / per_second)
-}
-
-fn memory_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
-struct Verifier {
-    child: Child,
-    data: tempfile::TempDir,
-    url: String,
-}
-
-impl Drop for Verifier {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Verifier {
-    async fn start(webhook: &str) -> anyhow::Result<Self> {
-        let data = tempfile::Builder::new().prefix("zest-bench-").tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = Command::new(zest_binary()?)
-            .args(["verifier", "--data-dir"])
-            .arg(data.path())
-            .args(["--verifier-port", &port.to_string(), "--quote-interval", "0"])
-            .args(["--revocation-webhook", webhook])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(match std::env::var_os("ZEST_BENCH_LOG") {
-                Some(path) => Stdio::from(std::fs::File::create(path)?),
-                None => Stdio::null(),
-            })
-            .spawn()?;
-        let verifier = Self {
-            child,
-            data,
-            url: format!("https://localhost:{port}/v2.6"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if Instant::now() > deadline {
-                bail!("the verifier did not start");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(verifier)
-    }
-
-    async fn status(&self, client: &reqwest::Client, uuid: &str) -> anyhow::Result<Value> {
-        let (_, reply) = send_json(client.get(format!("{}/agents/{uuid}", self.url))).await?;
-        Ok(reply["results"].clone())
-    }
-}
 
 async fn webhook_sink() -> anyhow::Result<(String, Arc<Mutex<Vec<(Instant, Value)>>>)> {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -200,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
     let (webhook, revocations) = webhook_sink().await?;
-    let verifier = Verifier::start(&webhook).await?;
+    let verifier = Verifier::start(&["--quote-interval", "0", "--revocation-webhook", &webhook]).await?;
     let client = admin_client(verifier.data.path())?;
 
     let tpm = Swtpm::start()?;

@@ -6,6 +6,7 @@ pub mod boot;
 pub mod ek_issuer;
 pub mod ima;
 pub mod policies;
+pub mod process;
 pub mod pull_agent;
 pub mod push_agent;
 pub mod server;

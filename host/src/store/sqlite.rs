@@ -81,6 +81,34 @@ const MIGRATIONS: &[&str] = &[
         record   TEXT    NOT NULL,
         PRIMARY KEY (tenant, agent_id, idx)
     ) STRICT;",
+    // 6: policy documents move to the last column, so that reading a policy's module,
+    // checksum and generator does not walk a multi-megabyte document's overflow pages.
+    "CREATE TABLE runtime_policies_v6 (
+        tenant    TEXT    NOT NULL,
+        name      TEXT    NOT NULL,
+        module    TEXT    NOT NULL,
+        checksum  TEXT    NOT NULL,
+        generator INTEGER NOT NULL,
+        document  BLOB,
+        PRIMARY KEY (tenant, name)
+    ) STRICT;
+    INSERT INTO runtime_policies_v6 (tenant, name, module, checksum, generator, document)
+        SELECT tenant, name, module, checksum, generator, document FROM runtime_policies;
+    DROP TABLE runtime_policies;
+    ALTER TABLE runtime_policies_v6 RENAME TO runtime_policies;
+    CREATE TABLE mb_policies_v6 (
+        tenant    TEXT    NOT NULL,
+        name      TEXT    NOT NULL,
+        module    TEXT    NOT NULL,
+        checksum  TEXT    NOT NULL,
+        generator INTEGER NOT NULL,
+        document  BLOB,
+        PRIMARY KEY (tenant, name)
+    ) STRICT;
+    INSERT INTO mb_policies_v6 (tenant, name, module, checksum, generator, document)
+        SELECT tenant, name, module, checksum, generator, document FROM mb_policies;
+    DROP TABLE mb_policies;
+    ALTER TABLE mb_policies_v6 RENAME TO mb_policies;",
 ];
 
 /// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and

@@ -96,6 +96,29 @@ impl VerifierStore for SqliteStore {
             .optional()?)
     }
 
+    fn policy_info(&self, kind: PolicyKind, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        let conn = self.conn()?;
+        Ok(conn
+            .query_row(
+                &format!(
+                    "SELECT name, module, document IS NOT NULL, checksum, generator FROM {}
+                     WHERE tenant = ?1 AND name = ?2",
+                    kind.table()
+                ),
+                params![DEFAULT_TENANT, name],
+                |row| {
+                    Ok(PolicyRecord {
+                        name: row.get(0)?,
+                        module: row.get(1)?,
+                        document: row.get::<_, bool>(2)?.then(Vec::new),
+                        checksum: row.get(3)?,
+                        generator: row.get(4)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
     fn policy_names(&self, kind: PolicyKind) -> Result<Vec<String>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(&format!(

@@ -261,6 +261,10 @@ pub trait VerifierStore: Send + Sync + 'static {
 
     fn policy(&self, kind: PolicyKind, name: &str) -> Result<Option<PolicyRecord>, StoreError>;
 
+    /// A policy without its document (which can be megabytes): `document` is `Some(empty)`
+    /// when there is one.
+    fn policy_info(&self, kind: PolicyKind, name: &str) -> Result<Option<PolicyRecord>, StoreError>;
+
     fn policy_names(&self, kind: PolicyKind) -> Result<Vec<String>, StoreError>;
 
     fn delete_policy(&self, kind: PolicyKind, name: &str) -> Result<PolicyDelete, StoreError>;

@@ -128,23 +128,28 @@ fn enrolled_ak(agent: &VerifierAgent) -> Result<(Vec<u8>, PublicArea), PushError
 
 /// The policies an agent is judged by (a runtime policy only when it is not Keylime's
 /// empty one; a refstate only when it has a document).
+///
+/// `with_documents: false` reads only what the records say, not the documents themselves.
 fn policies(
     verifier: &Verifier,
     agent: &VerifierAgent,
+    with_documents: bool,
 ) -> Result<(Option<PolicyRecord>, Option<PolicyRecord>), PushError> {
-    let runtime = verifier
-        .store
-        .policy(PolicyKind::Runtime, &agent.runtime_policy)
+    let read = |kind, name: &str| {
+        if with_documents {
+            verifier.store.policy(kind, name)
+        } else {
+            verifier.store.policy_info(kind, name)
+        }
+    };
+    let runtime = read(PolicyKind::Runtime, &agent.runtime_policy)
         .map_err(internal)?
         .filter(|r| r.generator > 1 && r.document.is_some());
-    let mb = verifier
-        .store
-        .policy(PolicyKind::MeasuredBoot, &agent.mb_policy)
+    let mb = read(PolicyKind::MeasuredBoot, &agent.mb_policy)
         .map_err(internal)?
         .filter(|r| r.document.is_some());
     Ok((runtime, mb))
 }
-
 /// What the verifier asks of one offer (keylime-api.md §6.2 "Verifier parameter selection").
 struct Chosen {
     evidence: Vec<Value>,
@@ -159,7 +164,7 @@ fn choose(
     boot_time: Option<u64>,
 ) -> Result<Chosen, PushError> {
     let (ak_bytes, ak) = enrolled_ak(agent)?;
-    let (runtime, mb) = policies(verifier, agent)?;
+    let (runtime, mb) = policies(verifier, agent, false)?;
     let tpm_policy = parse_tpm_policy(&agent.tpm_policy).map_err(invalid)?;
     let mut required: BTreeSet<u8> = tpm_policy
         .iter()
@@ -694,7 +699,7 @@ fn judge(verifier: &Verifier, agent: &VerifierAgent, record: &PushAttestation) -
         .ok_or("no hash algorithm")?;
     let challenge = B64.decode(&record.challenge).map_err(|e| e.to_string())?;
     let tpm_policy = parse_tpm_policy(&agent.tpm_policy)?;
-    let (runtime, mb) = policies(verifier, agent).map_err(|e| e.detail)?;
+    let (runtime, mb) = policies(verifier, agent, true).map_err(|e| e.detail)?;
     let runtime_module = runtime
         .as_ref()
         .and_then(|r| resolve(verifier, PolicyKind::Runtime, &r.module).ok());

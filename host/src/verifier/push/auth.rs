@@ -23,6 +23,21 @@ struct Known {
 pub struct TokenCache(Mutex<HashMap<String, Known>>);
 
 impl TokenCache {
+    /// Remembers a token just issued, so that its first use skips the slow hash.
+    pub fn issued(&self, session_id: &str, token: &str, agent_id: &str, expires_at: u64) {
+        if let Ok(mut known) = self.0.lock() {
+            known.retain(|_, k| k.agent_id != agent_id);
+            known.insert(
+                session_id.to_owned(),
+                Known {
+                    digest: crate::evidence::HashAlg::Sha256.digest(&[token.as_bytes()]),
+                    agent_id: agent_id.to_owned(),
+                    expires_at,
+                },
+            );
+        }
+    }
+
     /// A passing attestation extends its session.
     pub fn extend(&self, session_id: &str, expires_at: u64) {
         if let Ok(mut known) = self.0.lock()

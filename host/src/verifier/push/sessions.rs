@@ -326,13 +326,14 @@ pub async fn prove(
         let expires_at = crate::clock::unix_now() + lifetime.as_secs();
         v.store
             .put_session(&PushSession {
-                session_id: sid,
-                agent_id: id,
+                session_id: sid.clone(),
+                agent_id: id.clone(),
                 token_salt: salt.to_vec(),
                 token_hash: token_hash(&salt, &token).to_vec(),
                 token_expires_at: expires_at,
             })
             .map_err(|e| e.to_string())?;
+        v.tokens.issued(&sid, &token, &id, expires_at);
         Ok(Some((token, expires_at)))
     })
     .await;
