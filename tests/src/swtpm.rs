@@ -2,6 +2,7 @@
 //! certificates from a per-process test CA (`swtpm_localca`), served on a free port pair.
 
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -126,7 +127,8 @@ impl Drop for Swtpm {
 }
 
 fn spawn(state: &Path, port: u16) -> anyhow::Result<Child> {
-    let mut child = Command::new("swtpm")
+    let mut command = Command::new("swtpm");
+    command
         .args(["socket", "--tpm2", "--server"])
         .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
         .arg("--ctrl")
@@ -134,9 +136,19 @@ fn spawn(state: &Path, port: u16) -> anyhow::Result<Child> {
         .args(["--flags", "not-need-init,startup-clear", "--tpmstate"])
         .arg(format!("dir={}", state.display()))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting swtpm (is swtpm installed?)")?;
+        .stderr(Stdio::null());
+    // The TSS opens its TPM sockets without close-on-exec: a swtpm started while another
+    // test talks to its own swtpm would inherit that connection and keep it open after the
+    // test closes it, and a single-client swtpm would then never answer that test's next
+    // connection. The child closes every inherited descriptor beyond stdio.
+    // SAFETY: close_range is async-signal-safe and touches only the child's descriptors.
+    unsafe {
+        command.pre_exec(|| {
+            libc::close_range(3, libc::c_uint::MAX, 0);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().context("starting swtpm (is swtpm installed?)")?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if let Some(status) = child.try_wait()? {

@@ -422,7 +422,7 @@ async fn hundreds_of_records_are_listed_and_agents_never_see_each_other() {
     enrol(&verifier, &b.agent, r#"{"mask": "0x1"}"#, None).await;
     a.authenticate().await.unwrap();
     b.authenticate().await.unwrap();
-    const ROUNDS: u64 = 120;
+    const ROUNDS: u64 = 200;
     for i in 0..ROUNDS {
         let r = a.attest().await.unwrap();
         assert_eq!(r.created.0, 201, "{}", r.created.1);

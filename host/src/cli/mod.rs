@@ -83,6 +83,19 @@ struct VerifierArgs {
     /// `[verifier] mode`).
     #[arg(long, env = "ZEST_MODE", default_value = "pull", value_parser = ["pull", "push", "both"])]
     mode: String,
+    /// Push: seconds a session's challenge may be answered (Keylime `nonce_lifetime`).
+    #[arg(long, env = "ZEST_NONCE_LIFETIME", default_value_t = 60.0)]
+    nonce_lifetime: f64,
+    /// Push: seconds a token lives, extended by passing attestations (Keylime `session_lifetime`).
+    #[arg(long, env = "ZEST_SESSION_LIFETIME", default_value_t = 180.0)]
+    session_lifetime: f64,
+    /// Push: seconds an attestation's challenge may be answered (Keylime `challenge_lifetime`).
+    #[arg(long, env = "ZEST_CHALLENGE_LIFETIME", default_value_t = 1800.0)]
+    challenge_lifetime: f64,
+    /// Push: a passing attestation clears earlier failures (Keylime
+    /// `auto_recover_attestation_failures`; otherwise only reactivation does).
+    #[arg(long, env = "ZEST_AUTO_RECOVER_ATTESTATION_FAILURES")]
+    auto_recover_attestation_failures: bool,
     /// Severity labels, least severe first, as a JSON list (Keylime `[verifier] severity_labels`).
     #[arg(long, env = "ZEST_SEVERITY_LABELS", requires = "severity_policy")]
     severity_labels: Option<String>,
@@ -124,6 +137,10 @@ impl VerifierArgs {
             "both" => crate::verifier::Mode::Both,
             _ => crate::verifier::Mode::Pull,
         };
+        config.nonce_lifetime = seconds("--nonce-lifetime", self.nonce_lifetime)?;
+        config.session_lifetime = seconds("--session-lifetime", self.session_lifetime)?;
+        config.challenge_lifetime = seconds("--challenge-lifetime", self.challenge_lifetime)?;
+        config.auto_recover_attestation_failures = self.auto_recover_attestation_failures;
         config.max_retries = self.max_retries;
         config.retry_interval = seconds("--retry-interval", self.retry_interval)?;
         config.request_timeout = seconds("--request-timeout", self.request_timeout)?;
