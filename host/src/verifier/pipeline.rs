@@ -13,6 +13,7 @@ use crate::evidence::{HashAlg, Quote};
 use crate::policy::measured_boot::BootEvidence;
 use crate::policy::runtime::ImaEvidence;
 use crate::policy::{PolicyError, PolicyRegistry, PolicySource};
+use crate::store::PolicyRecord;
 use crate::tpm::{AttestationKey, QuoteExpectations, VerifiedQuote, verify_quote};
 
 /// PCRs measured boot may speak for (Keylime's `MEASUREDBOOT_PCRS`).
@@ -37,6 +38,13 @@ impl Failure {
     fn message(event_id: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(event_id, json!({"message": message.into()}))
     }
+}
+
+/// The source of a stored policy: its document with its resolved component, identified by
+/// the record (so the loaded instance is found without hashing). `None` without a document.
+pub fn stored_source<'a>(record: &'a PolicyRecord, module: &'a [u8]) -> Option<PolicySource<'a>> {
+    let document = record.document.as_deref()?;
+    Some(PolicySource::new(&record.name, module, document).known_as(&record.module, &record.checksum))
 }
 
 /// What one attestation looks at.

@@ -16,12 +16,11 @@ use tokio::task::JoinHandle;
 
 use super::modules::resolve;
 use super::notify;
-use super::pipeline::{AttestationInput, Failure, ImaInput, attest, parse_tpm_policy};
+use super::pipeline::{AttestationInput, Failure, ImaInput, attest, parse_tpm_policy, stored_source};
 use super::severity::Verdict;
 use super::{Verifier, VerifierConfig};
 use crate::evidence::ima::{ImaPosition, ImaState, Resume, resume};
 use crate::evidence::{ClockInfo, HashAlg, PublicArea, Quote};
-use crate::policy::PolicySource;
 use crate::store::verifier::state;
 use crate::store::{DEFAULT_TENANT, PolicyKind, VerifierAgent};
 use crate::tpm::AttestationKey;
@@ -586,30 +585,27 @@ fn check_round(verifier: &Verifier, agent: &mut VerifierAgent, results: &Value, 
     let runtime_module = runtime
         .as_ref()
         .and_then(|r| resolve(verifier, PolicyKind::Runtime, &r.module).ok());
-    let runtime_input = match (&runtime, &runtime_module, list) {
-        (Some(record), Some(module), Some(list)) => record.document.as_deref().map(|document| ImaInput {
-            policy: PolicySource::new(&record.name, module, document)
-                .known_as(&record.module, &record.checksum),
+    let runtime_input = runtime
+        .as_ref()
+        .zip(runtime_module.as_deref())
+        .and_then(|(record, module)| stored_source(record, module))
+        .zip(list)
+        .map(|(policy, list)| ImaInput {
+            policy,
             list,
             from: from.clone(),
             start_offset: answered,
             prior_state,
-        }),
-        _ => None,
-    };
+        });
     let mb_log = text("mb_measurement_list").and_then(|b| B64.decode(b).ok());
     let mb_module = mb
         .as_ref()
         .and_then(|r| resolve(verifier, PolicyKind::MeasuredBoot, &r.module).ok());
-    let mb_input = match (&mb, &mb_module, &mb_log) {
-        (Some(record), Some(module), Some(log)) => record.document.as_deref().map(|document| {
-            (
-                PolicySource::new(&record.name, module, document).known_as(&record.module, &record.checksum),
-                log.as_slice(),
-            )
-        }),
-        _ => None,
-    };
+    let mb_input = mb
+        .as_ref()
+        .zip(mb_module.as_deref())
+        .and_then(|(record, module)| stored_source(record, module))
+        .zip(mb_log.as_deref());
     let outcome = attest(
         &verifier.policies,
         &AttestationInput {

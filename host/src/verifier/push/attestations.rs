@@ -23,12 +23,13 @@ use crate::api::{AgentId, Caller};
 use crate::clock::{parse_rfc3339, rfc3339_micros, unix_micros_now, unix_now};
 use crate::evidence::ima::ImaPosition;
 use crate::evidence::{HashAlg, KeyParams, PublicArea, Quote};
-use crate::policy::PolicySource;
 use crate::store::{DEFAULT_TENANT, PolicyKind, PolicyRecord, PushAttestation, VerifierAgent};
 use crate::tpm::AttestationKey;
 use crate::verifier::Verifier;
 use crate::verifier::modules::resolve;
-use crate::verifier::pipeline::{AttestationInput, Failure, ImaInput, attest, parse_tpm_policy};
+use crate::verifier::pipeline::{
+    AttestationInput, Failure, ImaInput, attest, parse_tpm_policy, stored_source,
+};
 
 const JSON_API: &str = "application/vnd.api+json";
 const MEASURED_BOOT_PCRS: [u8; 15] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15];
@@ -721,25 +722,23 @@ fn judge(verifier: &Verifier, agent: &VerifierAgent, record: &PushAttestation) -
     } else {
         None
     };
-    let runtime_input = match (&runtime, &runtime_module, ima_text) {
-        (Some(r), Some(m), Some(list)) => r.document.as_deref().map(|document| ImaInput {
-            policy: PolicySource::new(&r.name, m, document).known_as(&r.module, &r.checksum),
+    let runtime_input = runtime
+        .as_ref()
+        .zip(runtime_module.as_deref())
+        .and_then(|(record, module)| stored_source(record, module))
+        .zip(ima_text)
+        .map(|(policy, list)| ImaInput {
+            policy,
             list,
             from,
             start_offset: offset,
             prior_state,
-        }),
-        _ => None,
-    };
-    let mb_input = match (&mb, &mb_module, &uefi) {
-        (Some(r), Some(m), Some(log)) => r.document.as_deref().map(|document| {
-            (
-                PolicySource::new(&r.name, m, document).known_as(&r.module, &r.checksum),
-                log.as_slice(),
-            )
-        }),
-        _ => None,
-    };
+        });
+    let mb_input = mb
+        .as_ref()
+        .zip(mb_module.as_deref())
+        .and_then(|(record, module)| stored_source(record, module))
+        .zip(uefi.as_deref());
     let outcome = attest(
         &verifier.policies,
         &AttestationInput {
