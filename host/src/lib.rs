@@ -17,6 +17,7 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod registrar;

@@ -64,7 +64,17 @@ impl Drop for PullAgent {
 impl PullAgent {
     /// Serves `agent` on a free loopback port, trusting clients of the CA in
     /// `verifier_ca` (the verifier's `cv_ca/cacert.crt`).
-    pub async fn start(mut agent: TestAgent, pubkey: String, verifier_ca: &Path) -> anyhow::Result<Self> {
+    pub async fn start(agent: TestAgent, pubkey: String, verifier_ca: &Path) -> anyhow::Result<Self> {
+        Self::start_on(agent, pubkey, verifier_ca, "127.0.0.1:0".parse()?).await
+    }
+
+    /// Like [`PullAgent::start`], listening on `bind`.
+    pub async fn start_on(
+        mut agent: TestAgent,
+        pubkey: String,
+        verifier_ca: &Path,
+        bind: SocketAddr,
+    ) -> anyhow::Result<Self> {
         // The agent binds its key into PCR 16: reset by boot, then extended with H(pubkey).
         let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pubkey.as_bytes());
         let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, pubkey.as_bytes());
@@ -118,10 +128,11 @@ impl PullAgent {
         let app = Router::new()
             .route("/version", get(version))
             .route("/{v}/quotes/integrity", get(integrity))
+            .route("/{v}/quotes/identity", get(identity))
             .route("/{v}/keys/vkey", post(vkey))
             .route("/{v}/notifications/revocation", post(revocation))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(bind).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(zest::net::serve_tls(listener, Arc::new(config), app));
         Ok(Self {
@@ -130,6 +141,37 @@ impl PullAgent {
             state,
             task,
         })
+    }
+
+    /// Registers with the registrar at `base` (plain HTTP) with the agent's real address and
+    /// certificate, as Keylime's agent does with mTLS on, and activates.
+    pub async fn register(&self, client: &reqwest::Client, base: &str, version: &str) -> anyhow::Result<()> {
+        let (uuid, mut body) = {
+            let s = self.state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            (s.agent.uuid.clone(), s.agent.registration_body())
+        };
+        body["ip"] = json!(self.addr.ip().to_string());
+        body["port"] = json!(self.addr.port());
+        body["mtls_cert"] = json!(self.cert_pem);
+        let url = format!("{base}/v{version}/agents/{uuid}");
+        let (status, reply) = crate::server::send_json(client.post(&url).json(&body)).await?;
+        if status != 200 {
+            anyhow::bail!("registration answered {status}: {reply}");
+        }
+        let blob = reply["results"]["blob"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no results.blob in {reply}"))?
+            .to_owned();
+        let activation = {
+            let mut s = self.state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let credential = s.agent.activate_credential(&blob)?;
+            s.agent.activation_body(&credential)
+        };
+        let (status, reply) = crate::server::send_json(client.put(&url).json(&activation)).await?;
+        if status != 200 {
+            anyhow::bail!("activation answered {status}: {reply}");
+        }
+        Ok(())
     }
 
     /// Measures a file: appends an ima-ng entry and extends PCR 10, as the kernel does.
@@ -278,6 +320,43 @@ async fn integrity(
             results["pubkey"] = json!(s.pubkey);
         }
         Ok(json!({"code": 200, "status": "Success", "results": results}))
+    })
+    .await;
+    match answer {
+        Ok(Ok(v)) => (StatusCode::OK, Json(v)),
+        Ok(Err(e)) => envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), json!({})),
+        Err(e) => envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), json!({})),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct IdentityQuery {
+    nonce: String,
+}
+
+/// The identity quote the tenant checks before enrolling: PCR 16 only (the NK binding),
+/// SHA-256 bank, with the NK public key.
+async fn identity(
+    State(state): State<Arc<Mutex<PullState>>>,
+    UrlPath(v): UrlPath<String>,
+    Query(q): Query<IdentityQuery>,
+) -> Reply {
+    if let Some(refusal) = refuses(&state, &v) {
+        return refusal;
+    }
+    let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
+        let mut s = state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let quote = s
+            .agent
+            .quote(q.nonce.as_bytes(), &[(HashingAlgorithm::Sha256, &[16])])?;
+        Ok(json!({"code": 200, "status": "Success", "results": {
+            "quote": quote.keylime_string(),
+            "hash_alg": "sha256",
+            "enc_alg": "rsa",
+            "sign_alg": "rsassa",
+            "pubkey": s.pubkey,
+            "boottime": s.boottime,
+        }}))
     })
     .await;
     match answer {

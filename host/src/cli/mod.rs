@@ -4,14 +4,20 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use std::path::Path;
 
+use anyhow::Context;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::config::keylime::{self, Effective, Service};
 use crate::config::{DEFAULT_DATA_DIR, DataDir, RegistrarConfig};
 use crate::verifier::VerifierConfig;
 
+mod ca;
 mod evidence;
 mod policy;
+mod tenant;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,6 +26,17 @@ mod policy;
     about = "Keylime-compatible remote-attestation server"
 )]
 struct Cli {
+    /// Directory for the database, TLS material (cv_ca/) and EK CA store (tpm_cert_store/)
+    /// (`[zest] data_dir`; default /var/lib/zest). The tenant finds its certificates there.
+    #[arg(long, global = true, env = "ZEST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Directory of Keylime's configuration files (verifier.conf, registrar.conf,
+    /// tenant.conf and their .conf.d snippets).
+    #[arg(long, global = true, env = "ZEST_CONFIG_DIR", default_value = "/etc/keylime")]
+    config_dir: PathBuf,
+    /// Log lines as text or as JSON objects (`[zest] log_format`); filter with RUST_LOG.
+    #[arg(long, global = true, env = "ZEST_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,6 +49,14 @@ enum Command {
     Registrar(ServeArgs),
     /// Run the verifier: agents, runtime policies and measured-boot policies (HTTPS, mTLS).
     Verifier(ServeArgs),
+    /// The operator's client: enrol agents, read their status, manage policies and modules.
+    Tenant(tenant::TenantArgs),
+    /// Certificates for an installation: CA, server and client certificates.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// The effective configuration: every option's value and where it came from.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Inspect evidence files offline: UEFI event logs, IMA lists, quotes.
     #[command(subcommand)]
     Evidence(evidence::EvidenceCommand),
@@ -40,154 +65,231 @@ enum Command {
     Policy(policy::PolicyCommand),
 }
 
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print each option of a service with its value and source (default, file:line, env, flag).
+    Show {
+        /// verifier, registrar or tenant.
+        #[arg(default_value = "verifier", value_parser = ["verifier", "registrar", "tenant"])]
+        service: String,
+    },
+}
+
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Directory for the database, TLS material (cv_ca/) and EK CA store (tpm_cert_store/).
-    #[arg(long, env = "ZEST_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
     #[command(flatten)]
     registrar: RegistrarArgs,
     #[command(flatten)]
     verifier: VerifierArgs,
 }
 
+/// Flags of the verifier; each overrides the Keylime option named in its help (verifier.conf).
 #[derive(Debug, Args)]
 struct VerifierArgs {
-    /// Address the verifier listens on (Keylime `[verifier] ip`).
-    #[arg(long, env = "ZEST_VERIFIER_IP", default_value = "127.0.0.1")]
-    verifier_ip: IpAddr,
-    /// HTTPS port, client certificates required (Keylime `[verifier] port`).
-    #[arg(long, env = "ZEST_VERIFIER_PORT", default_value_t = 8881)]
-    verifier_port: u16,
-    /// Seconds between two quotes of an agent (Keylime `[verifier] quote_interval`).
-    #[arg(long, env = "ZEST_QUOTE_INTERVAL", default_value_t = 2.0)]
-    quote_interval: f64,
-    /// The measured-boot component of refstates that name none (Keylime
-    /// `[verifier] measured_boot_policy_name`: accept-all, reject-all, example, or a built-in name).
-    #[arg(long, env = "ZEST_MEASURED_BOOT_POLICY_NAME", default_value = "accept-all")]
-    measured_boot_policy_name: String,
-    /// Also POST revocation messages here (Keylime `[revocations] webhook_url`).
+    /// Address the verifier listens on (`[verifier] ip`, 127.0.0.1).
+    #[arg(long, env = "ZEST_VERIFIER_IP")]
+    verifier_ip: Option<IpAddr>,
+    /// HTTPS port, client certificates required (`[verifier] port`, 8881).
+    #[arg(long, env = "ZEST_VERIFIER_PORT")]
+    verifier_port: Option<u16>,
+    /// This verifier's id in agent records (`[verifier] uuid`, default).
+    #[arg(long, env = "ZEST_VERIFIER_ID")]
+    verifier_id: Option<String>,
+    /// Seconds between two quotes of an agent (`[verifier] quote_interval`, 2).
+    #[arg(long, env = "ZEST_QUOTE_INTERVAL")]
+    quote_interval: Option<f64>,
+    /// The measured-boot component of refstates that name none (`[verifier]
+    /// measured_boot_policy_name`: accept-all, reject-all, example, or a built-in name).
+    #[arg(long, env = "ZEST_MEASURED_BOOT_POLICY_NAME")]
+    measured_boot_policy_name: Option<String>,
+    /// Also POST revocation messages here (`[revocations] webhook_url`).
     #[arg(long, env = "ZEST_REVOCATION_WEBHOOK")]
     revocation_webhook: Option<String>,
-    /// Failed quote requests before an agent is FAILED (Keylime `[verifier] max_retries`).
-    #[arg(long, env = "ZEST_MAX_RETRIES", default_value_t = 5)]
-    max_retries: u32,
-    /// Seconds before the first retry, doubled each time (Keylime `[verifier] retry_interval`).
-    #[arg(long, env = "ZEST_RETRY_INTERVAL", default_value_t = 2.0)]
-    retry_interval: f64,
-    /// Seconds to wait for an agent's answer (Keylime `[verifier] request_timeout`).
-    #[arg(long, env = "ZEST_REQUEST_TIMEOUT", default_value_t = 60.0)]
-    request_timeout: f64,
+    /// Failed quote requests before an agent is FAILED (`[verifier] max_retries`, 5).
+    #[arg(long, env = "ZEST_MAX_RETRIES")]
+    max_retries: Option<u32>,
+    /// Seconds before the first retry, doubled each time (`[verifier] retry_interval`, 2).
+    #[arg(long, env = "ZEST_RETRY_INTERVAL")]
+    retry_interval: Option<f64>,
+    /// Seconds to wait for an agent's answer (`[verifier] request_timeout`, 60).
+    #[arg(long, env = "ZEST_REQUEST_TIMEOUT")]
+    request_timeout: Option<f64>,
     /// Which agents the verifier serves: pull (it polls them), push (API 3.0: they
-    /// authenticate and submit evidence), or both, chosen per agent at enrolment (Keylime
-    /// `[verifier] mode`).
-    #[arg(long, env = "ZEST_MODE", default_value = "pull", value_parser = ["pull", "push", "both"])]
-    mode: String,
-    /// Push: seconds a session's challenge may be answered (Keylime `nonce_lifetime`).
-    #[arg(long, env = "ZEST_NONCE_LIFETIME", default_value_t = 60.0)]
-    nonce_lifetime: f64,
-    /// Push: seconds a token lives, extended by passing attestations (Keylime `session_lifetime`).
-    #[arg(long, env = "ZEST_SESSION_LIFETIME", default_value_t = 180.0)]
-    session_lifetime: f64,
-    /// Push: seconds an attestation's challenge may be answered (Keylime `challenge_lifetime`).
-    #[arg(long, env = "ZEST_CHALLENGE_LIFETIME", default_value_t = 1800.0)]
-    challenge_lifetime: f64,
-    /// Push: a passing attestation clears earlier failures (Keylime
-    /// `auto_recover_attestation_failures`; otherwise only reactivation does).
+    /// authenticate and submit evidence), or both, chosen per agent at enrolment
+    /// (`[verifier] mode`, pull).
+    #[arg(long, env = "ZEST_MODE", value_parser = ["pull", "push", "both"])]
+    mode: Option<String>,
+    /// Push: seconds a session's challenge may be answered (`nonce_lifetime`, 60).
+    #[arg(long, env = "ZEST_NONCE_LIFETIME")]
+    nonce_lifetime: Option<f64>,
+    /// Push: seconds a token lives, extended by passing attestations (`session_lifetime`, 180).
+    #[arg(long, env = "ZEST_SESSION_LIFETIME")]
+    session_lifetime: Option<f64>,
+    /// Push: seconds an attestation's challenge may be answered (`challenge_lifetime`, 1800).
+    #[arg(long, env = "ZEST_CHALLENGE_LIFETIME")]
+    challenge_lifetime: Option<f64>,
+    /// Push: a passing attestation clears earlier failures
+    /// (`auto_recover_attestation_failures`; otherwise only reactivation does).
     #[arg(long, env = "ZEST_AUTO_RECOVER_ATTESTATION_FAILURES")]
     auto_recover_attestation_failures: bool,
-    /// Severity labels, least severe first, as a JSON list (Keylime `[verifier] severity_labels`).
-    #[arg(long, env = "ZEST_SEVERITY_LABELS", requires = "severity_policy")]
+    /// Severity labels, least severe first, as a JSON list (`[verifier] severity_labels`).
+    #[arg(long, env = "ZEST_SEVERITY_LABELS")]
     severity_labels: Option<String>,
-    /// Rules `[{"event_id": REGEX, "severity_label": LABEL}, …]` (Keylime `[verifier]
+    /// Rules `[{"event_id": REGEX, "severity_label": LABEL}, …]` (`[verifier]
     /// severity_policy`); failures below the last label keep the agent polled.
-    #[arg(long, env = "ZEST_SEVERITY_POLICY", requires = "severity_labels")]
+    #[arg(long, env = "ZEST_SEVERITY_POLICY")]
     severity_policy: Option<String>,
 }
 
-fn seconds(flag: &str, value: f64) -> anyhow::Result<std::time::Duration> {
-    std::time::Duration::try_from_secs_f64(value)
-        .map_err(|_| anyhow::anyhow!("{flag} must be a number of seconds, 0 or more"))
+fn seconds(value: &str) -> Result<std::time::Duration, String> {
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| "must be a number of seconds, 0 or more".into())
 }
 
-impl VerifierArgs {
-    fn config(&self) -> anyhow::Result<VerifierConfig> {
-        let mut config = VerifierConfig::defaults();
-        config.ip = self.verifier_ip;
-        config.port = self.verifier_port;
-        if !(self.quote_interval >= 0.0 && self.quote_interval.is_finite()) {
-            anyhow::bail!("--quote-interval must be a number of seconds, 0 or more");
-        }
-        config.quote_interval = self.quote_interval;
+fn number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
+    value.trim().parse().map_err(|_| "not a valid number".into())
+}
+
+/// The verifier's settings from its effective configuration.
+fn verifier_config(eff: &Effective) -> anyhow::Result<VerifierConfig> {
+    let v = "verifier";
+    let mut config = VerifierConfig::defaults();
+    config.ip = eff.parsed(v, "ip", number)?;
+    config.port = eff.parsed(v, "port", number)?;
+    config.verifier_id = eff.parsed(v, "uuid", |s| Ok(s.to_owned()))?;
+    config.quote_interval = eff.parsed(v, "quote_interval", |s| {
+        number::<f64>(s)
+            .ok()
+            .filter(|q| *q >= 0.0 && q.is_finite())
+            .ok_or_else(|| "must be a number of seconds, 0 or more".to_owned())
+    })?;
+    let name = eff.parsed(v, "measured_boot_policy_name", |s| {
         // Keylime's name of the example policy is `example`.
-        let name = match self.measured_boot_policy_name.as_str() {
-            "example" => "keylime-mb-example",
-            other => other,
-        };
-        if crate::policy::builtin_measured_boot(name).is_none() {
-            anyhow::bail!(
-                "--measured-boot-policy-name {name}: no such built-in ({})",
+        let name = if s == "example" { "keylime-mb-example" } else { s };
+        match crate::policy::builtin_measured_boot(name) {
+            Some(_) => Ok(name.to_owned()),
+            None => Err(format!(
+                "no such built-in ({})",
                 crate::policy::builtin_names(crate::policy::BUILTIN_MEASURED_BOOT)
-            );
+            )),
         }
-        config.measured_boot_module = format!("builtin:{name}");
-        config.revocation_webhook = self.revocation_webhook.clone();
-        config.mode = match self.mode.as_str() {
-            "push" => crate::verifier::Mode::Push,
-            "both" => crate::verifier::Mode::Both,
-            _ => crate::verifier::Mode::Pull,
-        };
-        config.nonce_lifetime = seconds("--nonce-lifetime", self.nonce_lifetime)?;
-        config.session_lifetime = seconds("--session-lifetime", self.session_lifetime)?;
-        config.challenge_lifetime = seconds("--challenge-lifetime", self.challenge_lifetime)?;
-        config.auto_recover_attestation_failures = self.auto_recover_attestation_failures;
-        config.max_retries = self.max_retries;
-        config.retry_interval = seconds("--retry-interval", self.retry_interval)?;
-        config.request_timeout = seconds("--request-timeout", self.request_timeout)?;
-        if let (Some(labels), Some(policy)) = (&self.severity_labels, &self.severity_policy) {
-            config.severity = crate::verifier::severity::SeverityPolicy::from_keylime(labels, policy)?;
-        }
-        Ok(config)
+    })?;
+    config.measured_boot_module = format!("builtin:{name}");
+    config.revocation_webhook = eff
+        .get("revocations", "webhook_url")
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    config.mode = eff.parsed(v, "mode", |s| match s {
+        "pull" => Ok(crate::verifier::Mode::Pull),
+        "push" => Ok(crate::verifier::Mode::Push),
+        "both" => Ok(crate::verifier::Mode::Both),
+        _ => Err("must be pull, push or both".into()),
+    })?;
+    config.nonce_lifetime = eff.parsed(v, "nonce_lifetime", seconds)?;
+    config.session_lifetime = eff.parsed(v, "session_lifetime", seconds)?;
+    config.challenge_lifetime = eff.parsed(v, "challenge_lifetime", seconds)?;
+    config.auto_recover_attestation_failures =
+        eff.parsed(v, "auto_recover_attestation_failures", keylime::parse_bool)?;
+    config.max_retries = eff.parsed(v, "max_retries", number)?;
+    config.retry_interval = eff.parsed(v, "retry_interval", seconds)?;
+    config.request_timeout = eff.parsed(v, "request_timeout", seconds)?;
+    let labels = eff.parsed(v, "severity_labels", keylime::list_as_json)?;
+    config.severity = eff.parsed(v, "severity_policy", |policy| {
+        crate::verifier::severity::SeverityPolicy::from_keylime(&labels, &keylime::list_as_json(policy)?)
+            .map_err(|e| e.to_string())
+    })?;
+    Ok(config)
+}
+
+fn registrar_config(eff: &Effective, data_dir: &DataDir) -> anyhow::Result<RegistrarConfig> {
+    let r = "registrar";
+    let mut config = RegistrarConfig::defaults(data_dir);
+    config.ip = eff.parsed(r, "ip", number)?;
+    config.port = eff.parsed(r, "port", number)?;
+    config.tls_port = eff.parsed(r, "tls_port", number)?;
+    if let Some(store) = eff.get("zest", "tpm_cert_store").filter(|s| !s.is_empty()) {
+        config.tpm_cert_store = PathBuf::from(store);
     }
+    config.require_ek_cert = eff.parsed("zest", "require_ek_cert", keylime::parse_bool)?;
+    Ok(config)
 }
 
 #[derive(Debug, Args)]
 struct RegistrarArgs {
-    /// Address the registrar listens on (Keylime `[registrar] ip`).
-    #[arg(long, env = "ZEST_REGISTRAR_IP", default_value = "127.0.0.1")]
-    registrar_ip: IpAddr,
-    /// Plain-HTTP port for agents (Keylime `[registrar] port`).
-    #[arg(long, env = "ZEST_REGISTRAR_PORT", default_value_t = 8890)]
-    registrar_port: u16,
-    /// HTTPS port (Keylime `[registrar] tls_port`).
-    #[arg(long, env = "ZEST_REGISTRAR_TLS_PORT", default_value_t = 8891)]
-    registrar_tls_port: u16,
-    /// Directory of trusted EK CA certificates (default: DATA_DIR/tpm_cert_store).
+    /// Address the registrar listens on (`[registrar] ip`, 127.0.0.1).
+    #[arg(long, env = "ZEST_REGISTRAR_IP")]
+    registrar_ip: Option<IpAddr>,
+    /// Plain-HTTP port for agents (`[registrar] port`, 8890).
+    #[arg(long, env = "ZEST_REGISTRAR_PORT")]
+    registrar_port: Option<u16>,
+    /// HTTPS port (`[registrar] tls_port`, 8891).
+    #[arg(long, env = "ZEST_REGISTRAR_TLS_PORT")]
+    registrar_tls_port: Option<u16>,
+    /// Directory of trusted EK CA certificates (`[zest] tpm_cert_store`; default
+    /// DATA_DIR/tpm_cert_store).
     #[arg(long, env = "ZEST_TPM_CERT_STORE")]
     tpm_cert_store: Option<PathBuf>,
-    /// Accept agents without checking their EK certificate against the store.
+    /// Accept agents without checking their EK certificate against the store
+    /// (`[zest] require_ek_cert = False`).
     #[arg(long, env = "ZEST_NO_EK_CERT_CHECK")]
     no_ek_cert_check: bool,
 }
 
-impl RegistrarArgs {
-    fn config(&self, data_dir: &DataDir) -> RegistrarConfig {
-        let mut config = RegistrarConfig::defaults(data_dir);
-        config.ip = self.registrar_ip;
-        config.port = self.registrar_port;
-        config.tls_port = self.registrar_tls_port;
-        if let Some(store) = &self.tpm_cert_store {
-            config.tpm_cert_store = store.clone();
-        }
-        config.require_ek_cert = !self.no_ek_cert_check;
-        config
+/// Loads `service`'s files and environment, then lays the flags given in `matches` over them.
+fn effective(service: Service, config_dir: &Path, matches: Option<&ArgMatches>) -> anyhow::Result<Effective> {
+    let mut eff = Effective::load(service, config_dir)?;
+    let Some(matches) = matches else {
+        return Ok(eff);
+    };
+    for spec in keylime::options(service) {
+        let Some(id) = spec.flag else {
+            continue;
+        };
+        let Ok(Some(source)) = matches
+            .try_get_raw(id)
+            .map(|raw| raw.and(matches.value_source(id)))
+        else {
+            continue;
+        };
+        let from = match source {
+            ValueSource::CommandLine => format!("--{}", id.replace('_', "-")),
+            ValueSource::EnvVariable => format!("ZEST_{} (env)", id.to_uppercase()),
+            _ => continue,
+        };
+        let raw = matches
+            .get_raw(id)
+            .and_then(|mut values| values.next())
+            .map(|v| v.to_string_lossy().into_owned());
+        let value = match (id, raw) {
+            // Switches: present means on.
+            ("no_ek_cert_check", _) => "False".to_owned(),
+            ("auto_recover_attestation_failures", _) => "True".to_owned(),
+            (_, Some(v)) => v,
+            (_, None) => continue,
+        };
+        eff.set_flag(spec.section, spec.key, value, from);
     }
+    Ok(eff)
+}
+
+fn data_dir_of(eff: &Effective) -> DataDir {
+    DataDir(
+        eff.path_value("data_dir")
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+    )
 }
 
 /// Entry point of the `zest` binary.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -195,7 +297,7 @@ pub fn run() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    match runtime.block_on(dispatch(cli, &matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("zest: {e:#}");
@@ -204,23 +306,86 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: Option<&str>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if format == Some("json") {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+/// The global `--data-dir` wins over `[zest] data_dir`.
+fn with_data_dir(
+    mut eff: Effective,
+    data_dir: Option<&Path>,
+    log_format: Option<&str>,
+    matches: &ArgMatches,
+) -> Effective {
+    if let Some(dir) = data_dir {
+        let from = match matches.value_source("data_dir") {
+            Some(ValueSource::EnvVariable) => "ZEST_DATA_DIR (env)",
+            _ => "--data-dir",
+        };
+        eff.set_flag("zest", "data_dir", dir.display().to_string(), from.into());
+    }
+    if let Some(format) = log_format {
+        eff.set_flag("zest", "log_format", format.to_owned(), "--log-format".into());
+    }
+    eff
+}
+
+async fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
+    let Cli {
+        data_dir,
+        config_dir,
+        log_format,
+        command,
+    } = cli;
+    let sub = matches.subcommand().map(|(_, m)| m);
+    let load = |service| -> anyhow::Result<Effective> {
+        let eff = effective(service, &config_dir, sub)?;
+        Ok(with_data_dir(
+            eff,
+            data_dir.as_deref(),
+            log_format.as_deref(),
+            matches,
+        ))
+    };
+    match &command {
+        Command::Evidence(_)
+        | Command::Policy(_)
+        | Command::Tenant(_)
+        | Command::Ca(_)
+        | Command::Config(_) => {
+            init_logging(log_format.as_deref());
+        }
+        Command::Serve(_) | Command::Verifier(_) => {
+            init_logging(load(Service::Verifier)?.value("log_format"));
+        }
+        Command::Registrar(_) => init_logging(load(Service::Registrar)?.value("log_format")),
+    }
+    match command {
         Command::Evidence(command) => evidence::run(command),
         Command::Policy(command) => policy::run(command),
-        Command::Serve(args) => {
-            let data_dir = DataDir(args.data_dir.clone());
-            let verifier_config = args.verifier.config()?;
-            let registrar = start_registrar(&data_dir, &args).await?;
+        Command::Tenant(args) => tenant::run(args, data_dir.as_deref(), &config_dir).await,
+        Command::Ca(command) => ca::run(command, data_dir.as_deref()),
+        Command::Config(ConfigCommand::Show { service }) => {
+            let service = Service::from_name(&service).unwrap_or(Service::Verifier);
+            let eff = load(service)?;
+            print!("{}", keylime::show(&eff));
+            Ok(())
+        }
+        Command::Serve(_) => {
+            let verifier_eff = load(Service::Verifier)?;
+            let registrar_eff = load(Service::Registrar)?;
+            let data_dir = data_dir_of(&verifier_eff);
+            let verifier_config = verifier_config(&verifier_eff)?;
+            let registrar = start_registrar(&data_dir, &registrar_config(&registrar_eff, &data_dir)?).await?;
             let verifier = start_verifier(&data_dir, &verifier_config).await?;
             tokio::select! {
                 _ = registrar.wait() => {}
@@ -229,18 +394,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Registrar(args) => {
-            let data_dir = DataDir(args.data_dir.clone());
-            let registrar = start_registrar(&data_dir, &args).await?;
+        Command::Registrar(_) => {
+            let eff = load(Service::Registrar)?;
+            let data_dir = data_dir_of(&eff);
+            let registrar = start_registrar(&data_dir, &registrar_config(&eff, &data_dir)?).await?;
             tokio::select! {
                 _ = registrar.wait() => {}
                 r = tokio::signal::ctrl_c() => shutdown(r)?,
             }
             Ok(())
         }
-        Command::Verifier(args) => {
-            let data_dir = DataDir(args.data_dir.clone());
-            let verifier = start_verifier(&data_dir, &args.verifier.config()?).await?;
+        Command::Verifier(_) => {
+            let eff = load(Service::Verifier)?;
+            let data_dir = data_dir_of(&eff);
+            let verifier = start_verifier(&data_dir, &verifier_config(&eff)?).await?;
             tokio::select! {
                 _ = verifier.wait() => {}
                 r = tokio::signal::ctrl_c() => shutdown(r)?,
@@ -258,10 +425,9 @@ fn shutdown(signal: std::io::Result<()>) -> anyhow::Result<()> {
 
 async fn start_registrar(
     data_dir: &DataDir,
-    args: &ServeArgs,
+    config: &RegistrarConfig,
 ) -> anyhow::Result<crate::registrar::RegistrarServer> {
-    let config = args.registrar.config(data_dir);
-    let server = crate::registrar::start(data_dir, &config)
+    let server = crate::registrar::start(data_dir, config)
         .await
         .with_context(|| format!("starting the registrar (data dir {})", data_dir.path().display()))?;
     eprintln!(

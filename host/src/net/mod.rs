@@ -5,4 +5,4 @@ mod serve;
 pub mod tls;
 
 pub use serve::{Peer, serve_plain, serve_tls};
-pub use tls::{ClientAuth, TlsError, TlsMaterial, load_certs};
+pub use tls::{ClientAuth, TlsError, TlsMaterial, Usage, load_certs};

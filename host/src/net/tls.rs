@@ -39,6 +39,15 @@ pub enum TlsError {
     Incomplete { dir: PathBuf, missing: &'static str },
 }
 
+/// What an issued certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// A service's certificate (serverAuth and clientAuth, as the verifier uses it both ways).
+    Server,
+    /// A tenant's or operator's client certificate.
+    Client,
+}
+
 /// Whether an HTTPS listener asks for client certificates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
@@ -160,6 +169,61 @@ impl TlsMaterial {
         self.write(Self::CLIENT_KEY, &client_key.serialize_pem(), true)?;
         self.write(Self::CLIENT_CERT, &client_cert.pem(), false)?;
         Ok(())
+    }
+
+    /// Issues a certificate from this directory's CA: `<stem>-cert.crt` and
+    /// `<stem>-private.pem` (0600) in `out`. `names` become subjectAltNames (IP or DNS; the
+    /// first is the CN). Server certificates carry serverAuth, client certificates
+    /// clientAuth; Keylime's agents and verifier accept both on one certificate.
+    pub fn issue(
+        &self,
+        out: &Path,
+        stem: &str,
+        names: &[String],
+        usage: Usage,
+    ) -> Result<(PathBuf, PathBuf), TlsError> {
+        let ca_pem =
+            fs::read_to_string(self.path(Self::CA_CERT)).map_err(|e| io(&self.path(Self::CA_CERT), e))?;
+        let key_pem =
+            fs::read_to_string(self.path(Self::CA_KEY)).map_err(|e| io(&self.path(Self::CA_KEY), e))?;
+        let ca_key = KeyPair::from_pem(&key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(names.first().map(String::as_str).unwrap_or(stem));
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(n.clone().try_into()?)),
+            })
+            .collect::<Result<_, rcgen::Error>>()?;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = match usage {
+            Usage::Server => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        };
+        set_validity(&mut params, 5);
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &issuer)?;
+        fs::create_dir_all(out).map_err(|e| io(out, e))?;
+        let target = Self {
+            dir: out.to_path_buf(),
+        };
+        let (cert_file, key_file) = (format!("{stem}-cert.crt"), format!("{stem}-private.pem"));
+        target.write(&key_file, &key.serialize_pem(), true)?;
+        target.write(&cert_file, &cert.pem(), false)?;
+        Ok((out.join(cert_file), out.join(key_file)))
+    }
+
+    /// Whether the directory holds a complete set (CA, server and client).
+    pub fn complete(dir: &Path) -> bool {
+        Self::ALL.iter().all(|f| dir.join(f).exists())
     }
 
     fn write(&self, file: &str, contents: &str, secret: bool) -> Result<(), TlsError> {

@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use super::measured_boot::{BootEvidence, MeasuredBootPolicy};
 use super::runtime::{ImaEvidence, RuntimePolicy};
 use super::{PolicyError, PolicyRuntime};
 use crate::evidence::HashAlg;
+use crate::metrics::{self, Metrics};
 
 /// A policy to run: its component and document, and their identities when the caller
 /// knows them already (a stored record's module name and document checksum), which spares
@@ -121,6 +123,8 @@ impl<P> Instances<P> {
 /// The loaded policies of a process.
 pub struct PolicyRegistry {
     runtime: Arc<PolicyRuntime>,
+    /// Evaluation times and aborts per module, exported at `/metrics`.
+    metrics: Arc<Metrics>,
     measured_boot: Instances<MeasuredBootPolicy>,
     runtime_policies: Instances<RuntimePolicy>,
 }
@@ -136,8 +140,14 @@ fn breaks_instance(e: &PolicyError) -> bool {
 
 impl PolicyRegistry {
     pub fn new(runtime: Arc<PolicyRuntime>) -> Self {
+        Self::with_metrics(runtime, Arc::default())
+    }
+
+    /// A registry that records its calls in `metrics`.
+    pub fn with_metrics(runtime: Arc<PolicyRuntime>, metrics: Arc<Metrics>) -> Self {
         Self {
             runtime,
+            metrics,
             measured_boot: Instances::default(),
             runtime_policies: Instances::default(),
         }
@@ -202,11 +212,14 @@ impl PolicyRegistry {
         source: &PolicySource<'_>,
         evidence: &BootEvidence<'_>,
     ) -> Result<super::measured_boot::Verdict, PolicyError> {
-        self.measured_boot.run(
+        let started = Instant::now();
+        let result = self.measured_boot.run(
             InstanceKey::new(tenant, source),
             || MeasuredBootPolicy::load(&self.runtime, source.name, source.module, source.document),
             |p| p.evaluate(evidence),
-        )
+        );
+        self.record("measured-boot", source, started, &result);
+        result
     }
 
     /// Evaluates an IMA batch with the runtime `module` holding `document` for `tenant`.
@@ -216,10 +229,35 @@ impl PolicyRegistry {
         source: &PolicySource<'_>,
         evidence: &ImaEvidence<'_>,
     ) -> Result<super::runtime::Verdict, PolicyError> {
-        self.runtime_policies.run(
+        let started = Instant::now();
+        let result = self.runtime_policies.run(
             InstanceKey::new(tenant, source),
             || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document),
             |p| p.evaluate(evidence),
-        )
+        );
+        self.record("runtime", source, started, &result);
+        result
+    }
+
+    fn record<T>(
+        &self,
+        kind: &'static str,
+        source: &PolicySource<'_>,
+        started: Instant,
+        result: &Result<T, PolicyError>,
+    ) {
+        let module = source.identity.map(|(module, _)| module).unwrap_or("unnamed");
+        let labels = [("kind", kind), ("module", module)];
+        self.metrics
+            .observe(metrics::POLICY_SECONDS, &labels, started.elapsed());
+        let reason = match result {
+            Err(PolicyError::Trap(_)) => "trap",
+            Err(PolicyError::Timeout(_)) => "timeout",
+            _ => return,
+        };
+        self.metrics.count(
+            metrics::POLICY_ABORTS,
+            &[("kind", kind), ("module", module), ("reason", reason)],
+        );
     }
 }

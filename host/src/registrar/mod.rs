@@ -27,6 +27,8 @@ pub struct Registrar {
     /// Directory of trusted EK CAs, read at every registration so CAs can be added
     /// without a restart; `None` when EK certificate checks are off.
     pub ek_trust_dir: Option<Arc<std::path::Path>>,
+    /// Counters served at `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why the registrar could not start.
@@ -104,6 +106,7 @@ pub async fn start(data_dir: &DataDir, config: &RegistrarConfig) -> Result<Regis
     let app = router(Registrar {
         store,
         ek_trust_dir: ek_trust,
+        metrics: Arc::default(),
     });
 
     let http_addr = SocketAddr::new(config.ip, config.port);

@@ -31,6 +31,7 @@ const MAX_BODY: usize = 256 * 1024;
 pub fn router(state: Registrar) -> Router {
     let mut app = Router::new()
         .route("/version", get(version))
+        .route("/metrics", get(metrics))
         .route("/v3", get(version_root))
         .route("/v3/", get(version_root))
         .route("/v3.0", get(version_root))
@@ -77,6 +78,37 @@ fn json_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     api::json_object(body)
 }
 
+/// Prometheus metrics: registration counters and the registered agents by state.
+async fn metrics(
+    State(reg): State<Registrar>,
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    caller.require_admin()?;
+    let (active, inactive) = blocking(&reg, "counting agents", |s| {
+        let mut counts = (0u64, 0u64);
+        for id in s.list_agents()? {
+            match s.registered_agent(&id)? {
+                Some(a) if a.active => counts.0 += 1,
+                Some(_) => counts.1 += 1,
+                None => {}
+            }
+        }
+        Ok(counts)
+    })
+    .await?;
+    let gauge = |state: &'static str, n: u64| (crate::metrics::labels(&[("state", state)]), n as f64);
+    let text = reg.metrics.render(&[(
+        crate::metrics::REGISTRAR_AGENTS,
+        vec![gauge("active", active), gauge("inactive", inactive)],
+    )]);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response())
+}
+
 async fn version() -> Envelope {
     Envelope::ok(api::version_document())
 }
@@ -112,6 +144,14 @@ async fn register_at(
 }
 
 async fn register(reg: Registrar, id: AgentId, body: Map<String, Value>) -> ApiResult {
+    let metrics = reg.metrics.clone();
+    let result = register_checked(reg, id, body).await;
+    let outcome = if result.is_ok() { "ok" } else { "refused" };
+    metrics.count(crate::metrics::REGISTRATIONS, &[("result", outcome)]);
+    result
+}
+
+async fn register_checked(reg: Registrar, id: AgentId, body: Map<String, Value>) -> ApiResult {
     let trust_dir = reg.ek_trust_dir.clone();
     // Reading the CA store, RSA-OAEP or ECDH and certificate checks: kept off the reactor.
     let accepted = {
@@ -166,6 +206,14 @@ async fn activate_post(
 }
 
 async fn activate(reg: Registrar, id: &str, body: &Bytes) -> ApiResult {
+    let metrics = reg.metrics.clone();
+    let result = activate_checked(reg, id, body).await;
+    let outcome = if result.is_ok() { "ok" } else { "refused" };
+    metrics.count(crate::metrics::ACTIVATIONS, &[("result", outcome)]);
+    result
+}
+
+async fn activate_checked(reg: Registrar, id: &str, body: &Bytes) -> ApiResult {
     let id = AgentId::parse(id)?;
     let body = json_object(body)?;
     let tag =

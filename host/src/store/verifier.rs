@@ -135,6 +135,24 @@ pub mod state {
     pub const TERMINATED: i64 = 8;
     pub const INVALID_QUOTE: i64 = 9;
     pub const TENANT_FAILED: i64 = 10;
+
+    /// Keylime's name of a state (its `operational_state` strings).
+    pub fn name(state: i64) -> &'static str {
+        match state {
+            REGISTERED => "Registered",
+            START => "Start",
+            SAVED => "Saved",
+            GET_QUOTE => "Get Quote",
+            GET_QUOTE_RETRY => "Get Quote (retry)",
+            PROVIDE_V => "Provide V",
+            PROVIDE_V_RETRY => "Provide V (retry)",
+            FAILED => "Failed",
+            TERMINATED => "Terminated",
+            INVALID_QUOTE => "Invalid Quote",
+            TENANT_FAILED => "Tenant Quote Failed",
+            _ => "Unknown",
+        }
+    }
 }
 
 /// An enrolled agent with its attestation state. Stored as one JSON record, so that the

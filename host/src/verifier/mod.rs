@@ -132,6 +132,31 @@ pub struct Verifier {
     pub sessions: Arc<push::sessions::Sessions>,
     /// Push tokens verified since start.
     pub tokens: Arc<push::auth::TokenCache>,
+    /// Counters and histograms served at `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Verifier {
+    /// Counts a verdict and its latency (`mode` is pull or push).
+    pub(crate) fn record_verdict(
+        &self,
+        mode: &'static str,
+        elapsed: std::time::Duration,
+        failures: &[pipeline::Failure],
+    ) {
+        use crate::metrics::{ATTESTATION_FAILURES, ATTESTATION_SECONDS, ATTESTATIONS};
+        let result = if failures.is_empty() { "pass" } else { "fail" };
+        self.metrics
+            .count(ATTESTATIONS, &[("mode", mode), ("result", result)]);
+        self.metrics
+            .observe(ATTESTATION_SECONDS, &[("mode", mode)], elapsed);
+        for failure in failures {
+            self.metrics.count(
+                ATTESTATION_FAILURES,
+                &[("mode", mode), ("event_id", &failure.event_id)],
+            );
+        }
+    }
 }
 
 /// Why the verifier could not start.
@@ -188,9 +213,11 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         config.policy_limits,
         Some(data_dir.path().join("policy-cache")),
     )?);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let verifier = Verifier {
         store,
-        policies: Arc::new(PolicyRegistry::new(runtime)),
+        policies: Arc::new(PolicyRegistry::with_metrics(runtime, metrics.clone())),
+        metrics,
         config: Arc::new(config.clone()),
         modules: Arc::default(),
         sessions: Arc::default(),

@@ -285,6 +285,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
             return;
         }
         let round_state = agent.operational_state;
+        let started = std::time::Instant::now();
         // One client per agent while its certificate stays: its connection is kept alive
         // between rounds instead of a TLS handshake per quote.
         let client = match &connection {
@@ -360,6 +361,9 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
             },
             Answer::Unreachable(why) => {
                 tracing::warn!(agent_id = %id, %why, "agent unreachable");
+                verifier
+                    .metrics
+                    .count(crate::metrics::AGENT_ERRORS, &[("reason", "unreachable")]);
                 if !retry(&verifier, &tls, retries, &mut attempts, agent, round_state).await {
                     return;
                 }
@@ -367,6 +371,9 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
             }
             Answer::Refused(why) => {
                 tracing::warn!(agent_id = %id, %why, "quote request refused");
+                verifier
+                    .metrics
+                    .count(crate::metrics::AGENT_ERRORS, &[("reason", "refused")]);
                 give_up(&verifier, &tls, agent, round_state, internal("no_quote", why)).await;
                 return;
             }
@@ -381,6 +388,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
         let Ok((mut agent, failures)) = checked else {
             return;
         };
+        verifier.record_verdict("pull", started.elapsed(), &failures);
         agent.last_received_quote = crate::clock::unix_now();
         if failures.is_empty() {
             agent.operational_state = state::GET_QUOTE;

@@ -38,7 +38,9 @@ use crate::tpm::{AttestationKey, QuoteExpectations, verify_quote};
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
 pub fn router(state: Verifier) -> Router {
-    let mut app = Router::new().route("/version", get(version));
+    let mut app = Router::new()
+        .route("/version", get(version))
+        .route("/metrics", get(metrics));
     for suffix in ["", "/"] {
         app = app
             .route(&format!("/{{v}}/version{suffix}"), get(versioned_version))
@@ -166,6 +168,49 @@ fn attestation_status(agent: &VerifierAgent, config: &super::VerifierConfig) -> 
         state::FAILED | state::INVALID_QUOTE | state::TENANT_FAILED => "FAIL",
         _ => "PENDING",
     }
+}
+
+/// Prometheus metrics: the verifier's counters, and its agents by mode, operational state
+/// and attestation status read now.
+async fn metrics(
+    State(verifier): State<Verifier>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, ApiError> {
+    caller.require_admin()?;
+    let config = verifier.config.clone();
+    let counts = blocking(&verifier, "counting agents", move |store| {
+        let mut counts: std::collections::BTreeMap<(&str, &str, &str), u64> = Default::default();
+        for agent in store.agents()? {
+            let mode = if agent.push { "push" } else { "pull" };
+            let key = (
+                mode,
+                state::name(agent.operational_state),
+                attestation_status(&agent, &config),
+            );
+            *counts.entry(key).or_default() += 1;
+        }
+        Ok(counts)
+    })
+    .await?;
+    let series = counts
+        .into_iter()
+        .map(|((mode, operational, status), n)| {
+            let labels = crate::metrics::labels(&[
+                ("mode", mode),
+                ("operational_state", operational),
+                ("attestation_status", status),
+            ]);
+            (labels, n as f64)
+        })
+        .collect();
+    let text = verifier
+        .metrics
+        .render(&[(crate::metrics::VERIFIER_AGENTS, series)]);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        text,
+    )
+        .into_response())
 }
 
 /// The status object of `GET /agents/{id}` (keylime-api.md §4.4).

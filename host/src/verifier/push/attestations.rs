@@ -620,6 +620,12 @@ fn verify(verifier: &Verifier, agent_id: &str, session_id: &str, mut record: Pus
     let now = unix_now();
     record.stage = "verification_complete".into();
     record.verified_at = Some(unix_micros_now());
+    let waited = record
+        .verified_at
+        .zip(record.evidence_received_at)
+        .map(|(done, received)| done.saturating_sub(received))
+        .unwrap_or(0);
+    verifier.record_verdict("push", std::time::Duration::from_micros(waited), &failures);
     agent.last_received_quote = now;
     if failures.is_empty() {
         record.evaluation = "pass".into();

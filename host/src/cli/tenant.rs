@@ -1,0 +1,1033 @@
+//! `zest tenant`: the operator's client of a verifier and registrar (Keylime's
+//! `keylime_tenant`), over mTLS with the tenant certificate.
+//!
+//! Where it connects and with which certificate comes from `tenant.conf` (Keylime's
+//! `[tenant]` options), or from the layout `zest serve --data-dir DIR` creates when the global
+//! `--data-dir` is given, and from the flags here, in increasing precedence.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+use crate::config::keylime::{Effective, Service};
+
+#[derive(Debug, Args)]
+pub struct TenantArgs {
+    /// The verifier, HOST:PORT (tenant.conf `verifier_ip`, `verifier_port`; default 127.0.0.1:8881).
+    #[arg(long, env = "ZEST_TENANT_VERIFIER")]
+    verifier: Option<String>,
+    /// The registrar's HTTPS listener, HOST:PORT (tenant.conf `registrar_ip`,
+    /// `registrar_port`; default 127.0.0.1:8891).
+    #[arg(long, env = "ZEST_TENANT_REGISTRAR")]
+    registrar: Option<String>,
+    /// Directory holding `cacert.crt`, `client-cert.crt` and `client-private.pem` (tenant.conf
+    /// `tls_dir`; with `--data-dir DIR`, DIR/cv_ca).
+    #[arg(long, env = "ZEST_TENANT_TLS_DIR")]
+    tls_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: TenantCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantCommand {
+    /// Enrol a registered agent with the verifier (Keylime `-c add`).
+    Add(AddArgs),
+    /// Remove an agent from the verifier (Keylime `-c delete`).
+    Delete(UuidArg),
+    /// Replace an agent's enrolment: delete, then add again (Keylime `-c update`).
+    Update(AddArgs),
+    /// The verifier's view of an agent: a table, or its record with `--json`.
+    Status(StatusArgs),
+    /// Every agent the verifier attests.
+    List(JsonArg),
+    /// Resume attesting a failed or stopped agent (Keylime `-c reactivate`).
+    Reactivate(UuidArg),
+    /// Stop attesting an agent, keeping its enrolment.
+    Stop(UuidArg),
+    /// The registrar's view of an agent (Keylime `-c regstatus`).
+    Regstatus(StatusArgs),
+    /// Every agent the registrar knows.
+    Reglist(JsonArg),
+    /// Remove an agent from the registrar (Keylime `-c regdelete`).
+    Regdelete(UuidArg),
+    /// Named runtime policies (Keylime's allowlists).
+    #[command(subcommand, name = "runtime-policy")]
+    RuntimePolicy(PolicyCommand),
+    /// Named measured-boot reference states.
+    #[command(subcommand, name = "mb-policy")]
+    MbPolicy(PolicyCommand),
+    /// Policy components (WebAssembly) on the verifier.
+    #[command(subcommand)]
+    Module(ModuleCommand),
+}
+
+#[derive(Debug, Args)]
+struct UuidArg {
+    /// The agent's id.
+    #[arg(long, short = 'u')]
+    uuid: String,
+}
+
+#[derive(Debug, Args)]
+struct JsonArg {
+    /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[arg(long, short = 'u')]
+    uuid: String,
+    /// Print the server's agent record as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct AddArgs {
+    /// The agent's id, as it registered.
+    #[arg(long, short = 'u')]
+    uuid: String,
+    /// The agent's address for pull mode (default: what it told the registrar).
+    #[arg(long, short = 't')]
+    ip: Option<String>,
+    /// The agent's port for pull mode (default: what it told the registrar).
+    #[arg(long)]
+    port: Option<u16>,
+    /// A runtime policy file (Keylime JSON) to enrol with.
+    #[arg(long, conflicts_with = "runtime_policy_name")]
+    runtime_policy: Option<PathBuf>,
+    /// A runtime policy already stored on the verifier.
+    #[arg(long)]
+    runtime_policy_name: Option<String>,
+    /// A measured-boot reference state file (JSON) to enrol with.
+    #[arg(long, conflicts_with = "mb_policy_name")]
+    mb_policy: Option<PathBuf>,
+    /// A measured-boot reference state already stored on the verifier.
+    #[arg(long)]
+    mb_policy_name: Option<String>,
+    /// Keylime's `tpm_policy`: JSON mapping PCR numbers to accepted values, e.g.
+    /// '{"15": ["0000…"]}'. PCRs the policies need are added to the quote mask.
+    #[arg(long, default_value = "{}")]
+    tpm_policy: String,
+    /// Push mode (API 3.0): the agent submits evidence itself; no address is enrolled.
+    #[arg(long, conflicts_with_all = ["ip", "port"])]
+    push: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Store a policy under a name.
+    Create(PolicyFileArgs),
+    /// Replace a stored policy.
+    Update(PolicyFileArgs),
+    /// Print a stored policy's record.
+    Show(NameArg),
+    /// Names of the stored policies.
+    List,
+    /// Remove a stored policy (refused while an agent uses it).
+    Delete(NameArg),
+}
+
+#[derive(Debug, Args)]
+struct PolicyFileArgs {
+    /// The policy's name.
+    #[arg(long, short = 'n')]
+    name: String,
+    /// The policy document (JSON).
+    #[arg(long, short = 'f')]
+    file: PathBuf,
+    /// The component that judges with it: `builtin:…` or `sha256:…` of an uploaded module.
+    #[arg(long)]
+    module: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct NameArg {
+    #[arg(long, short = 'n')]
+    name: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModuleCommand {
+    /// Upload a policy component (.wasm); prints its id `sha256:…`.
+    Upload {
+        /// The component file.
+        file: PathBuf,
+        /// Which world it implements: runtime or measured-boot (default: the verifier checks both).
+        #[arg(long, value_parser = ["runtime", "measured-boot"])]
+        kind: Option<String>,
+    },
+    /// The components the verifier holds, built-ins included.
+    List(JsonArg),
+    /// Remove an uploaded component.
+    Delete {
+        /// Its id, `sha256:…`.
+        id: String,
+    },
+}
+
+/// Where the tenant connects and the files it authenticates with.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub verifier: String,
+    pub registrar: String,
+    pub ca_cert: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Connection {
+    /// The tenant's settings: tenant.conf, then `--data-dir`, then the flags.
+    fn resolve(args: &TenantArgs, data_dir: Option<&Path>, config_dir: &Path) -> anyhow::Result<Self> {
+        let conf = Effective::load(Service::Tenant, config_dir)?;
+        let get = |key: &str| conf.value(key).map(str::to_owned);
+        let host_port = |ip: Option<String>, port: Option<String>, default_port: u16| {
+            let ip = ip.filter(|s| !s.is_empty()).unwrap_or_else(|| "127.0.0.1".into());
+            let port = port.and_then(|p| p.parse::<u16>().ok()).unwrap_or(default_port);
+            join_host_port(&ip, port)
+        };
+        let mut verifier = host_port(get("verifier_ip"), get("verifier_port"), 8881);
+        let mut registrar = host_port(get("registrar_ip"), get("registrar_port"), 8891);
+        let conf_dir = conf
+            .path_value("tls_dir")
+            .filter(|d| d.as_os_str() != "default" && d.as_os_str() != "generate");
+        let tls_dir = match (&args.tls_dir, data_dir) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(data)) => data.join("cv_ca"),
+            (None, None) => conf_dir.unwrap_or_else(|| PathBuf::from("/var/lib/keylime/cv_ca")),
+        };
+        let file = |key: &str, default: &str| -> PathBuf {
+            // The data directory's layout wins over tenant.conf's file names.
+            let named = if data_dir.is_some() || args.tls_dir.is_some() {
+                None
+            } else {
+                get(key).filter(|v| !v.is_empty() && v != "default")
+            };
+            let name = named.unwrap_or_else(|| default.to_owned());
+            let path = PathBuf::from(&name);
+            if path.is_absolute() {
+                path
+            } else {
+                tls_dir.join(path)
+            }
+        };
+        let ca_cert = file("trusted_server_ca", "cacert.crt");
+        let client_cert = file("client_cert", "client-cert.crt");
+        let client_key = file("client_key", "client-private.pem");
+        if let Some(v) = &args.verifier {
+            verifier = v.clone();
+        }
+        if let Some(r) = &args.registrar {
+            registrar = r.clone();
+        }
+        Ok(Self {
+            verifier: format!("https://{verifier}"),
+            registrar: format!("https://{registrar}"),
+            ca_cert,
+            client_cert,
+            client_key,
+        })
+    }
+
+    fn client(&self) -> anyhow::Result<reqwest::Client> {
+        let read = |path: &Path, what: &str| {
+            std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
+        };
+        let ca = read(&self.ca_cert, "CA certificate")?;
+        let mut identity = read(&self.client_cert, "client certificate")?;
+        identity.push(b'\n');
+        identity.extend(read(&self.client_key, "client key")?);
+        let ca = reqwest::Certificate::from_pem(&ca)
+            .with_context(|| format!("{}: not a PEM certificate", self.ca_cert.display()))?;
+        let identity = reqwest::Identity::from_pem(&identity).with_context(|| {
+            format!(
+                "{} and {}: not a PEM certificate and key",
+                self.client_cert.display(),
+                self.client_key.display()
+            )
+        })?;
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([ca])
+            .identity(identity)
+            .timeout(Duration::from_secs(60))
+            .build()
+            .context("building the HTTPS client")
+    }
+}
+
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A connected tenant: one client, and the API version each server speaks.
+struct Tenant {
+    http: reqwest::Client,
+    conn: Connection,
+}
+
+/// A server's reply: status and JSON body (Keylime's envelope).
+struct Reply {
+    status: u16,
+    body: Value,
+}
+
+impl Reply {
+    fn results(&self) -> &Value {
+        &self.body["results"]
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Server {
+    Verifier,
+    Registrar,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Verifier => "verifier",
+            Self::Registrar => "registrar",
+        }
+    }
+}
+
+impl Tenant {
+    fn base(&self, server: Server) -> &str {
+        match server {
+            Server::Verifier => &self.conn.verifier,
+            Server::Registrar => &self.conn.registrar,
+        }
+    }
+
+    /// Sends a request; connection and TLS failures become errors that name the cause.
+    async fn send(&self, server: Server, request: reqwest::RequestBuilder) -> anyhow::Result<Reply> {
+        let base = self.base(server);
+        let response = request.send().await.map_err(|e| {
+            let mut chain = vec![e.to_string()];
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                chain.push(s.to_string());
+                source = s.source();
+            }
+            let text = chain.join(": ");
+            let hint = if text.contains("Connection refused") {
+                format!(" (is the {} running and listening there?)", server.name())
+            } else if text.contains("certificate") || text.contains("Certificate") || text.contains("tls") {
+                format!(
+                    " (TLS: is {} the CA of the {}, and {} a client certificate it trusts?)",
+                    self.conn.ca_cert.display(),
+                    server.name(),
+                    self.conn.client_cert.display()
+                )
+            } else {
+                String::new()
+            };
+            anyhow!("cannot reach the {} at {base}: {text}{hint}", server.name())
+        })?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .with_context(|| format!("reading the {}'s answer", server.name()))?;
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(
+            |_| json!({"status": String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned()}),
+        );
+        Ok(Reply { status, body })
+    }
+
+    /// Sends and requires a 2xx answer; otherwise the error carries the server's message.
+    async fn expect(
+        &self,
+        server: Server,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> anyhow::Result<Reply> {
+        let reply = self.send(server, request).await?;
+        if !(200..300).contains(&reply.status) {
+            let message = reply.body["status"].as_str().unwrap_or("(no message)");
+            bail!(
+                "{what}: the {} answered {}: {message}",
+                server.name(),
+                reply.status
+            );
+        }
+        Ok(reply)
+    }
+
+    /// The newest 2.x API version the server offers (zest and Keylime answer `GET /version`).
+    async fn version(&self, server: Server) -> anyhow::Result<String> {
+        let reply = self
+            .expect(
+                server,
+                self.http.get(format!("{}/version", self.base(server))),
+                "asking the API version",
+            )
+            .await?;
+        let results = reply.results();
+        let mut offered: Vec<String> = results["supported_versions"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        if let Some(current) = results["current_version"].as_str() {
+            offered.push(current.to_owned());
+        }
+        offered
+            .into_iter()
+            .filter(|v| v.starts_with("2."))
+            .max_by_key(|v| v.trim_start_matches("2.").parse::<u32>().unwrap_or(0))
+            .ok_or_else(|| anyhow!("the {} offers no 2.x API version", server.name()))
+    }
+
+    async fn url(&self, server: Server, path: &str) -> anyhow::Result<String> {
+        let version = self.version(server).await?;
+        Ok(format!("{}/v{version}/{path}", self.base(server)))
+    }
+}
+
+pub async fn run(args: TenantArgs, data_dir: Option<&Path>, config_dir: &Path) -> anyhow::Result<()> {
+    let conn = Connection::resolve(&args, data_dir, config_dir)?;
+    let tenant = Tenant {
+        http: conn.client()?,
+        conn,
+    };
+    match args.command {
+        TenantCommand::Add(add) => add_agent(&tenant, &add).await,
+        TenantCommand::Update(add) => {
+            delete_agent(&tenant, &add.uuid, true).await?;
+            add_agent(&tenant, &add).await
+        }
+        TenantCommand::Delete(a) => delete_agent(&tenant, &a.uuid, false).await,
+        TenantCommand::Status(a) => status(&tenant, &a.uuid, a.json).await,
+        TenantCommand::List(a) => list(&tenant, a.json).await,
+        TenantCommand::Reactivate(a) => {
+            let url = tenant
+                .url(Server::Verifier, &format!("agents/{}/reactivate", a.uuid))
+                .await?;
+            tenant
+                .expect(
+                    Server::Verifier,
+                    tenant.http.put(url),
+                    &format!("reactivating {}", a.uuid),
+                )
+                .await?;
+            println!("agent {} reactivated", a.uuid);
+            Ok(())
+        }
+        TenantCommand::Stop(a) => {
+            let url = tenant
+                .url(Server::Verifier, &format!("agents/{}/stop", a.uuid))
+                .await?;
+            tenant
+                .expect(
+                    Server::Verifier,
+                    tenant.http.put(url),
+                    &format!("stopping {}", a.uuid),
+                )
+                .await?;
+            println!("agent {} stopped", a.uuid);
+            Ok(())
+        }
+        TenantCommand::Regstatus(a) => regstatus(&tenant, &a.uuid, a.json).await,
+        TenantCommand::Reglist(a) => {
+            let url = tenant.url(Server::Registrar, "agents").await?;
+            let reply = tenant
+                .expect(Server::Registrar, tenant.http.get(url), "listing agents")
+                .await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(reply.results())?);
+            } else {
+                for id in ids(&reply.results()["uuids"]) {
+                    println!("{id}");
+                }
+            }
+            Ok(())
+        }
+        TenantCommand::Regdelete(a) => {
+            let url = tenant
+                .url(Server::Registrar, &format!("agents/{}", a.uuid))
+                .await?;
+            tenant
+                .expect(
+                    Server::Registrar,
+                    tenant.http.delete(url),
+                    &format!("deleting {}", a.uuid),
+                )
+                .await?;
+            println!("agent {} removed from the registrar", a.uuid);
+            Ok(())
+        }
+        TenantCommand::RuntimePolicy(c) => policy(&tenant, PolicyKind::Runtime, c).await,
+        TenantCommand::MbPolicy(c) => policy(&tenant, PolicyKind::MeasuredBoot, c).await,
+        TenantCommand::Module(c) => module(&tenant, c).await,
+    }
+}
+
+/// Keylime's agent lists are lists of one-element lists (or plain strings in places).
+fn ids(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Array(inner) => inner.first().and_then(Value::as_str).map(str::to_owned),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn read_json_file(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))?;
+    serde_json::from_slice::<Value>(&bytes)
+        .with_context(|| format!("{}: the {what} is not JSON", path.display()))?;
+    Ok(bytes)
+}
+
+/// PCRs a measured-boot policy needs quoted (Keylime: 0–9 and 11–15 with a refstate).
+const MB_PCRS: [u32; 15] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15];
+const IMA_PCR: u32 = 10;
+
+/// Keylime's `tpm_policy` with its `mask`: the PCRs it names, PCR 10 with a runtime policy,
+/// the boot PCRs with a measured-boot policy.
+fn tpm_policy(text: &str, runtime: bool, measured_boot: bool) -> anyhow::Result<String> {
+    let mut policy: serde_json::Map<String, Value> = serde_json::from_str(text)
+        .context("--tpm-policy must be a JSON object such as {\"15\": [\"0000…\"]}")?;
+    let mut mask: u32 = 0;
+    for key in policy.keys() {
+        if key == "mask" {
+            continue;
+        }
+        let pcr: u32 = key
+            .parse()
+            .ok()
+            .filter(|p| *p < 24)
+            .ok_or_else(|| anyhow!("--tpm-policy: {key} is not a PCR number (0–23)"))?;
+        mask |= 1 << pcr;
+    }
+    if runtime {
+        mask |= 1 << IMA_PCR;
+    }
+    if measured_boot {
+        for pcr in MB_PCRS {
+            mask |= 1 << pcr;
+        }
+    }
+    policy.insert("mask".into(), json!(format!("0x{mask:x}")));
+    Ok(Value::Object(policy).to_string())
+}
+
+async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
+    // The registrar vouches for the agent: its AK, its certificate, where it listens.
+    let url = tenant
+        .url(Server::Registrar, &format!("agents/{}", add.uuid))
+        .await?;
+    let reply = tenant.send(Server::Registrar, tenant.http.get(url)).await?;
+    match reply.status {
+        200 => {}
+        404 => bail!(
+            "agent {} is not registered (or not activated) at the registrar {}; start the agent first",
+            add.uuid,
+            tenant.conn.registrar
+        ),
+        s => bail!(
+            "reading agent {} from the registrar: it answered {s}: {}",
+            add.uuid,
+            reply.body["status"].as_str().unwrap_or("")
+        ),
+    }
+    // Registrars answer 404 for an agent that has not completed activation.
+    let reg = reply.results();
+    let ak = reg["aik_tpm"]
+        .as_str()
+        .ok_or_else(|| anyhow!("the registrar's record of {} has no aik_tpm", add.uuid))?;
+
+    let runtime = match (&add.runtime_policy, &add.runtime_policy_name) {
+        (Some(file), _) => Some(B64.encode(read_json_file(file, "runtime policy")?)),
+        _ => None,
+    };
+    let mb = match &add.mb_policy {
+        Some(file) => Some(String::from_utf8(read_json_file(file, "measured-boot policy")?)?),
+        None => None,
+    };
+    let uses_runtime = runtime.is_some() || add.runtime_policy_name.is_some();
+    let uses_mb = mb.is_some() || add.mb_policy_name.is_some();
+    // Keylime's bootstrap key split: the verifier holds V, the agent may receive U; K = U ⊕ V.
+    let mut v = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut v).map_err(|_| anyhow!("no randomness for the V key"))?;
+    let mut body = json!({
+        "v": B64.encode(v),
+        "tpm_policy": tpm_policy(&add.tpm_policy, uses_runtime, uses_mb)?,
+        "runtime_policy": runtime.unwrap_or_default(),
+        "runtime_policy_name": add.runtime_policy_name.clone().unwrap_or_default(),
+        "mb_policy": mb,
+        "mb_policy_name": add.mb_policy_name.clone().unwrap_or_default(),
+        "ima_sign_verification_keys": "",
+        "metadata": "{}",
+        "revocation_key": "",
+        "accept_tpm_hash_algs": ["sha512", "sha384", "sha256"],
+        "accept_tpm_encryption_algs": ["ecc", "rsa"],
+        "accept_tpm_signing_algs": ["ecschnorr", "rsassa"],
+        "ak_tpm": ak,
+    });
+    let (mode, place) =
+        if add.push {
+            ("push", String::new())
+        } else {
+            let ip = add
+                .ip
+                .clone()
+                .or_else(|| reg["ip"].as_str().map(str::to_owned))
+                .ok_or_else(|| anyhow!("agent {} told the registrar no address; give --ip", add.uuid))?;
+            let port = add
+                .port
+                .or_else(|| reg["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
+                .ok_or_else(|| anyhow!("agent {} told the registrar no port; give --port", add.uuid))?;
+            let cert = reg["mtls_cert"].as_str().filter(|c| c.contains("BEGIN CERTIFICATE")).ok_or_else(|| {
+            anyhow!(
+                "agent {} registered without an mTLS certificate; pull mode needs one (or use --push)",
+                add.uuid
+            )
+        })?;
+            body["cloudagent_ip"] = json!(ip);
+            body["cloudagent_port"] = json!(port);
+            body["mtls_cert"] = json!(cert);
+            ("pull", format!(" at {}", join_host_port(&ip, port)))
+        };
+    let url = tenant
+        .url(Server::Verifier, &format!("agents/{}", add.uuid))
+        .await?;
+    tenant
+        .expect(
+            Server::Verifier,
+            tenant.http.post(url).json(&body),
+            &format!("enrolling {}", add.uuid),
+        )
+        .await?;
+    println!(
+        "agent {} enrolled in {mode} mode{place}; `zest tenant status --uuid {}` shows its attestation",
+        add.uuid, add.uuid
+    );
+    Ok(())
+}
+
+async fn delete_agent(tenant: &Tenant, uuid: &str, missing_ok: bool) -> anyhow::Result<()> {
+    let url = tenant.url(Server::Verifier, &format!("agents/{uuid}")).await?;
+    let reply = tenant.send(Server::Verifier, tenant.http.delete(&url)).await?;
+    match reply.status {
+        200 => {}
+        // Keylime's verifier answers 202 while it finishes a round; wait until the agent is gone.
+        202 => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let r = tenant.send(Server::Verifier, tenant.http.get(&url)).await?;
+                if r.status == 404 {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("agent {uuid} was still on the verifier 30 s after the delete request");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        404 if missing_ok => return Ok(()),
+        404 => bail!(
+            "agent {uuid} is not enrolled at the verifier {}",
+            tenant.conn.verifier
+        ),
+        s => bail!(
+            "deleting {uuid}: the verifier answered {s}: {}",
+            reply.body["status"].as_str().unwrap_or("")
+        ),
+    }
+    if !missing_ok {
+        println!("agent {uuid} removed from the verifier");
+    }
+    Ok(())
+}
+
+fn time_text(unix: &Value) -> String {
+    match unix.as_u64() {
+        Some(0) | None => "never".into(),
+        Some(t) => {
+            let ago = crate::clock::unix_now().saturating_sub(t);
+            format!("{} ({ago} s ago)", crate::clock::rfc3339_micros(t * 1_000_000))
+        }
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) if s.is_empty() => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The verifier's record of one agent as a two-column table.
+pub fn status_table(uuid: &str, r: &Value) -> String {
+    let state = r["operational_state"].as_i64().unwrap_or(-1);
+    let mode = if r["ip"].is_null() && r["port"].is_null() {
+        "push"
+    } else {
+        "pull"
+    };
+    let address = match (r["ip"].as_str(), r["port"].as_u64()) {
+        (Some(ip), Some(port)) => join_host_port(ip, port as u16),
+        _ => "-".into(),
+    };
+    let failures: Vec<String> = r["failures"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    let message = f["context"]["message"]
+                        .as_str()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default();
+                    format!("{}{message}", text(&f["type"]))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut rows: Vec<(&str, String)> = vec![
+        ("agent", uuid.to_owned()),
+        ("attestation status", text(&r["attestation_status"])),
+        (
+            "operational state",
+            format!("{} ({state})", crate::store::verifier::state::name(state)),
+        ),
+        ("mode", mode.into()),
+        ("address", address),
+        ("attestations", text(&r["attestation_count"])),
+        (
+            "last good attestation",
+            time_text(&r["last_successful_attestation"]),
+        ),
+        ("last quote", time_text(&r["last_received_quote"])),
+        ("attestation period", text(&r["attestation_period"])),
+        ("runtime policy", text(&r["runtime_policy_name"])),
+        ("measured-boot policy", text(&r["mb_policy_name"])),
+        (
+            "TPM algorithms",
+            format!(
+                "{} / {} / {}",
+                text(&r["hash_alg"]),
+                text(&r["enc_alg"]),
+                text(&r["sign_alg"])
+            ),
+        ),
+        ("severity", text(&r["severity_level"])),
+        ("last event", text(&r["last_event_id"])),
+        ("verifier", text(&r["verifier_id"])),
+    ];
+    if failures.is_empty() {
+        rows.push(("failures", "none".into()));
+    } else {
+        for f in failures {
+            rows.push(("failure", f));
+        }
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    rows.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+}
+
+async fn status(tenant: &Tenant, uuid: &str, as_json: bool) -> anyhow::Result<()> {
+    let url = tenant.url(Server::Verifier, &format!("agents/{uuid}")).await?;
+    let reply = tenant.send(Server::Verifier, tenant.http.get(url)).await?;
+    match reply.status {
+        200 => {}
+        404 => bail!(
+            "agent {uuid} is not enrolled at the verifier {}",
+            tenant.conn.verifier
+        ),
+        s => bail!(
+            "reading agent {uuid}: the verifier answered {s}: {}",
+            reply.body["status"].as_str().unwrap_or("")
+        ),
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(reply.results())?);
+    } else {
+        print!("{}", status_table(uuid, reply.results()));
+    }
+    Ok(())
+}
+
+async fn list(tenant: &Tenant, as_json: bool) -> anyhow::Result<()> {
+    let url = tenant.url(Server::Verifier, "agents?bulk=1").await?;
+    let reply = tenant
+        .expect(Server::Verifier, tenant.http.get(url), "listing agents")
+        .await?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(reply.results())?);
+        return Ok(());
+    }
+    let Some(agents) = reply.results().as_object() else {
+        bail!("the verifier's agent list is not an object");
+    };
+    let mut rows = vec![[
+        "AGENT".to_owned(),
+        "STATUS".into(),
+        "STATE".into(),
+        "ATTESTATIONS".into(),
+        "LAST EVENT".into(),
+    ]];
+    for (id, r) in agents {
+        let state = r["operational_state"].as_i64().unwrap_or(-1);
+        rows.push([
+            id.clone(),
+            text(&r["attestation_status"]),
+            crate::store::verifier::state::name(state).into(),
+            text(&r["attestation_count"]),
+            text(&r["last_event_id"]),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+    Ok(())
+}
+
+async fn regstatus(tenant: &Tenant, uuid: &str, as_json: bool) -> anyhow::Result<()> {
+    let url = tenant.url(Server::Registrar, &format!("agents/{uuid}")).await?;
+    let reply = tenant.send(Server::Registrar, tenant.http.get(url)).await?;
+    match reply.status {
+        200 => {}
+        404 => bail!(
+            "agent {uuid} is not registered at the registrar {}",
+            tenant.conn.registrar
+        ),
+        s => bail!(
+            "reading agent {uuid}: the registrar answered {s}: {}",
+            reply.body["status"].as_str().unwrap_or("")
+        ),
+    }
+    let r = reply.results();
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+        return Ok(());
+    }
+    let present = |field: &str| {
+        if r[field].as_str().is_some_and(|s| !s.is_empty()) {
+            "yes"
+        } else {
+            "no"
+        }
+    };
+    let rows = [
+        ("agent", uuid.to_owned()),
+        // The registrar shows only agents that completed activation.
+        ("active", "yes".into()),
+        (
+            "address",
+            match (r["ip"].as_str(), r["port"].as_u64()) {
+                (Some(ip), Some(port)) => join_host_port(ip, port as u16),
+                _ => "-".into(),
+            },
+        ),
+        ("registrations", text(&r["regcount"])),
+        ("EK certificate", present("ekcert").into()),
+        ("mTLS certificate", present("mtls_cert").into()),
+    ];
+    for (k, v) in rows {
+        println!("{k:<16}  {v}");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum PolicyKind {
+    Runtime,
+    MeasuredBoot,
+}
+
+async fn policy(tenant: &Tenant, kind: PolicyKind, command: PolicyCommand) -> anyhow::Result<()> {
+    let (collection, field, what) = match kind {
+        PolicyKind::Runtime => ("allowlists", "runtime_policy", "runtime policy"),
+        PolicyKind::MeasuredBoot => ("mbpolicies", "mb_policy", "measured-boot policy"),
+    };
+    let body = |file: &Path, module: &Option<String>| -> anyhow::Result<Value> {
+        let bytes = read_json_file(file, what)?;
+        let document = match kind {
+            PolicyKind::Runtime => B64.encode(bytes),
+            PolicyKind::MeasuredBoot => String::from_utf8(bytes)?,
+        };
+        let mut body = json!({ field: document });
+        if let Some(m) = module {
+            body["module"] = json!(m);
+        }
+        Ok(body)
+    };
+    match command {
+        PolicyCommand::Create(a) => {
+            let url = tenant
+                .url(Server::Verifier, &format!("{collection}/{}", a.name))
+                .await?;
+            let request = tenant.http.post(url).json(&body(&a.file, &a.module)?);
+            tenant
+                .expect(Server::Verifier, request, &format!("storing {what} {}", a.name))
+                .await?;
+            println!("{what} {} stored", a.name);
+        }
+        PolicyCommand::Update(a) => {
+            let url = tenant
+                .url(Server::Verifier, &format!("{collection}/{}", a.name))
+                .await?;
+            let request = tenant.http.put(url).json(&body(&a.file, &a.module)?);
+            tenant
+                .expect(Server::Verifier, request, &format!("replacing {what} {}", a.name))
+                .await?;
+            println!("{what} {} replaced", a.name);
+        }
+        PolicyCommand::Show(a) => {
+            let url = tenant
+                .url(Server::Verifier, &format!("{collection}/{}", a.name))
+                .await?;
+            let reply = tenant
+                .expect(
+                    Server::Verifier,
+                    tenant.http.get(url),
+                    &format!("reading {what} {}", a.name),
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(reply.results())?);
+        }
+        PolicyCommand::List => {
+            let url = tenant.url(Server::Verifier, collection).await?;
+            let reply = tenant
+                .expect(
+                    Server::Verifier,
+                    tenant.http.get(url),
+                    &format!("listing {what}s"),
+                )
+                .await?;
+            let names = reply
+                .results()
+                .get(field.replace("_policy", "policy_names").as_str())
+                .cloned();
+            let names = names
+                .or_else(|| {
+                    reply
+                        .results()
+                        .as_object()
+                        .and_then(|o| o.values().find(|v| v.is_array()).cloned())
+                })
+                .unwrap_or(Value::Null);
+            for name in ids(&names) {
+                println!("{name}");
+            }
+        }
+        PolicyCommand::Delete(a) => {
+            let url = tenant
+                .url(Server::Verifier, &format!("{collection}/{}", a.name))
+                .await?;
+            tenant
+                .expect(
+                    Server::Verifier,
+                    tenant.http.delete(url),
+                    &format!("deleting {what} {}", a.name),
+                )
+                .await?;
+            println!("{what} {} deleted", a.name);
+        }
+    }
+    Ok(())
+}
+
+async fn module(tenant: &Tenant, command: ModuleCommand) -> anyhow::Result<()> {
+    match command {
+        ModuleCommand::Upload { file, kind } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let size = bytes.len();
+            let mut url = tenant.url(Server::Verifier, "modules").await?;
+            if let Some(kind) = kind {
+                url.push_str(&format!("?kind={kind}"));
+            }
+            eprintln!(
+                "uploading {} ({size} bytes); the verifier compiles it…",
+                file.display()
+            );
+            let request = tenant
+                .http
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+                .body(bytes);
+            let reply = tenant
+                .expect(
+                    Server::Verifier,
+                    request,
+                    &format!("uploading {}", file.display()),
+                )
+                .await?;
+            let r = reply.results();
+            println!("{}", text(&r["module"]));
+            eprintln!("module {} ({}) stored", text(&r["module"]), text(&r["kind"]));
+        }
+        ModuleCommand::List(a) => {
+            let url = tenant.url(Server::Verifier, "modules").await?;
+            let reply = tenant
+                .expect(Server::Verifier, tenant.http.get(url), "listing modules")
+                .await?;
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(reply.results())?);
+                return Ok(());
+            }
+            let modules = reply.results()["modules"].as_array().cloned().unwrap_or_default();
+            for m in modules {
+                println!(
+                    "{:<72}  {:<14}  {}",
+                    text(&m["module"]),
+                    text(&m["kind"]),
+                    text(&m["size"])
+                );
+            }
+        }
+        ModuleCommand::Delete { id } => {
+            let url = tenant.url(Server::Verifier, &format!("modules/{id}")).await?;
+            tenant
+                .expect(
+                    Server::Verifier,
+                    tenant.http.delete(url),
+                    &format!("deleting module {id}"),
+                )
+                .await?;
+            println!("module {id} deleted");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_covers_policies() {
+        let p: Value = serde_json::from_str(&tpm_policy("{}", true, false).unwrap()).unwrap();
+        assert_eq!(p["mask"], "0x400");
+        let p: Value = serde_json::from_str(&tpm_policy("{\"15\": [\"00\"]}", false, true).unwrap()).unwrap();
+        assert_eq!(p["mask"], "0xfbff");
+        assert!(tpm_policy("{\"x\": []}", false, false).is_err());
+        assert!(tpm_policy("[]", false, false).is_err());
+    }
+}
