@@ -23,7 +23,7 @@ pub fn zest_binary() -> anyhow::Result<PathBuf> {
         .context("no target directory")?;
     if !path.exists() {
         bail!(
-            "{} is missing: run `cargo build --release -p zest` first",
+            "{} is missing: build it first (`cargo build -p zest`, with `--release` for benchmarks)",
             path.display()
         );
     }

@@ -181,3 +181,57 @@ fn the_registry_reuses_instances_per_tenant_and_rebuilds_broken_ones() {
     }
     assert_eq!(registry.loaded(), 2);
 }
+
+#[test]
+fn traps_and_timeouts_are_counted_per_module() {
+    use std::sync::Arc;
+    use zest::metrics::{Metrics, POLICY_ABORTS, POLICY_SECONDS};
+    use zest::policy::PolicyRegistry;
+
+    let metrics = Arc::new(Metrics::default());
+    let limits = PolicyLimits {
+        deadline: Duration::from_millis(200),
+        ..PolicyLimits::default()
+    };
+    let registry = PolicyRegistry::with_metrics(
+        Arc::new(PolicyRuntime::new(limits, None).unwrap()),
+        metrics.clone(),
+    );
+    let (log, replayed) = fedora_log();
+    let evidence = evidence(&log, &replayed);
+    let hostile = test_component("hostile");
+    // One module id for every document: the counters are per module.
+    let source = |mode: &'static str| {
+        PolicySource::new("hostile", &hostile, mode.as_bytes()).known_as("sha256:hostile", mode)
+    };
+    for _ in 0..2 {
+        assert!(matches!(
+            registry.evaluate_measured_boot("t", &source("trap"), &evidence),
+            Err(PolicyError::Trap(_))
+        ));
+    }
+    assert!(matches!(
+        registry.evaluate_measured_boot("t", &source("loop"), &evidence),
+        Err(PolicyError::Timeout(_))
+    ));
+    registry
+        .evaluate_measured_boot("t", &source("ok"), &evidence)
+        .unwrap();
+    let labels = |reason| {
+        [
+            ("kind", "measured-boot"),
+            ("module", "sha256:hostile"),
+            ("reason", reason),
+        ]
+    };
+    assert_eq!(metrics.counter_value(POLICY_ABORTS, &labels("trap")), 2);
+    assert_eq!(metrics.counter_value(POLICY_ABORTS, &labels("timeout")), 1);
+    let text = metrics.render(&[]);
+    assert!(
+        text.contains(&format!(
+            "{}_count{{kind=\"measured-boot\",module=\"sha256:hostile\"}} 4\n",
+            POLICY_SECONDS.name
+        )),
+        "{text}"
+    );
+}

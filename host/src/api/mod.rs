@@ -1,6 +1,7 @@
 //! What every Keylime-facing route shares: the `{code, status, results}` envelope and its
 //! errors, the API versions we serve, agent identifiers, and who is calling.
 
+pub mod docs;
 mod envelope;
 mod identity;
 mod version;

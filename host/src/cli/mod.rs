@@ -365,9 +365,15 @@ async fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             init_logging(log_format.as_deref());
         }
         Command::Serve(_) | Command::Verifier(_) => {
-            init_logging(load(Service::Verifier)?.value("log_format"));
+            let eff = load(Service::Verifier)?;
+            init_logging(eff.value("log_format"));
+            keylime::log_overrides(&eff);
         }
-        Command::Registrar(_) => init_logging(load(Service::Registrar)?.value("log_format")),
+        Command::Registrar(_) => {
+            let eff = load(Service::Registrar)?;
+            init_logging(eff.value("log_format"));
+            keylime::log_overrides(&eff);
+        }
     }
     match command {
         Command::Evidence(command) => evidence::run(command),

@@ -373,7 +373,7 @@ impl Effective {
                 continue;
             }
             let value = strip_quotes(&value).to_owned();
-            if spec.is_some_and(|s| s.secret) && !value.is_empty() && mode & 0o044 != 0 {
+            if spec.is_some_and(|s| holds_secret(&s, &value)) && mode & 0o044 != 0 {
                 return Err(ConfigError::SecretExposed {
                     path: path.to_owned(),
                     key,
@@ -467,6 +467,12 @@ impl Effective {
     }
 }
 
+/// Whether a value of `spec` is a credential: a password, or a database URL with one
+/// (`sqlite` alone is not).
+fn holds_secret(spec: &OptionSpec, value: &str) -> bool {
+    spec.secret && !value.is_empty() && (spec.key != "database_url" || value.contains('@'))
+}
+
 /// Keylime strips surrounding spaces and double quotes from every value.
 fn strip_quotes(value: &str) -> &str {
     value.trim_matches(|c| c == '"' || c == ' ')
@@ -540,6 +546,28 @@ fn files_of(service: Service, dir: &Path) -> Vec<PathBuf> {
         files.extend(found);
     }
     files
+}
+
+/// A setting's value as logs and `config show` print it: credentials only as "set".
+pub fn shown(s: &Setting) -> String {
+    if s.spec.is_some_and(|spec| holds_secret(&spec, &s.value)) {
+        "(secret, set)".into()
+    } else {
+        s.value.clone()
+    }
+}
+
+/// Logs the settings that differ from the defaults, with where each came from.
+pub fn log_overrides(effective: &Effective) {
+    for s in effective.settings().filter(|s| s.source != Source::Default) {
+        tracing::info!(
+            service = effective.service.name(),
+            option = %format!("[{}] {}", s.section, s.key),
+            value = %shown(s),
+            source = %s.source,
+            "configuration"
+        );
+    }
 }
 
 /// `zest config show`: every option with its effective value and source. Secrets are

@@ -13,13 +13,14 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
-use axum::routing::{get, post};
+use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 
 use super::Registrar;
 use super::registration::{accept, auth_tag_digest, optional_str};
+use crate::api::docs::{Body, Op, Reply, Routes};
 use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Caller, Envelope};
 use crate::store::{RegisterOutcome, RegisteredAgent, RegistrarStore};
 use crate::tpm::TrustStore;
@@ -27,37 +28,89 @@ use crate::tpm::TrustStore;
 /// Largest request body the registrar reads (a registration with an EK chain is ~10 KiB).
 const MAX_BODY: usize = 256 * 1024;
 
+/// The `{v}` of the registrar's routes (agents register over 2.x and 3.0).
+const VERSIONS: &[&str] = &["v2", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6", "v3", "v3.0"];
+
 /// The registrar's router, with envelope replies for unknown paths and methods.
 pub fn router(state: Registrar) -> Router {
-    let mut app = Router::new()
-        .route("/version", get(version))
-        .route("/metrics", get(metrics))
-        .route("/v3", get(version_root))
-        .route("/v3/", get(version_root))
-        .route("/v3.0", get(version_root))
-        .route("/v3.0/", get(version_root));
-    // Keylime tolerates a trailing slash on every route.
-    for suffix in ["", "/"] {
-        app = app
-            .route(&format!("/{{v}}/version{suffix}"), get(versioned_version))
-            .route(
-                &format!("/{{v}}/agents{suffix}"),
-                get(list).post(register_collection),
-            )
-            .route(
-                &format!("/{{v}}/agents/{{id}}{suffix}"),
-                get(show).post(register_at).put(activate_put).delete(delete),
-            )
-            .route(
-                &format!("/{{v}}/agents/{{id}}/activate{suffix}"),
-                post(activate_post).put(activate_put),
-            )
+    let (app, document) = routes().finish(
+        "zest registrar",
+        "Keylime-compatible registrar: agents register and activate over plain HTTP or \
+         HTTPS; listing and deleting agents needs the tenant certificate (mTLS).",
+    );
+    let document = std::sync::Arc::new(document);
+    app.route(
+        "/openapi.json",
+        get(move || {
+            let document = document.clone();
+            async move { axum::Json((*document).clone()) }
+        }),
+    )
+    .fallback(api::not_found_fallback)
+    .method_not_allowed_fallback(api::method_not_allowed_fallback)
+    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+    .layer(axum::middleware::map_response(api::envelope_for_bare_errors))
+    .with_state(state)
+}
+
+/// Every route of the registrar with its description (the source of `/openapi.json`).
+pub fn routes() -> Routes<Registrar> {
+    let mut routes = Routes::new(VERSIONS)
+        .route(
+            "/version",
+            false,
+            vec![Op::get(version, "API versions served").open()],
+        )
+        .route(
+            "/metrics",
+            false,
+            vec![Op::get(metrics, "Prometheus metrics").reply(Reply::Metrics)],
+        );
+    for root in ["/v3", "/v3/", "/v3.0", "/v3.0/"] {
+        routes = routes.route(root, false, vec![Op::get(version_root, "API 3.0 root").open()]);
     }
-    app.fallback(api::not_found_fallback)
-        .method_not_allowed_fallback(api::method_not_allowed_fallback)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::map_response(api::envelope_for_bare_errors))
-        .with_state(state)
+    routes
+        .route(
+            "/{v}/version",
+            true,
+            vec![Op::get(versioned_version, "API versions served").open()],
+        )
+        .route(
+            "/{v}/agents",
+            true,
+            vec![
+                Op::get(list, "Registered agents"),
+                Op::post(register_collection, "Register an agent (agent_id in the body)")
+                    .body(Body::Json)
+                    .open(),
+            ],
+        )
+        .route(
+            "/{v}/agents/{id}",
+            true,
+            vec![
+                Op::get(show, "A registered agent: EK, AK, certificates, address"),
+                Op::post(register_at, "Register an agent (2.x)")
+                    .body(Body::Json)
+                    .open(),
+                Op::put(activate_put, "Activate with the auth tag (2.x)")
+                    .body(Body::Json)
+                    .open(),
+                Op::delete(delete, "Forget an agent"),
+            ],
+        )
+        .route(
+            "/{v}/agents/{id}/activate",
+            true,
+            vec![
+                Op::post(activate_post, "Activate with the auth tag")
+                    .body(Body::Json)
+                    .open(),
+                Op::put(activate_put, "Activate with the auth tag (2.x)")
+                    .body(Body::Json)
+                    .open(),
+            ],
+        )
 }
 
 fn version_of(segment: &str) -> Result<ApiVersion, ApiError> {

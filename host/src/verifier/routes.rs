@@ -18,7 +18,7 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use super::Verifier;
@@ -26,6 +26,7 @@ use super::enrol::enrolment;
 use super::policies::{
     check_name, decode_mb_policy, decode_runtime_policy, measured_boot_record, module_field, runtime_record,
 };
+use crate::api::docs::{Body, Op, Reply, Routes};
 use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Caller, Envelope};
 use crate::evidence::{HashAlg, PublicArea, Quote};
 use crate::store::verifier::state;
@@ -37,75 +38,211 @@ use crate::tpm::{AttestationKey, QuoteExpectations, verify_quote};
 /// Largest request body (a 100,000-path runtime policy is ~11 MB, base64 ~15 MB).
 const MAX_BODY: usize = 64 * 1024 * 1024;
 
+/// The `{v}` of the verifier's tenant routes.
+const V2: &[&str] = &["v2", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6"];
+
 pub fn router(state: Verifier) -> Router {
-    let mut app = Router::new()
-        .route("/version", get(version))
-        .route("/metrics", get(metrics));
-    for suffix in ["", "/"] {
-        app = app
-            .route(&format!("/{{v}}/version{suffix}"), get(versioned_version))
-            .route(&format!("/{{v}}/agents{suffix}"), get(list_agents))
+    let (app, document) = routes().finish(
+        "zest verifier",
+        "Keylime-compatible verifier: tenant routes under /v2.x (mTLS with the tenant \
+         certificate), push-mode agent routes under /v3 and /v3.0.",
+    );
+    let document = std::sync::Arc::new(document);
+    app.route(
+        "/openapi.json",
+        get(move || {
+            let document = document.clone();
+            async move { axum::Json((*document).clone()) }
+        }),
+    )
+    .fallback(api::not_found_fallback)
+    .method_not_allowed_fallback(api::method_not_allowed_fallback)
+    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+    .layer(axum::middleware::map_response(api::envelope_for_bare_errors))
+    .with_state(state)
+}
+
+/// Every route of the verifier with its description (the source of `/openapi.json`).
+pub fn routes() -> Routes<Verifier> {
+    use super::modules;
+    use super::push::{attestations, sessions};
+    let mut routes = Routes::new(V2)
+        .route(
+            "/version",
+            false,
+            vec![Op::get(version, "API versions served").open()],
+        )
+        .route(
+            "/metrics",
+            false,
+            vec![Op::get(metrics, "Prometheus metrics").reply(Reply::Metrics)],
+        )
+        .route(
+            "/{v}/version",
+            true,
+            vec![Op::get(versioned_version, "API versions served").open()],
+        )
+        .route(
+            "/{v}/agents",
+            true,
+            vec![
+                Op::get(list_agents, "Enrolled agents (ids, or every status with bulk)").query(&[
+                    ("bulk", "1 or true: every agent's status"),
+                    ("verifier", "only agents of this verifier id"),
+                ]),
+            ],
+        )
+        .route(
+            "/{v}/agents/{id}",
+            true,
+            vec![
+                Op::get(show_agent, "An agent's attestation status"),
+                Op::post(enrol, "Enrol an agent with its policies").body(Body::Json),
+                Op::delete(delete_agent, "Stop attesting and forget an agent"),
+            ],
+        )
+        .route(
+            "/{v}/agents/{id}/reactivate",
+            true,
+            vec![Op::put(reactivate, "Resume attesting a failed or stopped agent")],
+        )
+        .route(
+            "/{v}/agents/{id}/stop",
+            true,
+            vec![Op::put(stop, "Stop attesting an agent, keeping its enrolment")],
+        )
+        .route(
+            "/{v}/allowlists",
+            true,
+            vec![Op::get(list_runtime, "Names of the stored runtime policies")],
+        )
+        .route(
+            "/{v}/allowlists/{name}",
+            true,
+            vec![
+                Op::get(show_runtime, "A stored runtime policy"),
+                Op::post(create_runtime, "Store a runtime policy")
+                    .body(Body::Json)
+                    .ok(&[201]),
+                Op::put(update_runtime, "Replace a stored runtime policy")
+                    .body(Body::Json)
+                    .ok(&[201]),
+                Op::delete(delete_runtime, "Remove a runtime policy no agent uses").ok(&[204]),
+            ],
+        )
+        .route(
+            "/{v}/mbpolicies",
+            true,
+            vec![Op::get(list_mb, "Names of the stored measured-boot policies")],
+        )
+        .route(
+            "/{v}/mbpolicies/{name}",
+            true,
+            vec![
+                Op::get(show_mb, "A stored measured-boot policy"),
+                Op::post(create_mb, "Store a measured-boot policy")
+                    .body(Body::Json)
+                    .ok(&[201]),
+                Op::put(update_mb, "Replace a stored measured-boot policy")
+                    .body(Body::Json)
+                    .ok(&[201]),
+                Op::delete(delete_mb, "Remove a measured-boot policy no agent uses").ok(&[204]),
+            ],
+        )
+        .route(
+            "/{v}/verify/identity",
+            true,
+            vec![
+                Op::get(verify_identity, "Is this quote from that agent's AK? (2.2+)").query(&[
+                    ("agent_uuid", "the agent"),
+                    ("quote", "Keylime quote text"),
+                    ("nonce", "the nonce quoted"),
+                    ("hash_alg", "the PCR bank"),
+                ]),
+            ],
+        )
+        .route(
+            "/{v}/verify/evidence",
+            true,
+            vec![
+                Op::post(
+                    super::evidence::verify_evidence,
+                    "Verify evidence handed in (2.4+)",
+                )
+                .body(Body::Json),
+            ],
+        )
+        .route(
+            "/{v}/modules",
+            true,
+            vec![
+                Op::get(modules::list, "Policy components: built-in and uploaded"),
+                Op::post(modules::upload, "Upload a policy component (.wasm)")
+                    .body(Body::Binary(&["application/wasm", "application/octet-stream"]))
+                    .query(&[("kind", "runtime or measured-boot")])
+                    .ok(&[201, 200]),
+            ],
+        )
+        .route(
+            "/{v}/modules/{id}",
+            true,
+            vec![
+                Op::get(modules::show, "A policy component's record"),
+                Op::delete(modules::delete, "Remove an uploaded component no policy uses").ok(&[204]),
+            ],
+        );
+    // Push mode's agent routes (API 3.0): JSON:API replies, token authentication.
+    for prefix in ["/v3", "/v3.0"] {
+        routes = routes
             .route(
-                &format!("/{{v}}/agents/{{id}}{suffix}"),
-                get(show_agent).post(enrol).delete(delete_agent),
+                &format!("{prefix}/sessions"),
+                false,
+                vec![
+                    Op::post(sessions::create, "Open a session: a challenge for the AK")
+                        .body(Body::Json)
+                        .reply(Reply::JsonApi)
+                        .open(),
+                ],
             )
             .route(
-                &format!("/{{v}}/agents/{{id}}/reactivate{suffix}"),
-                put(reactivate),
-            )
-            .route(&format!("/{{v}}/agents/{{id}}/stop{suffix}"), put(stop))
-            .route(&format!("/{{v}}/allowlists{suffix}"), get(list_runtime))
-            .route(
-                &format!("/{{v}}/allowlists/{{name}}{suffix}"),
-                get(show_runtime)
-                    .post(create_runtime)
-                    .put(update_runtime)
-                    .delete(delete_runtime),
-            )
-            .route(&format!("/{{v}}/verify/identity{suffix}"), get(verify_identity))
-            .route(
-                &format!("/{{v}}/verify/evidence{suffix}"),
-                post(super::evidence::verify_evidence),
+                &format!("{prefix}/sessions/{{id}}"),
+                false,
+                vec![
+                    Op::patch(sessions::prove, "Prove possession of the AK; get a token")
+                        .body(Body::Json)
+                        .reply(Reply::JsonApi)
+                        .open(),
+                ],
             )
             .route(
-                &format!("/{{v}}/modules{suffix}"),
-                get(super::modules::list).post(super::modules::upload),
+                &format!("{prefix}/agents/{{id}}/attestations"),
+                false,
+                vec![
+                    Op::get(attestations::list, "An agent's attestations").reply(Reply::JsonApi),
+                    Op::post(
+                        attestations::create,
+                        "Offer capabilities; get evidence requested (token)",
+                    )
+                    .body(Body::Json)
+                    .reply(Reply::JsonApi)
+                    .ok(&[201])
+                    .open(),
+                ],
             )
             .route(
-                &format!("/{{v}}/modules/{{id}}{suffix}"),
-                get(super::modules::show).delete(super::modules::delete),
-            )
-            .route(&format!("/{{v}}/mbpolicies{suffix}"), get(list_mb))
-            .route(
-                &format!("/{{v}}/mbpolicies/{{name}}{suffix}"),
-                get(show_mb).post(create_mb).put(update_mb).delete(delete_mb),
+                &format!("{prefix}/agents/{{id}}/attestations/{{which}}"),
+                false,
+                vec![
+                    Op::get(attestations::show, "One attestation (index or latest)").reply(Reply::JsonApi),
+                    Op::patch(attestations::submit, "Submit the evidence requested (token)")
+                        .body(Body::Json)
+                        .reply(Reply::JsonApi)
+                        .ok(&[202])
+                        .open(),
+                ],
             );
     }
-    // Push mode's public routes (API 3.0); JSON:API replies of their own.
-    for prefix in ["v3", "v3.0"] {
-        app = app
-            .route(
-                &format!("/{prefix}/sessions"),
-                post(super::push::sessions::create),
-            )
-            .route(
-                &format!("/{prefix}/sessions/{{id}}"),
-                axum::routing::patch(super::push::sessions::prove),
-            )
-            .route(
-                &format!("/{prefix}/agents/{{id}}/attestations"),
-                get(super::push::attestations::list).post(super::push::attestations::create),
-            )
-            .route(
-                &format!("/{prefix}/agents/{{id}}/attestations/{{which}}"),
-                get(super::push::attestations::show).patch(super::push::attestations::submit),
-            );
-    }
-    app.fallback(api::not_found_fallback)
-        .method_not_allowed_fallback(api::method_not_allowed_fallback)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::map_response(api::envelope_for_bare_errors))
-        .with_state(state)
+    routes
 }
 
 /// The verifier serves the v2 routes (v3 is push mode's, a later room).

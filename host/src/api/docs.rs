@@ -1,0 +1,278 @@
+//! Routes that document themselves: each operation is registered with its handler and its
+//! description together, so the router a service serves and the OpenAPI document at
+//! `/openapi.json` come from the same calls and cannot drift apart.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::handler::Handler;
+use axum::routing::MethodRouter;
+use serde_json::{Map, Value, json};
+
+/// What an operation's request body is.
+#[derive(Debug, Clone, Copy)]
+pub enum Body {
+    None,
+    /// A JSON object (Keylime's clients do not always send `Content-Type`).
+    Json,
+    /// Raw bytes of one of these media types.
+    Binary(&'static [&'static str]),
+}
+
+/// The shape of an operation's replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// Keylime's `{"code", "status", "results"}` on success and error.
+    Envelope,
+    /// JSON:API (push mode): `{"data": …}` on success, `{"errors": […]}` on error.
+    JsonApi,
+    /// Prometheus text on success, the envelope on error.
+    Metrics,
+    /// The OpenAPI document itself.
+    OpenApi,
+}
+
+/// One operation: its method, handler and description.
+pub struct Op<S> {
+    method: &'static str,
+    handler: MethodRouter<S>,
+    summary: &'static str,
+    query: &'static [(&'static str, &'static str)],
+    body: Body,
+    ok: &'static [u16],
+    reply: Reply,
+    /// Needs the tenant's client certificate (mTLS); otherwise open or token-authenticated.
+    admin: bool,
+}
+
+macro_rules! op_constructor {
+    ($name:ident, $method:literal) => {
+        pub fn $name<H, T>(handler: H, summary: &'static str) -> Self
+        where
+            H: Handler<T, S>,
+            T: 'static,
+        {
+            Self {
+                method: $method,
+                handler: axum::routing::$name(handler),
+                summary,
+                query: &[],
+                body: Body::None,
+                ok: &[200],
+                reply: Reply::Envelope,
+                admin: true,
+            }
+        }
+    };
+}
+
+impl<S: Clone + Send + Sync + 'static> Op<S> {
+    op_constructor!(get, "get");
+    op_constructor!(post, "post");
+    op_constructor!(put, "put");
+    op_constructor!(patch, "patch");
+    op_constructor!(delete, "delete");
+
+    /// Query parameters: (name, description).
+    pub fn query(mut self, params: &'static [(&'static str, &'static str)]) -> Self {
+        self.query = params;
+        self
+    }
+
+    pub fn body(mut self, body: Body) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// The success statuses (200 unless given).
+    pub fn ok(mut self, statuses: &'static [u16]) -> Self {
+        self.ok = statuses;
+        self
+    }
+
+    pub fn reply(mut self, reply: Reply) -> Self {
+        self.reply = reply;
+        self
+    }
+
+    /// Open to callers without the tenant certificate (agents, anyone).
+    pub fn open(mut self) -> Self {
+        self.admin = false;
+        self
+    }
+}
+
+/// A router under construction with its OpenAPI paths.
+pub struct Routes<S> {
+    router: Router<S>,
+    paths: BTreeMap<String, Map<String, Value>>,
+    /// The API versions `{v}` stands for in this service's paths.
+    versions: &'static [&'static str],
+}
+
+impl<S: Clone + Send + Sync + 'static> Routes<S> {
+    pub fn new(versions: &'static [&'static str]) -> Self {
+        Self {
+            router: Router::new(),
+            paths: BTreeMap::new(),
+            versions,
+        }
+    }
+
+    /// Serves `ops` at `path`, and at `path/` too when `trailing_slash` (Keylime tolerates one).
+    pub fn route(mut self, path: &str, trailing_slash: bool, ops: Vec<Op<S>>) -> Self {
+        let mut methods = MethodRouter::new();
+        let entry = self.paths.entry(path.to_owned()).or_default();
+        for op in ops {
+            entry.insert(op.method.to_owned(), describe(path, &op, self.versions));
+            methods = methods.merge(op.handler);
+        }
+        if trailing_slash {
+            self.router = self.router.route(&format!("{path}/"), methods.clone());
+        }
+        self.router = self.router.route(path, methods);
+        self
+    }
+
+    /// The router and the OpenAPI document of everything registered.
+    pub fn finish(self, title: &str, description: &str) -> (Router<S>, Value) {
+        let paths: Map<String, Value> = self
+            .paths
+            .into_iter()
+            .map(|(path, ops)| (path, Value::Object(ops)))
+            .collect();
+        let document = json!({
+            "openapi": "3.0.3",
+            "info": {
+                "title": title,
+                "version": env!("CARGO_PKG_VERSION"),
+                "description": description,
+            },
+            "paths": paths,
+            "components": {"schemas": schemas()},
+        });
+        (self.router, document)
+    }
+}
+
+fn describe<S>(path: &str, op: &Op<S>, versions: &[&str]) -> Value {
+    let mut parameters: Vec<Value> = Vec::new();
+    for segment in path.split('/') {
+        let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) else {
+            continue;
+        };
+        let schema = match name {
+            "v" => json!({"type": "string", "enum": versions}),
+            "id" | "name" => json!({"type": "string", "minLength": 1, "maxLength": 255}),
+            _ => json!({"type": "string", "minLength": 1}),
+        };
+        parameters.push(json!({"name": name, "in": "path", "required": true, "schema": schema}));
+    }
+    for (name, description) in op.query {
+        parameters.push(json!({
+            "name": name, "in": "query", "required": false, "description": description,
+            "schema": {"type": "string"},
+        }));
+    }
+    let error = match op.reply {
+        Reply::JsonApi => json!({"$ref": "#/components/schemas/ErrorReply"}),
+        _ => json!({"$ref": "#/components/schemas/Envelope"}),
+    };
+    let success = match op.reply {
+        Reply::Envelope => json!({"application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}}),
+        Reply::JsonApi => {
+            json!({"application/json": {"schema": {"$ref": "#/components/schemas/JsonApiDocument"}}})
+        }
+        Reply::Metrics => json!({"text/plain": {"schema": {"type": "string"}}}),
+        Reply::OpenApi => json!({"application/json": {"schema": {"type": "object"}}}),
+    };
+    let mut responses = Map::new();
+    for status in op.ok {
+        let response = if *status == 204 {
+            json!({"description": "done; no body"})
+        } else {
+            json!({"description": "success", "content": success})
+        };
+        responses.insert(status.to_string(), response);
+    }
+    responses.insert(
+        "default".into(),
+        json!({"description": "error, with its message", "content": {"application/json": {"schema": error}}}),
+    );
+    let mut operation = json!({
+        "summary": op.summary,
+        "parameters": parameters,
+        "responses": responses,
+    });
+    if op.admin {
+        operation["description"] = json!("Requires the tenant's client certificate (mTLS).");
+    }
+    match op.body {
+        Body::None => {}
+        Body::Json => {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            });
+        }
+        Body::Binary(types) => {
+            let content: Map<String, Value> = types
+                .iter()
+                .map(|t| {
+                    (
+                        t.to_string(),
+                        json!({"schema": {"type": "string", "format": "binary"}}),
+                    )
+                })
+                .collect();
+            operation["requestBody"] = json!({"required": true, "content": content});
+        }
+    }
+    operation
+}
+
+fn schemas() -> Value {
+    json!({
+        "Envelope": {
+            "type": "object",
+            "description": "Keylime's reply envelope; `status` carries the message of an error.",
+            "required": ["code", "status", "results"],
+            "properties": {
+                "code": {"type": "integer"},
+                "status": {"type": "string"},
+                "results": {"type": "object"},
+            },
+        },
+        "JsonApiDocument": {
+            "type": "object",
+            "required": ["data"],
+            "properties": {"data": {}},
+        },
+        "JsonApiErrors": {
+            "type": "object",
+            "required": ["errors"],
+            "properties": {
+                "errors": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["status", "title"],
+                        "properties": {
+                            "status": {"type": "string"},
+                            "title": {"type": "string"},
+                            "detail": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+        // Push routes answer JSON:API errors; a request refused before it reaches them
+        // (unknown path, wrong method) gets Keylime's envelope.
+        "ErrorReply": {
+            "anyOf": [
+                {"$ref": "#/components/schemas/JsonApiErrors"},
+                {"$ref": "#/components/schemas/Envelope"},
+            ],
+        },
+    })
+}
