@@ -14,6 +14,7 @@
 //! - [`config`] and [`cli`]: the operator's edge.
 
 pub mod api;
+pub mod bootstrap;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -92,10 +92,14 @@ tenant() {
   KEYLIME_TENANT_CONFIG="$work/tenant.conf" KEYLIME_LOGGING_CONFIG="$work/logging.conf" \
     "$venvs/keylime/bin/keylime_tenant" "$@"
 }
-tenant -c add -t 127.0.0.1 -tp "$aport" -u "$uuid" --runtime-policy "$work/policy.json" >"$work/keylime-add.log" 2>&1 \
-  || fail "keylime_tenant -c add failed"
+echo "a payload for the agent" >"$work/payload.txt"
+tenant -c add -t 127.0.0.1 -tp "$aport" -u "$uuid" --runtime-policy "$work/policy.json" \
+  -f "$work/payload.txt" --verify >"$work/keylime-add.log" 2>&1 || fail "keylime_tenant -c add failed"
 grep -q "Quote from Agent $uuid .* validated" "$work/keylime-add.log" || fail "the tenant did not validate the identity quote"
 grep -q "added to Verifier" "$work/keylime-add.log" || fail "the tenant did not enrol the agent"
+# U from the tenant, V from zest's verifier after a good quote: the agent proves K.
+grep -q "Successful key derivation for Agent $uuid" "$work/keylime-add.log" || fail "the agent did not prove the bootstrap key"
+grep -q "payload of 24 bytes decrypted" "$work/agent.log" || fail "the agent did not decrypt the payload"
 passed=""
 for _ in $(seq 60); do
   if tenant -c status -u "$uuid" >"$work/keylime-status.log" 2>&1 \
@@ -113,7 +117,22 @@ if tenant -c status -u "$uuid" >"$work/keylime-status-after.log" 2>&1; then
   fail "keylime_tenant -c status still succeeds after delete"
 fi
 grep -q "does not exist on Verifier" "$work/keylime-status-after.log" || fail "status after delete: unexpected output"
-echo "interop: Keylime 7.14.3 tenant enrolled, read (Get Quote, PASS) and deleted the agent"
+echo "interop: Keylime 7.14.3 tenant enrolled (identity quote, payload, key derivation), read (Get Quote, PASS) and deleted the agent"
+
+# The README's flow with zest's own tenant, on the same agent.
+zt() { "$target/zest" --data-dir "$data" tenant --verifier "127.0.0.1:$vport" --registrar "127.0.0.1:$rtls" "$@"; }
+zt add --uuid "$uuid" --ip 127.0.0.1 --port "$aport" --runtime-policy "$work/policy.json" \
+  --payload "$work/payload.txt" --verify >"$work/zest-add.log" 2>&1 || fail "zest tenant add failed"
+passed=""
+for _ in $(seq 60); do
+  zt status --uuid "$uuid" >"$work/zest-status.log" 2>&1 && grep -q "attestation status *PASS" "$work/zest-status.log" && passed=yes && break
+  sleep 0.5
+done
+[ -n "$passed" ] || fail "zest tenant status never showed PASS"
+zt status --uuid "$uuid" --json | python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["attestation_status"] == "PASS" and r["operational_state"] == 3, r' \
+  || fail "zest tenant status --json is not the verifier's record"
+zt delete --uuid "$uuid" >>"$work/zest-add.log" 2>&1 || fail "zest tenant delete failed"
+echo "interop: zest tenant enrolled (payload, key derivation), showed PASS and deleted the agent"
 
 # 2. API fuzzing of both services, with the tenant certificate. One worker: schemathesis'
 #    generators are not thread-safe on CPython 3.11 (an AST recursion-depth SystemError).

@@ -44,6 +44,61 @@ pub struct PullState {
     /// Answers every quote with the whole IMA list (entry 0), as agents that ignore
     /// `ima_ml_entry` do: every round is a full replay.
     pub always_full_ima: bool,
+    /// The NK private key (PKCS#8 DER) when the agent can open U and V; without it, U is
+    /// refused and V only recorded.
+    pub nk_private: Option<Vec<u8>>,
+    /// U and the auth tag and payload that came with it (`/keys/ukey`).
+    pub u: Option<([u8; 32], String, Option<Vec<u8>>)>,
+    /// V as the verifier released it.
+    pub v: Option<[u8; 32]>,
+    /// K = U ⊕ V once the auth tag proved it, and the payload it decrypted.
+    pub k: Option<[u8; 32]>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl PullState {
+    /// Opens an NK-encrypted half (RSA-OAEP-SHA1), as the agent does.
+    fn open_half(&self, b64: &str) -> anyhow::Result<[u8; 32]> {
+        let der = self
+            .nk_private
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("no NK private key"))?;
+        let sealed = base64::engine::general_purpose::STANDARD.decode(b64)?;
+        let key = aws_lc_rs::rsa::OaepPrivateDecryptingKey::new(
+            aws_lc_rs::rsa::PrivateDecryptingKey::from_pkcs8(der)?,
+        )?;
+        let mut out = vec![0u8; key.min_output_size()];
+        let plain = key.decrypt(&aws_lc_rs::rsa::OAEP_SHA1_MGF1SHA1, &sealed, &mut out, None)?;
+        <[u8; 32]>::try_from(plain).map_err(|_| anyhow::anyhow!("a key half is not 32 bytes"))
+    }
+
+    /// With both halves: K, checked against the auth tag, then the payload decrypted.
+    fn combine(&mut self) {
+        let (Some((u, tag, payload)), Some(v)) = (&self.u, &self.v) else {
+            return;
+        };
+        let k: [u8; 32] = std::array::from_fn(|i| u[i] ^ v[i]);
+        let hmac = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA384, &k),
+            self.agent.uuid.as_bytes(),
+        );
+        if hex::encode(hmac.as_ref()) != *tag {
+            return;
+        }
+        if let Some(blob) = payload {
+            use aes_gcm::aead::{Aead, KeyInit};
+            type Gcm16 = aes_gcm::AesGcm<aes_gcm::aes::Aes256, aes_gcm::aes::cipher::consts::U16>;
+            if blob.len() < 32 {
+                return;
+            }
+            let (iv, sealed) = blob.split_at(16);
+            match Gcm16::new((&k).into()).decrypt(aes_gcm::Nonce::from_slice(iv), sealed) {
+                Ok(plain) => self.payload = Some(plain),
+                Err(_) => return,
+            }
+        }
+        self.k = Some(k);
+    }
 }
 
 /// A running pull agent; dropping it stops the listener.
@@ -124,12 +179,19 @@ impl PullAgent {
             boot_log: None,
             quote_nonce: None,
             always_full_ima: false,
+            nk_private: None,
+            u: None,
+            v: None,
+            k: None,
+            payload: None,
         }));
         let app = Router::new()
             .route("/version", get(version))
             .route("/{v}/quotes/integrity", get(integrity))
             .route("/{v}/quotes/identity", get(identity))
             .route("/{v}/keys/vkey", post(vkey))
+            .route("/{v}/keys/ukey", post(ukey))
+            .route("/{v}/keys/verify", get(verify))
             .route("/{v}/notifications/revocation", post(revocation))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(bind).await?;
@@ -370,10 +432,83 @@ async fn vkey(State(state): State<Arc<Mutex<PullState>>>, UrlPath(v): UrlPath<St
     if let Some(refusal) = refuses(&state, &v) {
         return refusal;
     }
-    if let (Ok(mut s), Ok(v)) = (state.lock(), serde_json::from_slice(&body)) {
+    if let (Ok(mut s), Ok(v)) = (state.lock(), serde_json::from_slice::<Value>(&body)) {
+        if let Some(half) = v["encrypted_key"].as_str().and_then(|b| s.open_half(b).ok()) {
+            s.v = Some(half);
+            s.combine();
+        }
         s.vkeys.push(v);
     }
     envelope(StatusCode::OK, "Success", json!({}))
+}
+
+/// The tenant's U, auth tag and payload (Keylime's agent: 200, or 400 on a bad body).
+async fn ukey(State(state): State<Arc<Mutex<PullState>>>, UrlPath(v): UrlPath<String>, body: Bytes) -> Reply {
+    if let Some(refusal) = refuses(&state, &v) {
+        return refusal;
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return envelope(StatusCode::BAD_REQUEST, "Invalid JSON", json!({}));
+    };
+    let Ok(mut s) = state.lock() else {
+        return envelope(StatusCode::INTERNAL_SERVER_ERROR, "poisoned", json!({}));
+    };
+    let (Some(sealed), Some(tag)) = (body["encrypted_key"].as_str(), body["auth_tag"].as_str()) else {
+        return envelope(
+            StatusCode::BAD_REQUEST,
+            "encrypted_key and auth_tag are required",
+            json!({}),
+        );
+    };
+    let u = match s.open_half(sealed) {
+        Ok(u) => u,
+        Err(e) => return envelope(StatusCode::BAD_REQUEST, &format!("cannot open U: {e}"), json!({})),
+    };
+    let payload = body["payload"]
+        .as_str()
+        .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok());
+    // A new U starts a new bootstrap: the old K, payload and V are dropped (V follows U).
+    s.u = Some((u, tag.to_owned(), payload));
+    s.v = None;
+    s.k = None;
+    s.payload = None;
+    s.combine();
+    envelope(StatusCode::OK, "Success", json!({}))
+}
+
+#[derive(serde::Deserialize)]
+struct VerifyQuery {
+    challenge: String,
+}
+
+/// HMAC-SHA384(K, challenge) once K is known (Keylime's agent: 400 before).
+async fn verify(
+    State(state): State<Arc<Mutex<PullState>>>,
+    UrlPath(v): UrlPath<String>,
+    Query(q): Query<VerifyQuery>,
+) -> Reply {
+    if let Some(refusal) = refuses(&state, &v) {
+        return refusal;
+    }
+    let k = state.lock().ok().and_then(|s| s.k);
+    match k {
+        Some(k) => {
+            let hmac = aws_lc_rs::hmac::sign(
+                &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA384, &k),
+                q.challenge.as_bytes(),
+            );
+            envelope(
+                StatusCode::OK,
+                "Success",
+                json!({"hmac": hex::encode(hmac.as_ref())}),
+            )
+        }
+        None => envelope(
+            StatusCode::BAD_REQUEST,
+            "Bootstrap key not yet available.",
+            json!({}),
+        ),
+    }
 }
 
 async fn revocation(

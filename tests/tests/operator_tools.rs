@@ -77,7 +77,7 @@ impl Served {
         write(
             &config.join("verifier.conf"),
             &format!(
-                "[verifier]\nip = 127.0.0.1\nport = {verifier}\nquote_interval = 2\n[revocations]\nwebhook_url =\n"
+                "[verifier]\nip = 127.0.0.1\nport = {verifier}\nquote_interval = 2\nmode = both\n[revocations]\nwebhook_url =\n"
             ),
             0o644,
         );
@@ -224,10 +224,11 @@ async fn the_tenant_cli_enrols_an_agent_and_reports_its_attestation() {
     let tpm = Swtpm::start().unwrap();
     let agent = TestAgent::new(&tpm, uuid, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
     served.trust_test_ek_ca();
-    let pubkey = String::from_utf8(zest_tests::fixture("keylime/test/data/ima_keys/rsa2048pub.pem")).unwrap();
-    let pull = PullAgent::start(agent, pubkey, &served.data.join("cv_ca/cacert.crt"))
+    let nk = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let pull = PullAgent::start(agent, nk.public_key_pem(), &served.data.join("cv_ca/cacert.crt"))
         .await
         .unwrap();
+    pull.state.lock().unwrap().nk_private = Some(nk.serialize_der());
     let digest = |p: &str| zest::evidence::HashAlg::Sha256.digest(&[p.as_bytes()]);
     pull.measure("/usr/bin/bash", &digest("/usr/bin/bash")).unwrap();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -265,8 +266,11 @@ async fn the_tenant_cli_enrols_an_agent_and_reports_its_attestation() {
         stderr(&unknown)
     );
 
-    // The scripted spelling: add with --ip/--port/--runtime-policy, then status.
+    // The scripted spelling: add with --ip/--port/--runtime-policy, then status; with a
+    // payload that the agent can read only after the verifier's first good quote.
     std::fs::write(&policy_file, runtime_policy(&["/usr/bin/bash"])).unwrap();
+    let payload = dir.path().join("payload.bin");
+    std::fs::write(&payload, b"keys for the workload").unwrap();
     let port = pull.addr.port().to_string();
     let add = served.tenant(&[
         "add",
@@ -278,9 +282,22 @@ async fn the_tenant_cli_enrols_an_agent_and_reports_its_attestation() {
         &port,
         "--runtime-policy",
         policy_file.to_str().unwrap(),
+        "--payload",
+        payload.to_str().unwrap(),
+        "--verify",
     ]);
     assert!(add.status.success(), "{}", stderr(&add));
     assert!(stdout(&add).contains("enrolled in pull mode"), "{}", stdout(&add));
+    assert!(
+        stderr(&add).contains("identity quote verified"),
+        "{}",
+        stderr(&add)
+    );
+    assert!(stderr(&add).contains("the agent proved K"), "{}", stderr(&add));
+    assert_eq!(
+        pull.state.lock().unwrap().payload.as_deref(),
+        Some(&b"keys for the workload"[..])
+    );
     wait_for("PASS", || {
         let s = served.status_json(uuid);
         s["attestation_status"] == "PASS" && s["attestation_count"].as_u64() >= Some(2)
@@ -390,6 +407,52 @@ async fn the_tenant_cli_enrols_an_agent_and_reports_its_attestation() {
     let gone = served.tenant(&["status", "--uuid", uuid, "--json"]);
     assert!(!gone.status.success());
     assert!(stderr(&gone).contains("is not enrolled"));
+
+    // A push agent (the verifier runs `mode = both`): enrolled without an address.
+    let tpm2 = Swtpm::start().unwrap();
+    let mut push_agent = TestAgent::new(&tpm2, "push-agent-1", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    zest_tests::server::register_and_activate(
+        &client,
+        &format!("http://127.0.0.1:{}", served.registrar_http),
+        &mut push_agent,
+        "2.6",
+    )
+    .await
+    .unwrap();
+    let push = served.tenant(&[
+        "add",
+        "--uuid",
+        "push-agent-1",
+        "--push",
+        "--runtime-policy",
+        policy_file.to_str().unwrap(),
+    ]);
+    assert!(push.status.success(), "{}", stderr(&push));
+    let record = served.status_json("push-agent-1");
+    assert!(
+        record["ip"].is_null() && record["attestation_status"] == "PENDING",
+        "{record}"
+    );
+    let table = stdout(&served.tenant(&["status", "--uuid", "push-agent-1"]));
+    assert!(table.contains("mode                   push"), "{table}");
+
+    // tenant.conf alone tells the tenant where to go and which certificates to use.
+    let etc = dir.path().join("tenant-etc");
+    write(
+        &etc.join("tenant.conf"),
+        &format!(
+            "[tenant]\nverifier_ip = 127.0.0.1\nverifier_port = {}\nregistrar_ip = 127.0.0.1\nregistrar_port = {}\ntls_dir = {}\nclient_cert = client-cert.crt\nclient_key = client-private.pem\ntrusted_server_ca = [\"cacert.crt\"]\n",
+            served.verifier,
+            served.registrar_tls,
+            served.data.join("cv_ca").display()
+        ),
+        0o644,
+    );
+    let listed = zest(&["--config-dir", etc.to_str().unwrap(), "tenant", "list"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(stdout(&listed).contains("push-agent-1"), "{}", stdout(&listed));
+    let reglist = zest(&["--config-dir", etc.to_str().unwrap(), "tenant", "reglist"]);
+    assert!(stdout(&reglist).contains("push-agent-1"), "{}", stdout(&reglist));
 
     // Named policies and modules.
     let create = served.tenant(&[

@@ -14,6 +14,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use crate::bootstrap::BootstrapKey;
 use crate::config::keylime::{Effective, Service};
 
 #[derive(Debug, Args)]
@@ -117,8 +118,15 @@ struct AddArgs {
     #[arg(long, default_value = "{}")]
     tpm_policy: String,
     /// Push mode (API 3.0): the agent submits evidence itself; no address is enrolled.
-    #[arg(long, conflicts_with_all = ["ip", "port"])]
+    #[arg(long, conflicts_with_all = ["ip", "port", "payload"])]
     push: bool,
+    /// A file delivered to the agent encrypted under the bootstrap key K; the agent can read
+    /// it only once the verifier has seen a good quote and released V (Keylime `-f`).
+    #[arg(long)]
+    payload: Option<PathBuf>,
+    /// After enrolling, wait until the agent proves it rebuilt K (Keylime `--verify`).
+    #[arg(long, requires = "payload")]
+    verify: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,6 +218,14 @@ impl Connection {
             } else {
                 get(key).filter(|v| !v.is_empty() && v != "default")
             };
+            // `trusted_server_ca` is a list in Keylime (`["cacert.crt"]`): zest trusts its first.
+            let named = named.map(|v| match crate::config::keylime::list_as_json(&v) {
+                Ok(json) => serde_json::from_str::<Vec<Value>>(&json)
+                    .ok()
+                    .and_then(|l| l.first().and_then(Value::as_str).map(str::to_owned))
+                    .unwrap_or(v),
+                Err(_) => v,
+            });
             let name = named.unwrap_or_else(|| default.to_owned());
             let path = PathBuf::from(&name);
             if path.is_absolute() {
@@ -566,11 +582,22 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
     };
     let uses_runtime = runtime.is_some() || add.runtime_policy_name.is_some();
     let uses_mb = mb.is_some() || add.mb_policy_name.is_some();
-    // Keylime's bootstrap key split: the verifier holds V, the agent may receive U; K = U ⊕ V.
-    let mut v = [0u8; 32];
-    aws_lc_rs::rand::fill(&mut v).map_err(|_| anyhow!("no randomness for the V key"))?;
+    let payload = match &add.payload {
+        Some(file) => {
+            let bytes =
+                std::fs::read(file).with_context(|| format!("reading the payload {}", file.display()))?;
+            if bytes.len() > MAX_PAYLOAD {
+                bail!(
+                    "{}: the payload is larger than {MAX_PAYLOAD} bytes",
+                    file.display()
+                );
+            }
+            Some(bytes)
+        }
+        None => None,
+    };
     let mut body = json!({
-        "v": B64.encode(v),
+        "v": null,
         "tpm_policy": tpm_policy(&add.tpm_policy, uses_runtime, uses_mb)?,
         "runtime_policy": runtime.unwrap_or_default(),
         "runtime_policy_name": add.runtime_policy_name.clone().unwrap_or_default(),
@@ -584,30 +611,49 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
         "accept_tpm_signing_algs": ["ecschnorr", "rsassa"],
         "ak_tpm": ak,
     });
-    let (mode, place) =
-        if add.push {
-            ("push", String::new())
-        } else {
-            let ip = add
-                .ip
-                .clone()
-                .or_else(|| reg["ip"].as_str().map(str::to_owned))
-                .ok_or_else(|| anyhow!("agent {} told the registrar no address; give --ip", add.uuid))?;
-            let port = add
-                .port
-                .or_else(|| reg["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
-                .ok_or_else(|| anyhow!("agent {} told the registrar no port; give --port", add.uuid))?;
-            let cert = reg["mtls_cert"].as_str().filter(|c| c.contains("BEGIN CERTIFICATE")).ok_or_else(|| {
-            anyhow!(
-                "agent {} registered without an mTLS certificate; pull mode needs one (or use --push)",
-                add.uuid
-            )
-        })?;
-            body["cloudagent_ip"] = json!(ip);
-            body["cloudagent_port"] = json!(port);
-            body["mtls_cert"] = json!(cert);
-            ("pull", format!(" at {}", join_host_port(&ip, port)))
-        };
+    let mut keys: Option<(Agent, BootstrapKey)> = None;
+    let (mode, place) = if add.push {
+        ("push", String::new())
+    } else {
+        let ip = add
+            .ip
+            .clone()
+            .or_else(|| reg["ip"].as_str().map(str::to_owned))
+            .ok_or_else(|| anyhow!("agent {} told the registrar no address; give --ip", add.uuid))?;
+        let port = add
+            .port
+            .or_else(|| reg["port"].as_u64().and_then(|p| u16::try_from(p).ok()))
+            .ok_or_else(|| anyhow!("agent {} told the registrar no port; give --port", add.uuid))?;
+        let cert = reg["mtls_cert"]
+            .as_str()
+            .filter(|c| c.contains("BEGIN CERTIFICATE"))
+            .ok_or_else(|| {
+                anyhow!(
+                    "agent {} registered without an mTLS certificate; pull mode needs one (or use --push)",
+                    add.uuid
+                )
+            })?;
+        body["cloudagent_ip"] = json!(ip);
+        body["cloudagent_port"] = json!(port);
+        body["mtls_cert"] = json!(cert);
+        // Like Keylime's tenant: the agent must show a quote from the registered AK that binds
+        // its NK key (PCR 16) before anything is enrolled or sent to it.
+        let agent = Agent::connect(tenant, &ip, port, cert).await?;
+        eprintln!("checking agent {}'s identity quote at {}…", add.uuid, agent.base);
+        let nk = agent.identity(ak).await?;
+        eprintln!("identity quote verified: signed by the registered AK, NK key bound in PCR 16");
+        if let Some(payload) = &payload {
+            let key = BootstrapKey::generate()?;
+            agent.deliver_u(&add.uuid, &nk, &key, payload).await?;
+            eprintln!(
+                "U and the encrypted payload ({} bytes) delivered to the agent",
+                payload.len()
+            );
+            body["v"] = json!(B64.encode(key.v));
+            keys = Some((agent, key));
+        }
+        ("pull", format!(" at {}", join_host_port(&ip, port)))
+    };
     let url = tenant
         .url(Server::Verifier, &format!("agents/{}", add.uuid))
         .await?;
@@ -618,11 +664,212 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
             &format!("enrolling {}", add.uuid),
         )
         .await?;
+    if let (true, Some((agent, key))) = (add.verify, &keys) {
+        eprintln!("waiting for the agent to rebuild K (the verifier releases V after a good quote)…");
+        if let Err(e) = agent.verify_key(&key.k).await {
+            // Keylime stops attesting an agent that cannot prove the key.
+            let stop = tenant
+                .url(Server::Verifier, &format!("agents/{}/stop", add.uuid))
+                .await?;
+            let _ = tenant.send(Server::Verifier, tenant.http.put(stop)).await;
+            return Err(e.context(format!(
+                "agent {} did not prove the bootstrap key; attesting it stopped",
+                add.uuid
+            )));
+        }
+        eprintln!("the agent proved K: the payload is in its hands");
+    }
     println!(
         "agent {} enrolled in {mode} mode{place}; `zest tenant status --uuid {}` shows its attestation",
         add.uuid, add.uuid
     );
     Ok(())
+}
+
+/// Largest payload sent to an agent (Keylime's `max_payload_size`).
+const MAX_PAYLOAD: usize = 1 << 20;
+/// API versions of pull agents the tenant speaks, oldest first.
+const AGENT_VERSIONS: [&str; 6] = ["2.1", "2.2", "2.3", "2.4", "2.5", "2.6"];
+
+/// A pull agent reached over mTLS: its certificate as the registrar holds it is the only one
+/// trusted; the tenant presents its own client certificate.
+struct Agent {
+    base: String,
+    version: String,
+    http: reqwest::Client,
+}
+
+fn random_text(len: usize) -> anyhow::Result<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; len];
+    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| anyhow!("no randomness"))?;
+    Ok(bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect())
+}
+
+impl Agent {
+    async fn connect(tenant: &Tenant, ip: &str, port: u16, cert: &str) -> anyhow::Result<Self> {
+        let pinned =
+            reqwest::Certificate::from_pem(cert.as_bytes()).context("the agent's mTLS certificate")?;
+        let mut identity = std::fs::read(&tenant.conn.client_cert)?;
+        identity.push(b'\n');
+        identity.extend(std::fs::read(&tenant.conn.client_key)?);
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_only([pinned])
+            .identity(reqwest::Identity::from_pem(&identity)?)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        let base = format!("https://{}", join_host_port(ip, port));
+        let mut agent = Self {
+            base,
+            version: "2.6".into(),
+            http,
+        };
+        // The newest version both speak; an agent that does not answer /version gets 2.6.
+        if let Ok(reply) = agent.get("/version").await {
+            let results = &reply["results"];
+            let mut offered: Vec<String> = results["supported_versions"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            if let Some(one) = results["supported_version"].as_str() {
+                offered.push(one.to_owned());
+            }
+            if let Some(best) = AGENT_VERSIONS
+                .iter()
+                .rev()
+                .find(|v| offered.iter().any(|o| o == *v))
+            {
+                agent.version = (*best).to_owned();
+            }
+        }
+        Ok(agent)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot reach the agent at {}: {e:#} (is it running, and does it trust the tenant's CA?)",
+                    self.base
+                )
+            })?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status != 200 {
+            bail!(
+                "the agent answered {status} to GET {path}: {}",
+                body["status"].as_str().unwrap_or("")
+            );
+        }
+        Ok(body)
+    }
+
+    /// Asks for an identity quote and checks it as Keylime's tenant does; returns the NK key.
+    async fn identity(&self, ak_b64: &str) -> anyhow::Result<String> {
+        use crate::evidence::{HashAlg, PublicArea, Quote};
+        use crate::tpm::{AttestationKey, QuoteExpectations, verify_quote};
+        let nonce = random_text(20)?;
+        let reply = self
+            .get(&format!("/v{}/quotes/identity?nonce={nonce}", self.version))
+            .await?;
+        let r = &reply["results"];
+        let field = |name: &str| {
+            r[name]
+                .as_str()
+                .ok_or_else(|| anyhow!("the agent's identity quote has no {name}"))
+        };
+        let hash_alg = field("hash_alg")?;
+        let hash = HashAlg::from_name(hash_alg)
+            .filter(|h| *h != HashAlg::Sha1)
+            .ok_or_else(|| anyhow!("identity quote: hash_alg {hash_alg} is not accepted"))?;
+        let pubkey = field("pubkey")?.to_owned();
+        let ak = B64
+            .decode(ak_b64)
+            .context("the registrar's aik_tpm is not base64")?;
+        let ak = AttestationKey::new(
+            PublicArea::from_tpm2b(&ak).map_err(|e| anyhow!("the registrar's aik_tpm: {e}"))?,
+        );
+        let quote =
+            Quote::from_keylime_string(field("quote")?).map_err(|e| anyhow!("identity quote: {e}"))?;
+        let expected = QuoteExpectations {
+            nonce: nonce.as_bytes(),
+            hashes: &[hash],
+            schemes: &["rsassa", "ecdsa"],
+        };
+        let verified = verify_quote(&quote, &ak, &expected).map_err(|e| anyhow!("identity quote: {e}"))?;
+        // PCR 16 was reset, then extended once with H(NK public key PEM).
+        let zeros = vec![0u8; hash.digest_len()];
+        let bound = hash.digest(&[&zeros, &hash.digest(&[pubkey.as_bytes()])]);
+        match verified.pcr(hash, 16) {
+            Some(value) if value == bound.as_slice() => Ok(pubkey),
+            Some(_) => bail!("identity quote: PCR 16 does not bind the agent's NK key"),
+            None => bail!("identity quote: PCR 16 is not quoted"),
+        }
+    }
+
+    /// `POST /keys/ukey`: U under the NK key, the payload under K, and the auth tag.
+    async fn deliver_u(
+        &self,
+        uuid: &str,
+        nk: &str,
+        key: &BootstrapKey,
+        payload: &[u8],
+    ) -> anyhow::Result<()> {
+        let body = json!({
+            "encrypted_key": B64.encode(crate::bootstrap::encrypt_for_nk(nk, &key.u)?),
+            "auth_tag": crate::bootstrap::hmac_hex(&key.k, uuid.as_bytes()),
+            "payload": B64.encode(crate::bootstrap::encrypt_payload(&key.k, payload)?),
+        });
+        let url = format!("{}/v{}/keys/ukey", self.base, self.version);
+        let response = self
+            .http
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot deliver U to the agent at {}: {e:#}", self.base))?;
+        if response.status() != 200 {
+            let status = response.status().as_u16();
+            let text: Value = response.json().await.unwrap_or(Value::Null);
+            bail!(
+                "the agent refused U ({status}): {}",
+                text["status"].as_str().unwrap_or("")
+            );
+        }
+        Ok(())
+    }
+
+    /// Polls `GET /keys/verify` until the agent's HMAC of a fresh challenge proves K.
+    async fn verify_key(&self, k: &[u8; 32]) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            let challenge = random_text(20)?;
+            match self
+                .get(&format!("/v{}/keys/verify?challenge={challenge}", self.version))
+                .await
+            {
+                Ok(reply) => {
+                    let expected = crate::bootstrap::hmac_hex(k, challenge.as_bytes());
+                    if reply["results"]["hmac"].as_str() == Some(expected.as_str()) {
+                        return Ok(());
+                    }
+                    last = "the agent's HMAC does not match K".into();
+                }
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        bail!("{last}")
+    }
 }
 
 async fn delete_agent(tenant: &Tenant, uuid: &str, missing_ok: bool) -> anyhow::Result<()> {

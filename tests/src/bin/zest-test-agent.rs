@@ -139,6 +139,10 @@ async fn main() -> anyhow::Result<()> {
     let pull = PullAgent::start_on(agent, nk.public_key_pem(), &verifier_ca, bind)
         .await
         .with_context(|| format!("serving on {bind}"))?;
+    // With the NK private key the agent can open U and V, rebuild K and read a payload.
+    if let Ok(mut state) = pull.state.lock() {
+        state.nk_private = Some(nk.serialize_der());
+    }
     for (path, content) in MEASURED {
         pull.measure(path, &digest(content))?;
     }
@@ -156,6 +160,23 @@ async fn main() -> anyhow::Result<()> {
         pull.addr
     );
     println!("enrol it: zest tenant add --uuid {uuid} --ip 127.0.0.1 --port {port} --runtime-policy FILE");
+    let state = pull.state.clone();
+    tokio::spawn(async move {
+        let mut seen: Option<[u8; 32]> = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Some((k, payload)) = state.lock().ok().and_then(|s| Some((s.k?, s.payload.clone()))) else {
+                continue;
+            };
+            if seen != Some(k) {
+                seen = Some(k);
+                println!(
+                    "bootstrap key rebuilt (U from the tenant, V from the verifier); payload of {} bytes decrypted",
+                    payload.map_or(0, |p| p.len())
+                );
+            }
+        }
+    });
     if let Some(after) = tamper_after {
         tokio::time::sleep(Duration::from_secs_f64(after)).await;
         pull.measure("/tmp/evil", &digest("evil"))?;
