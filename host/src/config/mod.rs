@@ -1,8 +1,6 @@
 //! Configuration of the services: defaults match Keylime's, the CLI fills them in.
 
-// The whole ConfigParser surface is kept and tested; zest reads files through `entries`.
-#[allow(dead_code)]
-mod ini;
+pub mod ini;
 pub mod keylime;
 
 use std::net::{IpAddr, Ipv4Addr};
