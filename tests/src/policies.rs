@@ -37,3 +37,21 @@ pub fn test_component(name: &str) -> Vec<u8> {
     let path = release.join(format!("{name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// A Keylime runtime policy (format 1, generator 3) allowing exactly `digests` (path, SHA-256).
+pub fn runtime_policy(digests: &[(&str, Vec<u8>)]) -> serde_json::Value {
+    let digests: serde_json::Map<String, serde_json::Value> = digests
+        .iter()
+        .map(|(path, digest)| (path.to_string(), serde_json::json!([hex::encode(digest)])))
+        .collect();
+    serde_json::json!({
+        "meta": {"version": 1, "generator": 3},
+        "release": 0,
+        "digests": digests,
+        "excludes": [],
+        "keyrings": {},
+        "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null},
+        "ima-buf": {},
+        "verification-keys": "",
+    })
+}

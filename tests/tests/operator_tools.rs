@@ -198,20 +198,20 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 fn runtime_policy(paths: &[&str]) -> String {
-    let digests: serde_json::Map<String, Value> = paths
+    let digests: Vec<(&str, Vec<u8>)> = paths
         .iter()
-        .map(|p| {
-            let d = zest::evidence::HashAlg::Sha256.digest(&[p.as_bytes()]);
-            (p.to_string(), serde_json::json!([hex::encode(d)]))
-        })
+        .map(|p| (*p, zest::evidence::HashAlg::Sha256.digest(&[p.as_bytes()])))
         .collect();
-    serde_json::json!({
-        "meta": {"version": 1, "generator": 3}, "release": 0, "digests": digests,
-        "excludes": [], "keyrings": {},
-        "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null},
-        "ima-buf": {}, "verification-keys": "",
-    })
-    .to_string()
+    zest_tests::policies::runtime_policy(&digests).to_string()
+}
+
+/// Waits until something listens on 127.0.0.1:`port`.
+fn wait_listening(port: u16, what: &dyn Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}: {}", what());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -609,11 +609,7 @@ async fn certificates_from_zest_ca_are_accepted_and_foreign_ones_refused() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_listening(port, &|| "zest verifier".into());
     let ca = reqwest::Certificate::from_pem(&std::fs::read(data.join("cv_ca/cacert.crt")).unwrap()).unwrap();
     let client_with = |stem: &Path| {
         let mut identity = std::fs::read(stem.with_file_name(format!(

@@ -297,6 +297,24 @@ async fn a_file_outside_the_policy_fails_the_agent_until_it_is_reactivated() {
         status(&verifier, "push-agent-2").await["attestation_status"],
         "FAIL"
     );
+
+    // Every verdict is counted, with its latency and the failures' event ids.
+    let metrics = admin
+        .get(format!("{}/metrics", verifier.https))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "zest_verifier_attestations_total{mode=\"push\",result=\"pass\"} 3\n",
+        "zest_verifier_attestations_total{mode=\"push\",result=\"fail\"} 2\n",
+        "zest_verifier_attestation_failures_total{mode=\"push\",event_id=\"ima.validation.ima-ng.not_in_allowlist\"} 2\n",
+        "zest_verifier_attestation_duration_seconds_count{mode=\"push\"} 5\n",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
 }
 
 #[tokio::test]

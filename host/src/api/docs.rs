@@ -134,6 +134,25 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         self
     }
 
+    /// The service's router: every registered route, `GET /openapi.json` describing them,
+    /// Keylime's envelope for unknown paths, wrong methods and bare errors, and a body limit.
+    pub fn into_router(self, title: &str, description: &str, max_body: usize) -> Router<S> {
+        let (router, document) = self.finish(title, description);
+        let document = std::sync::Arc::new(document);
+        router
+            .route(
+                "/openapi.json",
+                axum::routing::get(move || {
+                    let document = document.clone();
+                    async move { axum::Json((*document).clone()) }
+                }),
+            )
+            .fallback(super::not_found_fallback)
+            .method_not_allowed_fallback(super::method_not_allowed_fallback)
+            .layer(axum::extract::DefaultBodyLimit::max(max_body))
+            .layer(axum::middleware::map_response(super::envelope_for_bare_errors))
+    }
+
     /// The router and the OpenAPI document of everything registered.
     pub fn finish(self, title: &str, description: &str) -> (Router<S>, Value) {
         let paths: Map<String, Value> = self

@@ -428,34 +428,8 @@ pub async fn run(args: TenantArgs, data_dir: Option<&Path>, config_dir: &Path) -
         TenantCommand::Delete(a) => delete_agent(&tenant, &a.uuid, false).await,
         TenantCommand::Status(a) => status(&tenant, &a.uuid, a.json).await,
         TenantCommand::List(a) => list(&tenant, a.json).await,
-        TenantCommand::Reactivate(a) => {
-            let url = tenant
-                .url(Server::Verifier, &format!("agents/{}/reactivate", a.uuid))
-                .await?;
-            tenant
-                .expect(
-                    Server::Verifier,
-                    tenant.http.put(url),
-                    &format!("reactivating {}", a.uuid),
-                )
-                .await?;
-            println!("agent {} reactivated", a.uuid);
-            Ok(())
-        }
-        TenantCommand::Stop(a) => {
-            let url = tenant
-                .url(Server::Verifier, &format!("agents/{}/stop", a.uuid))
-                .await?;
-            tenant
-                .expect(
-                    Server::Verifier,
-                    tenant.http.put(url),
-                    &format!("stopping {}", a.uuid),
-                )
-                .await?;
-            println!("agent {} stopped", a.uuid);
-            Ok(())
-        }
+        TenantCommand::Reactivate(a) => put_agent(&tenant, &a.uuid, "reactivate", "reactivated").await,
+        TenantCommand::Stop(a) => put_agent(&tenant, &a.uuid, "stop", "stopped").await,
         TenantCommand::Regstatus(a) => regstatus(&tenant, &a.uuid, a.json).await,
         TenantCommand::Reglist(a) => {
             let url = tenant.url(Server::Registrar, "agents").await?;
@@ -489,6 +463,22 @@ pub async fn run(args: TenantArgs, data_dir: Option<&Path>, config_dir: &Path) -
         TenantCommand::MbPolicy(c) => policy(&tenant, PolicyKind::MeasuredBoot, c).await,
         TenantCommand::Module(c) => module(&tenant, c).await,
     }
+}
+
+/// `PUT /agents/{uuid}/{action}` on the verifier (reactivate, stop).
+async fn put_agent(tenant: &Tenant, uuid: &str, action: &str, done: &str) -> anyhow::Result<()> {
+    let url = tenant
+        .url(Server::Verifier, &format!("agents/{uuid}/{action}"))
+        .await?;
+    tenant
+        .expect(
+            Server::Verifier,
+            tenant.http.put(url),
+            &format!("{action} {uuid}"),
+        )
+        .await?;
+    println!("agent {uuid} {done}");
+    Ok(())
 }
 
 /// Keylime's agent lists are lists of one-element lists (or plain strings in places).

@@ -13,7 +13,6 @@
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
-use axum::routing::get;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
@@ -33,24 +32,14 @@ const VERSIONS: &[&str] = &["v2", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6"
 
 /// The registrar's router, with envelope replies for unknown paths and methods.
 pub fn router(state: Registrar) -> Router {
-    let (app, document) = routes().finish(
-        "zest registrar",
-        "Keylime-compatible registrar: agents register and activate over plain HTTP or \
+    routes()
+        .into_router(
+            "zest registrar",
+            "Keylime-compatible registrar: agents register and activate over plain HTTP or \
          HTTPS; listing and deleting agents needs the tenant certificate (mTLS).",
-    );
-    let document = std::sync::Arc::new(document);
-    app.route(
-        "/openapi.json",
-        get(move || {
-            let document = document.clone();
-            async move { axum::Json((*document).clone()) }
-        }),
-    )
-    .fallback(api::not_found_fallback)
-    .method_not_allowed_fallback(api::method_not_allowed_fallback)
-    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-    .layer(axum::middleware::map_response(api::envelope_for_bare_errors))
-    .with_state(state)
+            MAX_BODY,
+        )
+        .with_state(state)
 }
 
 /// Every route of the registrar with its description (the source of `/openapi.json`).

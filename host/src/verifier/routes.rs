@@ -18,7 +18,6 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::{Map, Value, json};
 
 use super::Verifier;
@@ -42,24 +41,14 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 const V2: &[&str] = &["v2", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6"];
 
 pub fn router(state: Verifier) -> Router {
-    let (app, document) = routes().finish(
-        "zest verifier",
-        "Keylime-compatible verifier: tenant routes under /v2.x (mTLS with the tenant \
+    routes()
+        .into_router(
+            "zest verifier",
+            "Keylime-compatible verifier: tenant routes under /v2.x (mTLS with the tenant \
          certificate), push-mode agent routes under /v3 and /v3.0.",
-    );
-    let document = std::sync::Arc::new(document);
-    app.route(
-        "/openapi.json",
-        get(move || {
-            let document = document.clone();
-            async move { axum::Json((*document).clone()) }
-        }),
-    )
-    .fallback(api::not_found_fallback)
-    .method_not_allowed_fallback(api::method_not_allowed_fallback)
-    .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-    .layer(axum::middleware::map_response(api::envelope_for_bare_errors))
-    .with_state(state)
+            MAX_BODY,
+        )
+        .with_state(state)
 }
 
 /// Every route of the verifier with its description (the source of `/openapi.json`).

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
+use serde_json::Value;
 use zest_tests::pull_agent::PullAgent;
 use zest_tests::server::{register_and_activate, send_json};
 use zest_tests::{AkKind, EkCa, EkKind, Swtpm, TestAgent};
@@ -37,22 +37,13 @@ fn digest(content: &str) -> Vec<u8> {
         .to_vec()
 }
 
-/// A Keylime runtime policy (format 1, generator 3) allowing exactly `MEASURED`.
+/// A Keylime runtime policy allowing exactly `MEASURED`.
 fn runtime_policy() -> Value {
-    let digests: serde_json::Map<String, Value> = MEASURED
+    let digests: Vec<(&str, Vec<u8>)> = MEASURED
         .iter()
-        .map(|(path, content)| (path.to_string(), json!([hex::encode(digest(content))])))
+        .map(|(path, content)| (*path, digest(content)))
         .collect();
-    json!({
-        "meta": {"version": 1, "generator": 3},
-        "release": 0,
-        "digests": digests,
-        "excludes": [],
-        "keyrings": {},
-        "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null},
-        "ima-buf": {},
-        "verification-keys": "",
-    })
+    zest_tests::policies::runtime_policy(&digests)
 }
 
 #[tokio::main]
