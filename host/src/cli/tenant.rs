@@ -902,8 +902,21 @@ fn time_text(unix: &Value) -> String {
         Some(0) | None => "never".into(),
         Some(t) => {
             let ago = crate::clock::unix_now().saturating_sub(t);
-            format!("{} ({ago} s ago)", crate::clock::rfc3339_micros(t * 1_000_000))
+            // 2026-11-30T11:40:53.000000+00:00 → 2026-11-30 11:40:53 UTC
+            let stamp = crate::clock::rfc3339_micros(t * 1_000_000);
+            let stamp = stamp.get(..19).unwrap_or(&stamp).replace('T', " ");
+            format!("{stamp} UTC ({ago} s ago)")
         }
+    }
+}
+
+/// A policy name, or `none` when the agent was enrolled without that policy (Keylime names
+/// the empty one after the agent).
+fn policy_text(r: &Value, name: &str, present: &str) -> String {
+    if r[present] == json!(1) || r[present] == json!(true) {
+        text(&r[name])
+    } else {
+        "none".into()
     }
 }
 
@@ -958,8 +971,14 @@ pub fn status_table(uuid: &str, r: &Value) -> String {
         ),
         ("last quote", time_text(&r["last_received_quote"])),
         ("attestation period", text(&r["attestation_period"])),
-        ("runtime policy", text(&r["runtime_policy_name"])),
-        ("measured-boot policy", text(&r["mb_policy_name"])),
+        (
+            "runtime policy",
+            policy_text(r, "runtime_policy_name", "has_runtime_policy"),
+        ),
+        (
+            "measured-boot policy",
+            policy_text(r, "mb_policy_name", "has_mb_refstate"),
+        ),
         (
             "TPM algorithms",
             format!(
@@ -1257,6 +1276,37 @@ async fn module(tenant: &Tenant, command: ModuleCommand) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_table_shows_state_policies_and_failures() {
+        let record = json!({
+            "operational_state": 9, "attestation_status": "FAIL", "ip": "10.0.0.7", "port": 9002,
+            "attestation_count": 12, "last_successful_attestation": 0, "last_received_quote": 0,
+            "attestation_period": "2s", "runtime_policy_name": "web", "has_runtime_policy": 1,
+            "mb_policy_name": "agent-1", "has_mb_refstate": 0, "hash_alg": "sha256",
+            "enc_alg": "rsa", "sign_alg": "rsassa", "severity_level": 6,
+            "last_event_id": "ima.validation.ima-ng.not_in_allowlist", "verifier_id": "default",
+            "failures": [{"type": "ima.validation.ima-ng.not_in_allowlist", "context": {"message": "/tmp/evil"}}],
+        });
+        let table = status_table("agent-1", &record);
+        for line in [
+            "attestation status     FAIL",
+            "operational state      Invalid Quote (9)",
+            "mode                   pull",
+            "address                10.0.0.7:9002",
+            "last good attestation  never",
+            "runtime policy         web",
+            "measured-boot policy   none",
+            "failure                ima.validation.ima-ng.not_in_allowlist: /tmp/evil",
+        ] {
+            assert!(table.contains(line), "{line:?} missing from\n{table}");
+        }
+        let push = status_table(
+            "agent-2",
+            &json!({"ip": null, "port": null, "operational_state": 3}),
+        );
+        assert!(push.contains("mode                   push") && push.contains("failures               none"));
+    }
 
     #[test]
     fn mask_covers_policies() {
