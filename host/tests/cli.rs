@@ -157,7 +157,9 @@ fn a_bad_verifier_option_is_a_clear_error() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("--measured-boot-policy-name nope") && stderr.contains("accept-all"),
+        stderr.contains("measured_boot_policy_name = \"nope\"")
+            && stderr.contains("accept-all")
+            && stderr.contains("flag --measured-boot-policy-name"),
         "{stderr}"
     );
 }

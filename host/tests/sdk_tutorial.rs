@@ -73,7 +73,8 @@ fn zest_policy_test(dir: &Path, policy: &Path) -> (bool, String) {
         .unwrap();
     (
         out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        // Progress lines (stderr) first, the result (stdout) last.
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
     )
 }
 

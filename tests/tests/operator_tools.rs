@@ -492,10 +492,44 @@ async fn the_tenant_cli_enrols_an_agent_and_reports_its_attestation() {
             .status
             .success()
     );
+    let wasm = dir.path().join("hostile.wasm");
+    std::fs::write(&wasm, zest_tests::policies::test_component("hostile")).unwrap();
+    let upload = served.tenant(&[
+        "module",
+        "upload",
+        wasm.to_str().unwrap(),
+        "--kind",
+        "measured-boot",
+    ]);
+    assert!(upload.status.success(), "{}", stderr(&upload));
+    let id = stdout(&upload).trim().to_owned();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id}");
+    let wrong = served.tenant(&["module", "upload", wasm.to_str().unwrap(), "--kind", "runtime"]);
+    assert!(
+        !wrong.status.success() && stderr(&wrong).contains("the verifier answered 4"),
+        "{}",
+        stderr(&wrong)
+    );
     let modules = stdout(&served.tenant(&["module", "list"]));
     assert!(
-        modules.contains("builtin:keylime-runtime") && modules.contains("measured-boot"),
+        modules.contains("builtin:keylime-runtime") && modules.contains(&id),
         "{modules}"
+    );
+    assert!(served.tenant(&["module", "delete", &id]).status.success());
+
+    // A tenant certificate from another CA: the error says which files to check.
+    let foreign = dir.path().join("foreign");
+    assert!(
+        zest(&["ca", "init", "--dir", foreign.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let refused = served.tenant(&["--tls-dir", foreign.to_str().unwrap(), "list"]);
+    assert!(!refused.status.success());
+    let text = stderr(&refused);
+    assert!(
+        text.contains("TLS: is") && text.contains("foreign/cacert.crt"),
+        "{text}"
     );
 
     // The JSON log format: one object per line.

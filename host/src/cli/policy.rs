@@ -108,6 +108,19 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
     }
 }
 
+/// Runs a step that may take seconds (compiling a component, a large log) with a progress
+/// line on stderr, so stdout stays the result alone.
+fn step<T>(what: &str, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    eprint!("{what}… ");
+    let started = std::time::Instant::now();
+    let result = f();
+    match &result {
+        Ok(_) => eprintln!("{:.2} s", started.elapsed().as_secs_f64()),
+        Err(_) => eprintln!("failed"),
+    }
+    result
+}
+
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
@@ -190,20 +203,29 @@ fn test_runtime(args: TestArgs) -> anyhow::Result<()> {
     };
 
     let runtime = PolicyRuntime::new(PolicyLimits::default(), None)?;
-    let policy = RuntimePolicy::load(&runtime, &name, &component, &document)
-        .with_context(|| format!("loading {} into {name}", args.policy.display()))?;
+    let policy = step(
+        &format!("compiling {name} and loading {}", args.policy.display()),
+        || {
+            RuntimePolicy::load(&runtime, &name, &component, &document)
+                .with_context(|| format!("loading {} into {name}", args.policy.display()))
+        },
+    )?;
     let log_hash = policy.log_hash_alg().unwrap_or(HashAlg::Sha1);
     // Offline there is no quote: the list's own replayed PCR 10 stands in for it.
     let start = ImaPosition::start(bank);
-    let dry = replay(&text, bank, log_hash, &start, None);
-    let replayed = replay(&text, bank, log_hash, &start, Some(&dry.final_pcr10));
-    let verdict_of = policy.evaluate(&ImaEvidence {
-        text: &text,
-        replay: &replayed,
-        bank,
-        start_offset: 0,
-        boot_aggregates: &aggregates,
-        prior_state: None,
+    let replayed = step(&format!("replaying {}", ima_path.display()), || {
+        let dry = replay(&text, bank, log_hash, &start, None);
+        Ok(replay(&text, bank, log_hash, &start, Some(&dry.final_pcr10)))
+    })?;
+    let verdict_of = step(&format!("evaluating {} entries", replayed.entries.len()), || {
+        Ok(policy.evaluate(&ImaEvidence {
+            text: &text,
+            replay: &replayed,
+            bank,
+            start_offset: 0,
+            boot_aggregates: &aggregates,
+            prior_state: None,
+        })?)
     })?;
     println!(
         "policy {name}: {} entries, PCR 10 ({}) {}, template hashes {}",
@@ -246,8 +268,13 @@ fn test_measured_boot(args: TestArgs) -> anyhow::Result<()> {
     let quoted: Vec<(u32, Vec<u8>)> = replayed[&bank].iter().map(|(i, v)| (*i, v.clone())).collect();
 
     let runtime = PolicyRuntime::new(PolicyLimits::default(), None)?;
-    let policy = MeasuredBootPolicy::load(&runtime, &name, &component, &document)
-        .with_context(|| format!("loading {} into {name}", args.policy.display()))?;
+    let policy = step(
+        &format!("compiling {name} and loading {}", args.policy.display()),
+        || {
+            MeasuredBootPolicy::load(&runtime, &name, &component, &document)
+                .with_context(|| format!("loading {} into {name}", args.policy.display()))
+        },
+    )?;
     let evidence = BootEvidence {
         log: &log,
         replayed: &replayed,

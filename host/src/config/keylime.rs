@@ -215,12 +215,13 @@ pub const REGISTRAR_OPTIONS: &[OptionSpec] = &[
     opt("zest", "log_format", Some("log_format"), "text"),
 ];
 
+// The tenant's flags (`--verifier HOST:PORT`, …) override these in `cli::tenant` itself.
 pub const TENANT_OPTIONS: &[OptionSpec] = &[
-    opt("tenant", "verifier_ip", Some("verifier"), "127.0.0.1"),
-    opt("tenant", "verifier_port", Some("verifier"), "8881"),
-    opt("tenant", "registrar_ip", Some("registrar"), "127.0.0.1"),
-    opt("tenant", "registrar_port", Some("registrar"), "8891"),
-    opt("tenant", "tls_dir", Some("tls_dir"), "default"),
+    opt("tenant", "verifier_ip", None, "127.0.0.1"),
+    opt("tenant", "verifier_port", None, "8881"),
+    opt("tenant", "registrar_ip", None, "127.0.0.1"),
+    opt("tenant", "registrar_port", None, "8891"),
+    opt("tenant", "tls_dir", None, "default"),
     opt("tenant", "trusted_server_ca", None, "default"),
     opt("tenant", "client_cert", None, "default"),
     opt("tenant", "client_key", None, "default"),
