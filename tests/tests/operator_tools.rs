@@ -453,6 +453,33 @@ async fn the_tenant_cli_enrols_an_agent_and_reports_its_attestation() {
     assert!(stdout(&listed).contains("push-agent-1"), "{}", stdout(&listed));
     let reglist = zest(&["--config-dir", etc.to_str().unwrap(), "tenant", "reglist"]);
     assert!(stdout(&reglist).contains("push-agent-1"), "{}", stdout(&reglist));
+    // Its accept lists bind the identity check: an agent signing with RSASSA is refused
+    // when only RSAPSS is accepted, and nothing is enrolled.
+    let conf = std::fs::read_to_string(etc.join("tenant.conf")).unwrap();
+    write(
+        &etc.join("tenant.conf"),
+        &format!("{conf}accept_tpm_signing_algs = ['rsapss']\n"),
+        0o644,
+    );
+    let strict = zest(&[
+        "--config-dir",
+        etc.to_str().unwrap(),
+        "tenant",
+        "add",
+        "--uuid",
+        uuid,
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        &port,
+    ]);
+    assert!(!strict.status.success());
+    assert!(
+        stderr(&strict).contains("sign_alg rsassa is not in accept_tpm_signing_algs"),
+        "{}",
+        stderr(&strict)
+    );
+    assert!(!served.tenant(&["status", "--uuid", uuid]).status.success());
 
     // Named policies and modules.
     let create = served.tenant(&[

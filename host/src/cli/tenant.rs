@@ -189,6 +189,17 @@ pub struct Connection {
     pub ca_cert: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// tenant.conf `accept_tpm_hash_algs`, `accept_tpm_encryption_algs`,
+    /// `accept_tpm_signing_algs`: what the identity quote and the verifier may accept.
+    pub accept: Accept,
+}
+
+/// The TPM algorithms an agent may use (Keylime's accept lists).
+#[derive(Debug, Clone)]
+pub struct Accept {
+    pub hash: Vec<String>,
+    pub encryption: Vec<String>,
+    pub signing: Vec<String>,
 }
 
 impl Connection {
@@ -243,7 +254,19 @@ impl Connection {
         if let Some(r) = &args.registrar {
             registrar = r.clone();
         }
+        let list = |key: &str| {
+            conf.parsed("tenant", key, |v| {
+                let json = crate::config::keylime::list_as_json(v)?;
+                serde_json::from_str::<Vec<String>>(&json).map_err(|_| "must be a list of names".to_owned())
+            })
+        };
+        let accept = Accept {
+            hash: list("accept_tpm_hash_algs")?,
+            encryption: list("accept_tpm_encryption_algs")?,
+            signing: list("accept_tpm_signing_algs")?,
+        };
         Ok(Self {
+            accept,
             verifier: format!("https://{verifier}"),
             registrar: format!("https://{registrar}"),
             ca_cert,
@@ -596,9 +619,9 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
         "ima_sign_verification_keys": "",
         "metadata": "{}",
         "revocation_key": "",
-        "accept_tpm_hash_algs": ["sha512", "sha384", "sha256"],
-        "accept_tpm_encryption_algs": ["ecc", "rsa"],
-        "accept_tpm_signing_algs": ["ecschnorr", "rsassa"],
+        "accept_tpm_hash_algs": tenant.conn.accept.hash,
+        "accept_tpm_encryption_algs": tenant.conn.accept.encryption,
+        "accept_tpm_signing_algs": tenant.conn.accept.signing,
         "ak_tpm": ak,
     });
     let mut keys: Option<(Agent, BootstrapKey)> = None;
@@ -630,7 +653,7 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
         // its NK key (PCR 16) before anything is enrolled or sent to it.
         let agent = Agent::connect(tenant, &ip, port, cert).await?;
         eprintln!("checking agent {}'s identity quote at {}…", add.uuid, agent.base);
-        let nk = agent.identity(ak).await?;
+        let nk = agent.identity(ak, &tenant.conn.accept).await?;
         eprintln!("identity quote verified: signed by the registered AK, NK key bound in PCR 16");
         if let Some(payload) = &payload {
             let key = BootstrapKey::generate()?;
@@ -763,7 +786,7 @@ impl Agent {
     }
 
     /// Asks for an identity quote and checks it as Keylime's tenant does; returns the NK key.
-    async fn identity(&self, ak_b64: &str) -> anyhow::Result<String> {
+    async fn identity(&self, ak_b64: &str, accept: &Accept) -> anyhow::Result<String> {
         use crate::evidence::{HashAlg, PublicArea, Quote};
         use crate::tpm::{AttestationKey, QuoteExpectations, verify_quote};
         let nonce = random_text(20)?;
@@ -778,8 +801,26 @@ impl Agent {
         };
         let hash_alg = field("hash_alg")?;
         let hash = HashAlg::from_name(hash_alg)
-            .filter(|h| *h != HashAlg::Sha1)
-            .ok_or_else(|| anyhow!("identity quote: hash_alg {hash_alg} is not accepted"))?;
+            .filter(|_| accept.hash.iter().any(|a| a == hash_alg))
+            .ok_or_else(|| anyhow!("identity quote: hash_alg {hash_alg} is not in accept_tpm_hash_algs"))?;
+        // The agent's aliases: rsa is rsa2048, ecc is ecc256 (agents say the latter from 2.5).
+        let alias = |a: &str| {
+            match a {
+                "rsa" => "rsa2048",
+                "ecc" => "ecc256",
+                other => other,
+            }
+            .to_owned()
+        };
+        for (name, list, what) in [
+            ("enc_alg", &accept.encryption, "accept_tpm_encryption_algs"),
+            ("sign_alg", &accept.signing, "accept_tpm_signing_algs"),
+        ] {
+            let value = field(name)?;
+            if !list.iter().any(|a| alias(a) == alias(value)) {
+                bail!("identity quote: {name} {value} is not in {what}");
+            }
+        }
         let pubkey = field("pubkey")?.to_owned();
         let ak = B64
             .decode(ak_b64)

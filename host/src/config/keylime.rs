@@ -242,6 +242,19 @@ pub const TENANT_OPTIONS: &[OptionSpec] = &[
         "/var/lib/keylime/tpm_cert_store",
         "zest's registrar checks EK certificates itself",
     ),
+    opt(
+        "tenant",
+        "accept_tpm_hash_algs",
+        None,
+        "['sha512', 'sha384', 'sha256']",
+    ),
+    opt("tenant", "accept_tpm_encryption_algs", None, "['ecc', 'rsa']"),
+    opt(
+        "tenant",
+        "accept_tpm_signing_algs",
+        None,
+        "['ecschnorr', 'rsassa']",
+    ),
     ignored("tenant", "enable_agent_mtls", "True", "zest always uses mTLS"),
     ignored(
         "tenant",
