@@ -26,8 +26,8 @@ pub struct TenantArgs {
     /// `registrar_port`; default 127.0.0.1:8891).
     #[arg(long, env = "ZEST_TENANT_REGISTRAR")]
     registrar: Option<String>,
-    /// Directory holding `cacert.crt`, `client-cert.crt` and `client-private.pem` (tenant.conf
-    /// `tls_dir`; with `--data-dir DIR`, DIR/cv_ca).
+    /// Directory holding `cacert.crt`, `client-cert.crt` and `client-private.pem` (default:
+    /// DIR/cv_ca with `--data-dir DIR`, else tenant.conf `tls_dir`, else /var/lib/zest/cv_ca).
     #[arg(long, env = "ZEST_TENANT_TLS_DIR")]
     tls_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -216,11 +216,19 @@ impl Connection {
         let mut registrar = host_port(get("registrar_ip"), get("registrar_port"), 8891);
         let conf_dir = conf
             .path_value("tls_dir")
-            .filter(|d| d.as_os_str() != "default" && d.as_os_str() != "generate");
+            .filter(|d| d.as_os_str() != "default" && d.as_os_str() != "generate")
+            // Keylime resolves a relative tls_dir against its work directory.
+            .map(|d| {
+                let work = std::env::var_os("KEYLIME_DIR").unwrap_or_else(|| "/var/lib/keylime".into());
+                Path::new(&work).join(d)
+            });
         let tls_dir = match (&args.tls_dir, data_dir) {
             (Some(dir), _) => dir.clone(),
             (None, Some(data)) => data.join("cv_ca"),
-            (None, None) => conf_dir.unwrap_or_else(|| PathBuf::from("/var/lib/keylime/cv_ca")),
+            // Without either, where `zest serve` keeps it by default.
+            (None, None) => {
+                conf_dir.unwrap_or_else(|| Path::new(crate::config::DEFAULT_DATA_DIR).join("cv_ca"))
+            }
         };
         let file = |key: &str, default: &str| -> PathBuf {
             // The data directory's layout wins over tenant.conf's file names.
