@@ -92,20 +92,8 @@ fn digest(path: &str) -> Vec<u8> {
 }
 
 fn policy_for(paths: &[&str]) -> Value {
-    let digests: serde_json::Map<String, Value> = paths
-        .iter()
-        .map(|p| (p.to_string(), json!([hex::encode(digest(p))])))
-        .collect();
-    json!({
-        "meta": {"version": 1, "generator": 3},
-        "release": 0,
-        "digests": digests,
-        "excludes": [],
-        "keyrings": {},
-        "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null},
-        "ima-buf": {},
-        "verification-keys": "",
-    })
+    let digests: Vec<(&str, Vec<u8>)> = paths.iter().map(|p| (*p, digest(p))).collect();
+    zest_tests::policies::runtime_policy(&digests)
 }
 
 async fn start_agent(tpm: &Swtpm, uuid: &str, verifier: &TestVerifier) -> PullAgent {
