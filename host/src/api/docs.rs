@@ -15,6 +15,8 @@ pub enum Body {
     None,
     /// A JSON object (Keylime's clients do not always send `Content-Type`).
     Json,
+    /// A JSON object described by a schema of `components/schemas`.
+    JsonOf(&'static str),
     /// Raw bytes of one of these media types.
     Binary(&'static [&'static str]),
 }
@@ -234,6 +236,12 @@ fn describe<S>(path: &str, op: &Op<S>, versions: &[&str]) -> Value {
                 "content": {"application/json": {"schema": {"type": "object"}}},
             });
         }
+        Body::JsonOf(name) => {
+            operation["requestBody"] = json!({
+                "required": true,
+                "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}},
+            });
+        }
         Body::Binary(types) => {
             let content: Map<String, Value> = types
                 .iter()
@@ -250,8 +258,83 @@ fn describe<S>(path: &str, op: &Op<S>, versions: &[&str]) -> Value {
     operation
 }
 
+/// A string property; `nullable` where Keylime's clients send `null`.
+fn text(nullable: bool) -> Value {
+    json!({"type": "string", "nullable": nullable})
+}
+
+fn names() -> Value {
+    json!({"type": "array", "items": {"type": "string"}})
+}
+
 fn schemas() -> Value {
     json!({
+        // What Keylime's tenant POSTs to enrol an agent (keylime-api.md §4.3).
+        "Enrolment": {
+            "type": "object",
+            "required": [
+                "tpm_policy", "runtime_policy", "mb_policy", "mb_policy_name",
+                "ima_sign_verification_keys", "metadata", "revocation_key",
+                "accept_tpm_hash_algs", "accept_tpm_encryption_algs", "accept_tpm_signing_algs",
+                "ak_tpm",
+            ],
+            "properties": {
+                "v": text(true),
+                "cloudagent_ip": text(true),
+                "cloudagent_port": {"oneOf": [{"type": "integer"}, {"type": "string"}], "nullable": true},
+                "tpm_policy": text(false),
+                "runtime_policy": text(true),
+                "runtime_policy_name": text(true),
+                "mb_policy": text(true),
+                "mb_policy_name": text(true),
+                "ima_sign_verification_keys": text(false),
+                "metadata": text(false),
+                "revocation_key": text(false),
+                "accept_tpm_hash_algs": names(),
+                "accept_tpm_encryption_algs": names(),
+                "accept_tpm_signing_algs": names(),
+                "ak_tpm": text(false),
+                "mtls_cert": text(true),
+                "supported_version": text(true),
+            },
+        },
+        "RuntimePolicyUpload": {
+            "type": "object",
+            "required": ["runtime_policy"],
+            "properties": {
+                "runtime_policy": {"type": "string", "description": "base64 of the policy JSON"},
+                "module": text(true),
+            },
+        },
+        "MbPolicyUpload": {
+            "type": "object",
+            "required": ["mb_policy"],
+            "properties": {
+                "mb_policy": {"type": "string", "description": "the reference state as JSON text"},
+                "module": text(true),
+            },
+        },
+        // What Keylime's agents send the registrar.
+        "Registration": {
+            "type": "object",
+            "required": ["ek_tpm", "aik_tpm"],
+            "properties": {
+                "agent_id": text(false),
+                "ek_tpm": text(false),
+                "aik_tpm": text(false),
+                "ekcert": text(true),
+                "mtls_cert": text(true),
+                "ip": text(true),
+                "port": {"type": "integer", "nullable": true},
+                "iak_cert": text(true),
+                "idevid_cert": text(true),
+            },
+        },
+        "Activation": {
+            "type": "object",
+            "required": ["auth_tag"],
+            "properties": {"auth_tag": text(false)},
+        },
         "Envelope": {
             "type": "object",
             "description": "Keylime's reply envelope; `status` carries the message of an error.",

@@ -70,7 +70,7 @@ pub fn routes() -> Routes<Registrar> {
             vec![
                 Op::get(list, "Registered agents"),
                 Op::post(register_collection, "Register an agent (agent_id in the body)")
-                    .body(Body::Json)
+                    .body(Body::JsonOf("Registration"))
                     .open(),
             ],
         )
@@ -80,10 +80,10 @@ pub fn routes() -> Routes<Registrar> {
             vec![
                 Op::get(show, "A registered agent: EK, AK, certificates, address"),
                 Op::post(register_at, "Register an agent (2.x)")
-                    .body(Body::Json)
+                    .body(Body::JsonOf("Registration"))
                     .open(),
                 Op::put(activate_put, "Activate with the auth tag (2.x)")
-                    .body(Body::Json)
+                    .body(Body::JsonOf("Activation"))
                     .open(),
                 Op::delete(delete, "Forget an agent"),
             ],
@@ -93,10 +93,10 @@ pub fn routes() -> Routes<Registrar> {
             true,
             vec![
                 Op::post(activate_post, "Activate with the auth tag")
-                    .body(Body::Json)
+                    .body(Body::JsonOf("Activation"))
                     .open(),
                 Op::put(activate_put, "Activate with the auth tag (2.x)")
-                    .body(Body::Json)
+                    .body(Body::JsonOf("Activation"))
                     .open(),
             ],
         )

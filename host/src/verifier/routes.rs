@@ -86,7 +86,7 @@ pub fn routes() -> Routes<Verifier> {
             true,
             vec![
                 Op::get(show_agent, "An agent's attestation status"),
-                Op::post(enrol, "Enrol an agent with its policies").body(Body::Json),
+                Op::post(enrol, "Enrol an agent with its policies").body(Body::JsonOf("Enrolment")),
                 Op::delete(delete_agent, "Stop attesting and forget an agent"),
             ],
         )
@@ -111,10 +111,10 @@ pub fn routes() -> Routes<Verifier> {
             vec![
                 Op::get(show_runtime, "A stored runtime policy"),
                 Op::post(create_runtime, "Store a runtime policy")
-                    .body(Body::Json)
+                    .body(Body::JsonOf("RuntimePolicyUpload"))
                     .ok(&[201]),
                 Op::put(update_runtime, "Replace a stored runtime policy")
-                    .body(Body::Json)
+                    .body(Body::JsonOf("RuntimePolicyUpload"))
                     .ok(&[201]),
                 Op::delete(delete_runtime, "Remove a runtime policy no agent uses").ok(&[204]),
             ],
@@ -130,10 +130,10 @@ pub fn routes() -> Routes<Verifier> {
             vec![
                 Op::get(show_mb, "A stored measured-boot policy"),
                 Op::post(create_mb, "Store a measured-boot policy")
-                    .body(Body::Json)
+                    .body(Body::JsonOf("MbPolicyUpload"))
                     .ok(&[201]),
                 Op::put(update_mb, "Replace a stored measured-boot policy")
-                    .body(Body::Json)
+                    .body(Body::JsonOf("MbPolicyUpload"))
                     .ok(&[201]),
                 Op::delete(delete_mb, "Remove a measured-boot policy no agent uses").ok(&[204]),
             ],
