@@ -150,6 +150,9 @@ impl TlsMaterial {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        // Python ≥ 3.13 (Keylime's tenant on current distributions) verifies strictly: a
+        // certificate issued by a CA must name it by its key identifier.
+        server.use_authority_key_identifier_extension = true;
         set_validity(&mut server, 5);
         let server_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let server_cert = server.signed_by(&server_key, &issuer)?;
@@ -163,6 +166,7 @@ impl TlsMaterial {
             KeyUsagePurpose::KeyEncipherment,
         ];
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        client.use_authority_key_identifier_extension = true;
         set_validity(&mut client, 5);
         let client_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let client_cert = client.signed_by(&client_key, &issuer)?;
@@ -208,6 +212,9 @@ impl TlsMaterial {
             ],
             Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
         };
+        // Python ≥ 3.13 (Keylime's tenant on current distributions) verifies strictly: a
+        // certificate issued by a CA must name it by its key identifier.
+        params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, 5);
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key, &issuer)?;
