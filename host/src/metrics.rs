@@ -30,28 +30,20 @@ enum Kind {
 }
 
 impl Family {
+    const fn new(kind: Kind, name: &'static str, help: &'static str) -> Self {
+        Self { name, help, kind }
+    }
+
     pub const fn counter(name: &'static str, help: &'static str) -> Self {
-        Self {
-            name,
-            help,
-            kind: Kind::Counter,
-        }
+        Self::new(Kind::Counter, name, help)
     }
 
     pub const fn gauge(name: &'static str, help: &'static str) -> Self {
-        Self {
-            name,
-            help,
-            kind: Kind::Gauge,
-        }
+        Self::new(Kind::Gauge, name, help)
     }
 
     pub const fn histogram(name: &'static str, help: &'static str) -> Self {
-        Self {
-            name,
-            help,
-            kind: Kind::Histogram,
-        }
+        Self::new(Kind::Histogram, name, help)
     }
 }
 

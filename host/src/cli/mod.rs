@@ -356,25 +356,21 @@ async fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             matches,
         ))
     };
-    match &command {
-        Command::Evidence(_)
-        | Command::Policy(_)
-        | Command::Tenant(_)
-        | Command::Ca(_)
-        | Command::Config(_) => {
-            init_logging(log_format.as_deref());
-        }
-        Command::Serve(_) | Command::Verifier(_) => {
-            let eff = load(Service::Verifier)?;
-            init_logging(eff.value("log_format"));
-            keylime::log_overrides(&eff);
-        }
-        Command::Registrar(_) => {
-            let eff = load(Service::Registrar)?;
-            init_logging(eff.value("log_format"));
-            keylime::log_overrides(&eff);
-        }
+    // Each service's configuration is read once: it sets the log format and then the service.
+    let runs_verifier = matches!(command, Command::Serve(_) | Command::Verifier(_));
+    let runs_registrar = matches!(command, Command::Serve(_) | Command::Registrar(_));
+    let verifier_eff = runs_verifier.then(|| load(Service::Verifier)).transpose()?;
+    let registrar_eff = runs_registrar.then(|| load(Service::Registrar)).transpose()?;
+    let format = verifier_eff
+        .as_ref()
+        .or(registrar_eff.as_ref())
+        .and_then(|eff| eff.value("log_format"))
+        .or(log_format.as_deref());
+    init_logging(format);
+    for eff in verifier_eff.iter().chain(registrar_eff.iter()) {
+        keylime::log_overrides(eff);
     }
+    let loaded = |eff: Option<Effective>| eff.context("configuration not loaded");
     match command {
         Command::Evidence(command) => evidence::run(command),
         Command::Policy(command) => policy::run(command),
@@ -387,8 +383,8 @@ async fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(_) => {
-            let verifier_eff = load(Service::Verifier)?;
-            let registrar_eff = load(Service::Registrar)?;
+            let verifier_eff = loaded(verifier_eff)?;
+            let registrar_eff = loaded(registrar_eff)?;
             let data_dir = data_dir_of(&verifier_eff);
             let verifier_config = verifier_config(&verifier_eff)?;
             let registrar = start_registrar(&data_dir, &registrar_config(&registrar_eff, &data_dir)?).await?;
@@ -401,7 +397,7 @@ async fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Registrar(_) => {
-            let eff = load(Service::Registrar)?;
+            let eff = loaded(registrar_eff)?;
             let data_dir = data_dir_of(&eff);
             let registrar = start_registrar(&data_dir, &registrar_config(&eff, &data_dir)?).await?;
             tokio::select! {
@@ -411,7 +407,7 @@ async fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Verifier(_) => {
-            let eff = load(Service::Verifier)?;
+            let eff = loaded(verifier_eff)?;
             let data_dir = data_dir_of(&eff);
             let verifier = start_verifier(&data_dir, &verifier_config(&eff)?).await?;
             tokio::select! {
