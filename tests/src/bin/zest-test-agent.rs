@@ -173,6 +173,11 @@ async fn main() -> anyhow::Result<()> {
         pull.measure("/tmp/evil", &digest("evil"))?;
         println!("measured /tmp/evil, which no policy allows");
     }
-    tokio::signal::ctrl_c().await?;
+    // Ctrl-C or `kill`: return, so the swtpm is stopped with the agent.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
     Ok(())
 }
