@@ -322,6 +322,8 @@ fn join_host_port(host: &str, port: u16) -> String {
 struct Tenant {
     http: reqwest::Client,
     conn: Connection,
+    /// Each server's API version, asked once per command (`update` and `add` send several).
+    versions: [tokio::sync::OnceCell<String>; 2],
 }
 
 /// A server's reply: status and JSON body (Keylime's envelope).
@@ -439,7 +441,8 @@ impl Tenant {
     }
 
     async fn url(&self, server: Server, path: &str) -> anyhow::Result<String> {
-        let version = self.version(server).await?;
+        let slot = &self.versions[server as usize];
+        let version = slot.get_or_try_init(|| self.version(server)).await?;
         Ok(format!("{}/v{version}/{path}", self.base(server)))
     }
 }
@@ -449,6 +452,7 @@ pub async fn run(args: TenantArgs, data_dir: Option<&Path>, config_dir: &Path) -
     let tenant = Tenant {
         http: conn.client()?,
         conn,
+        versions: Default::default(),
     };
     match args.command {
         TenantCommand::Add(add) => add_agent(&tenant, &add).await,
