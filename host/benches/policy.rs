@@ -98,11 +98,13 @@ fn main() {
         .iter()
         .map(|(i, v)| (*i, v.clone()))
         .collect();
+    let verified_pcrs = quoted.iter().map(|(i, _)| *i).collect();
     let evidence = BootEvidence {
         log: &log,
         replayed: &replayed,
         quoted_bank: HashAlg::Sha256,
         quoted: &quoted,
+        verified_pcrs: &verified_pcrs,
         first_attestation: true,
         prior_state: None,
     };

@@ -26,11 +26,13 @@ fn accept_all_passes_and_reject_all_fails_the_fedora_log() {
         .iter()
         .map(|(i, v)| (*i, v.clone()))
         .collect();
+    let verified_pcrs = quoted.iter().map(|(i, _)| *i).collect();
     let evidence = BootEvidence {
         log: &log,
         replayed: &replayed,
         quoted_bank: HashAlg::Sha256,
         quoted: &quoted,
+        verified_pcrs: &verified_pcrs,
         first_attestation: true,
         prior_state: None,
     };

@@ -63,6 +63,10 @@ pub struct TestAgent {
     /// The EK certificate (DER) from the TPM's NV, if it has one.
     pub ek_cert_der: Option<Vec<u8>>,
     ak: KeyHandle,
+    /// The AK as created (private blob, public), so that it can be loaded again after a
+    /// TPM reset.
+    ak_blob: Option<(tss_esapi::structures::Private, Public)>,
+    ek_kind: EkKind,
     /// TPM2B_PUBLIC of the AK.
     pub aik_tpm: Vec<u8>,
 }
@@ -71,23 +75,11 @@ impl TestAgent {
     /// Connects to the TPM, loads or creates the EK and creates an AK under it.
     pub fn new(tpm: &Swtpm, uuid: &str, ek_kind: EkKind, ak_kind: AkKind) -> anyhow::Result<Self> {
         let mut ctx = Context::new(TctiNameConf::from_str(&tpm.tcti())?).context("connecting to swtpm")?;
-        let (ek, ek_cert_der) = match ek_kind {
-            EkKind::Rsa2048 => (
-                persistent(&mut ctx, 0x8101_0001)?,
-                Some(nv_read(&mut ctx, 0x01c0_0002)?),
-            ),
-            EkKind::EccP384 => (
-                persistent(&mut ctx, 0x8101_0016)?,
-                Some(nv_read(&mut ctx, 0x01c0_0016)?),
-            ),
-            EkKind::EccP256 => {
-                let ek = tss_esapi::abstraction::ek::create_ek_object(
-                    &mut ctx,
-                    tss_esapi::interface_types::algorithm::AsymmetricAlgorithm::Ecc,
-                    None,
-                )?;
-                (ek, None)
-            }
+        let ek = load_ek(&mut ctx, ek_kind)?;
+        let ek_cert_der = match ek_kind {
+            EkKind::Rsa2048 => Some(nv_read(&mut ctx, 0x01c0_0002)?),
+            EkKind::EccP384 => Some(nv_read(&mut ctx, 0x01c0_0016)?),
+            EkKind::EccP256 => None,
         };
         let (ek_public, _, _) = ctx.read_public(ek)?;
         let ek_needs_policy = !ek_public.object_attributes().user_with_auth();
@@ -100,6 +92,8 @@ impl TestAgent {
             ek_tpm,
             ek_cert_der,
             ak: KeyHandle::Null,
+            ak_blob: None,
+            ek_kind,
             aik_tpm: Vec::new(),
         };
         agent.create_ak(ak_kind)?;
@@ -122,11 +116,41 @@ impl TestAgent {
         let created = created.context("TPM2_Create of the AK")?;
         let session = self.ek_session()?;
         let loaded = self.ctx.execute_with_session(Some(session), |c| {
-            c.load(ek, created.out_private, created.out_public.clone())
+            c.load(ek, created.out_private.clone(), created.out_public.clone())
         });
         self.end_session(session);
         self.ak = loaded.context("TPM2_Load of the AK")?;
         self.aik_tpm = tpm2b_public(&created.out_public)?;
+        self.ak_blob = Some((created.out_private, created.out_public));
+        Ok(())
+    }
+
+    /// Reboots the machine: the TPM is power-cycled through swtpm's control channel
+    /// (resetCount advances, PCRs start over), started again, and the EK and the same AK
+    /// are loaded again.
+    pub fn reboot(&mut self, tpm: &Swtpm) -> anyhow::Result<()> {
+        let out = std::process::Command::new("swtpm_ioctl")
+            .args(["--tcp", &format!("127.0.0.1:{}", tpm.port + 1), "-i"])
+            .output()
+            .context("running swtpm_ioctl (is swtpm-tools installed?)")?;
+        if !out.status.success() {
+            bail!("swtpm_ioctl -i failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // swtpm may have started the TPM itself (startup-clear); a second Startup is refused
+        // with TPM_RC_INITIALIZE, which is fine.
+        let _ = self.ctx.startup(tss_esapi::constants::StartupType::Clear);
+        // A persistent EK survives; the P-256 one is a transient primary made again.
+        if self.ek_kind == EkKind::EccP256 {
+            self.ek = load_ek(&mut self.ctx, self.ek_kind)?;
+        }
+        let (private, public) = self.ak_blob.clone().context("no AK was created")?;
+        let ek = self.ek;
+        let session = self.ek_session()?;
+        let loaded = self
+            .ctx
+            .execute_with_session(Some(session), |c| c.load(ek, private, public));
+        self.end_session(session);
+        self.ak = loaded.context("TPM2_Load of the AK after the reboot")?;
         Ok(())
     }
 
@@ -332,6 +356,19 @@ impl Drop for TestAgent {
             let _ = self.ctx.flush_context(self.ak.into());
         }
     }
+}
+
+/// The EK of `kind`: persisted by swtpm_setup, or made from the standard template.
+fn load_ek(ctx: &mut Context, kind: EkKind) -> anyhow::Result<KeyHandle> {
+    Ok(match kind {
+        EkKind::Rsa2048 => persistent(ctx, 0x8101_0001)?,
+        EkKind::EccP384 => persistent(ctx, 0x8101_0016)?,
+        EkKind::EccP256 => tss_esapi::abstraction::ek::create_ek_object(
+            ctx,
+            tss_esapi::interface_types::algorithm::AsymmetricAlgorithm::Ecc,
+            None,
+        )?,
+    })
 }
 
 /// A quote as its three marshalled parts.

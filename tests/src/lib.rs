@@ -4,10 +4,13 @@
 pub mod agent;
 pub mod boot;
 pub mod ek_issuer;
+pub mod forge;
 pub mod ima;
+pub mod keylime_cert;
 pub mod policies;
 pub mod process;
 pub mod pull_agent;
+pub mod pull_env;
 pub mod push_agent;
 pub mod server;
 pub mod swtpm;

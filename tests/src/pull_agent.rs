@@ -54,6 +54,22 @@ pub struct PullState {
     /// K = U ⊕ V once the auth tag proved it, and the payload it decrypted.
     pub k: Option<[u8; 32]>,
     pub payload: Option<Vec<u8>>,
+    /// Hostile modes: PCRs left out of every quote, whatever the verifier asks for.
+    pub drop_pcrs: Vec<u8>,
+    /// Never sends the IMA list, even when PCR 10 is asked for.
+    pub omit_ima_list: bool,
+    /// Sends this text as `mb_measurement_list` instead of the base64 boot log.
+    pub mb_list_override: Option<String>,
+    /// Sends no `boottime`, as Keylime's `keylime_agent` 0.2.9 does.
+    pub omit_boottime: bool,
+}
+
+/// How the pull agent presents itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PullOptions {
+    /// Serve the certificate Keylime's `keylime_agent` 0.2.9 makes: self-signed P-256,
+    /// serial 0, only a SAN, and a self-signature that does not verify.
+    pub keylime_certificate: bool,
 }
 
 impl PullState {
@@ -125,28 +141,39 @@ impl PullAgent {
 
     /// Like [`PullAgent::start`], listening on `bind`.
     pub async fn start_on(
-        mut agent: TestAgent,
+        agent: TestAgent,
         pubkey: String,
         verifier_ca: &Path,
         bind: SocketAddr,
     ) -> anyhow::Result<Self> {
+        Self::start_with(agent, pubkey, verifier_ca, bind, PullOptions::default()).await
+    }
+
+    /// Like [`PullAgent::start_on`], with `options`.
+    pub async fn start_with(
+        mut agent: TestAgent,
+        pubkey: String,
+        verifier_ca: &Path,
+        bind: SocketAddr,
+        options: PullOptions,
+    ) -> anyhow::Result<Self> {
         // The agent binds its key into PCR 16: reset by boot, then extended with H(pubkey).
-        let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pubkey.as_bytes());
-        let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, pubkey.as_bytes());
-        agent.pcr_extend(
-            16,
-            &[
-                (HashingAlgorithm::Sha256, sha256.as_ref().to_vec()),
-                (HashingAlgorithm::Sha1, sha1.as_ref().to_vec()),
-            ],
-        )?;
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, agent.uuid.clone());
-        let cert = params.self_signed(&key)?;
-        let cert_pem = cert.pem();
+        agent.pcr_extend(16, &pcr16_digests(&pubkey))?;
+        let (cert_pem, key) = if options.keylime_certificate {
+            crate::keylime_cert::keylime_agent_certificate(&agent.uuid)?
+        } else {
+            let key = rcgen::KeyPair::generate()?;
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?;
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, agent.uuid.clone());
+            (params.self_signed(&key)?.pem(), key)
+        };
+        let cert_der = {
+            use rustls_pki_types::pem::PemObject;
+            rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+                .map_err(|e| anyhow::anyhow!("agent certificate: {e}"))?
+        };
 
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
@@ -161,7 +188,7 @@ impl PullAgent {
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![cert.der().clone()], key_der)?;
+            .with_single_cert(vec![cert_der], key_der)?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
 
         let state = Arc::new(Mutex::new(PullState {
@@ -184,6 +211,10 @@ impl PullAgent {
             v: None,
             k: None,
             payload: None,
+            drop_pcrs: Vec::new(),
+            omit_ima_list: false,
+            mb_list_override: None,
+            omit_boottime: false,
         }));
         let app = Router::new()
             .route("/version", get(version))
@@ -271,6 +302,29 @@ impl PullAgent {
         Ok(())
     }
 
+    /// Changes what the agent sends (the hostile modes of [`PullState`]).
+    pub fn set(&self, change: impl FnOnce(&mut PullState)) {
+        if let Ok(mut s) = self.state.lock() {
+            change(&mut s);
+        }
+    }
+
+    /// Reboots: with `genuine`, the TPM is power-cycled (resetCount advances, PCRs start
+    /// over), PCR 16 binds the key again, the IMA list starts over; either way the agent
+    /// reports a new boot time (without `genuine`, that is all: a forged reboot claim).
+    pub fn reboot(&self, tpm: &crate::swtpm::Swtpm, genuine: bool) -> anyhow::Result<()> {
+        let mut s = self.state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        s.boottime += 60;
+        if genuine {
+            s.agent.reboot(tpm)?;
+            let key = s.pubkey.clone();
+            s.agent.pcr_extend(16, &pcr16_digests(&key))?;
+            s.log = ImaLog::default();
+            s.boot_log = None;
+        }
+        Ok(())
+    }
+
     /// Narrows the API versions the agent serves (as its `api_versions` option does).
     pub fn serve_versions(&self, versions: &[&str]) {
         if let Ok(mut s) = self.state.lock() {
@@ -291,6 +345,16 @@ impl PullAgent {
             .map(|s| s.requested_offsets.clone())
             .unwrap_or_default()
     }
+}
+
+/// H(pubkey) in the SHA-256 and SHA-1 banks: what the agent extends into PCR 16.
+fn pcr16_digests(pubkey: &str) -> [(HashingAlgorithm, Vec<u8>); 2] {
+    let sha256 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, pubkey.as_bytes());
+    let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, pubkey.as_bytes());
+    [
+        (HashingAlgorithm::Sha256, sha256.as_ref().to_vec()),
+        (HashingAlgorithm::Sha1, sha1.as_ref().to_vec()),
+    ]
 }
 
 #[derive(serde::Deserialize)]
@@ -349,7 +413,9 @@ async fn integrity(
     let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
         let mut s = state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let mask = u32::from_str_radix(q.mask.trim_start_matches("0x"), 16)? | (1 << 16);
-        let pcrs: Vec<u8> = (0..24u8).filter(|p| mask & (1 << p) != 0).collect();
+        let pcrs: Vec<u8> = (0..24u8)
+            .filter(|p| mask & (1 << p) != 0 && !s.drop_pcrs.contains(p))
+            .collect();
         let nonce = s
             .quote_nonce
             .clone()
@@ -368,14 +434,18 @@ async fn integrity(
             "hash_alg": "sha256",
             "enc_alg": "rsa",
             "sign_alg": "rsassa",
-            "boottime": s.boottime,
         });
+        if !s.omit_boottime {
+            results["boottime"] = json!(s.boottime);
+        }
         // Like Keylime's agent: the IMA list only when PCR 10 is asked for.
-        if mask & (1 << 10) != 0 {
+        if mask & (1 << 10) != 0 && !s.omit_ima_list {
             results["ima_measurement_list"] = json!(s.log.text_from(from as usize));
             results["ima_measurement_list_entry"] = json!(from);
         }
-        if let Some(log) = s.boot_log.as_ref().filter(|_| mask & 1 != 0) {
+        if let Some(text) = &s.mb_list_override {
+            results["mb_measurement_list"] = json!(text);
+        } else if let Some(log) = s.boot_log.as_ref().filter(|_| mask & 1 != 0) {
             results["mb_measurement_list"] = json!(base64::engine::general_purpose::STANDARD.encode(log));
         }
         if q.partial.as_deref() != Some("1") {

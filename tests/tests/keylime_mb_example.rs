@@ -30,12 +30,14 @@ fn evaluate(policy: &MeasuredBootPolicy, log: &EventLog) -> Verdict {
         .iter()
         .map(|(i, v)| (*i, v.clone()))
         .collect();
+    let verified_pcrs = quoted.iter().map(|(i, _)| *i).collect();
     policy
         .evaluate(&BootEvidence {
             log,
             replayed: &replayed,
             quoted_bank: HashAlg::Sha256,
             quoted: &quoted,
+            verified_pcrs: &verified_pcrs,
             first_attestation: true,
             prior_state: None,
         })

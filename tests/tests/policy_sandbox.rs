@@ -18,12 +18,22 @@ fn fedora_log() -> (EventLog, PcrBanks) {
     (log, replayed)
 }
 
-fn evidence<'a>(log: &'a EventLog, replayed: &'a PcrBanks) -> BootEvidence<'a> {
+/// Every PCR the log extends: the sandbox tests are about the component, not the replay.
+fn every_pcr(log: &EventLog) -> std::collections::BTreeSet<u32> {
+    log.events.iter().map(|e| e.pcr).collect()
+}
+
+fn evidence<'a>(
+    log: &'a EventLog,
+    replayed: &'a PcrBanks,
+    verified_pcrs: &'a std::collections::BTreeSet<u32>,
+) -> BootEvidence<'a> {
     BootEvidence {
         log,
         replayed,
         quoted_bank: HashAlg::Sha256,
         quoted: &[],
+        verified_pcrs,
         first_attestation: false,
         prior_state: None,
     }
@@ -33,7 +43,7 @@ fn evaluate(runtime: &PolicyRuntime, mode: &str) -> Result<usize, PolicyError> {
     let (log, replayed) = fedora_log();
     let policy = MeasuredBootPolicy::load(runtime, "hostile", &test_component("hostile"), mode.as_bytes())?;
     policy
-        .evaluate(&evidence(&log, &replayed))
+        .evaluate(&evidence(&log, &replayed, &every_pcr(&log)))
         .map(|v| v.failures.len())
 }
 
@@ -81,7 +91,8 @@ fn a_component_of_the_wrong_world_is_refused() {
 fn a_trapped_instance_stays_refused_until_reloaded() {
     let runtime = PolicyRuntime::new(PolicyLimits::default(), None).unwrap();
     let (log, replayed) = fedora_log();
-    let evidence = evidence(&log, &replayed);
+    let pcrs = every_pcr(&log);
+    let evidence = evidence(&log, &replayed, &pcrs);
     let policy = MeasuredBootPolicy::load(&runtime, "hostile", &test_component("hostile"), b"trap").unwrap();
     assert!(matches!(policy.evaluate(&evidence), Err(PolicyError::Trap(_))));
     assert!(
@@ -145,7 +156,8 @@ fn the_registry_reuses_instances_per_tenant_and_rebuilds_broken_ones() {
         PolicyRuntime::new(PolicyLimits::default(), None).unwrap(),
     ));
     let (log, replayed) = fedora_log();
-    let evidence = evidence(&log, &replayed);
+    let pcrs = every_pcr(&log);
+    let evidence = evidence(&log, &replayed, &pcrs);
     let hostile = test_component("hostile");
 
     for _ in 0..3 {
@@ -198,7 +210,8 @@ fn traps_and_timeouts_are_counted_per_module() {
         metrics.clone(),
     );
     let (log, replayed) = fedora_log();
-    let evidence = evidence(&log, &replayed);
+    let pcrs = every_pcr(&log);
+    let evidence = evidence(&log, &replayed, &pcrs);
     let hostile = test_component("hostile");
     // One module id for every document: the counters are per module.
     let source = |mode: &'static str| {

@@ -25,7 +25,35 @@ pub const MAX_EVENTS: usize = 100_000;
 
 pub const EV_NO_ACTION: u32 = 0x03;
 pub const EV_SEPARATOR: u32 = 0x04;
+pub const EV_ACTION: u32 = 0x05;
+pub const EV_S_CRTM_VERSION: u32 = 0x08;
+pub const EV_COMPACT_HASH: u32 = 0x0C;
+pub const EV_IPL: u32 = 0x0D;
+pub const EV_OMIT_BOOT_DEVICE_EVENTS: u32 = 0x12;
+pub const EV_EFI_VARIABLE_DRIVER_CONFIG: u32 = 0x8000_0001;
+pub const EV_EFI_VARIABLE_BOOT: u32 = 0x8000_0002;
+pub const EV_EFI_GPT_EVENT: u32 = 0x8000_0006;
+pub const EV_EFI_ACTION: u32 = 0x8000_0007;
+pub const EV_EFI_VARIABLE_BOOT2: u32 = 0x8000_000C;
 pub const EV_EFI_HCRTM_EVENT: u32 = 0x8000_0010;
+pub const EV_EFI_VARIABLE_AUTHORITY: u32 = 0x8000_00E0;
+
+/// The value an EV_SEPARATOR measures when firmware reports an error (TCG PFP: 1 as a
+/// little-endian u32); its event data then holds implementation-defined error information.
+const SEPARATOR_ERROR_VALUE: &[u8] = &[1, 0, 0, 0];
+
+/// Whether an event's data is what its digests measured (see [`Event::check_data`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataCheck {
+    /// The digests of this event type do not cover its data (EV_IPL, firmware blobs,
+    /// applications, EV_NO_ACTION, unknown types…), or it carries no digest in a bank we
+    /// can hash: the data proves nothing and the replay alone vouches for the event.
+    NotCovered,
+    /// Every digest in a bank we can hash is of the data.
+    Verified,
+    /// The digest of this bank is not of the data: the data was edited after measurement.
+    Mismatch { alg: HashAlg },
+}
 
 /// The Spec ID event that opens a crypto-agile log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +98,57 @@ impl Event {
     /// The TCG name of the event type (`EV_IPL`, …).
     pub fn type_name(&self) -> String {
         data::event_type_name(self.event_type)
+    }
+
+    /// Whether this event's data is what its digests measured. Replay only uses digests,
+    /// so without this check a log whose event data was edited (a `SecureBoot` byte
+    /// flipped) still matches the quote while a policy reads forged data.
+    ///
+    /// Checked are the types whose digest is H(event data) (TCG PC Client PFP): separators,
+    /// EV_ACTION/EV_EFI_ACTION, EV_S_CRTM_VERSION, EV_COMPACT_HASH,
+    /// EV_OMIT_BOOT_DEVICE_EVENTS, EV_EFI_VARIABLE_DRIVER_CONFIG/AUTHORITY/BOOT/BOOT2 and
+    /// EV_EFI_GPT_EVENT, for every digest in a bank [`HashAlg`] covers (sm3 and other
+    /// banks are skipped). Two firmware variants are accepted:
+    /// - EV_EFI_VARIABLE_BOOT(2) digests of the VariableData alone (common firmware);
+    ///   the variable's GUID and name are then not covered, only its value.
+    /// - an EV_SEPARATOR measuring the error value 1 with error information as data,
+    ///   unless the data claims the normal separator 0.
+    pub fn check_data(&self) -> DataCheck {
+        // A second byte string the digest may cover instead of the whole event data.
+        let alternative: Option<&[u8]> = match self.event_type {
+            EV_SEPARATOR => {
+                // Accepting H(1) for data reading 0 would let an error boot pass as normal.
+                (self.data != [0u8; 4]).then_some(SEPARATOR_ERROR_VALUE)
+            }
+            EV_ACTION
+            | EV_EFI_ACTION
+            | EV_S_CRTM_VERSION
+            | EV_COMPACT_HASH
+            | EV_OMIT_BOOT_DEVICE_EVENTS
+            | EV_EFI_VARIABLE_DRIVER_CONFIG
+            | EV_EFI_VARIABLE_AUTHORITY
+            | EV_EFI_GPT_EVENT => None,
+            EV_EFI_VARIABLE_BOOT | EV_EFI_VARIABLE_BOOT2 => data::variable_value(&self.data),
+            // EV_IPL (GRUB measures the command, not the logged text), EV_POST_CODE,
+            // blobs, images, handoff tables, EV_NO_ACTION, unknown types.
+            _ => return DataCheck::NotCovered,
+        };
+        let mut checked = false;
+        for (alg, digest) in &self.digests {
+            let Some(bank) = HashAlg::from_tpm(*alg) else {
+                continue;
+            };
+            checked = true;
+            let measures = |bytes: &[u8]| bank.digest(&[bytes]) == *digest;
+            if !(measures(self.data.as_slice()) || alternative.is_some_and(measures)) {
+                return DataCheck::Mismatch { alg: bank };
+            }
+        }
+        if checked {
+            DataCheck::Verified
+        } else {
+            DataCheck::NotCovered
+        }
     }
 }
 
@@ -386,6 +465,185 @@ mod tests {
             find(&|e| e.event_type == 0x8000_0007)
                 .iter()
                 .any(|e| e.decode() == EventData::Text("Calling EFI Application from Boot Option".into()))
+        );
+    }
+
+    /// Every real log of the fixtures (the others are malformed on purpose).
+    const REAL_LOGS: &[&str] = &["keylime/test/data/create-mb-policy/binary_bios_measurements"];
+
+    #[test]
+    fn real_logs_have_no_data_mismatch() {
+        for name in REAL_LOGS {
+            let log = EventLog::parse(&crate::test_fixture(name)).unwrap();
+            let mut verified = 0;
+            for e in &log.events {
+                match e.check_data() {
+                    DataCheck::Verified => verified += 1,
+                    DataCheck::NotCovered => {}
+                    DataCheck::Mismatch { alg } => {
+                        panic!(
+                            "{name}: event {} ({}) mismatches in {alg:?}",
+                            e.number,
+                            e.type_name()
+                        )
+                    }
+                }
+            }
+            assert!(verified > 0, "{name}: nothing was checked");
+        }
+        // The Fedora log: 1 S-CRTM version, 8 driver-config variables, 8 separators,
+        // 14 boot variables (digests of VariableData only), 1 EFI action, 1 GPT, 1 authority.
+        let log = EventLog::parse(&fedora_log()).unwrap();
+        let verified = log
+            .events
+            .iter()
+            .filter(|e| e.check_data() == DataCheck::Verified)
+            .count();
+        assert_eq!(verified, 34);
+    }
+
+    /// The log with event `index`'s data edited by `edit`, digests kept, re-encoded and parsed.
+    fn forge(log: &EventLog, index: usize, edit: impl FnOnce(&mut Vec<u8>)) -> EventLog {
+        let mut log = log.clone();
+        edit(&mut log.events[index].data);
+        EventLog::parse(&log.encode()).unwrap()
+    }
+
+    #[test]
+    fn a_flipped_secure_boot_byte_is_a_mismatch_the_replay_misses() {
+        let log = EventLog::parse(&fedora_log()).unwrap();
+        let index = log
+            .events
+            .iter()
+            .position(|e| {
+                e.event_type == EV_EFI_VARIABLE_DRIVER_CONFIG
+                    && matches!(&e.decode(), EventData::Variable(v) if v.name == "SecureBoot")
+            })
+            .unwrap();
+        assert_eq!(log.events[index].check_data(), DataCheck::Verified);
+        let forged = forge(&log, index, |data| *data.last_mut().unwrap() ^= 1);
+        let EventData::Variable(v) = forged.events[index].decode() else {
+            panic!("SecureBoot no longer decodes")
+        };
+        assert_eq!(
+            v.decoded,
+            VariableData::Boolean(true),
+            "the forgery turns Secure Boot on"
+        );
+        assert!(matches!(
+            forged.events[index].check_data(),
+            DataCheck::Mismatch { .. }
+        ));
+        assert_eq!(forged.replay(), log.replay());
+        let others_fine = forged
+            .events
+            .iter()
+            .filter(|e| e.number != index)
+            .all(|e| !matches!(e.check_data(), DataCheck::Mismatch { .. }));
+        assert!(others_fine);
+    }
+
+    #[test]
+    fn a_flipped_boot_variable_value_is_a_mismatch() {
+        // This firmware's boot variable digests cover VariableData only; it is still checked.
+        let log = EventLog::parse(&fedora_log()).unwrap();
+        let index = log
+            .events
+            .iter()
+            .position(|e| e.event_type == EV_EFI_VARIABLE_BOOT)
+            .unwrap();
+        assert_eq!(log.events[index].check_data(), DataCheck::Verified);
+        let forged = forge(&log, index, |data| *data.last_mut().unwrap() ^= 1);
+        assert!(matches!(
+            forged.events[index].check_data(),
+            DataCheck::Mismatch { .. }
+        ));
+    }
+
+    #[test]
+    fn a_flipped_ipl_byte_is_not_covered() {
+        let log = EventLog::parse(&fedora_log()).unwrap();
+        let index = log.events.iter().position(|e| e.event_type == EV_IPL).unwrap();
+        assert_eq!(log.events[index].check_data(), DataCheck::NotCovered);
+        let forged = forge(&log, index, |data| *data.last_mut().unwrap() ^= 1);
+        assert_ne!(forged.events[index].data, log.events[index].data);
+        assert_eq!(forged.events[index].check_data(), DataCheck::NotCovered);
+        assert_eq!(forged.replay(), log.replay());
+    }
+
+    fn event(event_type: u32, digests: Vec<(u16, Vec<u8>)>, data: &[u8]) -> Event {
+        Event {
+            number: 1,
+            pcr: 7,
+            event_type,
+            digests,
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn only_computable_digests_are_checked() {
+        let data: &[u8] = b"Calling EFI Application from Boot Option";
+        let sha256 = (HashAlg::Sha256.tpm_id(), HashAlg::Sha256.digest(&[data]));
+        let sm3: (u16, Vec<u8>) = (0x0012, vec![0xAA; 32]);
+        let wrong_sha1: (u16, Vec<u8>) = (HashAlg::Sha1.tpm_id(), vec![0; 20]);
+        assert_eq!(
+            event(EV_EFI_ACTION, vec![sm3.clone()], data).check_data(),
+            DataCheck::NotCovered
+        );
+        assert_eq!(
+            event(EV_EFI_ACTION, vec![], data).check_data(),
+            DataCheck::NotCovered
+        );
+        assert_eq!(
+            event(EV_EFI_ACTION, vec![sm3, sha256.clone()], data).check_data(),
+            DataCheck::Verified
+        );
+        assert_eq!(
+            event(EV_EFI_ACTION, vec![sha256, wrong_sha1.clone()], data).check_data(),
+            DataCheck::Mismatch { alg: HashAlg::Sha1 }
+        );
+        // Types whose digest does not cover the data never mismatch.
+        assert_eq!(
+            event(EV_IPL, vec![wrong_sha1.clone()], data).check_data(),
+            DataCheck::NotCovered
+        );
+        assert_eq!(
+            event(0x8000_0003, vec![wrong_sha1.clone()], data).check_data(),
+            DataCheck::NotCovered
+        );
+        assert_eq!(
+            event(EV_NO_ACTION, vec![wrong_sha1], data).check_data(),
+            DataCheck::NotCovered
+        );
+    }
+
+    #[test]
+    fn error_separators_may_measure_the_error_value() {
+        let error_value: &[u8] = &[1, 0, 0, 0];
+        let error = vec![(HashAlg::Sha256.tpm_id(), HashAlg::Sha256.digest(&[error_value]))];
+        assert_eq!(
+            event(EV_SEPARATOR, error.clone(), &[0xFF; 4]).check_data(),
+            DataCheck::Verified
+        );
+        // An error separator must not pass for the normal one.
+        assert_eq!(
+            event(EV_SEPARATOR, error, &[0; 4]).check_data(),
+            DataCheck::Mismatch { alg: HashAlg::Sha256 }
+        );
+    }
+
+    #[test]
+    fn undecodable_boot_variables_are_checked_against_the_whole_data() {
+        let data = [0xEEu8; 10];
+        let sha1 = |d: &[u8]| vec![(HashAlg::Sha1.tpm_id(), HashAlg::Sha1.digest(&[d]))];
+        assert_eq!(
+            event(EV_EFI_VARIABLE_BOOT2, sha1(&data[..]), &data).check_data(),
+            DataCheck::Verified
+        );
+        assert_eq!(
+            event(EV_EFI_VARIABLE_BOOT2, sha1(&data[..9]), &data).check_data(),
+            DataCheck::Mismatch { alg: HashAlg::Sha1 }
         );
     }
 

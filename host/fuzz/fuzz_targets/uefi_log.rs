@@ -1,4 +1,5 @@
-//! The binary UEFI event log: parsing, event data decoding, replay and boot aggregates.
+//! The binary UEFI event log: parsing, event data decoding and checks, replay and boot
+//! aggregates.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,6 +11,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = boot_aggregates(&pcrs);
         for e in &log.events {
             let _ = e.type_name();
+            let _ = e.check_data();
         }
     }
 });

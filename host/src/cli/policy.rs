@@ -275,11 +275,13 @@ fn test_measured_boot(args: TestArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("loading {} into {name}", args.policy.display()))
         },
     )?;
+    let verified_pcrs = quoted.iter().map(|(i, _)| *i).collect();
     let evidence = BootEvidence {
         log: &log,
         replayed: &replayed,
         quoted_bank: bank,
         quoted: &quoted,
+        verified_pcrs: &verified_pcrs,
         first_attestation: true,
         prior_state: None,
     };
@@ -300,7 +302,29 @@ fn test_measured_boot(args: TestArgs) -> anyhow::Result<()> {
     if !missing.is_empty() {
         println!("  measured_boot.missing_pcrs {missing:?}");
     }
-    verdict(&name, !verdict_of.failures.is_empty() || !missing.is_empty())
+    // As the verifier: an event whose data is not what its digests measured fails the log.
+    let forged: Vec<_> = log
+        .events
+        .iter()
+        .filter_map(|e| match e.check_data() {
+            crate::evidence::uefi::DataCheck::Mismatch { alg } => Some((e, alg)),
+            _ => None,
+        })
+        .collect();
+    for (event, alg) in &forged {
+        println!(
+            "  measured_boot.invalid_event_data (entry {}) event {} (PCR {}, {}): data does not match its {} digest",
+            event.number,
+            event.number,
+            event.pcr,
+            event.type_name(),
+            alg.name()
+        );
+    }
+    verdict(
+        &name,
+        !verdict_of.failures.is_empty() || !missing.is_empty() || !forged.is_empty(),
+    )
 }
 
 fn write_document(value: &serde_json::Value, output: Option<&Path>) -> anyhow::Result<()> {

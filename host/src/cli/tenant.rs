@@ -736,17 +736,13 @@ fn random_text(len: usize) -> anyhow::Result<String> {
 
 impl Agent {
     async fn connect(tenant: &Tenant, ip: &str, port: u16, cert: &str) -> anyhow::Result<Self> {
-        let pinned =
-            reqwest::Certificate::from_pem(cert.as_bytes()).context("the agent's mTLS certificate")?;
         let mut identity = std::fs::read(&tenant.conn.client_cert)?;
         identity.push(b'\n');
         identity.extend(std::fs::read(&tenant.conn.client_key)?);
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .tls_certs_only([pinned])
-            .identity(reqwest::Identity::from_pem(&identity)?)
-            .timeout(Duration::from_secs(30))
-            .build()?;
+        // Pinned byte for byte, as Keylime does: WebPKI trust (`tls_certs_only`) refuses the
+        // real agent's certificate, whose self-signature does not verify.
+        let http = crate::net::pinned::agent_client(cert, &identity, Duration::from_secs(30))
+            .context("the agent's mTLS connection")?;
         let base = format!("https://{}", join_host_port(ip, port));
         let mut agent = Self {
             base,

@@ -1,8 +1,11 @@
-//! Listeners and transport: TLS material on disk, rustls configurations, and the loop
-//! that serves a router over plain HTTP or HTTPS.
+//! Listeners and transport: TLS material on disk, rustls configurations, the loop that
+//! serves a router over plain HTTP or HTTPS, and HTTPS clients pinned to a pull agent's
+//! certificate.
 
+pub mod pinned;
 mod serve;
 pub mod tls;
 
+pub use pinned::{NotPinned, PinError, PinnedCertVerifier, agent_client};
 pub use serve::{Peer, serve_plain, serve_tls};
 pub use tls::{ClientAuth, TlsError, TlsMaterial, Usage, load_certs};

@@ -85,6 +85,9 @@ pub struct BootEvidence<'a> {
     pub quoted_bank: HashAlg,
     /// (PCR index, value) from a verified quote.
     pub quoted: &'a [(u32, Vec<u8>)],
+    /// PCRs whose replay equals the quoted value: only their events reach the component,
+    /// and their digests in the quoted bank are `authenticated`.
+    pub verified_pcrs: &'a std::collections::BTreeSet<u32>,
     pub first_attestation: bool,
     pub prior_state: Option<Vec<u8>>,
 }
@@ -192,14 +195,15 @@ pub(super) fn load_error_text(e: &wit_types::LoadError) -> String {
     }
 }
 
-/// The WIT view of a boot: every event with its digests (marked authenticated when in the
-/// quoted bank) and decoded data.
+/// The WIT view of a boot: the events of PCRs that replayed to their quoted values, with
+/// their digests (authenticated in the quoted bank) and decoded data.
 fn boot_log(e: &BootEvidence<'_>) -> wit::BootLog {
     let quoted_id = e.quoted_bank.tpm_id();
     let events = e
         .log
         .events
         .iter()
+        .filter(|ev| e.verified_pcrs.contains(&ev.pcr))
         .map(|ev| wit::Event {
             number: ev.number as u32,
             pcr: ev.pcr,

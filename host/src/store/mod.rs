@@ -12,7 +12,7 @@ pub use sqlite::SqliteStore;
 use thiserror::Error;
 pub use verifier::{
     EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind, PolicyRecord, PolicyWrite,
-    PushAttestation, PushSession, VerifierAgent, VerifierStore,
+    PushAttestation, PushSession, StoredFailure, VerifierAgent, VerifierStore,
 };
 
 /// The tenant every record belongs to until multi-tenancy reaches the API.

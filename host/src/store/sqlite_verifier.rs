@@ -248,10 +248,30 @@ impl VerifierStore for SqliteStore {
         Ok(changed > 0)
     }
 
+    fn save_round(&self, agent: &VerifierAgent, from_state: i64) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let changed = conn.execute(
+            "UPDATE verifier_agents SET record = ?2
+             WHERE agent_id = ?1
+               AND IFNULL(json_extract(record, '$.revision'), 0) = ?3
+               AND json_extract(record, '$.operational_state') = ?4",
+            params![
+                agent.agent_id,
+                to_json(agent)?,
+                i64::try_from(agent.revision).unwrap_or(-1),
+                from_state
+            ],
+        )?;
+        Ok(changed > 0)
+    }
+
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction()?;
         let deleted = tx.execute("DELETE FROM verifier_agents WHERE agent_id = ?1", [agent_id])?;
+        // A re-enrolled agent starts clean: its old token and attestations go with it.
+        tx.execute("DELETE FROM push_sessions WHERE agent_id = ?1", [agent_id])?;
+        tx.execute("DELETE FROM push_attestations WHERE agent_id = ?1", [agent_id])?;
         if deleted > 0 {
             // Keylime names an agent's policies after it when no name was given.
             for kind in [PolicyKind::Runtime, PolicyKind::MeasuredBoot] {

@@ -155,6 +155,82 @@ pub mod state {
     }
 }
 
+/// A fresh record revision: random, below 2^47 so that SQLite's JSON functions read it as
+/// an exact integer.
+pub fn new_revision() -> u64 {
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 8];
+    // Without randomness, the time still differs between two operator writes.
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        return crate::clock::unix_micros_now() & ((1 << 47) - 1);
+    }
+    u64::from_le_bytes(bytes) & ((1 << 47) - 1)
+}
+
+/// A failure as stored with an agent or push attestation. Records written before the
+/// `recoverable` and `entry` fields were kept (`[event_id, context]` pairs) still read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredFailureRepr")]
+pub struct StoredFailure {
+    pub event_id: String,
+    pub context: serde_json::Value,
+    pub recoverable: bool,
+    pub entry: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StoredFailureRepr {
+    Pair(String, serde_json::Value),
+    Full {
+        event_id: String,
+        context: serde_json::Value,
+        #[serde(default = "yes")]
+        recoverable: bool,
+        #[serde(default)]
+        entry: Option<u64>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl From<StoredFailureRepr> for StoredFailure {
+    fn from(repr: StoredFailureRepr) -> Self {
+        match repr {
+            StoredFailureRepr::Pair(event_id, context) => Self {
+                event_id,
+                context,
+                recoverable: true,
+                entry: None,
+            },
+            StoredFailureRepr::Full {
+                event_id,
+                context,
+                recoverable,
+                entry,
+            } => Self {
+                event_id,
+                context,
+                recoverable,
+                entry,
+            },
+        }
+    }
+}
+
+impl StoredFailure {
+    /// Keylime's reply shape `{"type", "context"}`, with `entry` when the failure names one.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::json!({"type": self.event_id, "context": self.context});
+        if let Some(entry) = self.entry {
+            value["entry"] = serde_json::json!(entry);
+        }
+        value
+    }
+}
+
 /// An enrolled agent with its attestation state. Stored as one JSON record, so that the
 /// attestation state can grow without migrations; the policy names are columns as well,
 /// for the "in use" checks.
@@ -198,7 +274,7 @@ pub struct VerifierAgent {
     pub last_successful_attestation: u64,
     /// The failures of the last failed attestation (event id and context), newest last.
     #[serde(default)]
-    pub last_failures: Vec<(String, serde_json::Value)>,
+    pub last_failures: Vec<StoredFailure>,
     /// Incremental IMA: the agent's boot time, the next entry and PCR 10 (hex) there.
     #[serde(default)]
     pub boottime: Option<u64>,
@@ -209,6 +285,13 @@ pub struct VerifierAgent {
     /// The runtime policy's per-agent state (learned keys), base64.
     #[serde(default)]
     pub ima_policy_state: Option<String>,
+    /// The measured-boot policy's per-agent state, base64.
+    #[serde(default)]
+    pub mb_policy_state: Option<String>,
+    /// Changes with every operator write (enrolment, stop, reactivation, update): a round's
+    /// verdict is written back only to the record it started from.
+    #[serde(default)]
+    pub revision: u64,
     /// The agent's NK public key (PEM) from its last full quote.
     #[serde(default)]
     pub public_key: Option<String>,
@@ -247,7 +330,7 @@ pub struct PushAttestation {
     /// `broken_evidence_chain` or `policy_violation` on a failure.
     pub failure_reason: Option<String>,
     #[serde(default)]
-    pub failures: Vec<(String, serde_json::Value)>,
+    pub failures: Vec<StoredFailure>,
     /// Each requested item: `evidence_class`, `evidence_type`, `capabilities`,
     /// `chosen_parameters` and, once submitted, `data`.
     pub evidence: Vec<serde_json::Value>,
@@ -303,8 +386,13 @@ pub trait VerifierStore: Send + Sync + 'static {
     /// written back) and is not in one of `unless_states`. Returns whether it was written.
     fn update_agent(&self, agent: &VerifierAgent, unless_states: &[i64]) -> Result<bool, StoreError>;
 
-    /// Deletes an agent, and the policies named after it that no other agent uses.
-    /// Returns whether it existed.
+    /// Writes a round's outcome back only if the stored record is still the one the round
+    /// started from: same `revision` (no operator write meanwhile) and operational state
+    /// `from_state`. A deleted agent is never written back. Returns whether it was written.
+    fn save_round(&self, agent: &VerifierAgent, from_state: i64) -> Result<bool, StoreError>;
+
+    /// Deletes an agent with its push sessions and attestations, and the policies named
+    /// after it that no other agent uses. Returns whether it existed.
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError>;
 
     /// Stores an uploaded component; returns false when it was there already.

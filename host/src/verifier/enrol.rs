@@ -289,6 +289,8 @@ pub async fn enrolment(
         next_ima_ml_entry: 0,
         pcr10: None,
         ima_policy_state: None,
+        mb_policy_state: None,
+        revision: crate::store::verifier::new_revision(),
         public_key: None,
         v_delivered: false,
         tpm_clock: None,

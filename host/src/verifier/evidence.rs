@@ -12,13 +12,11 @@ use serde_json::{Map, Value, json};
 
 use super::Verifier;
 use super::modules::resolve;
-use super::pipeline::{AttestationInput, ImaInput, attest, parse_tpm_policy};
+use super::pipeline::{Evidence, Expectations, Failure, ImaList, PolicyInUse, evaluate, parse_tpm_policy};
 use super::policies::DEFAULT_RUNTIME_MODULE;
 use crate::api::{ApiError, ApiVersion, Caller};
-use crate::evidence::ima::ImaPosition;
 use crate::evidence::{HashAlg, PublicArea, Quote};
-use crate::policy::PolicySource;
-use crate::store::{DEFAULT_TENANT, PolicyKind};
+use crate::store::{DEFAULT_TENANT, PolicyKind, PolicyRecord};
 use crate::tpm::AttestationKey;
 
 /// Keylime's reply: the envelope with `valid`, `claims` and, when checks ran and failed,
@@ -132,20 +130,35 @@ pub async fn verify_evidence(
             json!({
                 "valid": valid_value(version, false),
                 "claims": {},
-                "failures": failures
-                    .into_iter()
-                    .map(|f| json!({"type": f.event_id, "context": f.context}))
-                    .collect::<Vec<_>>(),
+                "failures": failures.iter().map(Failure::to_json).collect::<Vec<_>>(),
             }),
         ),
     })
 }
 
+/// A document the caller sent, as the policy the round applies.
+fn policy_in_use(
+    verifier: &Verifier,
+    kind: PolicyKind,
+    module: &str,
+    document: Vec<u8>,
+) -> Result<PolicyInUse, String> {
+    let bytes = resolve(verifier, kind, module).map_err(|e| e.message)?;
+    Ok(PolicyInUse {
+        record: PolicyRecord {
+            name: "verify-evidence".into(),
+            module: module.to_owned(),
+            checksum: hex::encode(HashAlg::Sha256.digest(&[&document])),
+            generator: 0,
+            document: Some(document),
+        },
+        module: bytes,
+    })
+}
+
 /// Parses what the caller sent and runs the pipeline; `Err` is a malformed parameter.
-fn check(
-    verifier: &super::Verifier,
-    data: &Map<String, Value>,
-) -> Result<Vec<super::pipeline::Failure>, String> {
+/// Nothing is known about the agent: no saved replay, clock or boot, no PCR 16 binding.
+fn check(verifier: &Verifier, data: &Map<String, Value>) -> Result<Vec<Failure>, String> {
     let field = |f: &str| text(data, f).unwrap_or_default();
     let quote = Quote::from_keylime_string(field("quote")).map_err(|e| format!("quote: {e}"))?;
     let hash =
@@ -177,41 +190,53 @@ fn check(
             Some(_) => Err(format!("{f} must be a JSON string")),
         }
     };
-    let runtime_doc = document_of("runtime_policy")?;
-    let mb_doc = document_of("mb_policy")?;
-    let ima_list = text(data, "ima_measurement_list").unwrap_or_default();
-    let mb_log = match text(data, "mb_log") {
-        Some(b64) => Some(B64.decode(b64).map_err(|e| format!("mb_log: not base64: {e}"))?),
-        None => None,
+    let runtime = document_of("runtime_policy")?
+        .map(|doc| policy_in_use(verifier, PolicyKind::Runtime, DEFAULT_RUNTIME_MODULE, doc))
+        .transpose()?;
+    let measured_boot = document_of("mb_policy")?
+        .map(|doc| {
+            policy_in_use(
+                verifier,
+                PolicyKind::MeasuredBoot,
+                &verifier.config.measured_boot_module,
+                doc,
+            )
+        })
+        .transpose()?;
+    let boot_log = text(data, "mb_log").map(|b64| {
+        B64.decode(b64).map_err(|e| {
+            Failure::message(
+                "measured_boot.parser.log.base64decode",
+                format!("mb_log is not base64: {e}"),
+            )
+        })
+    });
+    let expect = Expectations {
+        tenant: DEFAULT_TENANT.to_owned(),
+        ak,
+        tpm_policy,
+        runtime,
+        measured_boot,
+        bind_key: false,
+        known_key: None,
+        ima: None,
+        ima_policy_state: None,
+        mb_policy_state: None,
+        last_boot_time: None,
+        last_clock: None,
+        first_attestation: true,
     };
-    let runtime_module =
-        resolve(verifier, PolicyKind::Runtime, DEFAULT_RUNTIME_MODULE).map_err(|e| e.message)?;
-    let mb_module = resolve(
-        verifier,
-        PolicyKind::MeasuredBoot,
-        &verifier.config.measured_boot_module,
-    )
-    .map_err(|e| e.message)?;
-    let input = AttestationInput {
-        tenant: DEFAULT_TENANT,
-        quote: &quote,
-        ak: &ak,
-        nonce: &nonce,
+    let evidence = Evidence {
+        quote,
         hash,
-        tpm_policy: &tpm_policy,
-        runtime: runtime_doc.as_deref().map(|document| ImaInput {
-            policy: PolicySource::new("verify-evidence", &runtime_module, document),
-            list: ima_list,
-            from: ImaPosition::start(hash),
-            start_offset: 0,
-            prior_state: None,
+        nonce,
+        boot_time: None,
+        ima: text(data, "ima_measurement_list").map(|list| ImaList {
+            text: list.to_owned(),
+            offset: 0,
         }),
-        measured_boot: match (mb_doc.as_deref(), mb_log.as_deref()) {
-            (Some(document), Some(log)) => {
-                Some((PolicySource::new("verify-evidence", &mb_module, document), log))
-            }
-            _ => None,
-        },
+        boot_log,
+        pubkey: None,
     };
-    Ok(attest(&verifier.policies, &input).failures)
+    Ok(evaluate(&verifier.policies, &expect, &evidence).failures)
 }

@@ -14,6 +14,7 @@ mod poller;
 pub mod push;
 mod routes;
 pub mod severity;
+mod wire;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -134,6 +135,8 @@ pub struct Verifier {
     pub tokens: Arc<push::auth::TokenCache>,
     /// Counters and histograms served at `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Our client identity towards agents (quotes, V, revocations).
+    pub agent_tls: notify::AgentTls,
 }
 
 impl Verifier {
@@ -214,6 +217,15 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         Some(data_dir.path().join("policy-cache")),
     )?);
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    let read = |file: &str| {
+        let path = tls.path(file);
+        std::fs::read(&path).map_err(|source| net::TlsError::Io { path, source })
+    };
+    let mut identity = read(TlsMaterial::CLIENT_CERT)?;
+    identity.extend(read(TlsMaterial::CLIENT_KEY)?);
+    let agent_tls = notify::AgentTls {
+        identity_pem: Arc::new(identity),
+    };
     let verifier = Verifier {
         store,
         policies: Arc::new(PolicyRegistry::with_metrics(runtime, metrics.clone())),
@@ -222,18 +234,12 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         modules: Arc::default(),
         sessions: Arc::default(),
         tokens: Arc::default(),
+        agent_tls: agent_tls.clone(),
     };
-    let read = |file: &str| {
-        let path = tls.path(file);
-        std::fs::read(&path).map_err(|source| net::TlsError::Io { path, source })
-    };
-    let mut identity = read(TlsMaterial::CLIENT_CERT)?;
-    identity.extend(read(TlsMaterial::CLIENT_KEY)?);
+    push::attestations::fail_interrupted(&verifier);
     let poller = poller::spawn(
         verifier.clone(),
-        poller::AgentTls {
-            identity_pem: Arc::new(identity),
-        },
+        agent_tls,
         poller::Retries {
             max: config.max_retries,
             interval: config.retry_interval,

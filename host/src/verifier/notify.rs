@@ -9,7 +9,87 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
+use super::severity::Verdict;
+use super::{Verifier, VerifierConfig};
 use crate::store::VerifierAgent;
+
+/// How the verifier reaches agents: its client identity (PEM certificate and key).
+#[derive(Clone)]
+pub struct AgentTls {
+    pub identity_pem: Arc<Vec<u8>>,
+}
+
+/// A client for one agent: our identity, and trust in exactly its enrolled `mtls_cert`.
+pub fn agent_client(
+    tls: &AgentTls,
+    config: &VerifierConfig,
+    agent: &VerifierAgent,
+) -> Result<reqwest::Client, String> {
+    let pem = agent.mtls_cert.as_deref().ok_or("no mtls_cert enrolled")?;
+    crate::net::pinned::agent_client(pem, &tls.identity_pem, config.request_timeout)
+        .map_err(|e| e.to_string())
+}
+
+use super::poller::{CURRENT_AGENT_VERSION, base_url};
+
+/// if one is set.
+pub async fn send(
+    verifier: Verifier,
+    tls: AgentTls,
+    failed: VerifierAgent,
+    kind: &'static str,
+    verdict: Verdict,
+) {
+    let message = match revocation(
+        &failed,
+        kind,
+        &verdict.event.event_id,
+        &verdict.label,
+        &verdict.event.context,
+        &asctime_now(),
+    ) {
+        Ok(m) => m,
+        Err(why) => {
+            tracing::warn!(agent_id = %failed.agent_id, %why, "cannot sign the revocation message");
+            return;
+        }
+    };
+    if let Some(url) = &verifier.config.revocation_webhook {
+        match reqwest::Client::builder()
+            .no_proxy()
+            .timeout(verifier.config.request_timeout)
+            .build()
+        {
+            Ok(client) => match client.post(url).json(&message).send().await {
+                Ok(r) if r.status().is_success() => {
+                    tracing::info!(agent_id = %failed.agent_id, kind, "notification sent to the webhook")
+                }
+                Ok(r) => tracing::warn!(status = %r.status(), "the revocation webhook refused the message"),
+                Err(e) => tracing::warn!(error = %e, "the revocation webhook is unreachable"),
+            },
+            Err(e) => tracing::warn!(error = %e, "no HTTP client for the webhook"),
+        }
+    }
+    let store = verifier.store.clone();
+    let Ok(Ok(agents)) = tokio::task::spawn_blocking(move || store.agents()).await else {
+        return;
+    };
+    for agent in agents {
+        let Ok(client) = agent_client(&tls, &verifier.config, &agent) else {
+            continue;
+        };
+        let version = agent
+            .supported_version
+            .as_deref()
+            .unwrap_or(CURRENT_AGENT_VERSION);
+        let url = format!("{}/v{version}/notifications/revocation", base_url(&agent));
+        if let Err(e) = client.post(url).json(&message).send().await {
+            tracing::warn!(agent_id = %agent.agent_id, error = %e, "revocation not delivered");
+        }
+    }
+}
 
 fn pem_der(pem: &str) -> Option<Vec<u8>> {
     x509_parser::pem::parse_x509_pem(pem.as_bytes())

@@ -20,6 +20,15 @@ pub const DEFAULT_RUNTIME_MODULE: &str = "builtin:keylime-runtime";
 /// Keylime's empty runtime policy (generator 1), used when an agent is enrolled with `""`.
 pub const EMPTY_RUNTIME_POLICY: &str = r#"{"meta": {"version": 1, "generator": 1}, "release": 0, "digests": {}, "excludes": [], "keyrings": {}, "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null}, "ima-buf": {}, "verification-keys": ""}"#;
 
+/// Whether a runtime policy record asks for IMA to be judged: every record but Keylime's
+/// empty policy under the default component. Decided from the record, not from the
+/// document's `meta.generator`, so documents for uploaded components are judged too.
+pub fn judges_ima(record: &PolicyRecord) -> bool {
+    record.document.is_some()
+        && !(record.module == DEFAULT_RUNTIME_MODULE
+            && record.checksum == sha256_hex(EMPTY_RUNTIME_POLICY.as_bytes()))
+}
+
 /// Longest policy name accepted (Keylime's column is VARCHAR(255)).
 const MAX_NAME: usize = 255;
 

@@ -378,7 +378,7 @@ fn status(
         "failures": agent
             .last_failures
             .iter()
-            .map(|(id, context)| json!({"type": id, "context": context}))
+            .map(crate::store::StoredFailure::to_json)
             .collect::<Vec<_>>(),
     })
 }
@@ -395,7 +395,7 @@ fn agent_status(
         verifier,
         agent,
         mb.is_some_and(|p| p.document.is_some()),
-        runtime.is_some_and(|p| p.generator > 1),
+        runtime.is_some_and(|p| super::policies::judges_ima(&p)),
     ))
 }
 
@@ -509,7 +509,9 @@ async fn delete_agent(
     caller.require_admin()?;
     let id = AgentId::parse(&id)?;
     let agent_id = id.to_string();
+    let forget = agent_id.clone();
     if blocking(&verifier, "deleting agent", move |s| s.delete_agent(&agent_id)).await? {
+        verifier.tokens.forget_agent(&forget);
         tracing::info!(agent_id = %id, "agent deleted");
         Ok(Envelope::empty())
     } else {
@@ -541,6 +543,8 @@ async fn set_state(verifier: &Verifier, id: &str, to: i64) -> ApiResult {
             agent.last_event_id = None;
             agent.polls_after_failure = false;
         }
+        // A round judged meanwhile must not undo this.
+        agent.revision = crate::store::verifier::new_revision();
         store.update_agent(&agent, &[])
     })
     .await?;

@@ -133,7 +133,10 @@ impl SeverityPolicy {
             event: event.clone(),
             level: level as i64,
             label: self.labels[level].clone(),
-            stops: level == self.max() || failures.iter().any(|f| irrecoverable(&f.event_id)),
+            stops: level == self.max()
+                || failures
+                    .iter()
+                    .any(|f| !f.recoverable || irrecoverable(&f.event_id)),
         })
     }
 }
@@ -150,10 +153,7 @@ mod tests {
     use serde_json::json;
 
     fn failure(id: &str) -> Failure {
-        Failure {
-            event_id: id.into(),
-            context: json!({}),
-        }
+        Failure::new(id, json!({}))
     }
 
     #[test]

@@ -196,18 +196,32 @@ fn u64_le(c: &mut Cursor<'_>) -> Option<u64> {
     Some(u64::from_le_bytes(c.take(8, "u64").ok()?.try_into().ok()?))
 }
 
-fn variable(data: &[u8]) -> Option<UefiVariable> {
+/// UEFI_VARIABLE_DATA split into its GUID, UTF-16 name bytes and VariableData; bytes after
+/// VariableData are ignored (as decoding ignores them).
+fn variable_parts(data: &[u8]) -> Option<(Guid, &[u8], &[u8])> {
     let mut c = Cursor::new(data);
     let guid = Guid::read(&mut c)?;
     let name_len = usize::try_from(u64_le(&mut c)?).ok()?;
     let data_len = usize::try_from(u64_le(&mut c)?).ok()?;
-    let name = utf16(c.take(name_len.checked_mul(2)?, "variable name").ok()?);
-    let value = c.take(data_len, "variable data").ok()?.to_vec();
-    let decoded = variable_data(&name, &value);
+    let name = c.take(name_len.checked_mul(2)?, "variable name").ok()?;
+    let value = c.take(data_len, "variable data").ok()?;
+    Some((guid, name, value))
+}
+
+/// The VariableData of a UEFI_VARIABLE_DATA: what some firmware measures alone for
+/// EV_EFI_VARIABLE_BOOT(2) events.
+pub(super) fn variable_value(data: &[u8]) -> Option<&[u8]> {
+    variable_parts(data).map(|(_, _, value)| value)
+}
+
+fn variable(data: &[u8]) -> Option<UefiVariable> {
+    let (guid, name, value) = variable_parts(data)?;
+    let name = utf16(name);
+    let decoded = variable_data(&name, value);
     Some(UefiVariable {
         guid,
         name,
-        data: value,
+        data: value.to_vec(),
         decoded,
     })
 }

@@ -5,8 +5,6 @@
 //! asynchronously through the one attestation pipeline. Admins read records with
 //! `GET …/attestations`, `…/latest` and `…/{n}`.
 
-use std::collections::BTreeSet;
-
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use axum::Json;
 use axum::body::Bytes;
@@ -21,18 +19,18 @@ use super::PushError;
 use super::auth::authenticate;
 use crate::api::{AgentId, Caller};
 use crate::clock::{parse_rfc3339, rfc3339_micros, unix_micros_now, unix_now};
-use crate::evidence::ima::ImaPosition;
 use crate::evidence::{HashAlg, KeyParams, PublicArea, Quote};
-use crate::store::{DEFAULT_TENANT, PolicyKind, PolicyRecord, PushAttestation, VerifierAgent};
-use crate::tpm::AttestationKey;
+use crate::store::verifier::state;
+use crate::store::{PolicyKind, PolicyRecord, PushAttestation, VerifierAgent};
 use crate::verifier::Verifier;
-use crate::verifier::modules::resolve;
+use crate::verifier::notify;
 use crate::verifier::pipeline::{
-    AttestationInput, Failure, ImaInput, attest, parse_tpm_policy, stored_source,
+    Evidence, Expectations, Failure, ImaList, Outcome, RoundResult, apply, evaluate, parse_tpm_policy,
+    required_pcrs,
 };
+use crate::verifier::policies::judges_ima;
 
 const JSON_API: &str = "application/vnd.api+json";
-const MEASURED_BOOT_PCRS: [u8; 15] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15];
 
 fn invalid(detail: impl Into<String>) -> PushError {
     PushError::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
@@ -127,8 +125,8 @@ fn enrolled_ak(agent: &VerifierAgent) -> Result<(Vec<u8>, PublicArea), PushError
     Ok((bytes, public))
 }
 
-/// The policies an agent is judged by (a runtime policy only when it is not Keylime's
-/// empty one; a refstate only when it has a document).
+/// The policies an agent is judged by (a runtime policy unless it is Keylime's empty one
+/// under the default component; a refstate only when it has a document).
 ///
 /// `with_documents: false` reads only what the records say, not the documents themselves.
 fn policies(
@@ -145,7 +143,7 @@ fn policies(
     };
     let runtime = read(PolicyKind::Runtime, &agent.runtime_policy)
         .map_err(internal)?
-        .filter(|r| r.generator > 1 && r.document.is_some());
+        .filter(judges_ima);
     let mb = read(PolicyKind::MeasuredBoot, &agent.mb_policy)
         .map_err(internal)?
         .filter(|r| r.document.is_some());
@@ -167,18 +165,9 @@ fn choose(
     let (ak_bytes, ak) = enrolled_ak(agent)?;
     let (runtime, mb) = policies(verifier, agent, false)?;
     let tpm_policy = parse_tpm_policy(&agent.tpm_policy).map_err(invalid)?;
-    let mut required: BTreeSet<u8> = tpm_policy
-        .iter()
-        .filter(|(_, accepted)| !accepted.is_empty())
-        .map(|(pcr, _)| *pcr)
+    let required: Vec<u32> = required_pcrs(&tpm_policy, runtime.is_some(), mb.is_some(), false)
+        .into_iter()
         .collect();
-    if runtime.is_some() {
-        required.insert(10);
-    }
-    if mb.is_some() {
-        required.extend(MEASURED_BOOT_PCRS);
-    }
-    let required: Vec<u8> = required.into_iter().collect();
 
     let find = |class: &str, kind: &str| {
         offered
@@ -343,7 +332,7 @@ fn resource(prefix: &str, agent_id: &str, a: &PushAttestation) -> Value {
         attributes["failures"] = json!(
             a.failures
                 .iter()
-                .map(|(id, context)| json!({"type": id, "context": context}))
+                .map(crate::store::StoredFailure::to_json)
                 .collect::<Vec<_>>()
         );
     }
@@ -393,6 +382,7 @@ fn create_blocking(
         .map_err(internal)?
         .filter(|a| a.push)
         .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "agent not found"))?;
+    refuse_stopped(&agent)?;
     let now = unix_micros_now();
     if let Some(latest) = verifier.store.attestation(&agent_id, None).map_err(internal)? {
         if latest.stage == "evaluating_evidence" {
@@ -458,6 +448,17 @@ fn create_blocking(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
+/// An agent the operator stopped (`PUT …/stop`) is not attested until reactivated.
+fn refuse_stopped(agent: &VerifierAgent) -> Result<(), PushError> {
+    if matches!(agent.operational_state, state::TENANT_FAILED | state::TERMINATED) {
+        return Err(PushError::new(
+            StatusCode::FORBIDDEN,
+            "agent_stopped: the operator stopped attestation of this agent; it resumes after reactivation",
+        ));
+    }
+    Ok(())
+}
+
 /// Binary evidence fields come as base64 or hex.
 fn binary(value: &Value, pointer: &str) -> Result<Vec<u8>, PushError> {
     let text = value
@@ -481,18 +482,19 @@ pub async fn submit(
     let v = verifier.clone();
     let outcome =
         tokio::task::spawn_blocking(move || submit_blocking(&v, &id, &which, &headers, &body)).await;
-    let (agent_id, session_id, record) = match outcome {
+    let (agent, session_id, record) = match outcome {
         Ok(Ok(accepted)) => accepted,
         Ok(Err(e)) => return e.into_response(),
         Err(e) => return internal(e).into_response(),
     };
+    let agent_id = agent.agent_id.clone();
     let reply = json!({
         "data": resource(prefix, &agent_id, &record),
         "meta": {"seconds_to_next_attestation": verifier.config.quote_interval.ceil() as u64},
         "links": {"self": path},
         "jsonapi": {"version": "1.1"},
     });
-    tokio::task::spawn_blocking(move || verify(&verifier, &agent_id, &session_id, record));
+    tokio::task::spawn_blocking(move || verify(&verifier, agent, &session_id, record));
     (StatusCode::ACCEPTED, Json(reply)).into_response()
 }
 
@@ -502,10 +504,18 @@ fn submit_blocking(
     which: &str,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(String, String, PushAttestation), PushError> {
+) -> Result<(VerifierAgent, String, PushAttestation), PushError> {
     require_json_api(headers)?;
     let agent_id = agent_id(id)?;
     let session_id = authenticate(verifier, headers, &agent_id)?;
+    // The verdict is written back only to this record of the agent (see `verify`).
+    let agent = verifier
+        .store
+        .agent(&agent_id)
+        .map_err(internal)?
+        .filter(|a| a.push)
+        .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "agent not found"))?;
+    refuse_stopped(&agent)?;
     let not_found = || PushError::new(StatusCode::NOT_FOUND, "attestation not found");
     let latest = verifier
         .store
@@ -599,25 +609,41 @@ fn submit_blocking(
         .store
         .update_attestation(&agent_id, &record)
         .map_err(internal)?;
-    Ok((agent_id, session_id, record))
+    Ok((agent, session_id, record))
 }
 
-/// Judges submitted evidence and records the verdict on the attestation and the agent.
-fn verify(verifier: &Verifier, agent_id: &str, session_id: &str, mut record: PushAttestation) {
-    let Ok(Some(mut agent)) = verifier.store.agent(agent_id) else {
-        return;
-    };
-    let (failures, next) = match judge(verifier, &agent, &record) {
-        Ok(outcome) => outcome,
-        Err(why) => (
-            vec![Failure {
-                event_id: "qoute_validation.invalid_data".into(),
-                context: json!({"message": why}),
-            }],
-            None,
-        ),
-    };
-    let now = unix_now();
+/// Judges submitted evidence and records the verdict on the attestation and on the agent
+/// as it was when the evidence came (`agent`): a stop, delete or re-enrolment meanwhile
+/// wins. A panic while judging is a failure, never an attestation left evaluating.
+fn verify(verifier: &Verifier, agent: VerifierAgent, session_id: &str, record: PushAttestation) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(verifier, &agent, &record)))
+        .unwrap_or_else(|_| Outcome {
+            failures: vec![Failure::internal("panic", "evaluating the evidence panicked")],
+            ..Outcome::default()
+        });
+    conclude(verifier, agent, Some(session_id), record, outcome);
+}
+
+/// Applies a judged outcome to the agent and its attestation record, and notifies the
+/// webhook when the severity rose.
+fn conclude(
+    verifier: &Verifier,
+    mut agent: VerifierAgent,
+    session_id: Option<&str>,
+    mut record: PushAttestation,
+    outcome: Outcome,
+) {
+    let agent_id = agent.agent_id.clone();
+    let from_state = agent.operational_state;
+    let mut outcome = outcome;
+    if outcome.rebooted {
+        // The verifier asks for the whole list after a new boot, so this is not that.
+        outcome.failures.push(Failure::quote(
+            "invalid_ima_entry_nb",
+            "a new boot, but the IMA list does not start at entry 0",
+        ));
+    }
+    let ima_offset = record.ima_offset.unwrap_or(0);
     record.stage = "verification_complete".into();
     record.verified_at = Some(unix_micros_now());
     let waited = record
@@ -625,141 +651,164 @@ fn verify(verifier: &Verifier, agent_id: &str, session_id: &str, mut record: Pus
         .zip(record.evidence_received_at)
         .map(|(done, received)| done.saturating_sub(received))
         .unwrap_or(0);
-    verifier.record_verdict("push", std::time::Duration::from_micros(waited), &failures);
-    agent.last_received_quote = now;
-    if failures.is_empty() {
-        record.evaluation = "pass".into();
-        agent.last_attestation_passed = true;
-        if let Some((position, state)) = next {
-            record.ima_entries = position.next_entry.saturating_sub(record.ima_offset.unwrap_or(0));
-            agent.next_ima_ml_entry = position.next_entry;
-            agent.pcr10 = Some(hex::encode(&position.pcr10));
-            agent.boottime = Some(record.boot_time);
-            agent.ima_policy_state = state.map(|s| B64.encode(s));
+    let result = apply(&verifier.config, &mut agent, outcome, unix_now());
+    let failures = match &result {
+        RoundResult::Fail { failures, .. } => failures.as_slice(),
+        _ => &[],
+    };
+    verifier.record_verdict("push", std::time::Duration::from_micros(waited), failures);
+    match &result {
+        RoundResult::Pass | RoundResult::Rebooted => {
+            record.evaluation = "pass".into();
+            record.ima_entries = agent.next_ima_ml_entry.saturating_sub(ima_offset);
         }
-        agent.attestation_count += 1;
-        agent.last_successful_attestation = now;
-        if agent.consecutive_attestation_failures == 0 || verifier.config.auto_recover_attestation_failures {
-            agent.consecutive_attestation_failures = 0;
-            agent.last_failures.clear();
-        }
-        let expires = now + verifier.config.session_lifetime.as_secs();
-        if verifier.store.extend_session(session_id, expires).is_ok() {
-            verifier.tokens.extend(session_id, expires);
-        }
-    } else {
-        tracing::warn!(%agent_id, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "push attestation failed");
-        record.evaluation = "fail".into();
-        agent.last_attestation_passed = false;
-        let broken = failures.iter().any(|f| {
-            f.event_id.starts_with("qoute_validation.")
-                || f.event_id == "ima.pcr_mismatch"
-                || f.event_id.starts_with("measured_boot.invalid_pcr_")
-                || f.event_id.ends_with("missing_pcrs")
-        });
-        record.failure_reason = Some(
-            if broken {
-                "broken_evidence_chain"
-            } else {
-                "policy_violation"
+        RoundResult::Fail { failures, notify, .. } => {
+            tracing::warn!(%agent_id, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "push attestation failed");
+            record.evaluation = "fail".into();
+            let broken = failures.iter().any(|f| {
+                f.event_id.starts_with("qoute_validation.")
+                    || f.event_id == "ima.pcr_mismatch"
+                    || f.event_id.starts_with("measured_boot.invalid_pcr_")
+                    || f.event_id == "measured_boot.invalid_event_data"
+                    || f.event_id.ends_with("missing_pcrs")
+                    || f.event_id.starts_with("pcr_validation.unused_pcr_")
+            });
+            record.failure_reason = Some(
+                if broken {
+                    "broken_evidence_chain"
+                } else {
+                    "policy_violation"
+                }
+                .into(),
+            );
+            record.failures = failures.iter().map(Failure::stored).collect();
+            if let (Some(verdict), Ok(runtime)) = (notify, tokio::runtime::Handle::try_current()) {
+                runtime.spawn(notify::send(
+                    verifier.clone(),
+                    verifier.agent_tls.clone(),
+                    agent.clone(),
+                    "revocation",
+                    verdict.clone(),
+                ));
             }
-            .into(),
-        );
-        record.failures = failures
-            .iter()
-            .map(|f| (f.event_id.clone(), f.context.clone()))
-            .collect();
-        agent.consecutive_attestation_failures += 1;
-        agent.last_event_id = failures.first().map(|f| f.event_id.clone());
-        agent.last_failures = record.failures.clone();
-        // Keylime restarts IMA from the first entry after a failure.
-        agent.next_ima_ml_entry = 0;
-        agent.pcr10 = None;
-        agent.ima_policy_state = None;
+        }
     }
-    if let Err(e) = verifier.store.update_attestation(agent_id, &record) {
+    match verifier.store.save_round(&agent, from_state) {
+        Ok(true) => {
+            if matches!(result, RoundResult::Pass)
+                && let Some(session_id) = session_id
+            {
+                let expires = unix_now() + verifier.config.session_lifetime.as_secs();
+                if verifier.store.extend_session(session_id, expires).is_ok() {
+                    verifier.tokens.extend(session_id, expires);
+                }
+            }
+        }
+        Ok(false) => {
+            tracing::info!(%agent_id, "the agent changed while its evidence was judged: its record keeps the operator's change")
+        }
+        Err(e) => tracing::error!(error = %e, "storing a push agent"),
+    }
+    // The attestation is history either way, unless it is no longer the one judged (the
+    // agent was deleted and enrolled again meanwhile).
+    let same = verifier
+        .store
+        .attestation(&agent_id, Some(record.index))
+        .ok()
+        .flatten()
+        .is_some_and(|a| a.capabilities_received_at == record.capabilities_received_at);
+    if same && let Err(e) = verifier.store.update_attestation(&agent_id, &record) {
         tracing::error!(error = %e, "storing a push verdict");
-    }
-    if let Err(e) = verifier.store.update_agent(&agent, &[]) {
-        tracing::error!(error = %e, "storing a push agent");
     }
 }
 
-type Judged = (Vec<Failure>, Option<(ImaPosition, Option<Vec<u8>>)>);
+/// At start-up: attestations a crash left evaluating are failed, so that their agents are
+/// not answered 503 forever.
+pub fn fail_interrupted(verifier: &Verifier) {
+    let Ok(agents) = verifier.store.agents() else {
+        tracing::error!("cannot list agents to fail interrupted attestations");
+        return;
+    };
+    for agent in agents.into_iter().filter(|a| a.push) {
+        let Ok(Some(record)) = verifier.store.attestation(&agent.agent_id, None) else {
+            continue;
+        };
+        if record.stage != "evaluating_evidence" {
+            continue;
+        }
+        tracing::warn!(agent_id = %agent.agent_id, index = record.index, "failing an attestation interrupted by a stop of the verifier");
+        let outcome = Outcome {
+            failures: vec![Failure::internal(
+                "interrupted",
+                "the verifier stopped while judging this evidence",
+            )],
+            ..Outcome::default()
+        };
+        conclude(verifier, agent, None, record, outcome);
+    }
+}
 
-fn judge(verifier: &Verifier, agent: &VerifierAgent, record: &PushAttestation) -> Result<Judged, String> {
+/// The evidence of a push attestation, as requested and submitted.
+fn push_evidence(record: &PushAttestation) -> Result<Evidence, Failure> {
     let item = |kind: &str| record.evidence.iter().find(|e| e["evidence_type"] == kind);
-    let quote_item = item("tpm_quote").ok_or("no quote")?;
-    let field = |name: &str| binary(&quote_item["data"][name], name).map_err(|e| e.detail);
+    let invalid = |why: String| Failure::quote("invalid_data", why);
+    let quote_item = item("tpm_quote").ok_or_else(|| invalid("no quote".into()))?;
+    let field = |name: &str| binary(&quote_item["data"][name], name).map_err(|e| invalid(e.detail));
     let quote_text = format!(
         "r{}:{}:{}",
         B64.encode(field("message")?),
         B64.encode(field("signature")?),
         B64.encode(field("subject_data")?)
     );
-    let quote = Quote::from_keylime_string(&quote_text).map_err(|e| e.to_string())?;
-    let (_, ak) = enrolled_ak(agent).map_err(|e| e.detail)?;
-    let ak = AttestationKey::new(ak);
+    let quote = Quote::from_keylime_string(&quote_text)
+        .map_err(|e| Failure::quote("quote_validation", e.to_string()))?;
     let hash = quote_item["chosen_parameters"]["hash_algorithm"]
         .as_str()
         .and_then(HashAlg::from_name)
-        .ok_or("no hash algorithm")?;
-    let challenge = B64.decode(&record.challenge).map_err(|e| e.to_string())?;
-    let tpm_policy = parse_tpm_policy(&agent.tpm_policy)?;
-    let (runtime, mb) = policies(verifier, agent, true).map_err(|e| e.detail)?;
-    let runtime_module = runtime
-        .as_ref()
-        .and_then(|r| resolve(verifier, PolicyKind::Runtime, &r.module).ok());
-    let mb_module = mb
-        .as_ref()
-        .and_then(|r| resolve(verifier, PolicyKind::MeasuredBoot, &r.module).ok());
-    let ima_text = item("ima_log").and_then(|e| e["data"]["entries"].as_str());
-    let uefi = item("uefi_log").and_then(|e| binary(&e["data"]["entries"], "entries").ok());
-    let offset = record.ima_offset.unwrap_or(0);
-    let from = match (&agent.pcr10, offset) {
-        (Some(pcr10), o) if o > 0 => ImaPosition {
-            next_entry: o,
-            pcr10: hex::decode(pcr10).map_err(|e| e.to_string())?,
-        },
-        _ => ImaPosition::start(hash),
+        .ok_or_else(|| invalid("no hash algorithm".into()))?;
+    let nonce = B64
+        .decode(&record.challenge)
+        .map_err(|e| Failure::internal("record", format!("the stored challenge: {e}")))?;
+    let ima = item("ima_log")
+        .map(|e| {
+            e["data"]["entries"]
+                .as_str()
+                .map(|text| ImaList {
+                    text: text.to_owned(),
+                    offset: record.ima_offset.unwrap_or(0),
+                })
+                .ok_or_else(|| invalid("the IMA entries are not text".into()))
+        })
+        .transpose()?;
+    let boot_log = item("uefi_log").map(|e| {
+        binary(&e["data"]["entries"], "entries")
+            .map_err(|e| Failure::message("measured_boot.parser.log.base64decode", e.detail))
+    });
+    let boot_time = (!record.system_info["boot_time"].is_null()).then_some(record.boot_time);
+    Ok(Evidence {
+        quote,
+        hash,
+        nonce,
+        boot_time,
+        ima,
+        boot_log,
+        pubkey: None,
+    })
+}
+
+fn judge(verifier: &Verifier, agent: &VerifierAgent, record: &PushAttestation) -> Outcome {
+    let failed = |failure| Outcome {
+        failures: vec![failure],
+        ..Outcome::default()
     };
-    let prior_state = if offset > 0 {
-        agent.ima_policy_state.as_deref().and_then(|s| B64.decode(s).ok())
-    } else {
-        None
+    let expect = match Expectations::of(verifier, agent) {
+        Ok(e) => e,
+        Err(f) => return failed(f),
     };
-    let runtime_input = runtime
-        .as_ref()
-        .zip(runtime_module.as_deref())
-        .and_then(|(record, module)| stored_source(record, module))
-        .zip(ima_text)
-        .map(|(policy, list)| ImaInput {
-            policy,
-            list,
-            from,
-            start_offset: offset,
-            prior_state,
-        });
-    let mb_input = mb
-        .as_ref()
-        .zip(mb_module.as_deref())
-        .and_then(|(record, module)| stored_source(record, module))
-        .zip(uefi.as_deref());
-    let outcome = attest(
-        &verifier.policies,
-        &AttestationInput {
-            tenant: DEFAULT_TENANT,
-            quote: &quote,
-            ak: &ak,
-            nonce: &challenge,
-            hash,
-            tpm_policy: &tpm_policy,
-            runtime: runtime_input,
-            measured_boot: mb_input,
-        },
-    );
-    let next = outcome.ima_next.map(|p| (p, outcome.ima_state));
-    Ok((outcome.failures, next))
+    match push_evidence(record) {
+        Ok(evidence) => evaluate(&verifier.policies, &expect, &evidence),
+        Err(f) => failed(f),
+    }
 }
 
 /// Admin reads: `GET …/attestations`, `…/latest`, `…/{n}`.

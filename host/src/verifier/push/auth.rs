@@ -38,6 +38,13 @@ impl TokenCache {
         }
     }
 
+    /// A deleted agent's tokens stop working at once.
+    pub fn forget_agent(&self, agent_id: &str) {
+        if let Ok(mut known) = self.0.lock() {
+            known.retain(|_, k| k.agent_id != agent_id);
+        }
+    }
+
     /// A passing attestation extends its session.
     pub fn extend(&self, session_id: &str, expires_at: u64) {
         if let Ok(mut known) = self.0.lock()

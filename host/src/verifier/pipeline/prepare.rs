@@ -1,0 +1,198 @@
+//! Step 1: what a round needs, from the agent's record; and the evidence a round judges,
+//! in one shape whichever way it arrived.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::evaluate::{MEASURED_BOOT_PCRS, parse_tpm_policy};
+use super::failure::Failure;
+use crate::evidence::ima::{ImaPosition, ImaState};
+use crate::evidence::{HashAlg, PublicArea, Quote};
+use crate::policy::PolicySource;
+use crate::store::{DEFAULT_TENANT, PolicyKind, PolicyRecord, VerifierAgent};
+use crate::tpm::AttestationKey;
+use crate::verifier::Verifier;
+use crate::verifier::modules::{ModuleBytes, resolve};
+use crate::verifier::policies::judges_ima;
+
+/// PCR 10: IMA.
+pub const IMA_PCR: u32 = 10;
+/// PCR 16: the pull agent's NK key binding.
+pub const KEY_PCR: u32 = 16;
+
+/// A policy a round must apply: its record (with document) and its component's bytes.
+pub struct PolicyInUse {
+    pub record: PolicyRecord,
+    pub module: ModuleBytes,
+}
+
+impl PolicyInUse {
+    /// The document with its component, known by the record's module and checksum.
+    pub fn source(&self) -> Option<PolicySource<'_>> {
+        let document = self.record.document.as_deref()?;
+        Some(
+            PolicySource::new(&self.record.name, &self.module, document)
+                .known_as(&self.record.module, &self.record.checksum),
+        )
+    }
+}
+
+/// What the verifier holds about an agent and therefore demands of its evidence.
+pub struct Expectations {
+    pub tenant: String,
+    /// The AK the registrar activated (never one the agent offers now).
+    pub ak: AttestationKey,
+    /// `tpm_policy`: PCR → accepted lowercase hex values.
+    pub tpm_policy: BTreeMap<u8, Vec<String>>,
+    pub runtime: Option<PolicyInUse>,
+    pub measured_boot: Option<PolicyInUse>,
+    /// Pull mode: PCR 16 must bind the agent's NK key.
+    pub bind_key: bool,
+    /// The NK key PCR 16 proved last (pull).
+    pub known_key: Option<String>,
+    /// Where the last verified IMA replay stopped, and in which boot.
+    pub ima: Option<ImaState>,
+    pub ima_policy_state: Option<Vec<u8>>,
+    pub mb_policy_state: Option<Vec<u8>>,
+    /// The boot time of the last verified round.
+    pub last_boot_time: Option<u64>,
+    /// The last verified TPM clock reading: (clock, resetCount, restartCount).
+    pub last_clock: Option<(u64, u32, u32)>,
+    /// No attestation of this agent has passed yet.
+    pub first_attestation: bool,
+}
+
+fn policy_in_use(verifier: &Verifier, kind: PolicyKind, name: &str) -> Result<Option<PolicyInUse>, Failure> {
+    let record = verifier
+        .store
+        .policy(kind, name)
+        .map_err(|e| Failure::internal("store", format!("reading {} policy '{name}': {e}", kind.name())))?
+        .ok_or_else(|| {
+            Failure::internal(
+                "store",
+                format!("the agent's {} policy '{name}' does not exist", kind.name()),
+            )
+        })?;
+    let applies = match kind {
+        PolicyKind::Runtime => judges_ima(&record),
+        PolicyKind::MeasuredBoot => record.document.is_some(),
+    };
+    if !applies {
+        return Ok(None);
+    }
+    let module = resolve(verifier, kind, &record.module).map_err(|e| {
+        Failure::internal(
+            "module",
+            format!("the {} component '{}': {}", kind.name(), record.module, e.message),
+        )
+    })?;
+    Ok(Some(PolicyInUse { record, module }))
+}
+
+fn decode_state(state: Option<&str>, what: &str) -> Result<Option<Vec<u8>>, Failure> {
+    state
+        .map(|s| B64.decode(s))
+        .transpose()
+        .map_err(|e| Failure::internal("record", format!("the stored {what} state: {e}")))
+}
+
+impl Expectations {
+    /// Reads what the agent's record demands: its policies and components from the store,
+    /// its AK, its saved IMA position and clock.
+    pub fn of(verifier: &Verifier, agent: &VerifierAgent) -> Result<Self, Failure> {
+        let ak = B64
+            .decode(&agent.ak_tpm)
+            .ok()
+            .and_then(|b| PublicArea::from_tpm2b(&b).ok())
+            .map(AttestationKey::new)
+            .ok_or_else(|| Failure::internal("record", "the enrolled ak_tpm does not parse"))?;
+        let tpm_policy = parse_tpm_policy(&agent.tpm_policy)
+            .map_err(|e| Failure::message("pcr_validation.invalid_tpm_policy", e).irrecoverable())?;
+        let ima = match (&agent.pcr10, agent.boottime) {
+            (Some(pcr10), Some(boot_time)) => Some(ImaState {
+                position: ImaPosition {
+                    next_entry: agent.next_ima_ml_entry,
+                    pcr10: hex::decode(pcr10)
+                        .map_err(|e| Failure::internal("record", format!("the stored PCR 10: {e}")))?,
+                },
+                boot_time,
+            }),
+            _ => None,
+        };
+        Ok(Self {
+            tenant: DEFAULT_TENANT.to_owned(),
+            ak,
+            tpm_policy,
+            runtime: policy_in_use(verifier, PolicyKind::Runtime, &agent.runtime_policy)?,
+            measured_boot: policy_in_use(verifier, PolicyKind::MeasuredBoot, &agent.mb_policy)?,
+            bind_key: !agent.push,
+            known_key: agent.public_key.clone(),
+            ima,
+            ima_policy_state: decode_state(agent.ima_policy_state.as_deref(), "runtime policy")?,
+            mb_policy_state: decode_state(agent.mb_policy_state.as_deref(), "measured-boot policy")?,
+            last_boot_time: agent.boottime,
+            last_clock: agent.tpm_clock,
+            first_attestation: agent.attestation_count == 0,
+        })
+    }
+
+    /// Every PCR the quote must carry.
+    pub fn required_pcrs(&self) -> BTreeSet<u32> {
+        required_pcrs(
+            &self.tpm_policy,
+            self.runtime.is_some(),
+            self.measured_boot.is_some(),
+            self.bind_key,
+        )
+    }
+}
+
+/// Every PCR a quote must carry: the `tpm_policy` PCRs with values, 10 with a runtime
+/// policy, the boot PCRs with a refstate, 16 when the NK key is bound (pull mode).
+pub fn required_pcrs(
+    tpm_policy: &BTreeMap<u8, Vec<String>>,
+    runtime: bool,
+    measured_boot: bool,
+    bind_key: bool,
+) -> BTreeSet<u32> {
+    let mut pcrs: BTreeSet<u32> = tpm_policy
+        .iter()
+        .filter(|(_, accepted)| !accepted.is_empty())
+        .map(|(pcr, _)| u32::from(*pcr))
+        .collect();
+    if runtime {
+        pcrs.insert(IMA_PCR);
+    }
+    if measured_boot {
+        pcrs.extend(MEASURED_BOOT_PCRS);
+    }
+    if bind_key {
+        pcrs.insert(KEY_PCR);
+    }
+    pcrs
+}
+
+/// An IMA list as the agent sent it: the text from entry `offset` on.
+pub struct ImaList {
+    pub text: String,
+    pub offset: u64,
+}
+
+/// The evidence of one round, whichever way it arrived.
+pub struct Evidence {
+    pub quote: Quote,
+    /// The bank the quote's PCRs are read from.
+    pub hash: HashAlg,
+    /// What the quote's extraData must be.
+    pub nonce: Vec<u8>,
+    /// The boot time the agent reports (pull: `boottime`, 0 when absent as in Keylime;
+    /// push: `system_info.boot_time`).
+    pub boot_time: Option<u64>,
+    pub ima: Option<ImaList>,
+    /// The UEFI log, or why it could not be decoded.
+    pub boot_log: Option<Result<Vec<u8>, Failure>>,
+    /// Pull: the NK key the agent claims (bound in PCR 16).
+    pub pubkey: Option<String>,
+}
