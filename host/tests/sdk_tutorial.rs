@@ -78,6 +78,19 @@ fn zest_policy_test(dir: &Path, policy: &Path) -> (bool, String) {
     )
 }
 
+/// The log at `path` with the SecureBoot variable's value flipped to on.
+fn forge_secure_boot(path: &Path) -> Vec<u8> {
+    use zest::evidence::uefi::{EventData, EventLog};
+    let mut log = EventLog::parse(&std::fs::read(path).unwrap()).unwrap();
+    let event = log
+        .events
+        .iter_mut()
+        .find(|e| matches!(e.decode(), EventData::Variable(v) if v.name == "SecureBoot"))
+        .unwrap();
+    *event.data.last_mut().unwrap() ^= 1;
+    log.encode()
+}
+
 #[test]
 fn the_sdk_tutorial_works_as_written() {
     let readme = std::fs::read_to_string(repo().join("sdk/README.md")).unwrap();
@@ -123,6 +136,18 @@ fn the_sdk_tutorial_works_as_written() {
         "{out}"
     );
     assert!(out.contains("relevant PCRs [7, 8]"), "{out}");
+
+    // A forged log: Secure Boot's data flipped to on, its digests left alone (so the PCRs
+    // still replay). The policy alone would now pass; the host's data check fails it.
+    let forged_path = crate_dir.join("forged.log");
+    std::fs::write(&forged_path, forge_secure_boot(&crate_dir.join("boot.log"))).unwrap();
+    std::fs::rename(crate_dir.join("boot.log"), crate_dir.join("genuine.log")).unwrap();
+    std::fs::rename(&forged_path, crate_dir.join("boot.log")).unwrap();
+    let (ok, out) = zest_policy_test(&crate_dir, Path::new("policy.json"));
+    assert!(!ok, "{out}");
+    assert!(out.contains("measured_boot.invalid_event_data"), "{out}");
+    assert!(!out.contains("Secure Boot is not enabled"), "{out}");
+    std::fs::rename(crate_dir.join("genuine.log"), crate_dir.join("boot.log")).unwrap();
 
     let relaxed = crate_dir.join("relaxed.json");
     std::fs::write(

@@ -125,10 +125,14 @@ impl TestAgent {
         Ok(())
     }
 
-    /// Reboots the machine: the TPM is power-cycled through swtpm's control channel
+    /// Reboots the machine: the TPM is shut down and power-cycled through swtpm's control channel
     /// (resetCount advances, PCRs start over), started again, and the EK and the same AK
     /// are loaded again.
     pub fn reboot(&mut self, tpm: &Swtpm) -> anyhow::Result<()> {
+        // An orderly shutdown, as the OS does: the TPM's clock stays `safe`.
+        self.ctx
+            .shutdown(tss_esapi::constants::StartupType::Clear)
+            .context("TPM2_Shutdown")?;
         let out = std::process::Command::new("swtpm_ioctl")
             .args(["--tcp", &format!("127.0.0.1:{}", tpm.port + 1), "-i"])
             .output()

@@ -310,9 +310,15 @@ impl PullAgent {
     }
 
     /// Reboots: with `genuine`, the TPM is power-cycled (resetCount advances, PCRs start
-    /// over), PCR 16 binds the key again, the IMA list starts over; either way the agent
-    /// reports a new boot time (without `genuine`, that is all: a forged reboot claim).
-    pub fn reboot(&self, tpm: &crate::swtpm::Swtpm, genuine: bool) -> anyhow::Result<()> {
+    /// over), PCR 16 binds the key again, the IMA list starts over with `measured` (path,
+    /// file digest) before any quote sees it; either way the agent reports a new boot time
+    /// (without `genuine`, that is all: a forged reboot claim).
+    pub fn reboot(
+        &self,
+        tpm: &crate::swtpm::Swtpm,
+        genuine: bool,
+        measured: &[(&str, Vec<u8>)],
+    ) -> anyhow::Result<()> {
         let mut s = self.state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         s.boottime += 60;
         if genuine {
@@ -321,6 +327,16 @@ impl PullAgent {
             s.agent.pcr_extend(16, &pcr16_digests(&key))?;
             s.log = ImaLog::default();
             s.boot_log = None;
+            for (path, digest) in measured {
+                let ext = s.log.add_ima_ng(path, digest);
+                s.agent.pcr_extend(
+                    10,
+                    &[
+                        (HashingAlgorithm::Sha256, ext.sha256),
+                        (HashingAlgorithm::Sha1, ext.sha1),
+                    ],
+                )?;
+            }
         }
         Ok(())
     }

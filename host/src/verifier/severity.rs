@@ -123,7 +123,12 @@ impl SeverityPolicy {
     pub fn judge(&self, failures: &[Failure]) -> Option<Verdict> {
         let mut highest: Option<(usize, &Failure)> = None;
         for failure in failures {
-            let level = self.level(&failure.event_id);
+            // Keylime forces irrecoverable events to the highest label.
+            let level = if !failure.recoverable || irrecoverable(&failure.event_id) {
+                self.max()
+            } else {
+                self.level(&failure.event_id)
+            };
             if highest.is_none_or(|(h, _)| level > h) {
                 highest = Some((level, failure));
             }
@@ -133,10 +138,7 @@ impl SeverityPolicy {
             event: event.clone(),
             level: level as i64,
             label: self.labels[level].clone(),
-            stops: level == self.max()
-                || failures
-                    .iter()
-                    .any(|f| !f.recoverable || irrecoverable(&f.event_id)),
+            stops: level == self.max(),
         })
     }
 }

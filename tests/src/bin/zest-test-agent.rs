@@ -13,14 +13,16 @@
 //! Options: `--uuid ID`, `--ek rsa|p384`, `--port P` (9002), `--verifier-ca FILE` (the CA
 //! whose clients may ask for quotes; with `--data-dir DIR`, DIR/cv_ca/cacert.crt),
 //! `--write-policy FILE` (a Keylime runtime policy allowing what the agent measured),
-//! `--tamper-after SECONDS` (then measure a file no policy allows).
+//! `--tamper-after SECONDS` (then measure a file no policy allows), `--like-keylime-agent`
+//! (serve what Keylime's `keylime_agent` 0.2.9 serves: its self-signed certificate, serial 0,
+//! only a SAN, a self-signature that does not verify; quote replies without `boottime`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::Value;
-use zest_tests::pull_agent::PullAgent;
+use zest_tests::pull_agent::{PullAgent, PullOptions};
 use zest_tests::server::{register_and_activate, send_json};
 use zest_tests::{AkKind, EkCa, EkKind, Swtpm, TestAgent};
 
@@ -57,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
     let mut port = 9002u16;
     let mut write_policy: Option<PathBuf> = None;
     let mut tamper_after: Option<f64> = None;
+    let mut like_keylime_agent = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
@@ -71,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
                 verifier_ca = Some(dir.join("cv_ca").join("cacert.crt"));
             }
             "--serve" => serve = true,
+            "--like-keylime-agent" => like_keylime_agent = true,
             "--port" => port = value()?.parse().context("--port takes a port number")?,
             "--write-policy" => write_policy = Some(PathBuf::from(value()?)),
             "--tamper-after" => {
@@ -127,9 +131,13 @@ async fn main() -> anyhow::Result<()> {
     // The NK: its public key is bound into PCR 16 and sent with the first quote.
     let nk = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).context("generating the NK key")?;
     let bind = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let pull = PullAgent::start_on(agent, nk.public_key_pem(), &verifier_ca, bind)
+    let options = PullOptions {
+        keylime_certificate: like_keylime_agent,
+    };
+    let pull = PullAgent::start_with(agent, nk.public_key_pem(), &verifier_ca, bind, options)
         .await
         .with_context(|| format!("serving on {bind}"))?;
+    pull.set(|s| s.omit_boottime = like_keylime_agent);
     // With the NK private key the agent can open U and V, rebuild K and read a payload.
     if let Ok(mut state) = pull.state.lock() {
         state.nk_private = Some(nk.serialize_der());

@@ -77,7 +77,7 @@ fn policy_in_use(verifier: &Verifier, kind: PolicyKind, name: &str) -> Result<Op
         })?;
     let applies = match kind {
         PolicyKind::Runtime => judges_ima(&record),
-        PolicyKind::MeasuredBoot => record.document.is_some(),
+        PolicyKind::MeasuredBoot => judges_boot(&record),
     };
     if !applies {
         return Ok(None);
@@ -89,6 +89,18 @@ fn policy_in_use(verifier: &Verifier, kind: PolicyKind, name: &str) -> Result<Op
         )
     })?;
     Ok(Some(PolicyInUse { record, module }))
+}
+
+/// Whether a refstate record asks for the boot log to be judged: any document, except
+/// Keylime's `{}` under a built-in component (Keylime then checks neither the replay nor the
+/// policy).
+fn judges_boot(record: &PolicyRecord) -> bool {
+    let Some(document) = record.document.as_deref() else {
+        return false;
+    };
+    let empty = serde_json::from_slice::<serde_json::Value>(document)
+        .is_ok_and(|v| v.as_object().is_some_and(|o| o.is_empty()));
+    !(empty && record.module.starts_with("builtin:"))
 }
 
 fn decode_state(state: Option<&str>, what: &str) -> Result<Option<Vec<u8>>, Failure> {

@@ -1,5 +1,8 @@
 //! A measured-boot policy whose reference state picks how it misbehaves in `evaluate`:
-//! `loop`, `alloc`, `trap`, `recurse`, `huge`, or `ok`; `load-fail` fails at load.
+//! `loop`, `alloc`, `trap`, `recurse`, `huge`, or `ok`; `load-fail` fails at load. Two
+//! modes check the host's side of the contract: `count` keeps a counter in its state blob
+//! and fails when it reaches 3 (or when `first-attestation` disagrees with the state it
+//! got); `irrecoverable` fails with an irrecoverable failure about event 1.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -27,13 +30,20 @@ fn recurse(depth: u64, limit: u64) -> u64 {
 
 impl Guest for Hostile {
     fn load(document: Vec<u8>) -> Result<(), LoadError> {
-        let mode = match document.as_slice() {
+        // The mode as raw text, or as a JSON string (refstates reach the verifier as JSON).
+        let text = document
+            .strip_prefix(b"\"")
+            .and_then(|d| d.strip_suffix(b"\""))
+            .unwrap_or(&document);
+        let mode = match text {
             b"ok" => 0,
             b"loop" => 1,
             b"alloc" => 2,
             b"trap" => 3,
             b"recurse" => 4,
             b"huge" => 5,
+            b"count" => 6,
+            b"irrecoverable" => 7,
             b"load-fail" => return Err(LoadError::Schema("this policy refuses its document".into())),
             _ => return Err(LoadError::InvalidJson("unknown mode".into())),
         };
@@ -78,6 +88,48 @@ impl Guest for Hostile {
                         entry: None,
                     })
                     .collect(),
+                state: None,
+            },
+            6 => {
+                let count = log
+                    .prior_state
+                    .as_deref()
+                    .and_then(|s| <[u8; 8]>::try_from(s).ok())
+                    .map_or(0, u64::from_le_bytes)
+                    + 1;
+                let mut failures = Vec::new();
+                if log.first_attestation != log.prior_state.is_none() {
+                    failures.push(Failure {
+                        event_id: "measured_boot.hostile.state_mismatch".into(),
+                        context: format!(
+                            "{{\"first_attestation\": {}, \"prior_state\": {}}}",
+                            log.first_attestation,
+                            log.prior_state.is_some()
+                        ),
+                        recoverable: true,
+                        entry: None,
+                    });
+                }
+                if count >= 3 {
+                    failures.push(Failure {
+                        event_id: "measured_boot.hostile.count_reached".into(),
+                        context: format!("{{\"count\": {count}}}"),
+                        recoverable: true,
+                        entry: None,
+                    });
+                }
+                Verdict {
+                    failures,
+                    state: Some(count.to_le_bytes().to_vec()),
+                }
+            }
+            7 => Verdict {
+                failures: vec![Failure {
+                    event_id: "measured_boot.hostile.irrecoverable".into(),
+                    context: "{}".into(),
+                    recoverable: false,
+                    entry: Some(1),
+                }],
                 state: None,
             },
             _ => Verdict {
