@@ -67,3 +67,58 @@ impl QuoteReply {
         })
     }
 }
+
+/// One item of a push agent's `evidence_collected` (keylime-api.md §6.3).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CollectedEvidence {
+    pub evidence_class: String,
+    pub evidence_type: String,
+    /// Kept as sent: it is stored and echoed in the attestation record.
+    pub data: Value,
+}
+
+/// `data` of a `tpm_quote` item: TPMS_ATTEST, TPMT_SIGNATURE and the PCR values, each as
+/// base64 (or hex).
+#[derive(Debug, Deserialize)]
+pub struct TpmQuoteData {
+    pub message: String,
+    pub signature: String,
+    pub subject_data: String,
+}
+
+/// `data` of a log item: `entries`, base64 (or hex) of a UEFI log, or IMA text.
+#[derive(Debug, Deserialize)]
+pub struct LogData {
+    pub entries: String,
+}
+
+/// Binary evidence fields come as base64 or hex.
+pub fn binary(text: &str) -> Option<Vec<u8>> {
+    B64.decode(text).ok().or_else(|| hex::decode(text).ok())
+}
+
+impl TpmQuoteData {
+    pub fn parse(data: &Value) -> Result<Self, String> {
+        Self::deserialize(data).map_err(|e| e.to_string())
+    }
+
+    /// The quote in Keylime's `r<attest>:<sig>:<pcrs>` form; `Err` names the field that is
+    /// neither base64 nor hex.
+    pub fn quote(&self) -> Result<Quote, String> {
+        let field =
+            |name: &str, text: &str| binary(text).ok_or_else(|| format!("{name} is neither base64 nor hex"));
+        let text = format!(
+            "r{}:{}:{}",
+            B64.encode(field("message", &self.message)?),
+            B64.encode(field("signature", &self.signature)?),
+            B64.encode(field("subject_data", &self.subject_data)?)
+        );
+        Quote::from_keylime_string(&text).map_err(|e| e.to_string())
+    }
+}
+
+impl LogData {
+    pub fn parse(data: &Value) -> Result<Self, String> {
+        Self::deserialize(data).map_err(|e| e.to_string())
+    }
+}

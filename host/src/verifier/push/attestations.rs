@@ -13,13 +13,14 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::PushError;
 use super::auth::authenticate;
 use crate::api::{AgentId, Caller};
 use crate::clock::{parse_rfc3339, rfc3339_micros, unix_micros_now, unix_now};
-use crate::evidence::{HashAlg, KeyParams, PublicArea, Quote};
+use crate::evidence::{HashAlg, KeyParams, PublicArea};
 use crate::store::verifier::state;
 use crate::store::{PolicyKind, PolicyRecord, PushAttestation, VerifierAgent};
 use crate::verifier::Verifier;
@@ -29,6 +30,7 @@ use crate::verifier::pipeline::{
     required_pcrs,
 };
 use crate::verifier::policies::judges_ima;
+use crate::verifier::wire::{CollectedEvidence, LogData, TpmQuoteData, binary};
 
 const JSON_API: &str = "application/vnd.api+json";
 
@@ -459,16 +461,6 @@ fn refuse_stopped(agent: &VerifierAgent) -> Result<(), PushError> {
     Ok(())
 }
 
-/// Binary evidence fields come as base64 or hex.
-fn binary(value: &Value, pointer: &str) -> Result<Vec<u8>, PushError> {
-    let text = value
-        .as_str()
-        .ok_or_else(|| invalid(format!("{pointer} is required")))?;
-    B64.decode(text)
-        .or_else(|_| hex::decode(text))
-        .map_err(|_| invalid(format!("{pointer} is neither base64 nor hex")))
-}
-
 /// `PATCH /v3[.0]/agents/{id}/attestations/{n|latest}`: the evidence; 202, verdict later.
 pub async fn submit(
     State(verifier): State<Verifier>,
@@ -546,9 +538,11 @@ fn submit_blocking(
         return Err(PushError::new(StatusCode::FORBIDDEN, "challenges_expired"));
     }
     let attributes = attributes(body)?;
-    let collected = attributes
+    let collected: Vec<CollectedEvidence> = attributes
         .get("evidence_collected")
-        .and_then(Value::as_array)
+        .map(Vec::<CollectedEvidence>::deserialize)
+        .transpose()
+        .map_err(|e| invalid(format!("/data/attributes/evidence_collected: {e}")))?
         .ok_or_else(|| {
             PushError::new(
                 StatusCode::BAD_REQUEST,
@@ -564,44 +558,45 @@ fn submit_blocking(
     }
     for (i, (asked, sent)) in record.evidence.iter_mut().zip(collected).enumerate() {
         let pointer = format!("/data/attributes/evidence_collected/{i}");
-        if asked["evidence_class"] != sent["evidence_class"]
-            || asked["evidence_type"] != sent["evidence_type"]
+        if asked["evidence_class"] != sent.evidence_class.as_str()
+            || asked["evidence_type"] != sent.evidence_type.as_str()
         {
             return Err(invalid(format!(
                 "{pointer}: expected {} {}",
                 asked["evidence_class"], asked["evidence_type"]
             )));
         }
-        let data = &sent["data"];
-        match asked["evidence_type"].as_str() {
-            Some("tpm_quote") => {
-                for field in ["message", "signature", "subject_data"] {
-                    binary(&data[field], &format!("{pointer}/data/{field}"))?;
-                }
+        let bad = |e: String| invalid(format!("{pointer}/data: {e}"));
+        match sent.evidence_type.as_str() {
+            "tpm_quote" => {
+                TpmQuoteData::parse(&sent.data)
+                    .and_then(|q| q.quote())
+                    .map_err(bad)?;
             }
-            Some("uefi_log") => {
-                binary(&data["entries"], &format!("{pointer}/data/entries"))?;
+            "uefi_log" => {
+                let log = LogData::parse(&sent.data).map_err(bad)?;
+                binary(&log.entries)
+                    .ok_or_else(|| invalid(format!("{pointer}/data/entries is neither base64 nor hex")))?;
             }
-            Some("ima_log") => {
-                let entries = data["entries"]
-                    .as_str()
-                    .ok_or_else(|| invalid(format!("{pointer}/data/entries must be text")))?;
+            "ima_log" => {
+                let log = LogData::parse(&sent.data)
+                    .map_err(|_| invalid(format!("{pointer}/data/entries must be text")))?;
                 // At least what the agent said it had when it offered, from the offset on.
                 let offered = asked["capabilities"]["entry_count"].as_u64().unwrap_or(0);
                 let from = asked["chosen_parameters"]["starting_offset"]
                     .as_u64()
                     .unwrap_or(0);
                 let needed = offered.saturating_sub(from);
-                let sent = entries.bytes().filter(|b| *b == b'\n').count() as u64;
-                if sent < needed {
+                let count = log.entries.bytes().filter(|b| *b == b'\n').count() as u64;
+                if count < needed {
                     return Err(invalid(format!(
-                        "{pointer}/data/entries must contain at least {needed} entries, {sent} were sent"
+                        "{pointer}/data/entries must contain at least {needed} entries, {count} were sent"
                     )));
                 }
             }
             _ => return Err(invalid(format!("{pointer}: unknown evidence"))),
         }
-        asked["data"] = data.clone();
+        asked["data"] = sent.data;
     }
     record.stage = "evaluating_evidence".into();
     record.evidence_received_at = Some(now);
@@ -753,15 +748,10 @@ fn push_evidence(record: &PushAttestation) -> Result<Evidence, Failure> {
     let item = |kind: &str| record.evidence.iter().find(|e| e["evidence_type"] == kind);
     let invalid = |why: String| Failure::quote("invalid_data", why);
     let quote_item = item("tpm_quote").ok_or_else(|| invalid("no quote".into()))?;
-    let field = |name: &str| binary(&quote_item["data"][name], name).map_err(|e| invalid(e.detail));
-    let quote_text = format!(
-        "r{}:{}:{}",
-        B64.encode(field("message")?),
-        B64.encode(field("signature")?),
-        B64.encode(field("subject_data")?)
-    );
-    let quote = Quote::from_keylime_string(&quote_text)
-        .map_err(|e| Failure::quote("quote_validation", e.to_string()))?;
+    let quote = TpmQuoteData::parse(&quote_item["data"])
+        .map_err(invalid)?
+        .quote()
+        .map_err(|e| Failure::quote("quote_validation", e))?;
     let hash = quote_item["chosen_parameters"]["hash_algorithm"]
         .as_str()
         .and_then(HashAlg::from_name)
@@ -771,18 +761,21 @@ fn push_evidence(record: &PushAttestation) -> Result<Evidence, Failure> {
         .map_err(|e| Failure::internal("record", format!("the stored challenge: {e}")))?;
     let ima = item("ima_log")
         .map(|e| {
-            e["data"]["entries"]
-                .as_str()
-                .map(|text| ImaList {
-                    text: text.to_owned(),
+            LogData::parse(&e["data"])
+                .map(|log| ImaList {
+                    text: log.entries,
                     offset: record.ima_offset.unwrap_or(0),
                 })
-                .ok_or_else(|| invalid("the IMA entries are not text".into()))
+                .map_err(|e| invalid(format!("the IMA entries: {e}")))
         })
         .transpose()?;
     let boot_log = item("uefi_log").map(|e| {
-        binary(&e["data"]["entries"], "entries")
-            .map_err(|e| Failure::message("measured_boot.parser.log.base64decode", e.detail))
+        LogData::parse(&e["data"])
+            .map_err(|e| format!("the UEFI log: {e}"))
+            .and_then(|log| {
+                binary(&log.entries).ok_or_else(|| "the UEFI log is neither base64 nor hex".to_owned())
+            })
+            .map_err(|why| Failure::message("measured_boot.parser.log.base64decode", why))
     });
     let boot_time = (!record.system_info["boot_time"].is_null()).then_some(record.boot_time);
     Ok(Evidence {
