@@ -12,6 +12,7 @@ pub mod process;
 pub mod pull_agent;
 pub mod pull_env;
 pub mod push_agent;
+pub mod push_env;
 pub mod server;
 pub mod swtpm;
 

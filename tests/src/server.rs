@@ -20,6 +20,8 @@ pub struct RegistrarOptions {
     pub require_ek_cert: bool,
     /// PEM files copied into the EK CA store before start.
     pub trusted_ek_cas: Vec<PathBuf>,
+    /// How long a registration waits for its activation.
+    pub registration_timeout: std::time::Duration,
 }
 
 impl Default for RegistrarOptions {
@@ -27,6 +29,18 @@ impl Default for RegistrarOptions {
         Self {
             require_ek_cert: true,
             trusted_ek_cas: Vec::new(),
+            registration_timeout: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+impl RegistrarOptions {
+    /// EK certificates checked against the swtpm test CA.
+    pub fn trusting_swtpm_ca() -> Self {
+        let ca = crate::swtpm::EkCa::shared();
+        Self {
+            trusted_ek_cas: vec![ca.root_pem(), ca.intermediate_pem()],
+            ..Self::default()
         }
     }
 }
@@ -50,6 +64,7 @@ impl TestRegistrar {
         config.port = 0;
         config.tls_port = 0;
         config.require_ek_cert = options.require_ek_cert;
+        config.registration_timeout = options.registration_timeout;
         std::fs::create_dir_all(&config.tpm_cert_store)?;
         for (i, ca) in options.trusted_ek_cas.iter().enumerate() {
             std::fs::copy(ca, config.tpm_cert_store.join(format!("ca{i}.pem")))
@@ -69,12 +84,7 @@ impl TestRegistrar {
     /// A registrar that checks EK certificates and trusts the swtpm test CA (root and
     /// intermediate in its store).
     pub async fn trusting_swtpm_ca() -> anyhow::Result<Self> {
-        let ca = crate::swtpm::EkCa::shared();
-        Self::start(RegistrarOptions {
-            require_ek_cert: true,
-            trusted_ek_cas: vec![ca.root_pem(), ca.intermediate_pem()],
-        })
-        .await
+        Self::start(RegistrarOptions::trusting_swtpm_ca()).await
     }
 
     /// Plain HTTP client (the agents' transport).

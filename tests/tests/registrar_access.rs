@@ -146,6 +146,7 @@ async fn ek_certificate_must_chain_to_the_store() {
     let root_only = TestRegistrar::start(RegistrarOptions {
         require_ek_cert: true,
         trusted_ek_cas: vec![ca.root_pem()],
+        ..RegistrarOptions::default()
     })
     .await
     .unwrap();
@@ -177,6 +178,7 @@ async fn expired_ek_certificate_is_refused() {
     let registrar = TestRegistrar::start(RegistrarOptions {
         require_ek_cert: true,
         trusted_ek_cas: vec![issuer.ca_pem()],
+        ..RegistrarOptions::default()
     })
     .await
     .unwrap();
@@ -206,6 +208,7 @@ async fn without_ek_checks_an_agent_without_certificate_registers() {
     let registrar = TestRegistrar::start(RegistrarOptions {
         require_ek_cert: false,
         trusted_ek_cas: vec![],
+        ..RegistrarOptions::default()
     })
     .await
     .unwrap();

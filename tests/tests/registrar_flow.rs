@@ -65,6 +65,7 @@ async fn ecc_p256_ek_with_certificate_from_another_ca_registers() {
     let registrar = TestRegistrar::start(RegistrarOptions {
         require_ek_cert: true,
         trusted_ek_cas: vec![issuer.ca_pem()],
+        ..RegistrarOptions::default()
     })
     .await
     .unwrap();
@@ -387,4 +388,104 @@ where
         out.push(h.await.unwrap());
     }
     out
+}
+
+/// A PEM certificate an attacker would pin for itself.
+fn attacker_certificate() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    rcgen::CertificateParams::new(vec!["attacker".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .pem()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_registration_without_activation_leaves_the_agents_contact_data_unchanged() {
+    let tpm = Swtpm::start().unwrap();
+    let registrar = TestRegistrar::trusting_swtpm_ca().await.unwrap();
+    let mut agent = TestAgent::new(&tpm, UUID, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    registrar.register_and_activate(&mut agent, "2.6").await.unwrap();
+    let admin = registrar.admin_client().unwrap();
+    let shown = || async {
+        let (_, body) = send_json(admin.get(format!("{}/v2.6/agents/{UUID}", registrar.https)))
+            .await
+            .unwrap();
+        body["results"].clone()
+    };
+    let before = shown().await;
+
+    // The EK, its certificate and the AK are public: anyone can send them again, over plain
+    // HTTP, with their own address and certificate.
+    let mut hijack = agent.registration_body();
+    hijack["ip"] = "192.0.2.66".into();
+    hijack["port"] = 6666.into();
+    hijack["mtls_cert"] = attacker_certificate().into();
+    let client = registrar.plain_client();
+    let url = format!("{}/v2.6/agents/{UUID}", registrar.http);
+    let (status, _) = send_json(client.post(&url).json(&hijack)).await.unwrap();
+    assert_eq!(status, 200, "a renewal is accepted, but waits for its activation");
+    // Without the TPM, the attacker cannot open the credential: a guessed tag is refused.
+    let (status, _) = send_json(
+        client
+            .put(&url)
+            .json(&serde_json::json!({"auth_tag": "00".repeat(48)})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 400);
+    let after = shown().await;
+    for field in ["ip", "port", "mtls_cert", "aik_tpm", "regcount"] {
+        assert_eq!(after[field], before[field], "{field} changed: {after}");
+    }
+
+    // The agent's own renewal, activated with its TPM, does move it.
+    let mut moved = agent.registration_body();
+    moved["port"] = 9010.into();
+    let (status, reply) = send_json(client.post(&url).json(&moved)).await.unwrap();
+    assert_eq!(status, 200, "{reply}");
+    let credential = agent
+        .activate_credential(reply["results"]["blob"].as_str().unwrap())
+        .unwrap();
+    let (status, _) = send_json(client.put(&url).json(&agent.activation_body(&credential)))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(shown().await["port"], 9010);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unactivated_registration_expires_and_frees_the_agent_id() {
+    let (squatter_tpm, owner_tpm) = (Swtpm::start().unwrap(), Swtpm::start().unwrap());
+    let registrar = TestRegistrar::start(RegistrarOptions {
+        registration_timeout: std::time::Duration::from_secs(1),
+        ..RegistrarOptions::trusting_swtpm_ca()
+    })
+    .await
+    .unwrap();
+    // Someone registers the id first and never activates it.
+    let squatter = TestAgent::new(&squatter_tpm, UUID, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    let client = registrar.plain_client();
+    let url = format!("{}/v2.6/agents/{UUID}", registrar.http);
+    let (status, _) = send_json(client.post(&url).json(&squatter.registration_body()))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let mut owner = TestAgent::new(&owner_tpm, UUID, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    let (status, _) = send_json(client.post(&url).json(&owner.registration_body()))
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "within its time the registration holds the id");
+    // Once the squatter's registration has expired, the owner registers and activates.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if registrar.register_and_activate(&mut owner, "2.6").await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the squatted id never came free"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -215,6 +215,7 @@ fn registrar_config(eff: &Effective, data_dir: &DataDir) -> anyhow::Result<Regis
         config.tpm_cert_store = PathBuf::from(store);
     }
     config.require_ek_cert = eff.parsed("zest", "require_ek_cert", keylime::parse_bool)?;
+    config.registration_timeout = eff.parsed("zest", "registration_timeout", seconds)?;
     Ok(config)
 }
 
@@ -237,6 +238,9 @@ struct RegistrarArgs {
     /// (`[zest] require_ek_cert = False`).
     #[arg(long, env = "ZEST_NO_EK_CERT_CHECK")]
     no_ek_cert_check: bool,
+    /// Seconds a registration waits for its activation (`[zest] registration_timeout`, 600).
+    #[arg(long, env = "ZEST_REGISTRATION_TIMEOUT")]
+    registration_timeout: Option<f64>,
 }
 
 /// Loads `service`'s files and environment, then lays the flags given in `matches` over them.

@@ -212,6 +212,12 @@ pub const REGISTRAR_OPTIONS: &[OptionSpec] = &[
     opt("zest", "data_dir", Some("data_dir"), super::DEFAULT_DATA_DIR),
     opt("zest", "tpm_cert_store", Some("tpm_cert_store"), ""),
     opt("zest", "require_ek_cert", Some("no_ek_cert_check"), "True"),
+    opt(
+        "zest",
+        "registration_timeout",
+        Some("registration_timeout"),
+        "600",
+    ),
     opt("zest", "log_format", Some("log_format"), "text"),
 ];
 

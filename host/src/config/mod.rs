@@ -48,6 +48,10 @@ pub struct RegistrarConfig {
     /// Check EK certificates at registration: a certificate is required, must carry the
     /// EK's key and must chain to the store. Keylime leaves this to its tenant.
     pub require_ek_cert: bool,
+    /// `[zest] registration_timeout`: how long a registration waits for its activation.
+    /// Until then a re-registration of an active agent changes nothing it serves; after
+    /// it, an unactivated registration no longer holds the agent id.
+    pub registration_timeout: std::time::Duration,
 }
 
 impl RegistrarConfig {
@@ -59,6 +63,7 @@ impl RegistrarConfig {
             tls_port: 8891,
             tpm_cert_store: data_dir.tpm_cert_store(),
             require_ek_cert: true,
+            registration_timeout: std::time::Duration::from_secs(600),
         }
     }
 }

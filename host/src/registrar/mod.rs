@@ -29,6 +29,15 @@ pub struct Registrar {
     pub ek_trust_dir: Option<Arc<std::path::Path>>,
     /// Counters served at `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// How long a registration may wait for its activation.
+    pub registration_timeout: std::time::Duration,
+}
+
+impl Registrar {
+    /// Registrations made before this Unix time and not activated count for nothing.
+    pub fn stale_before(&self) -> u64 {
+        crate::clock::unix_now().saturating_sub(self.registration_timeout.as_secs())
+    }
 }
 
 /// Why the registrar could not start.
@@ -107,6 +116,7 @@ pub async fn start(data_dir: &DataDir, config: &RegistrarConfig) -> Result<Regis
         store,
         ek_trust_dir: ek_trust,
         metrics: Arc::default(),
+        registration_timeout: config.registration_timeout,
     });
 
     let http_addr = SocketAddr::new(config.ip, config.port);

@@ -212,7 +212,11 @@ async fn register_checked(reg: Registrar, id: AgentId, body: Map<String, Value>)
         .map_err(|e| ApiError::internal("registration", e))??
     };
     let record = accepted.record;
-    let outcome = blocking(&reg, "storing registration", move |s| s.register(&record)).await?;
+    let stale_before = reg.stale_before();
+    let outcome = blocking(&reg, "storing registration", move |s| {
+        s.register(&record, stale_before)
+    })
+    .await?;
     match outcome {
         RegisterOutcome::IdentityConflict => {
             tracing::warn!(agent_id = %id, "registration refused: the agent id belongs to another TPM");
@@ -260,17 +264,16 @@ async fn activate_checked(reg: Registrar, id: &str, body: &Bytes) -> ApiResult {
     let body = json_object(body)?;
     let tag =
         optional_str(&body, "auth_tag")?.ok_or_else(|| ApiError::bad_request("auth_tag is required"))?;
-    let agent = lookup(&reg, &id).await?;
+    lookup(&reg, &id).await?;
     let presented = auth_tag_digest(tag);
-    // Compare digests in constant time; the reply never repeats the tag or what was expected
-    // (CVE-2023-38201), and a wrong tag changes nothing, so it cannot be used to evict a
-    // registration.
-    let matches =
-        aws_lc_rs::constant_time::verify_slices_are_equal(&presented, &agent.auth_tag_digest).is_ok();
-    let activated = matches && {
+    // The store compares digests of the tag, never the tag; the reply never repeats the tag
+    // or what was expected (CVE-2023-38201), and a wrong tag changes nothing, so it cannot
+    // be used to evict a registration.
+    let stale_before = reg.stale_before();
+    let activated = {
         let agent_id = id.to_string();
         blocking(&reg, "activating agent", move |s| {
-            s.activate(&agent_id, &presented)
+            s.activate(&agent_id, &presented, stale_before)
         })
         .await?
     };

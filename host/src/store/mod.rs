@@ -76,15 +76,19 @@ pub struct RegisteredAgent {
 /// The registrar's records.
 pub trait RegistrarStore: Send + Sync + 'static {
     /// Inserts a new agent, or renews a known one whose EK, EK certificate and AK are
-    /// unchanged; atomically, so two racing registrations cannot both win.
-    fn register(&self, registration: &NewRegistration) -> Result<RegisterOutcome, StoreError>;
+    /// unchanged; atomically, so two racing registrations cannot both win. An active agent's
+    /// renewal is kept aside (its contact data and credential) until activated; an
+    /// unactivated registration from before `stale_before` (Unix seconds) is forgotten first.
+    fn register(&self, registration: &NewRegistration, stale_before: u64) -> Result<RegisterOutcome, StoreError>;
 
     /// The agent with this id, active or not.
     fn registered_agent(&self, agent_id: &str) -> Result<Option<RegisteredAgent>, StoreError>;
 
-    /// Marks the agent active if its expected auth-tag digest is still `auth_tag_digest`
-    /// (a registration in between replaces it). Returns whether it was marked.
-    fn activate(&self, agent_id: &str, auth_tag_digest: &[u8]) -> Result<bool, StoreError>;
+    /// Activates the credential whose auth-tag digest is `auth_tag_digest`: a pending
+    /// renewal's (its contact data then replaces the active one), or the first
+    /// registration's; neither when made before `stale_before` (Unix seconds). Returns
+    /// whether one matched.
+    fn activate(&self, agent_id: &str, auth_tag_digest: &[u8], stale_before: u64) -> Result<bool, StoreError>;
 
     /// Every registered agent id, active or not, in id order.
     fn list_agents(&self) -> Result<Vec<String>, StoreError>;

@@ -109,6 +109,13 @@ const MIGRATIONS: &[&str] = &[
         SELECT tenant, name, module, checksum, generator, document FROM mb_policies;
     DROP TABLE mb_policies;
     ALTER TABLE mb_policies_v6 RENAME TO mb_policies;",
+    // 7: a re-registration of an active agent waits here, beside the active contact data,
+    // until its credential is activated.
+    "ALTER TABLE registrar_agents ADD COLUMN pending_ip TEXT;
+    ALTER TABLE registrar_agents ADD COLUMN pending_port INTEGER;
+    ALTER TABLE registrar_agents ADD COLUMN pending_mtls_cert TEXT;
+    ALTER TABLE registrar_agents ADD COLUMN pending_auth_tag_digest BLOB;
+    ALTER TABLE registrar_agents ADD COLUMN pending_since INTEGER;",
 ];
 
 /// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and
@@ -163,54 +170,96 @@ fn now() -> i64 {
 }
 
 impl RegistrarStore for SqliteStore {
-    fn register(&self, r: &NewRegistration) -> Result<RegisterOutcome, StoreError> {
-        let conn = self.conn()?;
-        let existed: bool = conn
+    fn register(&self, r: &NewRegistration, stale_before: u64) -> Result<RegisterOutcome, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        let stale_before = i64::try_from(stale_before).unwrap_or(i64::MAX);
+        // An unactivated registration past its time holds the id no longer: whoever
+        // registered it (perhaps with someone else's public EK) loses it.
+        let expired = tx.execute(
+            "DELETE FROM registrar_agents WHERE agent_id = ?1 AND active = 0 AND registered_at < ?2",
+            params![r.agent_id, stale_before],
+        )? > 0;
+        let existing: Option<(String, String, Option<String>, bool)> = tx
             .query_row(
-                "SELECT 1 FROM registrar_agents WHERE agent_id = ?1",
+                "SELECT ek_tpm, aik_tpm, ekcert, active FROM registrar_agents WHERE agent_id = ?1",
                 [&r.agent_id],
-                |_| Ok(()),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
             )
-            .optional()?
-            .is_some();
-        // The WHERE clause of the upsert is the identity check, so check and write are one
-        // statement: a concurrent registration with another TPM cannot slip in between.
-        let changed = conn.execute(
-            "INSERT INTO registrar_agents
-                (tenant, agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert, auth_tag_digest,
-                 active, regcount, registered_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, 1, ?10, ?10)
-             ON CONFLICT (agent_id) DO UPDATE SET
-                ekcert = COALESCE(registrar_agents.ekcert, excluded.ekcert),
-                regcount = registrar_agents.regcount
-                    + (registrar_agents.ekcert IS NULL AND excluded.ekcert IS NOT NULL),
-                ip = excluded.ip,
-                port = excluded.port,
-                mtls_cert = excluded.mtls_cert,
-                auth_tag_digest = excluded.auth_tag_digest,
-                updated_at = excluded.updated_at
-             WHERE registrar_agents.ek_tpm = excluded.ek_tpm
-               AND registrar_agents.aik_tpm = excluded.aik_tpm
-               AND (registrar_agents.ekcert IS NULL OR excluded.ekcert IS NULL
-                    OR registrar_agents.ekcert = excluded.ekcert)",
-            params![
-                DEFAULT_TENANT,
-                r.agent_id,
-                r.ek_tpm,
-                r.ekcert,
-                r.aik_tpm,
-                r.ip,
-                r.port,
-                r.mtls_cert,
-                r.auth_tag_digest,
-                now(),
-            ],
-        )?;
-        Ok(match (changed, existed) {
-            (0, _) => RegisterOutcome::IdentityConflict,
-            (_, false) => RegisterOutcome::Created,
-            (_, true) => RegisterOutcome::Renewed,
-        })
+            .optional()?;
+        let outcome = match existing {
+            None => {
+                tx.execute(
+                    "INSERT INTO registrar_agents
+                        (tenant, agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert, auth_tag_digest,
+                         active, regcount, registered_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, 1, ?10, ?10)",
+                    params![
+                        DEFAULT_TENANT,
+                        r.agent_id,
+                        r.ek_tpm,
+                        r.ekcert,
+                        r.aik_tpm,
+                        r.ip,
+                        r.port,
+                        r.mtls_cert,
+                        r.auth_tag_digest,
+                        now(),
+                    ],
+                )?;
+                let _ = expired;
+                RegisterOutcome::Created
+            }
+            Some((ek_tpm, aik_tpm, ekcert, active)) => {
+                let same_tpm = ek_tpm == r.ek_tpm
+                    && aik_tpm == r.aik_tpm
+                    && (ekcert.is_none() || r.ekcert.is_none() || ekcert == r.ekcert);
+                if !same_tpm {
+                    RegisterOutcome::IdentityConflict
+                } else if active {
+                    // The active record keeps its contact data and stays active: the new
+                    // address and certificate wait until the new credential is activated.
+                    tx.execute(
+                        "UPDATE registrar_agents SET
+                            ekcert = COALESCE(ekcert, ?2),
+                            pending_ip = ?3, pending_port = ?4, pending_mtls_cert = ?5,
+                            pending_auth_tag_digest = ?6, pending_since = ?7, updated_at = ?7
+                         WHERE agent_id = ?1",
+                        params![
+                            r.agent_id,
+                            r.ekcert,
+                            r.ip,
+                            r.port,
+                            r.mtls_cert,
+                            r.auth_tag_digest,
+                            now()
+                        ],
+                    )?;
+                    RegisterOutcome::Renewed
+                } else {
+                    tx.execute(
+                        "UPDATE registrar_agents SET
+                            ekcert = COALESCE(ekcert, ?2), ip = ?3, port = ?4, mtls_cert = ?5,
+                            auth_tag_digest = ?6, registered_at = ?7, updated_at = ?7,
+                            pending_ip = NULL, pending_port = NULL, pending_mtls_cert = NULL,
+                            pending_auth_tag_digest = NULL, pending_since = NULL
+                         WHERE agent_id = ?1",
+                        params![
+                            r.agent_id,
+                            r.ekcert,
+                            r.ip,
+                            r.port,
+                            r.mtls_cert,
+                            r.auth_tag_digest,
+                            now()
+                        ],
+                    )?;
+                    RegisterOutcome::Renewed
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
     }
 
     fn registered_agent(&self, agent_id: &str) -> Result<Option<RegisteredAgent>, StoreError> {
@@ -240,12 +289,32 @@ impl RegistrarStore for SqliteStore {
         Ok(agent)
     }
 
-    fn activate(&self, agent_id: &str, auth_tag_digest: &[u8]) -> Result<bool, StoreError> {
+    fn activate(
+        &self,
+        agent_id: &str,
+        auth_tag_digest: &[u8],
+        stale_before: u64,
+    ) -> Result<bool, StoreError> {
         let conn = self.conn()?;
+        let stale_before = i64::try_from(stale_before).unwrap_or(i64::MAX);
+        // A renewal's credential: its contact data becomes the agent's.
+        let renewed = conn.execute(
+            "UPDATE registrar_agents SET
+                ip = pending_ip, port = pending_port, mtls_cert = pending_mtls_cert,
+                auth_tag_digest = pending_auth_tag_digest, active = 1, updated_at = ?3,
+                pending_ip = NULL, pending_port = NULL, pending_mtls_cert = NULL,
+                pending_auth_tag_digest = NULL, pending_since = NULL
+             WHERE agent_id = ?1 AND pending_auth_tag_digest = ?2 AND pending_since >= ?4",
+            params![agent_id, auth_tag_digest, now(), stale_before],
+        )?;
+        if renewed == 1 {
+            return Ok(true);
+        }
+        // The first registration's credential (again, for an agent that is active already).
         let n = conn.execute(
             "UPDATE registrar_agents SET active = 1, updated_at = ?3
-             WHERE agent_id = ?1 AND auth_tag_digest = ?2",
-            params![agent_id, auth_tag_digest, now()],
+             WHERE agent_id = ?1 AND auth_tag_digest = ?2 AND (active = 1 OR registered_at >= ?4)",
+            params![agent_id, auth_tag_digest, now(), stale_before],
         )?;
         Ok(n == 1)
     }
@@ -283,30 +352,58 @@ mod tests {
     }
 
     #[test]
-    fn identity_is_immutable_and_renewal_keeps_the_record() {
+    fn identity_is_immutable_and_a_renewal_waits_for_its_activation() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
         assert_eq!(
-            store.register(&registration("a", "ak1")).unwrap(),
+            store.register(&registration("a", "ak1"), 0).unwrap(),
             RegisterOutcome::Created
         );
-        assert!(store.activate("a", &[1; 32]).unwrap());
+        assert!(store.activate("a", &[1; 32], 0).unwrap());
         let mut again = registration("a", "ak1");
         again.auth_tag_digest = vec![2; 32];
         again.port = Some(9003);
-        assert_eq!(store.register(&again).unwrap(), RegisterOutcome::Renewed);
+        assert_eq!(store.register(&again, 0).unwrap(), RegisterOutcome::Renewed);
         assert_eq!(
-            store.register(&registration("a", "ak2")).unwrap(),
-            RegisterOutcome::IdentityConflict
+            store.register(&registration("a", "ak2"), u64::MAX).unwrap(),
+            RegisterOutcome::IdentityConflict,
+            "an active agent never expires"
         );
+        // Until the renewal is activated, the agent stays active at its old address.
         let stored = store.registered_agent("a").unwrap().unwrap();
         assert_eq!(stored.aik_tpm, "ak1");
+        assert!(stored.active);
+        assert_eq!(stored.port, Some(9002));
+        assert_eq!(stored.auth_tag_digest, vec![1; 32]);
+        assert!(!store.activate("a", &[3; 32], 0).unwrap());
+        assert!(store.activate("a", &[2; 32], 0).unwrap());
+        let stored = store.registered_agent("a").unwrap().unwrap();
         assert_eq!(stored.port, Some(9003));
         assert_eq!(stored.auth_tag_digest, vec![2; 32]);
         assert!(
-            !store.activate("a", &[1; 32]).unwrap(),
-            "old tag must not activate"
+            !store.activate("a", &[1; 32], 0).unwrap(),
+            "the old tag no longer activates"
         );
+    }
+
+    #[test]
+    fn an_unactivated_registration_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("db.sqlite")).unwrap();
+        store.register(&registration("c", "ak1"), 0).unwrap();
+        // Within its time, another TPM cannot take the id.
+        assert_eq!(
+            store.register(&registration("c", "ak2"), 0).unwrap(),
+            RegisterOutcome::IdentityConflict
+        );
+        // Past it, the credential no longer activates and the id is free again.
+        let later = u64::try_from(now()).unwrap() + 10;
+        assert!(!store.activate("c", &[1; 32], later).unwrap());
+        assert_eq!(
+            store.register(&registration("c", "ak2"), later).unwrap(),
+            RegisterOutcome::Created
+        );
+        assert_eq!(store.registered_agent("c").unwrap().unwrap().aik_tpm, "ak2");
     }
 
     #[test]
@@ -315,7 +412,7 @@ mod tests {
         let path = dir.path().join("db.sqlite");
         SqliteStore::open(&path)
             .unwrap()
-            .register(&registration("b", "ak"))
+            .register(&registration("b", "ak"), 0)
             .unwrap();
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.list_agents().unwrap(), vec!["b".to_string()]);

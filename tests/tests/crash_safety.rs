@@ -1,0 +1,218 @@
+//! Crash safety of push mode with a real `zest verifier` process: a SIGKILL while evidence
+//! is being judged leaves no attestation evaluating forever. The restarted verifier fails the
+//! interrupted attestation, and the agent is not told "verification in progress" for good:
+//! its next round starts.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::json;
+use zest::evidence::uefi::EventLog;
+use zest_tests::boot::fedora_bytes;
+use zest_tests::policies::test_component;
+use zest_tests::process::zest_binary;
+use zest_tests::push_agent::PushAgent;
+use zest_tests::push_env::enrol_body;
+use zest_tests::server::{admin_client, anonymous_client, send_json};
+use zest_tests::{AkKind, EkKind, Swtpm, TestAgent};
+
+/// A `zest verifier --mode push` process on `DIR/data`, configured by its flags and a
+/// minimal `DIR/etc/verifier.conf`; killed on drop.
+struct Zest {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for Zest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Zest {
+    /// Starts run `run` of the verifier on `dir` (a fresh port each run; the data stays).
+    async fn start(dir: &Path, run: u32) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.join("etc");
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::write(config.join("verifier.conf"), "[verifier]\nip = 127.0.0.1\n").unwrap();
+        let log = dir.join(format!("zest-{run}.log"));
+        let child = Command::new(zest_binary().unwrap())
+            .arg("--config-dir")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["verifier", "--verifier-port", &port.to_string()])
+            // No pause between rounds: the agent's next round right after the restart is
+            // about the interrupted attestation, not about the quote interval.
+            .args(["--mode", "push", "--quote-interval", "0"])
+            .env("RUST_LOG", "info")
+            .env_remove("ZEST_DATA_DIR")
+            .env_remove("ZEST_CONFIG_DIR")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut zest = Self { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if let Some(status) = zest.child.try_wait().unwrap() {
+                panic!("zest exited ({status}) before listening: {}", zest.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "zest did not listen within 30 s: {}",
+                zest.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        zest
+    }
+
+    /// `https://localhost:PORT`
+    fn https(&self) -> String {
+        format!("https://localhost:{}", self.port)
+    }
+
+    /// `https://localhost:PORT/{path}`
+    fn url(&self, path: &str) -> String {
+        format!("{}/{path}", self.https())
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A crypto-agile boot log of its Spec ID header alone: it parses and replays to the
+/// all-zero PCRs 0–15 of a freshly started swtpm, so the refstate's component is reached.
+fn header_only_boot_log() -> Vec<u8> {
+    let mut log = EventLog::parse(&fedora_bytes()).expect("the Fedora fixture parses");
+    log.events.truncate(1);
+    log.encode()
+}
+
+#[tokio::test]
+async fn a_kill_during_evaluation_fails_the_attestation_at_restart_and_the_agent_attests_again() {
+    let dir = tempfile::Builder::new().prefix("zest-crash-").tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut zest = Zest::start(dir.path(), 1).await;
+    let admin = admin_client(&data).unwrap();
+
+    // A measured-boot component whose `evaluate` spins until the policy deadline (2 s), named
+    // by a refstate: evidence judged with it stays `evaluating_evidence` that long.
+    let (code, reply) = send_json(
+        admin
+            .post(zest.url("v2.6/modules?kind=measured-boot"))
+            .header("content-type", "application/wasm")
+            .body(test_component("hostile")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 201, "{reply}");
+    let module = reply["results"]["module"].as_str().unwrap().to_owned();
+    let (code, reply) = send_json(
+        admin
+            .post(zest.url("v2.6/mbpolicies/spin"))
+            .json(&json!({"mb_policy": "\"loop\"", "module": module})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 201, "{reply}");
+
+    let tpm = Swtpm::start().unwrap();
+    let uuid = "crash-agent";
+    let agent = TestAgent::new(&tpm, uuid, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    let mut body = enrol_body(&agent, r#"{"mask": "0x1"}"#, None);
+    body["mb_policy_name"] = json!("spin");
+    let (code, reply) = send_json(admin.post(zest.url(&format!("v2.6/agents/{uuid}"))).json(&body))
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{reply}");
+    let mut agent = PushAgent::new(agent, &zest.https(), anonymous_client(&data).unwrap(), "rsa");
+    agent.authenticate().await.unwrap();
+
+    // Evidence with a boot log that reaches the spinning component.
+    let (code, location, created) = agent.offer().await.unwrap();
+    assert_eq!(code, 201, "{created}");
+    let location = location.unwrap();
+    let mut evidence = agent
+        .evidence(&created["data"]["attributes"]["evidence_requested"], None)
+        .unwrap();
+    let boot = evidence["data"]["attributes"]["evidence_collected"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|e| e["evidence_type"] == "uefi_log")
+        .unwrap_or_else(|| panic!("the refstate asks for no boot log: {created}"));
+    boot["data"]["entries"] = json!(B64.encode(header_only_boot_log()));
+    let (code, reply) = agent
+        .submit(&format!("{}{location}", zest.https()), &evidence)
+        .await
+        .unwrap();
+    assert_eq!(code, 202, "{reply}");
+    let index: u64 = location.rsplit('/').next().unwrap().parse().unwrap();
+    let record = format!("v3.0/agents/{uuid}/attestations/{index}");
+
+    // Killed while it judges.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, reply) = send_json(admin.get(zest.url(&record))).await.unwrap();
+        assert_eq!(code, 200, "{reply}");
+        let stage = reply["data"]["attributes"]["stage"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if stage == "evaluating_evidence" {
+            break;
+        }
+        assert!(
+            stage != "verification_complete",
+            "judged before the kill could interrupt it: {reply}"
+        );
+        assert!(Instant::now() < deadline, "never evaluating: {reply}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    zest.child.kill().unwrap();
+    let killed = zest.child.wait().unwrap();
+    assert_eq!(killed.signal(), Some(libc::SIGKILL), "{killed}");
+    let first_log = zest.log_text();
+    drop(zest);
+
+    // Started again on the same data: the interrupted attestation is a failure, at once.
+    let zest = Zest::start(dir.path(), 2).await;
+    let (code, reply) = send_json(admin.get(zest.url(&record))).await.unwrap();
+    assert_eq!(code, 200, "{reply}");
+    let attributes = &reply["data"]["attributes"];
+    assert_eq!(
+        (attributes["stage"].as_str(), attributes["evaluation"].as_str()),
+        (Some("verification_complete"), Some("fail")),
+        "{reply}"
+    );
+    assert_eq!(
+        attributes["failures"][0]["type"], "internal.verifier.interrupted",
+        "{reply}\nfirst run's log:\n{first_log}"
+    );
+    let (_, status) = send_json(admin.get(zest.url(&format!("v2.6/agents/{uuid}"))))
+        .await
+        .unwrap();
+    assert_eq!(status["results"]["attestation_status"], "FAIL", "{status}");
+
+    // The agent is not answered 503 "verification in progress": its session survived the
+    // restart and its next round starts.
+    agent.verifier = zest.https();
+    let (code, location, reply) = agent.offer().await.unwrap();
+    assert_eq!(code, 201, "{reply}\n{}", zest.log_text());
+    let next: u64 = location.unwrap().rsplit('/').next().unwrap().parse().unwrap();
+    assert_eq!(next, index + 1);
+}
