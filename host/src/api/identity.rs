@@ -43,6 +43,85 @@ impl fmt::Display for AgentId {
     }
 }
 
+/// The prefix of the subjectAltName URI by which `zest ca` binds a role into a client
+/// certificate: `urn:zest:role:operator`, `urn:zest:role:agent`,
+/// `urn:zest:role:tenant:NAME`.
+pub const ROLE_URI_PREFIX: &str = "urn:zest:role:";
+
+/// What a client certificate may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The operator: every route. Also any client certificate without a role of ours,
+    /// as Keylime's PKI issues them (its tenant's `client-cert.crt`).
+    Operator,
+    /// An agent's certificate: no operator route.
+    Agent,
+    /// A tenant of a shared server.
+    Tenant(String),
+    /// A certificate that is not a client's: a server certificate (serverAuth), a role we
+    /// do not know, or one that does not parse.
+    None,
+}
+
+impl Role {
+    /// The role of a client certificate (DER). A certificate for serverAuth never acts as a
+    /// client, whatever else it allows.
+    pub fn of_certificate(der: &[u8]) -> Self {
+        use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+        let Ok((_, cert)) = X509Certificate::from_der(der) else {
+            return Self::None;
+        };
+        if let Ok(Some(eku)) = cert.extended_key_usage()
+            && eku.value.server_auth
+        {
+            return Self::None;
+        }
+        let uris: Vec<&str> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        GeneralName::URI(uri) => uri.strip_prefix(ROLE_URI_PREFIX),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        match uris.as_slice() {
+            [] => Self::Operator,
+            [one] => Self::from_name(one),
+            // Two roles in one certificate: trust neither.
+            _ => Self::None,
+        }
+    }
+
+    /// A role from its name (`operator`, `agent`, `tenant:NAME`).
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "operator" => Self::Operator,
+            "agent" => Self::Agent,
+            other => match other.strip_prefix("tenant:") {
+                Some(t) if AgentId::parse(t).is_ok() => Self::Tenant(t.to_owned()),
+                _ => Self::None,
+            },
+        }
+    }
+
+    /// The role's name as bound into certificates.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Operator => "operator".into(),
+            Self::Agent => "agent".into(),
+            Self::Tenant(t) => format!("tenant:{t}"),
+            Self::None => "none".into(),
+        }
+    }
+}
+
 /// How the caller reached us: attached to every request by the serving loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
@@ -51,16 +130,23 @@ pub enum Caller {
     /// HTTPS without a client certificate.
     TlsAnonymous,
     /// HTTPS with a client certificate that chains to a trusted client CA; the subject's
-    /// common name is the identity.
-    TlsClient { common_name: String },
+    /// common name names it, its role says what it may do.
+    TlsClient { common_name: String, role: Role },
 }
 
 impl Caller {
-    /// Admin routes need mTLS, as in Keylime: plain HTTP is refused outright and TLS
-    /// without a client certificate is forbidden.
-    pub fn require_admin(&self) -> Result<(), ApiError> {
+    /// Operator routes need mTLS with an operator's certificate: plain HTTP is refused
+    /// outright (as in Keylime), TLS without a client certificate or with another role is
+    /// forbidden.
+    pub fn require_operator(&self) -> Result<(), ApiError> {
         match self {
-            Caller::TlsClient { .. } => Ok(()),
+            Caller::TlsClient {
+                role: Role::Operator, ..
+            } => Ok(()),
+            Caller::TlsClient { role, .. } => Err(ApiError::forbidden(format!(
+                "This route requires an operator's client certificate; this one's role is {}",
+                role.name()
+            ))),
             Caller::Plain => Err(ApiError::bad_request(
                 "This route is only served over HTTPS with a client certificate (mTLS)",
             )),
@@ -68,6 +154,10 @@ impl Caller {
                 "This route requires admin authentication (mTLS client certificate)",
             )),
         }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        self.require_operator()
     }
 }
 

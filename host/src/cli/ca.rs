@@ -33,6 +33,10 @@ pub enum CaCommand {
         /// A client certificate (tenant, operator, Prometheus) instead of a server one.
         #[arg(long)]
         client: bool,
+        /// The client certificate's role: `operator` (every route) or `agent` (no operator
+        /// route). Server certificates carry none: they never pass as clients.
+        #[arg(long, default_value = "operator", requires = "client")]
+        role: String,
         /// The CA directory (DATA_DIR/cv_ca unless given).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -73,6 +77,7 @@ pub fn run(command: CaCommand, data_dir: Option<&Path>) -> anyhow::Result<()> {
             name,
             sans,
             client,
+            role,
             dir,
             out,
         } => {
@@ -85,7 +90,14 @@ pub fn run(command: CaCommand, data_dir: Option<&Path>) -> anyhow::Result<()> {
             }
             let sans = if sans.is_empty() { vec![name.clone()] } else { sans };
             let out = out.unwrap_or_else(|| dir.clone());
-            let usage = if client { Usage::Client } else { Usage::Server };
+            let usage = if client {
+                match crate::api::Role::from_name(&role) {
+                    r @ (crate::api::Role::Operator | crate::api::Role::Agent) => Usage::Client(r),
+                    _ => bail!("--role must be operator or agent, not {role:?}"),
+                }
+            } else {
+                Usage::Server
+            };
             let material = TlsMaterial { dir: dir.clone() };
             let (cert, key) = material
                 .issue(&out, &name, &sans, usage)

@@ -97,6 +97,7 @@ pub async fn serve_tls(listener: TcpListener, config: Arc<rustls::ServerConfig>,
             let caller = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                 Some(cert) => Caller::TlsClient {
                     common_name: common_name(cert.as_ref()),
+                    role: crate::api::Role::of_certificate(cert.as_ref()),
                 },
                 None => Caller::TlsAnonymous,
             };

@@ -40,12 +40,12 @@ pub enum TlsError {
 }
 
 /// What an issued certificate is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Usage {
-    /// A service's certificate (serverAuth and clientAuth, as the verifier uses it both ways).
+    /// A service's certificate: serverAuth only, so it never passes as a client.
     Server,
-    /// A tenant's or operator's client certificate.
-    Client,
+    /// A client certificate with its role bound in (a subjectAltName URI).
+    Client(crate::api::Role),
 }
 
 /// Whether an HTTPS listener asks for client certificates.
@@ -145,11 +145,8 @@ impl TlsMaterial {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        // The verifier presents the server certificate to agents as a client too, like Keylime.
-        server.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        // Only a server: the verifier presents the client certificate to agents.
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         // Python ≥ 3.13 (Keylime's tenant on current distributions) verifies strictly: a
         // certificate issued by a CA must name it by its key identifier.
         server.use_authority_key_identifier_extension = true;
@@ -166,6 +163,7 @@ impl TlsMaterial {
             KeyUsagePurpose::KeyEncipherment,
         ];
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        client.subject_alt_names = vec![role_uri(&crate::api::Role::Operator)?];
         client.use_authority_key_identifier_extension = true;
         set_validity(&mut client, 5);
         let client_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
@@ -177,8 +175,8 @@ impl TlsMaterial {
 
     /// Issues a certificate from this directory's CA: `<stem>-cert.crt` and
     /// `<stem>-private.pem` (0600) in `out`. `names` become subjectAltNames (IP or DNS; the
-    /// first is the CN). Server certificates carry serverAuth, client certificates
-    /// clientAuth; Keylime's agents and verifier accept both on one certificate.
+    /// first is the CN). Server certificates carry serverAuth only; client certificates
+    /// clientAuth and their role.
     pub fn issue(
         &self,
         out: &Path,
@@ -205,12 +203,12 @@ impl TlsMaterial {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = match usage {
-            Usage::Server => vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ],
-            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        params.extended_key_usages = match &usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client(role) => {
+                params.subject_alt_names.push(role_uri(role)?);
+                vec![ExtendedKeyUsagePurpose::ClientAuth]
+            }
         };
         // Python ≥ 3.13 (Keylime's tenant on current distributions) verifies strictly: a
         // certificate issued by a CA must name it by its key identifier.
@@ -320,4 +318,11 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         path: path.to_path_buf(),
         detail: e.to_string(),
     })
+}
+
+/// The subjectAltName that binds `role` into a client certificate.
+fn role_uri(role: &crate::api::Role) -> Result<SanType, rcgen::Error> {
+    Ok(SanType::URI(
+        format!("{}{}", crate::api::ROLE_URI_PREFIX, role.name()).try_into()?,
+    ))
 }
