@@ -4,6 +4,14 @@
 //!
 //! `cargo bench -p zest --bench evidence` prints one line per figure.
 
+// Benchmark code: a failed unwrap aborts the run.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

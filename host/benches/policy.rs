@@ -5,6 +5,14 @@
 //!
 //! `cargo bench -p zest --bench policy` prints one line per figure (p50 over the runs).
 
+// Benchmark code: a failed unwrap aborts the run.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;

@@ -51,7 +51,11 @@ impl BootstrapKey {
 
 /// U ⊕ V.
 pub fn xor(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
-    std::array::from_fn(|i| a[i] ^ b[i])
+    let mut out = [0u8; 32];
+    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+        *o = x ^ y;
+    }
+    out
 }
 
 /// HMAC-SHA-384 of `message` under `key`, lowercase hex (Keylime's `do_hmac`).

@@ -45,12 +45,13 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
             .all(|c| c.is_ascii_digit())
             .then(|| part.parse().ok())?
     };
+    let at = |i: usize| b.get(i).copied();
     if b.len() < 19
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
+        || at(4) != Some(b'-')
+        || at(7) != Some(b'-')
+        || !matches!(at(10), Some(b'T' | b't' | b' '))
+        || at(13) != Some(b':')
+        || at(16) != Some(b':')
     {
         return None;
     }
@@ -69,7 +70,7 @@ pub fn parse_rfc3339(text: &str) -> Option<u64> {
     }
     let offset = match rest {
         "Z" | "z" => 0,
-        _ if rest.len() == 6 && matches!(&rest[..1], "+" | "-") && &rest[3..4] == ":" => {
+        _ if rest.len() == 6 && rest.starts_with(['+', '-']) && rest.get(3..4) == Some(":") => {
             let h: i64 = rest.get(1..3)?.parse().ok()?;
             let m: i64 = rest.get(4..6)?.parse().ok()?;
             let sign = if rest.starts_with('-') { -1 } else { 1 };
@@ -145,15 +146,15 @@ impl Utc {
         const MONTHS: [&str; 12] = [
             "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
         ];
+        // Both indices are reduced modulo the table's length, so neither lookup misses.
+        let day = DAYS.get(self.weekday as usize % 7).copied().unwrap_or_default();
+        let month = MONTHS
+            .get((self.month as usize + 11) % 12)
+            .copied()
+            .unwrap_or_default();
         format!(
             "{} {} {:2} {:02}:{:02}:{:02} {}",
-            DAYS[self.weekday as usize % 7],
-            MONTHS[(self.month as usize + 11) % 12],
-            self.day,
-            self.hour,
-            self.minute,
-            self.second,
-            self.year
+            day, month, self.day, self.hour, self.minute, self.second, self.year
         )
     }
 }

@@ -1,6 +1,14 @@
 //! Built-in measured-boot policies evaluated through the wasmtime sandbox on Keylime's
 //! Fedora boot log.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use zest::evidence::HashAlg;
 use zest::evidence::uefi::EventLog;
 use zest::policy::measured_boot::{BootEvidence, MeasuredBootPolicy};

@@ -1,5 +1,13 @@
 //! `zest policy test` as a policy author runs it before uploading a policy.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::process::Command;
 
 fn fixture(path: &str) -> String {

@@ -2,6 +2,14 @@
 //! beside a `zest` checkout, its `cargo test` and wasm build run, and `zest policy test`
 //! judges a real boot log with the component it built.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

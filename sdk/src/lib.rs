@@ -212,11 +212,11 @@ impl HashAlg {
 
 /// Lowercase hex, as Keylime prints digests.
 pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
+        // A nibble is below 16, so `from_digit` always yields a (lowercase) digit.
+        out.extend(char::from_digit(u32::from(b >> 4), 16));
+        out.extend(char::from_digit(u32::from(b & 15), 16));
     }
     out
 }
@@ -234,8 +234,10 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
         _ => None,
     };
     bytes
-        .chunks_exact(2)
-        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .as_chunks::<2>()
+        .0
+        .iter()
+        .map(|&[hi, lo]| Some(nibble(hi)? << 4 | nibble(lo)?))
         .collect()
 }
 

@@ -8,8 +8,7 @@ pub fn translate(python: &str) -> Result<String, String> {
     let chars: Vec<char> = python.chars().collect();
     let mut out = String::with_capacity(python.len() + 8);
     let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
+    while let Some(&c) = chars.get(i) {
         match c {
             '\\' => i = escape(&chars, i, &mut out, false)?,
             '[' => i = class(&chars, i, &mut out)?,
@@ -48,8 +47,10 @@ fn escape(chars: &[char], i: usize, out: &mut String, in_class: bool) -> Result<
             // Octal escape: up to three digits.
             let mut end = i + 1;
             let mut value = 0u32;
-            while end < chars.len() && end < i + 4 && chars[end].is_digit(8) {
-                value = value * 8 + chars[end].to_digit(8).unwrap_or(0);
+            while end < i + 4
+                && let Some(digit) = chars.get(end).and_then(|c| c.to_digit(8))
+            {
+                value = value * 8 + digit;
                 end += 1;
             }
             out.push_str(&format!("\\x{{{value:x}}}"));
@@ -103,8 +104,7 @@ fn class(chars: &[char], i: usize, out: &mut String) -> Result<usize, String> {
         j += 1;
     }
     let mut previous: Option<char> = None;
-    while j < chars.len() {
-        let c = chars[j];
+    while let Some(&c) = chars.get(j) {
         match c {
             ']' => {
                 out.push(']');
@@ -131,7 +131,7 @@ fn class(chars: &[char], i: usize, out: &mut String) -> Result<usize, String> {
 
 /// A `(?…` construct at `i`.
 fn group(chars: &[char], i: usize, out: &mut String) -> Result<usize, String> {
-    let rest: String = chars[i..chars.len().min(i + 4)].iter().collect();
+    let rest: String = chars.iter().skip(i).take(4).collect();
     if rest.starts_with("(?=")
         || rest.starts_with("(?!")
         || rest.starts_with("(?<=")
@@ -151,7 +151,7 @@ fn group(chars: &[char], i: usize, out: &mut String) -> Result<usize, String> {
     if rest.starts_with("(?#") {
         // A comment: dropped.
         let mut j = i + 3;
-        while j < chars.len() && chars[j] != ')' {
+        while chars.get(j).is_some_and(|c| *c != ')') {
             j += 1;
         }
         return Ok(j + 1);
@@ -163,19 +163,19 @@ fn group(chars: &[char], i: usize, out: &mut String) -> Result<usize, String> {
     // Inline flags: (?aiLmsux) or (?imsx-imsx:...)
     let mut j = i + 2;
     out.push_str("(?");
-    while j < chars.len() {
-        match chars[j] {
-            'i' | 'm' | 's' | 'x' | '-' => out.push(chars[j]),
+    while let Some(&flag) = chars.get(j) {
+        match flag {
+            'i' | 'm' | 's' | 'x' | '-' => out.push(flag),
             // Unicode matching is Python 3's default for str patterns.
             'u' => {}
-            'a' | 'L' => return Err(format!("the inline flag '{}' is not supported", chars[j])),
+            'a' | 'L' => return Err(format!("the inline flag '{flag}' is not supported")),
             ':' | ')' => {
-                if out.ends_with("(?") && chars[j] == ')' {
+                if out.ends_with("(?") && flag == ')' {
                     // `(?u)` and the like: nothing left to say.
                     out.truncate(out.len() - 2);
                     return Ok(j + 1);
                 }
-                out.push(chars[j]);
+                out.push(flag);
                 return Ok(j + 1);
             }
             c => return Err(format!("unknown group construct '(?{c}'")),
@@ -190,16 +190,16 @@ fn group(chars: &[char], i: usize, out: &mut String) -> Result<usize, String> {
 fn quantifier(chars: &[char], i: usize) -> Option<(String, usize)> {
     let mut j = i + 1;
     let mut min = String::new();
-    while j < chars.len() && chars[j].is_ascii_digit() {
-        min.push(chars[j]);
+    while let Some(&digit) = chars.get(j).filter(|c| c.is_ascii_digit()) {
+        min.push(digit);
         j += 1;
     }
     let mut max = None;
     if chars.get(j) == Some(&',') {
         j += 1;
         let mut m = String::new();
-        while j < chars.len() && chars[j].is_ascii_digit() {
-            m.push(chars[j]);
+        while let Some(&digit) = chars.get(j).filter(|c| c.is_ascii_digit()) {
+            m.push(digit);
             j += 1;
         }
         max = Some(m);

@@ -12,6 +12,8 @@ use zest_evidence as evidence;
 use crate::{HashAlg, KeyKind, PublicKey};
 
 /// Reads a file (a policy document, a refstate, a log), panicking with its path on error.
+// A test helper: panicking with the path is its contract, as an assertion's is.
+#[allow(clippy::panic)]
 pub fn read(path: impl AsRef<Path>) -> Vec<u8> {
     let path = path.as_ref();
     std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
@@ -109,6 +111,8 @@ pub fn ima_batch(text: &str, log_hash: HashAlg, bank: HashAlg) -> crate::runtime
 
 /// [`ima_batch`] of a file.
 #[cfg(feature = "runtime")]
+// A test helper: panicking with the path is its contract, as an assertion's is.
+#[allow(clippy::panic)]
 pub fn ima_batch_from_file(
     path: impl AsRef<Path>,
     log_hash: HashAlg,
@@ -188,6 +192,8 @@ pub fn boot_log(bytes: &[u8]) -> Result<crate::measured_boot::BootLog, String> {
 
 /// [`boot_log`] of a file.
 #[cfg(feature = "measured-boot")]
+// A test helper: panicking with the path is its contract, as an assertion's is.
+#[allow(clippy::panic)]
 pub fn boot_log_from_file(path: impl AsRef<Path>) -> crate::measured_boot::BootLog {
     boot_log(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
 }

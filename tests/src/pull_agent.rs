@@ -62,6 +62,9 @@ pub struct PullState {
     pub mb_list_override: Option<String>,
     /// Sends no `boottime`, as Keylime's `keylime_agent` 0.2.9 does.
     pub omit_boottime: bool,
+    /// Answers quote requests with an endless-looking JSON body of this many bytes,
+    /// streamed (chunked, no length) and made only as it is read.
+    pub huge_reply: Option<u64>,
 }
 
 /// How the pull agent presents itself.
@@ -215,6 +218,7 @@ impl PullAgent {
             omit_ima_list: false,
             mb_list_override: None,
             omit_boottime: false,
+            huge_reply: None,
         }));
         let app = Router::new()
             .route("/version", get(version))
@@ -415,16 +419,59 @@ fn refuses(state: &Arc<Mutex<PullState>>, v: &str) -> Option<Reply> {
     })
 }
 
+/// A JSON body of `size` bytes (one long string), made chunk by chunk as it is read.
+fn huge_body(size: u64) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    const CHUNK: u64 = 1 << 20;
+    let chunks = size / CHUNK;
+    let head = futures_stream_once(b"{\"results\": {\"quote\": \"".to_vec());
+    let filler = (0..chunks).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'A'; CHUNK as usize])));
+    let tail = std::iter::once(Ok(bytes::Bytes::from_static(b"\"}}")));
+    let stream = tokio_stream_iter(head.into_iter().chain(filler).chain(tail));
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+fn futures_stream_once(first: Vec<u8>) -> Option<Result<bytes::Bytes, std::io::Error>> {
+    Some(Ok(bytes::Bytes::from(first)))
+}
+
+/// A stream over an iterator, yielding to the runtime between items.
+fn tokio_stream_iter<I>(items: I) -> impl futures_core::Stream<Item = I::Item> + Send
+where
+    I: Iterator + Send + Unpin + 'static,
+    I::Item: Send,
+{
+    struct Iter<I>(I);
+    impl<I: Iterator + Unpin> futures_core::Stream for Iter<I> {
+        type Item = I::Item;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Iter(items)
+}
+
 async fn integrity(
     State(state): State<Arc<Mutex<PullState>>>,
     UrlPath(v): UrlPath<String>,
     Query(q): Query<IntegrityQuery>,
-) -> Reply {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     if let Ok(mut s) = state.lock() {
         s.requested_versions.push(v.trim_start_matches('v').to_owned());
     }
     if let Some(refusal) = refuses(&state, &v) {
-        return refusal;
+        return refusal.into_response();
+    }
+    if let Some(size) = state.lock().ok().and_then(|s| s.huge_reply) {
+        return huge_body(size);
     }
     let answer = tokio::task::spawn_blocking(move || -> anyhow::Result<Value> {
         let mut s = state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
@@ -471,9 +518,9 @@ async fn integrity(
     })
     .await;
     match answer {
-        Ok(Ok(v)) => (StatusCode::OK, Json(v)),
-        Ok(Err(e)) => envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), json!({})),
-        Err(e) => envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), json!({})),
+        Ok(Ok(v)) => (StatusCode::OK, Json(v)).into_response(),
+        Ok(Err(e)) => envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), json!({})).into_response(),
+        Err(e) => envelope(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string(), json!({})).into_response(),
     }
 }
 

@@ -22,6 +22,8 @@ pub struct RegistrarOptions {
     pub trusted_ek_cas: Vec<PathBuf>,
     /// How long a registration waits for its activation.
     pub registration_timeout: std::time::Duration,
+    /// Connection, request and body limits of both listeners.
+    pub serve_limits: zest::net::ServeLimits,
 }
 
 impl Default for RegistrarOptions {
@@ -30,6 +32,7 @@ impl Default for RegistrarOptions {
             require_ek_cert: true,
             trusted_ek_cas: Vec::new(),
             registration_timeout: std::time::Duration::from_secs(600),
+            serve_limits: zest::net::ServeLimits::default(),
         }
     }
 }
@@ -65,6 +68,7 @@ impl TestRegistrar {
         config.tls_port = 0;
         config.require_ek_cert = options.require_ek_cert;
         config.registration_timeout = options.registration_timeout;
+        config.serve_limits = options.serve_limits;
         std::fs::create_dir_all(&config.tpm_cert_store)?;
         for (i, ca) in options.trusted_ek_cas.iter().enumerate() {
             std::fs::copy(ca, config.tpm_cert_store.join(format!("ca{i}.pem")))

@@ -615,8 +615,12 @@ async fn certificates_from_zest_ca_are_accepted_and_foreign_ones_refused() {
     let init = zest(&["--data-dir", d, "ca", "init", "--server-name", "verifier.example"]);
     assert!(init.status.success(), "{}", stderr(&init));
     let shown = stdout(&init);
+    // Server certificates are servers only; clients carry their role.
     assert!(
-        shown.contains("verifier.example") && shown.contains("serverAuth, clientAuth"),
+        shown.contains("verifier.example")
+            && shown.contains("usage     serverAuth\n")
+            && !shown.contains("serverAuth, clientAuth")
+            && shown.contains("urn:zest:role:operator"),
         "{shown}"
     );
     for key in ["ca-private.pem", "server-private.pem", "client-private.pem"] {
@@ -642,7 +646,9 @@ async fn certificates_from_zest_ca_are_accepted_and_foreign_ones_refused() {
     assert!(issue.status.success(), "{}", stderr(&issue));
     let show = stdout(&zest(&["ca", "show", "--dir", dir.path().to_str().unwrap()]));
     assert!(
-        show.contains("CN=operator") && show.contains("usage     clientAuth"),
+        show.contains("CN=operator")
+            && show.contains("usage     clientAuth")
+            && show.contains("urn:zest:role:operator"),
         "{show}"
     );
     // A foreign CA for the negative case.

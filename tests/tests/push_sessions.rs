@@ -250,14 +250,16 @@ async fn challenges_expire_are_never_repeated_and_creation_is_rate_limited() {
     let (status, reply) = prove(&verifier, &client, &session, &agent.uuid, &message, &signature).await;
     assert_eq!(status, 401, "an expired challenge: {reply}");
 
-    // 15 sessions a minute per agent: the 16th is refused.
+    // 50 sessions a minute per client address (one was opened above): the 51st is refused.
     let mut challenges = std::collections::HashSet::new();
-    for _ in 0..15 {
+    let mut sessions = Vec::new();
+    for _ in 0..49 {
         let (status, session) = open_session(&verifier, &client, "push-limited").await;
         assert_eq!(status, 200, "{session}");
         let challenge = challenge_of(&session);
         assert_eq!(challenge.len(), 32);
         assert!(challenges.insert(challenge), "a challenge repeated");
+        sessions.push(session);
     }
     let response = client
         .post(format!("{}/v3/sessions", verifier.https))
@@ -272,6 +274,82 @@ async fn challenges_expire_are_never_repeated_and_creation_is_rate_limited() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 429);
     assert!(response.headers().get("retry-after").is_some());
-    let (status, _) = open_session(&verifier, &client, "push-other").await;
-    assert_eq!(status, 200, "another agent is counted apart");
+    // One address holds at most four pending challenges per agent: the oldest are gone.
+    let (status, _) = prove(&verifier, &client, &sessions[0], "push-limited", b"x", b"y").await;
+    assert_eq!(status, 404, "an evicted challenge");
+    // Another address is counted apart.
+    let (status, _) = open_session(&verifier, &client_from(&verifier, [127, 0, 0, 2]), "push-limited").await;
+    assert_eq!(status, 200, "another address is counted apart");
+}
+
+/// A push agent's client whose connections come from `address` (a 127.x loopback address).
+fn client_from(verifier: &TestVerifier, address: [u8; 4]) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(
+        &std::fs::read(verifier.data.path().join("cv_ca/cacert.crt")).unwrap(),
+    )
+    .unwrap();
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([ca])
+        .local_address(std::net::IpAddr::from(address))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_session_flood_naming_an_agent_from_many_addresses_does_not_lock_it_out() {
+    let verifier = push_verifier(Duration::from_secs(60)).await;
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = TestAgent::new(&tpm, "push-victim", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    enrol(&verifier, &agent).await;
+    // Forty addresses each ask for sessions naming the victim and answer them wrongly, as
+    // fast as the verifier lets them.
+    let mut flooders = Vec::new();
+    for host in 10..50u8 {
+        let verifier_https = verifier.https.clone();
+        let client = client_from(&verifier, [127, 0, 1, host]);
+        flooders.push(tokio::spawn(async move {
+            let mut refused = 0;
+            for _ in 0..30 {
+                let body = json!({"data": {"type": "session", "attributes": {
+                    "agent_id": "push-victim",
+                    "authentication_supported": [{"authentication_class": "pop", "authentication_type": "tpm_pop"}],
+                }}});
+                let response = client
+                    .post(format!("{verifier_https}/v3/sessions"))
+                    .header("content-type", "application/vnd.api+json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                if response.status() == 429 {
+                    refused += 1;
+                    continue;
+                }
+                let session: Value = response.json().await.unwrap();
+                let id = session["data"]["id"].as_str().unwrap().to_owned();
+                let proof = json!({"data": {"type": "session", "id": id, "attributes": {
+                    "agent_id": "push-victim",
+                    "authentication_provided": [{"authentication_class": "pop", "authentication_type": "tpm_pop",
+                        "data": {"message": B64.encode(b"forged"), "signature": B64.encode(b"forged")}}],
+                }}});
+                let _ = client
+                    .patch(format!("{verifier_https}/v3/sessions/{id}"))
+                    .header("content-type", "application/vnd.api+json")
+                    .body(proof.to_string())
+                    .send()
+                    .await;
+            }
+            refused
+        }));
+    }
+    let mut refused = 0;
+    for flooder in flooders {
+        refused += flooder.await.unwrap();
+    }
+    assert!(refused > 0, "the flooders were never slowed down");
+    // The victim, from its own address, still gets a session and a token.
+    let (status, reply) = authenticate(&verifier, &mut agent).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply["data"]["attributes"]["token"].is_string(), "{reply}");
 }

@@ -130,3 +130,48 @@ fn server_certificates_carry_server_auth_only_and_clients_their_role() {
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.server_auth && !eku.client_auth);
 }
+
+#[tokio::test]
+async fn every_operation_the_document_marks_for_operators_refuses_an_agent_certificate() {
+    let verifier = TestVerifier::start().await.unwrap();
+    let ca_dir = verifier.data.path().join("cv_ca");
+    let out = tempfile::tempdir().unwrap();
+    let (cert, key) = TlsMaterial { dir: ca_dir.clone() }
+        .issue(out.path(), "agent", &["agent".into()], Usage::Client(Role::Agent))
+        .unwrap();
+    let agent = client(&ca_dir, &cert, &key);
+    let (_, document) = send_json(agent.get(format!("{}/openapi.json", verifier.https)))
+        .await
+        .unwrap();
+    let mut checked = 0;
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{v}", "v2.6")
+            .replace("{id}", "some-agent")
+            .replace("{name}", "some-policy")
+            .replace("{which}", "latest");
+        for (method, operation) in operations.as_object().unwrap() {
+            let for_operators = operation["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("operator's client certificate"));
+            let request = agent
+                .request(
+                    method.to_uppercase().parse().unwrap(),
+                    format!("{}{concrete}", verifier.https),
+                )
+                .header("content-type", "application/json")
+                .body("{}");
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            if for_operators {
+                assert_eq!(status, 403, "{method} {path}: {body}");
+                assert!(body.contains("role is agent"), "{method} {path}: {body}");
+                checked += 1;
+            } else {
+                assert!(!body.contains("role is agent"), "{method} {path} is open: {body}");
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} operator operations");
+}

@@ -1,6 +1,13 @@
 //! What the benchmarks share: Keylime's fixtures and a synthetic IMA list.
 
 #![allow(dead_code)] // each bench uses a part
+// Benchmark code: a failed unwrap aborts the run.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::Duration;
 

@@ -35,53 +35,55 @@ impl<'a> Cursor<'a> {
 
     /// Bytes not yet consumed.
     pub fn remaining(&self) -> usize {
-        self.bytes.len() - self.pos
+        self.bytes.len().saturating_sub(self.pos)
     }
 
     /// Takes the next `n` bytes.
     pub fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], ParseError> {
-        if self.remaining() < n {
-            return Err(ParseError::Truncated {
+        let (bytes, pos): (&'a [u8], usize) = (self.bytes, self.pos);
+        let out = pos
+            .checked_add(n)
+            .and_then(|end| bytes.get(pos..end))
+            .ok_or(ParseError::Truncated {
                 what,
-                needed: n - self.remaining(),
-            });
-        }
-        let out = &self.bytes[self.pos..self.pos + n];
+                needed: n.saturating_sub(self.remaining()),
+            })?;
         self.pos += n;
         Ok(out)
     }
 
+    /// Takes the next `N` bytes as an array.
+    pub fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], ParseError> {
+        let b = self.take(N, what)?;
+        b.try_into()
+            .map_err(|_| ParseError::Truncated { what, needed: N })
+    }
+
     pub fn u8(&mut self, what: &'static str) -> Result<u8, ParseError> {
-        Ok(self.take(1, what)?[0])
+        let [b] = self.array::<1>(what)?;
+        Ok(b)
     }
 
     pub fn u16(&mut self, what: &'static str) -> Result<u16, ParseError> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
+        Ok(u16::from_be_bytes(self.array(what)?))
     }
 
     pub fn u32(&mut self, what: &'static str) -> Result<u32, ParseError> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_be_bytes(self.array(what)?))
     }
 
     pub fn u64(&mut self, what: &'static str) -> Result<u64, ParseError> {
-        let b = self.take(8, what)?;
-        let mut a = [0u8; 8];
-        a.copy_from_slice(b);
-        Ok(u64::from_be_bytes(a))
+        Ok(u64::from_be_bytes(self.array(what)?))
     }
 
     /// Little-endian u16 (tpm2-tools memory dumps).
     pub fn u16_le(&mut self, what: &'static str) -> Result<u16, ParseError> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
+        Ok(u16::from_le_bytes(self.array(what)?))
     }
 
     /// Little-endian u32 (tpm2-tools memory dumps).
     pub fn u32_le(&mut self, what: &'static str) -> Result<u32, ParseError> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        Ok(u32::from_le_bytes(self.array(what)?))
     }
 
     /// A TPM2B: a u16 size followed by that many bytes.

@@ -160,12 +160,18 @@ impl<'a> ImaEntry<'a> {
 
     /// The template-hash column.
     pub fn template_hash(&self) -> &[u8] {
-        &self.template_hash[..usize::from(self.template_hash_len)]
+        // Parse stores at most 64 decoded bytes, so the length always fits.
+        self.template_hash
+            .get(..usize::from(self.template_hash_len))
+            .unwrap_or_default()
     }
 
     /// The file digest.
     pub fn digest(&self) -> &[u8] {
-        &self.digest[..usize::from(self.digest_len)]
+        // Parse stores at most 64 decoded bytes, so the length always fits.
+        self.digest
+            .get(..usize::from(self.digest_len))
+            .unwrap_or_default()
     }
 
     /// Writes the template data, the bytes the template hash covers (§1.3), into `out`.
@@ -176,7 +182,7 @@ impl<'a> ImaEntry<'a> {
             out.extend_from_slice(digest);
             let name = self.name.as_bytes();
             let n = name.len().min(IMA_NAME_LEN - 1);
-            out.extend_from_slice(&name[..n]);
+            out.extend_from_slice(name.get(..n).unwrap_or_default());
             out.resize(out.len() + IMA_NAME_LEN - n, 0);
             return;
         }
@@ -192,11 +198,15 @@ impl<'a> ImaEntry<'a> {
             Template::ImaSig => {
                 // Keylime drops a signature whose v2 header is malformed and hashes an empty
                 // field instead; the entry then fails its template hash.
-                let sig = hex_len_prefixed(self.signature, out);
-                if sig.is_some_and(|len| ImaSignature::parse(&out[out.len() - len..]).is_err()) {
-                    let start = out.len() - sig.unwrap_or(0) - 4;
-                    out.truncate(start);
-                    out.extend_from_slice(&0u32.to_le_bytes());
+                if let Some(len) = hex_len_prefixed(self.signature, out) {
+                    let sig_start = out.len().saturating_sub(len);
+                    let valid = out
+                        .get(sig_start..)
+                        .is_some_and(|sig| ImaSignature::parse(sig).is_ok());
+                    if !valid {
+                        out.truncate(sig_start.saturating_sub(4));
+                        out.extend_from_slice(&0u32.to_le_bytes());
+                    }
                 }
             }
             Template::ImaBuf => {
@@ -227,11 +237,16 @@ fn hex_len_prefixed(hex_text: &str, out: &mut Vec<u8>) -> Option<usize> {
     let start = out.len();
     out.resize(start + len, 0);
     // Parse validated the text, so this cannot fail.
-    let _ = decode_hex_into(hex_text.as_bytes(), &mut out[start..]);
+    if let Some(dst) = out.get_mut(start..) {
+        let _ = decode_hex_into(hex_text.as_bytes(), dst);
+    }
     Some(len)
 }
 
 /// Hex digit values; 0xff for anything else.
+// Every index is below b'a' + 6 in a 256-entry table, and an out-of-bounds index in a
+// const initialiser fails the build rather than panicking at run time.
+#[allow(clippy::indexing_slicing)]
 const HEX: [u8; 256] = {
     let mut t = [0xffu8; 256];
     let mut i = 0;
@@ -252,10 +267,8 @@ const HEX: [u8; 256] = {
 /// does not fit.
 fn decode_hex(text: &str, out: &mut [u8; 64]) -> Option<usize> {
     let n = text.len() / 2;
-    if n > out.len() || !decode_hex_into(text.as_bytes(), &mut out[..n]) {
-        return None;
-    }
-    Some(n)
+    let dst = out.get_mut(..n)?;
+    decode_hex_into(text.as_bytes(), dst).then_some(n)
 }
 
 /// Decodes `src` (exactly 2 × `dst.len()` hex digits) into `dst`.
@@ -264,16 +277,22 @@ fn decode_hex_into(src: &[u8], dst: &mut [u8]) -> bool {
         return false;
     }
     let mut bad = 0u8;
-    for (pair, out) in src.chunks_exact(2).zip(dst.iter_mut()) {
-        let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+    for (&[a, b], out) in src.as_chunks::<2>().0.iter().zip(dst.iter_mut()) {
+        let (hi, lo) = (hex_value(a), hex_value(b));
         bad |= hi | lo;
         *out = (hi << 4) | (lo & 0x0f);
     }
     bad & 0xf0 == 0
 }
 
+/// The value of a hex digit; 0xff for anything else.
+fn hex_value(b: u8) -> u8 {
+    // A u8 indexes a 256-entry table, so the fallback is never taken.
+    HEX.get(usize::from(b)).copied().unwrap_or(0xff)
+}
+
 fn is_hex(s: &str) -> bool {
-    s.len().is_multiple_of(2) && s.bytes().all(|b| HEX[b as usize] != 0xff)
+    s.len().is_multiple_of(2) && s.bytes().all(|b| hex_value(b) != 0xff)
 }
 
 /// The v2 header of an ima-sig signature (`struct signature_v2_hdr`, big-endian).
@@ -291,27 +310,29 @@ pub struct ImaSignature {
 impl ImaSignature {
     /// Parses and checks the header: type 3 or 5, version 2, exact length.
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
-        if bytes.len() < 9 {
+        let Some((&[xattr_type, version, hash_algo, k0, k1, k2, k3, s0, s1], signature)) =
+            bytes.split_first_chunk::<9>()
+        else {
             return Err("signature header shorter than 9 bytes".into());
-        }
-        let size = u16::from_be_bytes([bytes[7], bytes[8]]) as usize;
-        if 9 + size != bytes.len() {
+        };
+        let size = usize::from(u16::from_be_bytes([s0, s1]));
+        if size != signature.len() {
             return Err(format!(
                 "signature size {size} does not match the {} bytes present",
-                bytes.len() - 9
+                signature.len()
             ));
         }
-        if bytes[0] != 3 && bytes[0] != 5 {
-            return Err(format!("xattr type {} is not a digital signature", bytes[0]));
+        if xattr_type != 3 && xattr_type != 5 {
+            return Err(format!("xattr type {xattr_type} is not a digital signature"));
         }
-        if bytes[1] != 2 {
-            return Err(format!("signature version {} is not 2", bytes[1]));
+        if version != 2 {
+            return Err(format!("signature version {version} is not 2"));
         }
         Ok(Self {
-            xattr_type: bytes[0],
-            hash_algo: bytes[2],
-            key_id: u32::from_be_bytes([bytes[3], bytes[4], bytes[5], bytes[6]]),
-            signature: bytes[9..].to_vec(),
+            xattr_type,
+            hash_algo,
+            key_id: u32::from_be_bytes([k0, k1, k2, k3]),
+            signature: signature.to_vec(),
         })
     }
 
@@ -439,16 +460,17 @@ pub fn replay(
     let ones = [0xffu8; 64];
     // The running value lives in a fixed buffer: no allocation per entry.
     let mut running = [0u8; 64];
-    let start_len = from.pcr10.len().min(64);
-    running[..start_len].copy_from_slice(&from.pcr10[..start_len]);
+    for (dst, src) in running.iter_mut().zip(&from.pcr10) {
+        *dst = *src;
+    }
     let mut template_data = Vec::with_capacity(512);
     let mut computed = [0u8; 64];
     let mut extend = [0u8; 64];
     let mut entries = Vec::new();
     let mut parse_errors = Vec::new();
     let matches = |value: &[u8]| quoted == Some(value);
-    let mut matched_after = matches(&running[..bank_len]).then_some(0);
-    let mut match_value = matched_after.map(|_| running[..bank_len].to_vec());
+    let mut matched_after = matches(head(&running, bank_len)).then_some(0);
+    let mut match_value = matched_after.map(|_| head(&running, bank_len).to_vec());
     for (line_no, line) in lines(text).enumerate() {
         let entry = match ImaEntry::parse(line, line_no) {
             Ok(e) => e,
@@ -460,24 +482,24 @@ pub fn replay(
         let violation = entry.is_violation();
         let mut template_hash_ok = true;
         let extend_value: &[u8] = if violation {
-            &ones[..bank_len]
+            head(&ones, bank_len)
         } else {
             entry.write_template_data(&mut template_data);
             let mut h = log_hash.hasher();
             h.update(&template_data);
             let n = h.finish_into(&mut computed);
-            template_hash_ok = entry.template_hash() == &computed[..n];
+            template_hash_ok = entry.template_hash() == head(&computed, n);
             if bank == log_hash {
-                &computed[..n]
+                head(&computed, n)
             } else {
                 let mut h = bank.hasher();
                 h.update(&template_data);
                 let n = h.finish_into(&mut extend);
-                &extend[..n]
+                head(&extend, n)
             }
         };
         let mut h = bank.hasher();
-        h.update(&running[..bank_len]);
+        h.update(head(&running, bank_len));
         h.update(extend_value);
         h.finish_into(&mut running);
         entries.push(EntryFacts {
@@ -487,9 +509,9 @@ pub fn replay(
             pcr_ok: entry.pcr == IMA_PCR,
             covered_by_quote: matched_after.is_none(),
         });
-        if matched_after.is_none() && matches(&running[..bank_len]) {
+        if matched_after.is_none() && matches(head(&running, bank_len)) {
             matched_after = Some(line_no + 1);
-            match_value = Some(running[..bank_len].to_vec());
+            match_value = Some(head(&running, bank_len).to_vec());
         }
     }
     let next_position = matched_after.zip(match_value).map(|(n, pcr10)| ImaPosition {
@@ -506,8 +528,13 @@ pub fn replay(
         parse_errors,
         matched_after,
         next_position,
-        final_pcr10: running[..bank_len].to_vec(),
+        final_pcr10: head(&running, bank_len).to_vec(),
     }
+}
+
+/// The first `n` bytes of a digest buffer; `n` is a digest length, at most 64.
+fn head(buf: &[u8; 64], n: usize) -> &[u8] {
+    buf.get(..n).unwrap_or(buf.as_slice())
 }
 
 /// One entry as a policy sees it: the parsed fields, owned, with what the replay found.

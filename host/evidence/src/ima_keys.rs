@@ -87,9 +87,10 @@ fn key_of_spki(der: &[u8], key_id: Option<u32>) -> Option<ImaKey> {
     })
 }
 
+/// The last four bytes, big-endian (the key id of a SHA-1 digest); 0 for a shorter input,
+/// which a SHA-1 digest never is.
 fn last_four(bytes: &[u8]) -> u32 {
-    let n = bytes.len();
-    u32::from_be_bytes([bytes[n - 4], bytes[n - 3], bytes[n - 2], bytes[n - 1]])
+    bytes.last_chunk::<4>().map_or(0, |b| u32::from_be_bytes(*b))
 }
 
 /// The DER body of the first PEM block in `bytes`, if any.

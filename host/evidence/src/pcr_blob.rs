@@ -45,15 +45,16 @@ impl PcrValues {
                     what: "PCR blob selection hash",
                     value: hash_id.into(),
                 })?;
-                if size > 4 {
-                    return Err(ParseError::Invalid {
+                // The bitmap field is 4 bytes: a larger sizeofSelect is invalid.
+                let select = bitmap
+                    .get(..usize::from(size))
+                    .ok_or_else(|| ParseError::Invalid {
                         what: WHAT,
                         detail: format!("sizeofSelect {size}"),
-                    });
-                }
+                    })?;
                 selection.push(PcrBankSelection {
                     hash,
-                    pcrs: bitmap_pcrs(&bitmap[..size as usize]),
+                    pcrs: bitmap_pcrs(select),
                 });
             }
         }
@@ -77,13 +78,11 @@ impl PcrValues {
                 let size = c.u16_le("TPM2B_DIGEST.size")? as usize;
                 let buffer = c.take(DIGEST_BUFFER, "TPM2B_DIGEST.buffer")?;
                 if i < n {
-                    if size > DIGEST_BUFFER {
-                        return Err(ParseError::Invalid {
-                            what: WHAT,
-                            detail: format!("digest size {size}"),
-                        });
-                    }
-                    digests.push(buffer[..size].to_vec());
+                    let digest = buffer.get(..size).ok_or_else(|| ParseError::Invalid {
+                        what: WHAT,
+                        detail: format!("digest size {size}"),
+                    })?;
+                    digests.push(digest.to_vec());
                 }
             }
         }

@@ -136,7 +136,10 @@ impl Hasher {
     pub fn finish_into(self, out: &mut [u8; 64]) -> usize {
         use sha2::Digest;
         fn put(out: &mut [u8; 64], d: &[u8]) -> usize {
-            out[..d.len()].copy_from_slice(d);
+            // Every digest here is at most 64 bytes, so all of `d` is copied.
+            for (o, b) in out.iter_mut().zip(d) {
+                *o = *b;
+            }
             d.len()
         }
         match self {
@@ -150,7 +153,8 @@ impl Hasher {
     pub fn finish(self) -> Vec<u8> {
         let mut out = [0u8; 64];
         let n = self.finish_into(&mut out);
-        out[..n].to_vec()
+        // `n` is a digest length, at most 64.
+        out.get(..n).unwrap_or_default().to_vec()
     }
 }
 

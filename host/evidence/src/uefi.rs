@@ -317,8 +317,11 @@ impl EventLog {
                 h.update(value);
                 h.update(digest);
                 let mut out = [0u8; 64];
-                let n = h.finish_into(&mut out);
-                value.copy_from_slice(&out[..n]);
+                // `value` has the bank's digest length, which is what the hasher writes.
+                h.finish_into(&mut out);
+                for (v, o) in value.iter_mut().zip(out) {
+                    *v = o;
+                }
             }
         }
         banks

@@ -43,8 +43,11 @@ pub struct Op<S> {
     body: Body,
     ok: &'static [u16],
     reply: Reply,
-    /// Needs the tenant's client certificate (mTLS); otherwise open or token-authenticated.
+    /// Needs an operator's client certificate (mTLS); otherwise open or
+    /// token-authenticated. Enforced by a layer built from this declaration.
     admin: bool,
+    /// The largest request body this operation reads (the service's default otherwise).
+    body_limit: Option<usize>,
 }
 
 macro_rules! op_constructor {
@@ -63,6 +66,7 @@ macro_rules! op_constructor {
                 ok: &[200],
                 reply: Reply::Envelope,
                 admin: true,
+                body_limit: None,
             }
         }
     };
@@ -102,6 +106,12 @@ impl<S: Clone + Send + Sync + 'static> Op<S> {
         self.admin = false;
         self
     }
+
+    /// The largest request body this operation reads.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.body_limit = Some(bytes);
+        self
+    }
 }
 
 /// A router under construction with its OpenAPI paths.
@@ -127,7 +137,22 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
         let entry = self.paths.entry(path.to_owned()).or_default();
         for op in ops {
             entry.insert(op.method.to_owned(), describe(path, &op, self.versions));
-            methods = methods.merge(op.handler);
+            let mut handler = op.handler;
+            if let Some(limit) = op.body_limit {
+                handler = handler.layer(axum::extract::DefaultBodyLimit::max(limit));
+            }
+            // What the operation declared is what is enforced, for every handler alike.
+            if op.admin {
+                let reply = op.reply;
+                // A `{v}` this service does not serve is not found, whoever asks (Keylime).
+                let versions = path.starts_with("/{v}/").then_some(self.versions);
+                handler = handler.route_layer(axum::middleware::from_fn(
+                    move |req: axum::extract::Request, next: axum::middleware::Next| {
+                        require_operator(reply, versions, req, next)
+                    },
+                ));
+            }
+            methods = methods.merge(handler);
         }
         if trailing_slash {
             self.router = self.router.route(&format!("{path}/"), methods.clone());
@@ -176,6 +201,48 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     }
 }
 
+/// Lets the request through only from an operator's client certificate; otherwise answers
+/// in the operation's own error shape.
+async fn require_operator(
+    reply: Reply,
+    versions: Option<&'static [&'static str]>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let segment = req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("");
+    let refusal = if versions.is_some_and(|served| !served.contains(&segment)) {
+        Err(super::ApiError::not_found(format!(
+            "API version not supported: {}",
+            segment.escape_debug()
+        )))
+    } else {
+        match req.extensions().get::<super::Caller>() {
+            Some(caller) => caller.require_operator(),
+            None => super::Caller::Plain.require_operator(),
+        }
+    };
+    match (refusal, reply) {
+        (Ok(()), _) => next.run(req).await,
+        (Err(e), Reply::JsonApi) => (
+            e.code,
+            axum::Json(json!({"errors": [{
+                "status": e.code.as_u16().to_string(),
+                "title": e.code.canonical_reason().unwrap_or(""),
+                "detail": e.message,
+            }]})),
+        )
+            .into_response(),
+        (Err(e), _) => e.into_response(),
+    }
+}
+
 fn describe<S>(path: &str, op: &Op<S>, versions: &[&str]) -> Value {
     let mut parameters: Vec<Value> = Vec::new();
     for segment in path.split('/') {
@@ -220,27 +287,35 @@ fn describe<S>(path: &str, op: &Op<S>, versions: &[&str]) -> Value {
         "default".into(),
         json!({"description": "error, with its message", "content": {"application/json": {"schema": error}}}),
     );
-    let mut operation = json!({
-        "summary": op.summary,
-        "parameters": parameters,
-        "responses": responses,
-    });
+    let mut operation = Map::new();
+    operation.insert("summary".into(), json!(op.summary));
+    operation.insert("parameters".into(), Value::Array(parameters));
+    operation.insert("responses".into(), Value::Object(responses));
     if op.admin {
-        operation["description"] = json!("Requires the tenant's client certificate (mTLS).");
+        operation.insert(
+            "description".into(),
+            json!("Requires an operator's client certificate (mTLS)."),
+        );
     }
     match op.body {
         Body::None => {}
         Body::Json => {
-            operation["requestBody"] = json!({
-                "required": true,
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            });
+            operation.insert(
+                "requestBody".into(),
+                json!({
+                    "required": true,
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                }),
+            );
         }
         Body::JsonOf(name) => {
-            operation["requestBody"] = json!({
-                "required": true,
-                "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}},
-            });
+            operation.insert(
+                "requestBody".into(),
+                json!({
+                    "required": true,
+                    "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}},
+                }),
+            );
         }
         Body::Binary(types) => {
             let content: Map<String, Value> = types
@@ -252,10 +327,13 @@ fn describe<S>(path: &str, op: &Op<S>, versions: &[&str]) -> Value {
                     )
                 })
                 .collect();
-            operation["requestBody"] = json!({"required": true, "content": content});
+            operation.insert(
+                "requestBody".into(),
+                json!({"required": true, "content": content}),
+            );
         }
     }
-    operation
+    Value::Object(operation)
 }
 
 /// A string property; `nullable` where Keylime's clients send `null`.

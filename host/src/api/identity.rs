@@ -155,10 +155,6 @@ impl Caller {
             )),
         }
     }
-
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        self.require_operator()
-    }
 }
 
 #[cfg(test)]

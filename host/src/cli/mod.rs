@@ -197,12 +197,25 @@ fn verifier_config(eff: &Effective) -> anyhow::Result<VerifierConfig> {
     config.max_retries = eff.parsed(v, "max_retries", number)?;
     config.retry_interval = eff.parsed(v, "retry_interval", seconds)?;
     config.request_timeout = eff.parsed(v, "request_timeout", seconds)?;
+    config.serve_limits = serve_limits(eff)?;
+    config.max_evidence_size = eff.parsed("zest", "max_evidence_size", number)?;
+    config.max_upload_size = eff.parsed(v, "max_upload_size", number)?;
     let labels = eff.parsed(v, "severity_labels", keylime::list_as_json)?;
     config.severity = eff.parsed(v, "severity_policy", |policy| {
         crate::verifier::severity::SeverityPolicy::from_keylime(&labels, &keylime::list_as_json(policy)?)
             .map_err(|e| e.to_string())
     })?;
     Ok(config)
+}
+
+/// `[zest]` listener limits.
+fn serve_limits(eff: &Effective) -> anyhow::Result<crate::net::ServeLimits> {
+    Ok(crate::net::ServeLimits {
+        max_connections: eff.parsed("zest", "max_connections", number)?,
+        max_in_flight: eff.parsed("zest", "max_in_flight_requests", number)?,
+        body_timeout: eff.parsed("zest", "body_timeout", seconds)?,
+        idle_timeout: eff.parsed("zest", "idle_timeout", seconds)?,
+    })
 }
 
 fn registrar_config(eff: &Effective, data_dir: &DataDir) -> anyhow::Result<RegistrarConfig> {
@@ -216,6 +229,7 @@ fn registrar_config(eff: &Effective, data_dir: &DataDir) -> anyhow::Result<Regis
     }
     config.require_ek_cert = eff.parsed("zest", "require_ek_cert", keylime::parse_bool)?;
     config.registration_timeout = eff.parsed("zest", "registration_timeout", seconds)?;
+    config.serve_limits = serve_limits(eff)?;
     Ok(config)
 }
 

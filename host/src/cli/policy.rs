@@ -265,7 +265,12 @@ fn test_measured_boot(args: TestArgs) -> anyhow::Result<()> {
             .next()
             .context("the log replays no bank we can hash")?
     };
-    let quoted: Vec<(u32, Vec<u8>)> = replayed[&bank].iter().map(|(i, v)| (*i, v.clone())).collect();
+    let quoted: Vec<(u32, Vec<u8>)> = replayed
+        .get(&bank)
+        .context("the log replays no bank we can hash")?
+        .iter()
+        .map(|(i, v)| (*i, v.clone()))
+        .collect();
 
     let runtime = PolicyRuntime::new(PolicyLimits::default(), None)?;
     let policy = step(

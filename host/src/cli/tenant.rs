@@ -334,7 +334,20 @@ struct Reply {
 
 impl Reply {
     fn results(&self) -> &Value {
-        &self.body["results"]
+        member(&self.body, "results")
+    }
+}
+
+/// `value[key]` without indexing: `Null` when `value` is not an object or has no `key`.
+fn member<'a>(value: &'a Value, key: &str) -> &'a Value {
+    static NULL: Value = Value::Null;
+    value.get(key).unwrap_or(&NULL)
+}
+
+/// Sets `key` in a JSON object; a value that is not an object is left alone.
+fn set_member(object: &mut Value, key: &str, value: Value) {
+    if let Some(map) = object.as_object_mut() {
+        map.insert(key.to_owned(), value);
     }
 }
 
@@ -391,9 +404,11 @@ impl Tenant {
             .bytes()
             .await
             .with_context(|| format!("reading the {}'s answer", server.name()))?;
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(
-            |_| json!({"status": String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned()}),
-        );
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            let all: &[u8] = &bytes;
+            let head = all.get(..500).unwrap_or(all);
+            json!({"status": String::from_utf8_lossy(head).into_owned()})
+        });
         Ok(Reply { status, body })
     }
 
@@ -406,7 +421,7 @@ impl Tenant {
     ) -> anyhow::Result<Reply> {
         let reply = self.send(server, request).await?;
         if !(200..300).contains(&reply.status) {
-            let message = reply.body["status"].as_str().unwrap_or("(no message)");
+            let message = member(&reply.body, "status").as_str().unwrap_or("(no message)");
             bail!(
                 "{what}: the {} answered {}: {message}",
                 server.name(),
@@ -441,7 +456,11 @@ impl Tenant {
     }
 
     async fn url(&self, server: Server, path: &str) -> anyhow::Result<String> {
-        let slot = &self.versions[server as usize];
+        let [verifier, registrar] = &self.versions;
+        let slot = match server {
+            Server::Verifier => verifier,
+            Server::Registrar => registrar,
+        };
         let version = slot.get_or_try_init(|| self.version(server)).await?;
         Ok(format!("{}/v{version}/{path}", self.base(server)))
     }
@@ -588,7 +607,7 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
         s => bail!(
             "reading agent {} from the registrar: it answered {s}: {}",
             add.uuid,
-            reply.body["status"].as_str().unwrap_or("")
+            member(&reply.body, "status").as_str().unwrap_or("")
         ),
     }
     // Registrars answer 404 for an agent that has not completed activation.
@@ -658,9 +677,9 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
                     add.uuid
                 )
             })?;
-        body["cloudagent_ip"] = json!(ip);
-        body["cloudagent_port"] = json!(port);
-        body["mtls_cert"] = json!(cert);
+        set_member(&mut body, "cloudagent_ip", json!(ip));
+        set_member(&mut body, "cloudagent_port", json!(port));
+        set_member(&mut body, "mtls_cert", json!(cert));
         // Like Keylime's tenant: the agent must show a quote from the registered AK that binds
         // its NK key (PCR 16) before anything is enrolled or sent to it.
         let agent = Agent::connect(tenant, &ip, port, cert).await?;
@@ -674,7 +693,7 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
                 "U and the encrypted payload ({} bytes) delivered to the agent",
                 payload.len()
             );
-            body["v"] = json!(B64.encode(key.v));
+            set_member(&mut body, "v", json!(B64.encode(key.v)));
             keys = Some((agent, key));
         }
         ("pull", format!(" at {}", join_host_port(&ip, port)))
@@ -730,7 +749,12 @@ fn random_text(len: usize) -> anyhow::Result<String> {
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| anyhow!("no randomness"))?;
     Ok(bytes
         .iter()
-        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        // The remainder is always below the alphabet's length: nothing is filtered out.
+        .filter_map(|b| {
+            ALPHABET
+                .get(usize::from(*b) % ALPHABET.len())
+                .map(|c| char::from(*c))
+        })
         .collect())
 }
 
@@ -751,7 +775,7 @@ impl Agent {
         };
         // The newest version both speak; an agent that does not answer /version gets 2.6.
         if let Ok(reply) = agent.get("/version").await {
-            let results = &reply["results"];
+            let results = member(&reply, "results");
             let mut offered: Vec<String> = results["supported_versions"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
@@ -787,7 +811,7 @@ impl Agent {
         if status != 200 {
             bail!(
                 "the agent answered {status} to GET {path}: {}",
-                body["status"].as_str().unwrap_or("")
+                member(&body, "status").as_str().unwrap_or("")
             );
         }
         Ok(body)
@@ -801,7 +825,7 @@ impl Agent {
         let reply = self
             .get(&format!("/v{}/quotes/identity?nonce={nonce}", self.version))
             .await?;
-        let r = &reply["results"];
+        let r = member(&reply, "results");
         let field = |name: &str| {
             r[name]
                 .as_str()
@@ -880,7 +904,7 @@ impl Agent {
             let text: Value = response.json().await.unwrap_or(Value::Null);
             bail!(
                 "the agent refused U ({status}): {}",
-                text["status"].as_str().unwrap_or("")
+                member(&text, "status").as_str().unwrap_or("")
             );
         }
         Ok(())
@@ -898,7 +922,7 @@ impl Agent {
             {
                 Ok(reply) => {
                     let expected = crate::bootstrap::hmac_hex(k, challenge.as_bytes());
-                    if reply["results"]["hmac"].as_str() == Some(expected.as_str()) {
+                    if member(member(&reply, "results"), "hmac").as_str() == Some(expected.as_str()) {
                         return Ok(());
                     }
                     last = "the agent's HMAC does not match K".into();
@@ -937,7 +961,7 @@ async fn delete_agent(tenant: &Tenant, uuid: &str, missing_ok: bool) -> anyhow::
         ),
         s => bail!(
             "deleting {uuid}: the verifier answered {s}: {}",
-            reply.body["status"].as_str().unwrap_or("")
+            member(&reply.body, "status").as_str().unwrap_or("")
         ),
     }
     if !missing_ok {
@@ -995,7 +1019,7 @@ pub fn status_table(uuid: &str, r: &Value) -> String {
         .map(|a| {
             a.iter()
                 .map(|f| {
-                    let message = f["context"]["message"]
+                    let message = member(member(f, "context"), "message")
                         .as_str()
                         .map(|m| format!(": {m}"))
                         .unwrap_or_default();
@@ -1063,7 +1087,7 @@ async fn status(tenant: &Tenant, uuid: &str, as_json: bool) -> anyhow::Result<()
         ),
         s => bail!(
             "reading agent {uuid}: the verifier answered {s}: {}",
-            reply.body["status"].as_str().unwrap_or("")
+            member(&reply.body, "status").as_str().unwrap_or("")
         ),
     }
     if as_json {
@@ -1103,9 +1127,12 @@ async fn list(tenant: &Tenant, as_json: bool) -> anyhow::Result<()> {
             text(&r["last_event_id"]),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
+    let mut widths = [0usize; 5];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
     for row in rows {
         let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", line.join("  ").trim_end());
@@ -1124,7 +1151,7 @@ async fn regstatus(tenant: &Tenant, uuid: &str, as_json: bool) -> anyhow::Result
         ),
         s => bail!(
             "reading agent {uuid}: the registrar answered {s}: {}",
-            reply.body["status"].as_str().unwrap_or("")
+            member(&reply.body, "status").as_str().unwrap_or("")
         ),
     }
     let r = reply.results();
@@ -1179,7 +1206,7 @@ async fn policy(tenant: &Tenant, kind: PolicyKind, command: PolicyCommand) -> an
         };
         let mut body = json!({ field: document });
         if let Some(m) = module {
-            body["module"] = json!(m);
+            set_member(&mut body, "module", json!(m));
         }
         Ok(body)
     };
@@ -1301,9 +1328,9 @@ async fn module(tenant: &Tenant, command: ModuleCommand) -> anyhow::Result<()> {
             for m in modules {
                 println!(
                     "{:<72}  {:<14}  {}",
-                    text(&m["module"]),
-                    text(&m["kind"]),
-                    text(&m["size"])
+                    text(member(&m, "module")),
+                    text(member(&m, "kind")),
+                    text(member(&m, "size"))
                 );
             }
         }

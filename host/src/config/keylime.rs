@@ -181,12 +181,7 @@ pub const VERIFIER_OPTIONS: &[OptionSpec] = &[
         "True",
         "zest always backs off exponentially",
     ),
-    ignored(
-        "verifier",
-        "max_upload_size",
-        "104857600",
-        "zest accepts up to 64 MiB",
-    ),
+    opt("verifier", "max_upload_size", None, "104857600"),
     opt("revocations", "webhook_url", Some("revocation_webhook"), ""),
     ignored(
         "revocations",
@@ -197,6 +192,11 @@ pub const VERIFIER_OPTIONS: &[OptionSpec] = &[
     ignored("revocations", "zmq_port", "8992", "zest offers no ZeroMQ channel"),
     opt("zest", "data_dir", Some("data_dir"), super::DEFAULT_DATA_DIR),
     opt("zest", "log_format", Some("log_format"), "text"),
+    opt("zest", "max_connections", None, "4096"),
+    opt("zest", "max_in_flight_requests", None, "512"),
+    opt("zest", "body_timeout", None, "30"),
+    opt("zest", "idle_timeout", None, "60"),
+    opt("zest", "max_evidence_size", None, "67108864"),
 ];
 
 pub const REGISTRAR_OPTIONS: &[OptionSpec] = &[
@@ -219,6 +219,10 @@ pub const REGISTRAR_OPTIONS: &[OptionSpec] = &[
         "600",
     ),
     opt("zest", "log_format", Some("log_format"), "text"),
+    opt("zest", "max_connections", None, "4096"),
+    opt("zest", "max_in_flight_requests", None, "512"),
+    opt("zest", "body_timeout", None, "30"),
+    opt("zest", "idle_timeout", None, "60"),
 ];
 
 // The tenant's flags (`--verifier HOST:PORT`, …) override these in `cli::tenant` itself.

@@ -32,10 +32,27 @@ impl DataDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// Creates the directory (and its parents) if needed, readable by its owner only: it
+    /// holds keys, the database and compiled policies. An existing directory is tightened
+    /// to 0700 too.
+    pub fn create(&self) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.0)?;
+        let mode = std::fs::metadata(&self.0)?.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            tracing::warn!(dir = %self.0.display(), mode = format!("{mode:o}"), "tightening the data directory to 0700");
+            std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
+    }
 }
 
 /// The registrar's settings (Keylime `[registrar]` names in the comments).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RegistrarConfig {
     /// `ip`: address both listeners bind.
     pub ip: IpAddr,
@@ -52,6 +69,8 @@ pub struct RegistrarConfig {
     /// Until then a re-registration of an active agent changes nothing it serves; after
     /// it, an unactivated registration no longer holds the agent id.
     pub registration_timeout: std::time::Duration,
+    /// `[zest]` connection, request and body limits of both listeners.
+    pub serve_limits: crate::net::ServeLimits,
 }
 
 impl RegistrarConfig {
@@ -64,6 +83,7 @@ impl RegistrarConfig {
             tpm_cert_store: data_dir.tpm_cert_store(),
             require_ek_cert: true,
             registration_timeout: std::time::Duration::from_secs(600),
+            serve_limits: crate::net::ServeLimits::default(),
         }
     }
 }

@@ -94,7 +94,7 @@ impl TlsMaterial {
         {
             return Err(TlsError::Incomplete {
                 dir: dir.to_path_buf(),
-                missing: Self::ALL[i],
+                missing: Self::ALL.get(i).copied().unwrap_or(Self::CA_CERT),
             });
         }
         material.generate(server_names)?;

@@ -234,27 +234,28 @@ pub fn measured_boot_refstate(log: &EventLog, without_secureboot: bool) -> Resul
         })
         .collect();
     let mut kernel = serde_json::Map::new();
-    if has_secureboot {
-        if !(3..=4).contains(&applications.len()) {
+    let (shim, grub) = if has_secureboot {
+        let (&[shim, grub, kernel_app] | &[shim, grub, kernel_app, _]) = applications.as_slice() else {
             return Err(CreateError::Applications {
                 expected: "3 or 4",
                 kernel: ", kernel",
                 found: applications.len(),
             });
-        }
-        kernel.insert(
-            "kernel_authcode_sha256".into(),
-            sha256_of(applications[2])?.into(),
-        );
-    } else if applications.len() != 2 {
-        return Err(CreateError::Applications {
-            expected: "2",
-            kernel: "",
-            found: applications.len(),
-        });
-    }
-    kernel.insert("shim_authcode_sha256".into(), sha256_of(applications[0])?.into());
-    kernel.insert("grub_authcode_sha256".into(), sha256_of(applications[1])?.into());
+        };
+        kernel.insert("kernel_authcode_sha256".into(), sha256_of(kernel_app)?.into());
+        (shim, grub)
+    } else {
+        let &[shim, grub] = applications.as_slice() else {
+            return Err(CreateError::Applications {
+                expected: "2",
+                kernel: "",
+                found: applications.len(),
+            });
+        };
+        (shim, grub)
+    };
+    kernel.insert("shim_authcode_sha256".into(), sha256_of(shim)?.into());
+    kernel.insert("grub_authcode_sha256".into(), sha256_of(grub)?.into());
     let ipl = |pcr: u32| {
         events
             .iter()
@@ -275,10 +276,10 @@ pub fn measured_boot_refstate(log: &EventLog, without_secureboot: bool) -> Resul
     Ok(json!({
         "has_secureboot": has_secureboot,
         "scrtm_and_bios": [Value::Object(scrtm_and_bios)],
-        "pk": keys["pk"],
-        "kek": keys["kek"],
-        "db": keys["db"],
-        "dbx": keys["dbx"],
+        "pk": keys.remove("pk").unwrap_or_default(),
+        "kek": keys.remove("kek").unwrap_or_default(),
+        "db": keys.remove("db").unwrap_or_default(),
+        "dbx": keys.remove("dbx").unwrap_or_default(),
         "vendor_db": vendor_db,
         "mokdig": mokdig,
         "mokxdig": mokxdig,

@@ -86,7 +86,7 @@ impl Drop for RegistrarServer {
 /// missing) and starts both listeners. Port 0 binds a free port; the bound addresses are
 /// in the result.
 pub async fn start(data_dir: &DataDir, config: &RegistrarConfig) -> Result<RegistrarServer, StartError> {
-    std::fs::create_dir_all(data_dir.path()).map_err(|source| StartError::DataDir {
+    data_dir.create().map_err(|source| StartError::DataDir {
         path: data_dir.path().display().to_string(),
         source,
     })?;
@@ -143,8 +143,13 @@ pub async fn start(data_dir: &DataDir, config: &RegistrarConfig) -> Result<Regis
     })?;
     let server_config = tls.server_config(ClientAuth::Optional)?;
     let tasks = vec![
-        tokio::spawn(net::serve_plain(http, app.clone())),
-        tokio::spawn(net::serve_tls(https, server_config, app)),
+        tokio::spawn(net::serve_plain_with(http, app.clone(), config.serve_limits)),
+        tokio::spawn(net::serve_tls_with(
+            https,
+            server_config,
+            app,
+            config.serve_limits,
+        )),
     ];
     tracing::info!(%http_addr, %https_addr, "registrar listening");
     Ok(RegistrarServer {

@@ -133,7 +133,7 @@ fn new_credential() -> Result<Vec<u8>, ApiError> {
         out.extend(
             buf.iter()
                 .filter(|b| **b < 248)
-                .map(|b| CREDENTIAL_ALPHABET[(*b % 62) as usize]),
+                .filter_map(|b| CREDENTIAL_ALPHABET.get(usize::from(*b % 62)).copied()),
         );
     }
     out.truncate(CREDENTIAL_LEN);

@@ -12,7 +12,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Path, State};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
@@ -20,7 +20,7 @@ use serde_json::{Map, Value, json};
 use super::Registrar;
 use super::registration::{accept, auth_tag_digest, optional_str};
 use crate::api::docs::{Body, Op, Reply, Routes};
-use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Caller, Envelope};
+use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Envelope};
 use crate::store::{RegisterOutcome, RegisteredAgent, RegistrarStore};
 use crate::tpm::TrustStore;
 
@@ -121,12 +121,8 @@ fn json_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
 }
 
 /// Prometheus metrics: registration counters and the registered agents by state.
-async fn metrics(
-    State(reg): State<Registrar>,
-    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
-) -> Result<axum::response::Response, ApiError> {
+async fn metrics(State(reg): State<Registrar>) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    caller.require_admin()?;
     let (active, inactive) = blocking(&reg, "counting agents", |s| {
         let mut counts = (0u64, 0u64);
         for id in s.list_agents()? {
@@ -294,24 +290,14 @@ async fn lookup(reg: &Registrar, id: &AgentId) -> Result<RegisteredAgent, ApiErr
         .ok_or_else(|| ApiError::not_found(format!("Agent with ID '{id}' not found")))
 }
 
-async fn list(
-    State(reg): State<Registrar>,
-    Extension(caller): Extension<Caller>,
-    Path(v): Path<String>,
-) -> ApiResult {
+async fn list(State(reg): State<Registrar>, Path(v): Path<String>) -> ApiResult {
     version_of(&v)?;
-    caller.require_admin()?;
     let ids = blocking(&reg, "listing agents", |s| s.list_agents()).await?;
     Ok(Envelope::ok(json!({"uuids": ids})))
 }
 
-async fn show(
-    State(reg): State<Registrar>,
-    Extension(caller): Extension<Caller>,
-    Path((v, id)): Path<(String, String)>,
-) -> ApiResult {
+async fn show(State(reg): State<Registrar>, Path((v, id)): Path<(String, String)>) -> ApiResult {
     version_of(&v)?;
-    caller.require_admin()?;
     let id = AgentId::parse(&id)?;
     let agent = lookup(&reg, &id).await?;
     if !agent.active {
@@ -331,13 +317,8 @@ async fn show(
     })))
 }
 
-async fn delete(
-    State(reg): State<Registrar>,
-    Extension(caller): Extension<Caller>,
-    Path((v, id)): Path<(String, String)>,
-) -> ApiResult {
+async fn delete(State(reg): State<Registrar>, Path((v, id)): Path<(String, String)>) -> ApiResult {
     version_of(&v)?;
-    caller.require_admin()?;
     let id = AgentId::parse(&id)?;
     let agent_id = id.to_string();
     if blocking(&reg, "deleting agent", move |s| s.delete_agent(&agent_id)).await? {

@@ -29,6 +29,8 @@ pub enum StoreError {
     Poisoned,
     #[error("a stored record cannot be read: {0}")]
     Corrupt(String),
+    #[error("the database file: {0}")]
+    Io(String),
 }
 
 /// A validated registration, ready to store. Keys are kept as the base64 text of their
@@ -79,7 +81,11 @@ pub trait RegistrarStore: Send + Sync + 'static {
     /// unchanged; atomically, so two racing registrations cannot both win. An active agent's
     /// renewal is kept aside (its contact data and credential) until activated; an
     /// unactivated registration from before `stale_before` (Unix seconds) is forgotten first.
-    fn register(&self, registration: &NewRegistration, stale_before: u64) -> Result<RegisterOutcome, StoreError>;
+    fn register(
+        &self,
+        registration: &NewRegistration,
+        stale_before: u64,
+    ) -> Result<RegisterOutcome, StoreError>;
 
     /// The agent with this id, active or not.
     fn registered_agent(&self, agent_id: &str) -> Result<Option<RegisteredAgent>, StoreError>;
@@ -88,7 +94,8 @@ pub trait RegistrarStore: Send + Sync + 'static {
     /// renewal's (its contact data then replaces the active one), or the first
     /// registration's; neither when made before `stale_before` (Unix seconds). Returns
     /// whether one matched.
-    fn activate(&self, agent_id: &str, auth_tag_digest: &[u8], stale_before: u64) -> Result<bool, StoreError>;
+    fn activate(&self, agent_id: &str, auth_tag_digest: &[u8], stale_before: u64)
+    -> Result<bool, StoreError>;
 
     /// Every registered agent id, active or not, in id order.
     fn list_agents(&self) -> Result<Vec<String>, StoreError>;

@@ -224,8 +224,8 @@ impl StoredFailure {
     /// Keylime's reply shape `{"type", "context"}`, with `entry` when the failure names one.
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::json!({"type": self.event_id, "context": self.context});
-        if let Some(entry) = self.entry {
-            value["entry"] = serde_json::json!(entry);
+        if let (Some(entry), Some(map)) = (self.entry, value.as_object_mut()) {
+            map.insert("entry".into(), serde_json::json!(entry));
         }
         value
     }

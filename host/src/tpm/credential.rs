@@ -117,9 +117,15 @@ fn seed_and_secret(ek: &PublicArea) -> Result<(Vec<u8>, Vec<u8>), CredentialErro
                 .compute_public_key()
                 .map_err(|_| CredentialError::Crypto("ephemeral ECC key"))?;
             let ephemeral_point = ephemeral_point.as_ref();
-            let (ephemeral_x, ephemeral_y) = ephemeral_point[1..].split_at(len);
+            // An uncompressed point: 0x04 ‖ x ‖ y, each coordinate `len` bytes.
+            let (ephemeral_x, ephemeral_y) = ephemeral_point
+                .get(1..)
+                .and_then(|xy| xy.split_at_checked(len))
+                .ok_or(CredentialError::Crypto("ephemeral ECC key"))?;
             let ek_point = uncompressed_point(x, y, len);
-            let ek_x = &ek_point[1..1 + len];
+            let ek_x = ek_point
+                .get(1..1 + len)
+                .ok_or_else(|| CredentialError::UnsupportedKey("the EK's ECC point is too short".into()))?;
             // aws-lc-rs validates that the EK point is on the curve here.
             let seed = agreement::agree_ephemeral(
                 ephemeral,

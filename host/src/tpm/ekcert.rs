@@ -217,7 +217,7 @@ fn curve_oid(spki: &SubjectPublicKeyInfo<'_>) -> Option<String> {
 
 fn strip_zeros(b: &[u8]) -> &[u8] {
     let start = b.iter().position(|x| *x != 0).unwrap_or(b.len());
-    &b[start..]
+    b.get(start..).unwrap_or_default()
 }
 
 /// Finds the certificates in PEM text, in base64 of DER or PEM, or in raw DER.

@@ -117,8 +117,9 @@ pub(crate) mod der {
         } else {
             let bytes = len.to_be_bytes();
             let skip = bytes.iter().take_while(|b| **b == 0).count();
-            out.push(0x80 | (bytes.len() - skip) as u8);
-            out.extend_from_slice(&bytes[skip..]);
+            let significant = bytes.get(skip..).unwrap_or_default();
+            out.push(0x80 | significant.len() as u8);
+            out.extend_from_slice(significant);
         }
         out.extend_from_slice(content);
         out
@@ -145,11 +146,11 @@ pub(crate) mod der {
     /// A non-negative INTEGER from big-endian magnitude bytes.
     pub fn unsigned_integer(magnitude: &[u8]) -> Vec<u8> {
         let trimmed: &[u8] = match magnitude.iter().position(|b| *b != 0) {
-            Some(i) => &magnitude[i..],
+            Some(i) => magnitude.get(i..).unwrap_or(&[0]),
             None => &[0],
         };
         let mut body = Vec::with_capacity(trimmed.len() + 1);
-        if trimmed[0] & 0x80 != 0 {
+        if trimmed.first().is_some_and(|b| b & 0x80 != 0) {
             body.push(0);
         }
         body.extend_from_slice(trimmed);

@@ -299,7 +299,7 @@ fn minimal(bytes: &[u8]) -> &[u8] {
         .iter()
         .position(|b| *b != 0)
         .unwrap_or(bytes.len().saturating_sub(1));
-    &bytes[start..]
+    bytes.get(start..).unwrap_or(bytes)
 }
 
 fn verify_rsa(

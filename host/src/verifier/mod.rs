@@ -87,6 +87,13 @@ pub struct VerifierConfig {
     /// `auto_recover_attestation_failures`: whether a passing push attestation clears
     /// earlier failures (Keylime: no, the agent shows FAIL until reactivated).
     pub auto_recover_attestation_failures: bool,
+    /// `[zest]` connection, request and body limits of the listener.
+    pub serve_limits: net::ServeLimits,
+    /// `[zest] max_evidence_size`: the most bytes read of one agent's quote reply or one
+    /// push submission (IMA list and boot log included).
+    pub max_evidence_size: usize,
+    /// `max_upload_size`: the largest policy, enrolment or component upload.
+    pub max_upload_size: usize,
 }
 
 impl VerifierConfig {
@@ -109,6 +116,9 @@ impl VerifierConfig {
             session_lifetime: std::time::Duration::from_secs(180),
             challenge_lifetime: std::time::Duration::from_secs(1800),
             auto_recover_attestation_failures: false,
+            serve_limits: net::ServeLimits::default(),
+            max_evidence_size: 64 * 1024 * 1024,
+            max_upload_size: 104_857_600,
         }
     }
 }
@@ -206,7 +216,7 @@ impl Drop for VerifierServer {
 /// Opens the store, TLS material and policy runtime under `data_dir` and starts the HTTPS
 /// listener (port 0 binds a free port; the bound address is in the result).
 pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<VerifierServer, StartError> {
-    std::fs::create_dir_all(data_dir.path()).map_err(|source| StartError::DataDir {
+    data_dir.create().map_err(|source| StartError::DataDir {
         path: data_dir.path().display().to_string(),
         source,
     })?;
@@ -254,7 +264,15 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
     let server_config = tls.server_config(config.mode.client_auth())?;
-    let tasks = vec![poller, tokio::spawn(net::serve_tls(listener, server_config, app))];
+    let tasks = vec![
+        poller,
+        tokio::spawn(net::serve_tls_with(
+            listener,
+            server_config,
+            app,
+            config.serve_limits,
+        )),
+    ];
     tracing::info!(%addr, "verifier listening");
     Ok(VerifierServer { addr, tasks })
 }

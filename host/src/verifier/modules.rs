@@ -14,14 +14,14 @@ use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Verifier;
 use super::routes::version_of;
-use crate::api::{self, ApiError, ApiResult, Caller, Envelope};
+use crate::api::{self, ApiError, ApiResult, Envelope};
 use crate::policy::{BUILTIN_MEASURED_BOOT, BUILTIN_RUNTIME, builtin_measured_boot, builtin_runtime};
 use crate::store::{ModuleDelete, ModuleRecord, PolicyKind};
 
@@ -130,14 +130,12 @@ pub struct UploadQuery {
 
 pub async fn upload(
     State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
     Path(v): Path<String>,
     Query(query): Query<UploadQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     version_of(&v)?;
-    caller.require_admin()?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -220,13 +218,8 @@ pub async fn upload(
         .into_response())
 }
 
-pub async fn list(
-    State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
-    Path(v): Path<String>,
-) -> ApiResult {
+pub async fn list(State(verifier): State<Verifier>, Path(v): Path<String>) -> ApiResult {
     version_of(&v)?;
-    caller.require_admin()?;
     let uploaded = api::blocking(verifier.store.clone(), "listing modules", |s| s.modules()).await?;
     let mut modules: Vec<Value> = Vec::new();
     for (kind, names) in [
@@ -246,13 +239,8 @@ pub async fn list(
     Ok(Envelope::ok(json!({ "modules": modules })))
 }
 
-pub async fn show(
-    State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
-    Path((v, id)): Path<(String, String)>,
-) -> ApiResult {
+pub async fn show(State(verifier): State<Verifier>, Path((v, id)): Path<(String, String)>) -> ApiResult {
     version_of(&v)?;
-    caller.require_admin()?;
     if !is_upload_id(&id) {
         return Err(ApiError::not_found(format!("module {id} not found")));
     }
@@ -269,11 +257,9 @@ pub async fn show(
 
 pub async fn delete(
     State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
     Path((v, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     version_of(&v)?;
-    caller.require_admin()?;
     if id.starts_with("builtin:") {
         return Err(ApiError::bad_request("built-in modules cannot be deleted"));
     }

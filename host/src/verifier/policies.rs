@@ -61,7 +61,10 @@ fn generator_of(document: &[u8]) -> i64 {
         },
         None => value,
     };
-    value["meta"]["generator"].as_i64().unwrap_or(0)
+    value
+        .pointer("/meta/generator")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
 }
 
 fn load_error(kind: PolicyKind, e: PolicyError) -> ApiError {

@@ -100,7 +100,12 @@ fn nonce() -> Option<String> {
     Some(
         bytes
             .iter()
-            .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+            .filter_map(|b| {
+                ALPHABET
+                    .get(usize::from(*b) % ALPHABET.len())
+                    .copied()
+                    .map(char::from)
+            })
             .collect(),
     )
 }
@@ -137,10 +142,16 @@ async fn negotiate(client: &reqwest::Client, agent: &VerifierAgent) -> Result<St
         return Err(format!("GET /version answered {}", answer.status()));
     }
     let body: Value = answer.json().await.map_err(|e| format!("GET /version: {e}"))?;
-    let results = &body["results"];
-    let offered: Vec<&str> = match results["supported_versions"].as_array() {
+    let offered: Vec<&str> = match body
+        .pointer("/results/supported_versions")
+        .and_then(Value::as_array)
+    {
         Some(list) => list.iter().filter_map(Value::as_str).collect(),
-        None => results["supported_version"].as_str().into_iter().collect(),
+        None => body
+            .pointer("/results/supported_version")
+            .and_then(Value::as_str)
+            .into_iter()
+            .collect(),
     };
     offered
         .iter()
@@ -176,25 +187,53 @@ enum Answer {
     VersionNotSupported,
     /// Any other refusal is final.
     Refused(String),
+    /// A reply past `max_evidence_size`: the round fails.
+    TooLarge(String),
 }
 
-async fn request(client: &reqwest::Client, url: &str) -> Answer {
+async fn request(client: &reqwest::Client, url: &str, max_bytes: usize) -> Answer {
     let response = match client.get(url).send().await {
         Ok(r) => r,
         Err(e) => return Answer::Unreachable(e.to_string()),
     };
     let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let body: Value = match read_capped(response, max_bytes).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        Err(why) if status.as_u16() == 200 => return Answer::TooLarge(why),
+        Err(_) => Value::Null,
+    };
     match status.as_u16() {
         200 => Answer::Quote(body),
         408 | 500 => Answer::Unreachable(format!("the agent answered {status}")),
-        400 if body["status"]
-            .as_str()
+        400 if body
+            .get("status")
+            .and_then(Value::as_str)
             .is_some_and(|s| s.contains("API version not supported")) =>
         {
             Answer::VersionNotSupported
         }
         _ => Answer::Refused(format!("the agent answered {status}")),
+    }
+}
+
+/// The body of an agent's reply, read chunk by chunk up to `max_bytes`: a hostile agent's
+/// endless reply costs the verifier no more than that.
+async fn read_capped(mut response: reqwest::Response, max_bytes: usize) -> Result<Vec<u8>, String> {
+    if response.content_length().is_some_and(|n| n > max_bytes as u64) {
+        return Err(format!("the agent's reply is larger than {max_bytes} bytes"));
+    }
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > max_bytes {
+                    return Err(format!("the agent's reply is larger than {max_bytes} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(format!("reading the agent's reply: {e}")),
+        }
     }
 }
 
@@ -267,14 +306,18 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
                     base_url(&agent),
                     agent.next_ima_ml_entry
                 );
-                (request(&client, &url).await, version)
+                (
+                    request(&client, &url, verifier.config.max_evidence_size).await,
+                    version,
+                )
             }
             // Enrolled without a version (or one we do not speak): ask the agent first.
             None => (Answer::VersionNotSupported, String::new()),
         };
         let mut agent = agent;
         let body = match answer {
-            Answer::Quote(body) => body,
+            Answer::Quote(body) => Ok(body),
+            Answer::TooLarge(why) => Err(Failure::quote("invalid_data", why)),
             Answer::VersionNotSupported => match negotiate(&client, &agent).await {
                 Ok(chosen) => match switch_version(&version, &chosen, agent.attestation_count > 0) {
                     Ok(()) => {
@@ -325,6 +368,16 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
             }
         };
         attempts = 0;
+        let body = match body {
+            Ok(body) => body,
+            Err(failure) => {
+                if !fail_round(&verifier, &tls, agent, round_state, vec![failure]).await {
+                    return;
+                }
+                pause(&verifier).await;
+                continue;
+            }
+        };
         // Evaluate, then apply to the record this round started from.
         let v = verifier.clone();
         let judged = tokio::task::spawn_blocking(move || {
@@ -388,8 +441,8 @@ async fn pause(verifier: &Verifier) {
     tokio::time::sleep(Duration::from_secs_f64(verifier.config.quote_interval)).await;
 }
 
-/// Fails a round that could not be judged (the verifier's own error); returns whether
-/// polling goes on.
+/// Fails a round that could not be judged (the verifier's own error, an oversized reply);
+/// returns whether polling goes on.
 async fn fail_round(
     verifier: &Verifier,
     tls: &AgentTls,
@@ -451,7 +504,7 @@ async fn retry(
 fn quote_mask(tpm_policy: &str, required: &std::collections::BTreeSet<u32>) -> String {
     let mask = serde_json::from_str::<Value>(tpm_policy)
         .ok()
-        .and_then(|v| v["mask"].as_str().map(str::to_owned))
+        .and_then(|v| v.get("mask").and_then(Value::as_str).map(str::to_owned))
         .and_then(|m| u32::from_str_radix(m.trim_start_matches("0x"), 16).ok())
         .unwrap_or(0);
     let required = required

@@ -15,7 +15,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -26,7 +26,7 @@ use super::policies::{
     check_name, decode_mb_policy, decode_runtime_policy, measured_boot_record, module_field, runtime_record,
 };
 use crate::api::docs::{Body, Op, Reply, Routes};
-use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Caller, Envelope};
+use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Envelope};
 use crate::evidence::{HashAlg, PublicArea, Quote};
 use crate::store::verifier::state;
 use crate::store::{
@@ -34,14 +34,18 @@ use crate::store::{
 };
 use crate::tpm::{AttestationKey, QuoteExpectations, verify_quote};
 
-/// Largest request body (a 100,000-path runtime policy is ~11 MB, base64 ~15 MB).
-const MAX_BODY: usize = 64 * 1024 * 1024;
+/// Largest request body of routes that declare none: reads, state changes, small bodies.
+const MAX_BODY: usize = 1024 * 1024;
+/// Unauthenticated push routes (sessions): a few KiB is plenty for a proof.
+const MAX_SESSION_BODY: usize = 16 * 1024;
+/// Capabilities offered by a push agent (token-authenticated).
+const MAX_CAPABILITIES_BODY: usize = 64 * 1024;
 
 /// The `{v}` of the verifier's tenant routes.
 const V2: &[&str] = &["v2", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6"];
 
 pub fn router(state: Verifier) -> Router {
-    routes()
+    routes(&state.config)
         .into_router(
             "zest verifier",
             "Keylime-compatible verifier: tenant routes under /v2.x (mTLS with the tenant \
@@ -51,8 +55,11 @@ pub fn router(state: Verifier) -> Router {
         .with_state(state)
 }
 
-/// Every route of the verifier with its description (the source of `/openapi.json`).
-pub fn routes() -> Routes<Verifier> {
+/// Every route of the verifier with its description (the source of `/openapi.json`), and
+/// the body limits `config` sets for uploads and evidence.
+pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
+    let upload = config.max_upload_size;
+    let evidence = config.max_evidence_size;
     use super::modules;
     use super::push::{attestations, sessions};
     let mut routes = Routes::new(V2)
@@ -86,7 +93,9 @@ pub fn routes() -> Routes<Verifier> {
             true,
             vec![
                 Op::get(show_agent, "An agent's attestation status"),
-                Op::post(enrol, "Enrol an agent with its policies").body(Body::JsonOf("Enrolment")),
+                Op::post(enrol, "Enrol an agent with its policies")
+                    .body(Body::JsonOf("Enrolment"))
+                    .body_limit(upload),
                 Op::delete(delete_agent, "Stop attesting and forget an agent"),
             ],
         )
@@ -112,9 +121,11 @@ pub fn routes() -> Routes<Verifier> {
                 Op::get(show_runtime, "A stored runtime policy"),
                 Op::post(create_runtime, "Store a runtime policy")
                     .body(Body::JsonOf("RuntimePolicyUpload"))
+                    .body_limit(upload)
                     .ok(&[201]),
                 Op::put(update_runtime, "Replace a stored runtime policy")
                     .body(Body::JsonOf("RuntimePolicyUpload"))
+                    .body_limit(upload)
                     .ok(&[201]),
                 Op::delete(delete_runtime, "Remove a runtime policy no agent uses").ok(&[204]),
             ],
@@ -131,9 +142,11 @@ pub fn routes() -> Routes<Verifier> {
                 Op::get(show_mb, "A stored measured-boot policy"),
                 Op::post(create_mb, "Store a measured-boot policy")
                     .body(Body::JsonOf("MbPolicyUpload"))
+                    .body_limit(upload)
                     .ok(&[201]),
                 Op::put(update_mb, "Replace a stored measured-boot policy")
                     .body(Body::JsonOf("MbPolicyUpload"))
+                    .body_limit(upload)
                     .ok(&[201]),
                 Op::delete(delete_mb, "Remove a measured-boot policy no agent uses").ok(&[204]),
             ],
@@ -158,7 +171,8 @@ pub fn routes() -> Routes<Verifier> {
                     super::evidence::verify_evidence,
                     "Verify evidence handed in (2.4+)",
                 )
-                .body(Body::Json),
+                .body(Body::Json)
+                .body_limit(upload.max(evidence)),
             ],
         )
         .route(
@@ -169,6 +183,7 @@ pub fn routes() -> Routes<Verifier> {
                 Op::post(modules::upload, "Upload a policy component (.wasm)")
                     .body(Body::Binary(&["application/wasm", "application/octet-stream"]))
                     .query(&[("kind", "runtime or measured-boot")])
+                    .body_limit(upload)
                     .ok(&[201, 200]),
             ],
         )
@@ -189,6 +204,7 @@ pub fn routes() -> Routes<Verifier> {
                 vec![
                     Op::post(sessions::create, "Open a session: a challenge for the AK")
                         .body(Body::Json)
+                        .body_limit(MAX_SESSION_BODY)
                         .reply(Reply::JsonApi)
                         .open(),
                 ],
@@ -199,6 +215,7 @@ pub fn routes() -> Routes<Verifier> {
                 vec![
                     Op::patch(sessions::prove, "Prove possession of the AK; get a token")
                         .body(Body::Json)
+                        .body_limit(MAX_SESSION_BODY)
                         .reply(Reply::JsonApi)
                         .open(),
                 ],
@@ -213,6 +230,7 @@ pub fn routes() -> Routes<Verifier> {
                         "Offer capabilities; get evidence requested (token)",
                     )
                     .body(Body::Json)
+                    .body_limit(MAX_CAPABILITIES_BODY)
                     .reply(Reply::JsonApi)
                     .ok(&[201])
                     .open(),
@@ -225,6 +243,7 @@ pub fn routes() -> Routes<Verifier> {
                     Op::get(attestations::show, "One attestation (index or latest)").reply(Reply::JsonApi),
                     Op::patch(attestations::submit, "Submit the evidence requested (token)")
                         .body(Body::Json)
+                        .body_limit(evidence)
                         .reply(Reply::JsonApi)
                         .ok(&[202])
                         .open(),
@@ -298,11 +317,7 @@ fn attestation_status(agent: &VerifierAgent, config: &super::VerifierConfig) -> 
 
 /// Prometheus metrics: the verifier's counters, and its agents by mode, operational state
 /// and attestation status read now.
-async fn metrics(
-    State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
-) -> Result<Response, ApiError> {
-    caller.require_admin()?;
+async fn metrics(State(verifier): State<Verifier>) -> Result<Response, ApiError> {
     let config = verifier.config.clone();
     let counts = blocking(&verifier, "counting agents", move |store| {
         let mut counts: std::collections::BTreeMap<(&str, &str, &str), u64> = Default::default();
@@ -407,12 +422,10 @@ struct ListQuery {
 
 async fn list_agents(
     State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
     Path(v): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> ApiResult {
     version_of(&v)?;
-    caller.require_admin()?;
     let ours = query.verifier.is_none_or(|id| id == verifier.config.verifier_id);
     let bulk = query
         .bulk
@@ -436,13 +449,8 @@ async fn list_agents(
     Ok(Envelope::ok(results))
 }
 
-async fn show_agent(
-    State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
-    Path((v, id)): Path<(String, String)>,
-) -> ApiResult {
+async fn show_agent(State(verifier): State<Verifier>, Path((v, id)): Path<(String, String)>) -> ApiResult {
     version_of(&v)?;
-    caller.require_admin()?;
     let id = AgentId::parse(&id)?;
     let v2 = verifier.clone();
     let agent_id = id.to_string();
@@ -460,12 +468,10 @@ async fn show_agent(
 
 async fn enrol(
     State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
     Path((v, id)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
     version_of(&v)?;
-    caller.require_admin()?;
     let id = AgentId::parse(&id)?;
     let body = json_object(&body)?;
     let enrolment = enrolment(&verifier, &id, &body).await?;
@@ -500,13 +506,8 @@ fn kind_name(kind: PolicyKind) -> &'static str {
     }
 }
 
-async fn delete_agent(
-    State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
-    Path((v, id)): Path<(String, String)>,
-) -> ApiResult {
+async fn delete_agent(State(verifier): State<Verifier>, Path((v, id)): Path<(String, String)>) -> ApiResult {
     version_of(&v)?;
-    caller.require_admin()?;
     let id = AgentId::parse(&id)?;
     let agent_id = id.to_string();
     let forget = agent_id.clone();
@@ -556,29 +557,18 @@ async fn set_state(verifier: &Verifier, id: &str, to: i64) -> ApiResult {
     }
 }
 
-async fn reactivate(
-    State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
-    Path((v, id)): Path<(String, String)>,
-) -> ApiResult {
+async fn reactivate(State(verifier): State<Verifier>, Path((v, id)): Path<(String, String)>) -> ApiResult {
     version_of(&v)?;
-    caller.require_admin()?;
     set_state(&verifier, &id, state::START).await
 }
 
-async fn stop(
-    State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
-    Path((v, id)): Path<(String, String)>,
-) -> ApiResult {
+async fn stop(State(verifier): State<Verifier>, Path((v, id)): Path<(String, String)>) -> ApiResult {
     version_of(&v)?;
-    caller.require_admin()?;
     set_state(&verifier, &id, state::TENANT_FAILED).await
 }
 
-async fn list_policies(verifier: &Verifier, caller: &Caller, v: &str, kind: PolicyKind) -> ApiResult {
+async fn list_policies(verifier: &Verifier, v: &str, kind: PolicyKind) -> ApiResult {
     version_of(v)?;
-    caller.require_admin()?;
     let names = blocking(verifier, "listing policies", move |s| s.policy_names(kind)).await?;
     let key = match kind {
         PolicyKind::Runtime => "runtimepolicy names",
@@ -587,15 +577,8 @@ async fn list_policies(verifier: &Verifier, caller: &Caller, v: &str, kind: Poli
     Ok(Envelope::ok(json!({ key: names })))
 }
 
-async fn show_policy(
-    verifier: &Verifier,
-    caller: &Caller,
-    v: &str,
-    name: String,
-    kind: PolicyKind,
-) -> ApiResult {
+async fn show_policy(verifier: &Verifier, v: &str, name: String, kind: PolicyKind) -> ApiResult {
     version_of(v)?;
-    caller.require_admin()?;
     let n = name.clone();
     let record = blocking(verifier, "reading policy", move |s| s.policy(kind, &n))
         .await?
@@ -618,7 +601,6 @@ async fn show_policy(
 
 async fn write_policy(
     verifier: &Verifier,
-    caller: &Caller,
     v: &str,
     name: String,
     kind: PolicyKind,
@@ -626,7 +608,6 @@ async fn write_policy(
     create: bool,
 ) -> ApiResult {
     version_of(v)?;
-    caller.require_admin()?;
     check_name(&name)?;
     if body.is_empty() {
         return Err(ApiError::bad_request("Expected non zero content length"));
@@ -665,13 +646,11 @@ async fn write_policy(
 
 async fn delete_policy(
     verifier: &Verifier,
-    caller: &Caller,
     v: &str,
     name: String,
     kind: PolicyKind,
 ) -> Result<Response, ApiError> {
     version_of(v)?;
-    caller.require_admin()?;
     let n = name.clone();
     match blocking(verifier, "deleting policy", move |s| s.delete_policy(kind, &n)).await? {
         // Keylime answers 204 with no body.
@@ -690,88 +669,66 @@ async fn delete_policy(
     }
 }
 
-async fn list_runtime(
-    State(vf): State<Verifier>,
-    Extension(c): Extension<Caller>,
-    Path(v): Path<String>,
-) -> ApiResult {
-    list_policies(&vf, &c, &v, PolicyKind::Runtime).await
+async fn list_runtime(State(vf): State<Verifier>, Path(v): Path<String>) -> ApiResult {
+    list_policies(&vf, &v, PolicyKind::Runtime).await
 }
 
-async fn list_mb(
-    State(vf): State<Verifier>,
-    Extension(c): Extension<Caller>,
-    Path(v): Path<String>,
-) -> ApiResult {
-    list_policies(&vf, &c, &v, PolicyKind::MeasuredBoot).await
+async fn list_mb(State(vf): State<Verifier>, Path(v): Path<String>) -> ApiResult {
+    list_policies(&vf, &v, PolicyKind::MeasuredBoot).await
 }
 
-async fn show_runtime(
-    State(vf): State<Verifier>,
-    Extension(c): Extension<Caller>,
-    Path((v, name)): Path<(String, String)>,
-) -> ApiResult {
-    show_policy(&vf, &c, &v, name, PolicyKind::Runtime).await
+async fn show_runtime(State(vf): State<Verifier>, Path((v, name)): Path<(String, String)>) -> ApiResult {
+    show_policy(&vf, &v, name, PolicyKind::Runtime).await
 }
 
-async fn show_mb(
-    State(vf): State<Verifier>,
-    Extension(c): Extension<Caller>,
-    Path((v, name)): Path<(String, String)>,
-) -> ApiResult {
-    show_policy(&vf, &c, &v, name, PolicyKind::MeasuredBoot).await
+async fn show_mb(State(vf): State<Verifier>, Path((v, name)): Path<(String, String)>) -> ApiResult {
+    show_policy(&vf, &v, name, PolicyKind::MeasuredBoot).await
 }
 
 async fn create_runtime(
     State(vf): State<Verifier>,
-    Extension(c): Extension<Caller>,
     Path((v, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    write_policy(&vf, &c, &v, name, PolicyKind::Runtime, &body, true).await
+    write_policy(&vf, &v, name, PolicyKind::Runtime, &body, true).await
 }
 
 async fn update_runtime(
     State(vf): State<Verifier>,
-    Extension(c): Extension<Caller>,
     Path((v, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    write_policy(&vf, &c, &v, name, PolicyKind::Runtime, &body, false).await
+    write_policy(&vf, &v, name, PolicyKind::Runtime, &body, false).await
 }
 
 async fn create_mb(
     State(vf): State<Verifier>,
-    Extension(c): Extension<Caller>,
     Path((v, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    write_policy(&vf, &c, &v, name, PolicyKind::MeasuredBoot, &body, true).await
+    write_policy(&vf, &v, name, PolicyKind::MeasuredBoot, &body, true).await
 }
 
 async fn update_mb(
     State(vf): State<Verifier>,
-    Extension(c): Extension<Caller>,
     Path((v, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    write_policy(&vf, &c, &v, name, PolicyKind::MeasuredBoot, &body, false).await
+    write_policy(&vf, &v, name, PolicyKind::MeasuredBoot, &body, false).await
 }
 
 async fn delete_runtime(
     State(vf): State<Verifier>,
-    Extension(c): Extension<Caller>,
     Path((v, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    delete_policy(&vf, &c, &v, name, PolicyKind::Runtime).await
+    delete_policy(&vf, &v, name, PolicyKind::Runtime).await
 }
 
 async fn delete_mb(
     State(vf): State<Verifier>,
-    Extension(c): Extension<Caller>,
     Path((v, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    delete_policy(&vf, &c, &v, name, PolicyKind::MeasuredBoot).await
+    delete_policy(&vf, &v, name, PolicyKind::MeasuredBoot).await
 }
 
 #[derive(serde::Deserialize)]
@@ -786,7 +743,6 @@ struct IdentityQuery {
 /// `nonce` with `hash_alg` (no PCR policy, clock or PCR 16 checks, as in Keylime).
 async fn verify_identity(
     State(verifier): State<Verifier>,
-    Extension(caller): Extension<Caller>,
     Path(v): Path<String>,
     Query(query): Query<IdentityQuery>,
 ) -> ApiResult {
@@ -796,7 +752,6 @@ async fn verify_identity(
             "{v} has no verify/identity (API 2.2 and later)"
         )));
     }
-    caller.require_admin()?;
     let missing = |p: &str| ApiError::bad_request(format!("missing query parameter '{p}'"));
     let id = AgentId::parse(query.agent_uuid.as_deref().ok_or_else(|| missing("agent_uuid"))?)?;
     let quote = query.quote.ok_or_else(|| missing("quote"))?;

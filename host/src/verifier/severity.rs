@@ -67,9 +67,12 @@ impl SeverityPolicy {
         .map(String::from)
         .collect();
         let max = labels.len() - 1;
+        // A constant pattern that is valid regex syntax: compiling it cannot fail.
+        #[allow(clippy::expect_used)]
+        let catch_all = Regex::new("^(?:.*)$").expect("a constant regex");
         Self {
             labels,
-            rules: vec![(Regex::new("^(?:.*)$").expect("a constant regex"), max)],
+            rules: vec![(catch_all, max)],
         }
     }
 
@@ -137,7 +140,8 @@ impl SeverityPolicy {
         Some(Verdict {
             event: event.clone(),
             level: level as i64,
-            label: self.labels[level].clone(),
+            // Levels are positions in `labels` or `max()`, so the label always exists.
+            label: self.labels.get(level).cloned().unwrap_or_default(),
             stops: level == self.max(),
         })
     }

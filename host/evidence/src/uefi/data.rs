@@ -10,9 +10,7 @@ pub struct Guid(pub [u8; 16]);
 
 impl Guid {
     fn read(c: &mut Cursor<'_>) -> Option<Self> {
-        let mut g = [0u8; 16];
-        g.copy_from_slice(c.take(16, "GUID").ok()?);
-        Some(Self(g))
+        Some(Self(c.array("GUID").ok()?))
     }
 }
 
@@ -148,13 +146,20 @@ pub(super) fn decode(event_type: u32, data: &[u8]) -> EventData {
 
 fn startup_locality(data: &[u8]) -> Option<EventData> {
     let rest = data.strip_prefix(b"StartupLocality\0")?;
-    (rest.len() == 1).then(|| EventData::StartupLocality(rest[0]))
+    let &[locality] = rest else {
+        return None;
+    };
+    Some(EventData::StartupLocality(locality))
 }
 
 /// Text as logged: trailing NULs removed, invalid UTF-8 replaced.
 fn text(data: &[u8]) -> String {
-    let end = data.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
-    String::from_utf8_lossy(&data[..end]).into_owned()
+    let trimmed = data
+        .iter()
+        .rposition(|b| *b != 0)
+        .and_then(|i| data.get(..=i))
+        .unwrap_or_default();
+    String::from_utf8_lossy(trimmed).into_owned()
 }
 
 /// S-CRTM versions are UTF-16 on most firmware, plain text on some.
@@ -168,8 +173,10 @@ fn utf16_or_text(data: &[u8]) -> String {
 
 pub(super) fn utf16(data: &[u8]) -> String {
     let units: Vec<u16> = data
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .as_chunks::<2>()
+        .0
+        .iter()
+        .map(|c| u16::from_le_bytes(*c))
         .take_while(|u| *u != 0)
         .collect();
     String::from_utf16_lossy(&units)
@@ -229,14 +236,16 @@ fn variable(data: &[u8]) -> Option<UefiVariable> {
 fn variable_data(name: &str, data: &[u8]) -> VariableData {
     let parsed = match name {
         "SecureBoot" | "SetupMode" | "AuditMode" | "DeployedMode" | "MokListTrusted" if data.len() == 1 => {
-            Some(VariableData::Boolean(data[0] != 0))
+            data.first().map(|b| VariableData::Boolean(*b != 0))
         }
         "PK" | "KEK" | "db" | "dbx" | "dbt" | "dbr" | "vendor_db" | "MokList" | "MokListX" => {
             signature_lists(data).map(VariableData::SignatureLists)
         }
         "BootOrder" if data.len().is_multiple_of(2) => Some(VariableData::BootOrder(
-            data.chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            data.as_chunks::<2>()
+                .0
+                .iter()
+                .map(|c| u16::from_le_bytes(*c))
                 .collect(),
         )),
         n if n.len() == 8 && n.starts_with("Boot") && n[4..].chars().all(|c| c.is_ascii_hexdigit()) => {
@@ -256,11 +265,10 @@ fn variable_data(name: &str, data: &[u8]) -> VariableData {
 }
 
 fn signature_entry(data: &[u8]) -> Option<SignatureEntry> {
-    let mut owner = [0u8; 16];
-    owner.copy_from_slice(data.get(..16)?);
+    let (owner, rest) = data.split_first_chunk::<16>()?;
     Some(SignatureEntry {
-        owner: Guid(owner),
-        data: data[16..].to_vec(),
+        owner: Guid(*owner),
+        data: rest.to_vec(),
     })
 }
 
@@ -294,9 +302,9 @@ fn boot_option(data: &[u8]) -> Option<VariableData> {
     let mut c = Cursor::new(data);
     let attributes = c.u32_le("EFI_LOAD_OPTION.Attributes").ok()?;
     let path_len = c.u16_le("EFI_LOAD_OPTION.FilePathListLength").ok()? as usize;
-    let rest = &data[6..];
+    let rest = data.get(6..)?;
     let desc_units = rest.chunks_exact(2).position(|u| u == [0, 0])?;
-    let description = utf16(&rest[..desc_units * 2]);
+    let description = utf16(rest.get(..desc_units * 2)?);
     let path = rest.get((desc_units + 1) * 2..(desc_units + 1) * 2 + path_len)?;
     Some(VariableData::BootOption {
         enabled: attributes & 1 == 1,
@@ -325,8 +333,8 @@ fn image_load(data: &[u8]) -> Option<ImageLoad> {
 fn gpt(data: &[u8]) -> Option<EventData> {
     let mut c = Cursor::new(data);
     let header = c.take(92, "GPT header").ok()?;
-    let disk_guid = Guid(header[56..72].try_into().ok()?);
-    let entry_size = u32::from_le_bytes(header[84..88].try_into().ok()?) as usize;
+    let disk_guid = Guid(field(header, 56)?);
+    let entry_size = u32::from_le_bytes(field(header, 84)?) as usize;
     c.take(data.len().min(92).saturating_sub(92), "pad").ok()?;
     let count = u64_le(&mut c)?;
     if entry_size < 128 || count > 1024 {
@@ -336,18 +344,23 @@ fn gpt(data: &[u8]) -> Option<EventData> {
     for _ in 0..count {
         let e = c.take(entry_size, "GPT partition").ok()?;
         partitions.push(GptPartition {
-            type_guid: Guid(e[0..16].try_into().ok()?),
-            unique_guid: Guid(e[16..32].try_into().ok()?),
-            starting_lba: u64::from_le_bytes(e[32..40].try_into().ok()?),
-            ending_lba: u64::from_le_bytes(e[40..48].try_into().ok()?),
-            attributes: u64::from_le_bytes(e[48..56].try_into().ok()?),
-            name: utf16(&e[56..128]),
+            type_guid: Guid(field(e, 0)?),
+            unique_guid: Guid(field(e, 16)?),
+            starting_lba: u64::from_le_bytes(field(e, 32)?),
+            ending_lba: u64::from_le_bytes(field(e, 40)?),
+            attributes: u64::from_le_bytes(field(e, 48)?),
+            name: utf16(e.get(56..128)?),
         });
     }
     Some(EventData::Gpt {
         disk_guid,
         partitions,
     })
+}
+
+/// The `N` bytes of `bytes` at offset `at`, if present.
+fn field<const N: usize>(bytes: &[u8], at: usize) -> Option<[u8; N]> {
+    bytes.get(at..at.checked_add(N)?)?.try_into().ok()
 }
 
 /// The TCG name of an event type.

@@ -6,14 +6,16 @@ use super::data::{Guid, utf16};
 /// Renders a device path; malformed input ends the rendering with what was read.
 pub(super) fn to_text(mut bytes: &[u8]) -> String {
     let mut nodes: Vec<String> = Vec::new();
-    while bytes.len() >= 4 {
-        let (node_type, subtype) = (bytes[0], bytes[1]);
-        let len = u16::from_le_bytes([bytes[2], bytes[3]]) as usize;
-        if len < 4 || len > bytes.len() {
+    while let Some(&[node_type, subtype, len_lo, len_hi]) = bytes.first_chunk::<4>() {
+        let len = usize::from(u16::from_le_bytes([len_lo, len_hi]));
+        // A node shorter than its 4-byte header or longer than what is left ends the path.
+        let Some((node_bytes, rest)) = bytes.split_at_checked(len) else {
             break;
-        }
-        let body = &bytes[4..len];
-        bytes = &bytes[len..];
+        };
+        let Some(body) = node_bytes.get(4..) else {
+            break;
+        };
+        bytes = rest;
         if node_type == 0x7f {
             if subtype == 0xff {
                 break;
@@ -41,7 +43,9 @@ fn guid_at(b: &[u8], i: usize) -> Option<Guid> {
 
 fn node(node_type: u8, subtype: u8, b: &[u8]) -> String {
     let text = match (node_type, subtype) {
-        (1, 1) => b.get(..2).map(|f| format!("Pci(0x{:x},0x{:x})", f[1], f[0])),
+        (1, 1) => b
+            .first_chunk::<2>()
+            .map(|&[function, device]| format!("Pci(0x{device:x},0x{function:x})")),
         (1, 4) => guid_at(b, 0).map(|g| format!("VenHw({g})")),
         (2, 1) => u32_at(b, 0).zip(u32_at(b, 4)).map(|(hid, uid)| {
             if hid == 0x0a03_41d0 || hid == 0x0a08_41d0 {
@@ -50,10 +54,13 @@ fn node(node_type: u8, subtype: u8, b: &[u8]) -> String {
                 format!("Acpi(0x{hid:x},0x{uid:x})")
             }
         }),
-        (3, 5) => b.get(..2).map(|p| format!("USB(0x{:x},0x{:x})", p[0], p[1])),
+        (3, 5) => b
+            .first_chunk::<2>()
+            .map(|&[port, interface]| format!("USB(0x{port:x},0x{interface:x})")),
         (3, 11) => b
-            .get(..33)
-            .map(|m| format!("MAC({},0x{:x})", hex::encode(&m[..6]), m[32])),
+            .get(..6)
+            .zip(b.get(32))
+            .map(|(mac, if_type)| format!("MAC({},0x{if_type:x})", hex::encode(mac))),
         (3, 18) => u16_at(b, 0)
             .zip(u16_at(b, 2))
             .zip(u16_at(b, 4))
@@ -81,7 +88,7 @@ fn hard_drive(b: &[u8]) -> Option<String> {
     let format = *b.get(36)?;
     let sig_type = *b.get(37)?;
     let sig = match sig_type {
-        1 => format!("MBR,0x{:x}", u32::from_le_bytes(signature[..4].try_into().ok()?)),
+        1 => format!("MBR,0x{:x}", u32_at(signature, 0)?),
         2 => format!("GPT,{}", Guid(signature.try_into().ok()?)),
         _ => format!("{sig_type},0"),
     };

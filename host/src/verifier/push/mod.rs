@@ -75,6 +75,27 @@ impl RateLimiter {
         }
     }
 
+    /// `Err(wait)` when `key`'s window is full, without counting an event.
+    pub fn full(&self, key: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let Ok(seen) = self.seen.lock() else {
+            return Err(self.window);
+        };
+        let Some(times) = seen.get(key) else {
+            return Ok(());
+        };
+        let live: Vec<&Instant> = times
+            .iter()
+            .filter(|t| now.duration_since(**t) < self.window)
+            .collect();
+        match live.first() {
+            Some(oldest) if live.len() >= self.limit => {
+                Err(self.window.saturating_sub(now.duration_since(**oldest)))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Counts an event for `key`; `Err(wait)` when the window is full.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
         let now = Instant::now();

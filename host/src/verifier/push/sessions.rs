@@ -35,32 +35,46 @@ use crate::verifier::Verifier;
 /// Keylime stores tokens as PBKDF2-HMAC-SHA256 with 600,000 iterations.
 const PBKDF2_ITERATIONS: u32 = 600_000;
 const CHALLENGE_BYTES: usize = 32;
-/// Pending sessions kept at most; beyond it, expired ones are dropped first.
+/// Pending sessions kept at most; beyond it, expired ones are dropped first, then the
+/// oldest: a flood displaces old challenges instead of refusing new ones.
 const MAX_PENDING: usize = 100_000;
+/// Pending sessions one client address may hold for one agent; its oldest goes first.
+const MAX_PENDING_PER_CLIENT: usize = 4;
+/// Failed proofs one client address may send for one agent per minute before it must wait.
+const MAX_FAILED_PROOFS: usize = 10;
 
 struct Pending {
     agent_id: String,
+    /// The client address that asked for it ("" when unknown).
+    address: String,
     challenge: Vec<u8>,
     created_at: u64,
     expires_at: u64,
 }
 
-/// Sessions waiting for their proof, and the creation rate limits.
+/// Sessions waiting for their proof, and the limits on asking for them. Nothing is limited
+/// per agent alone: anyone can name an agent, so such a limit would let a stranger lock the
+/// agent out. Limits are per client address, and failed proofs per (agent, address).
 pub struct Sessions {
     pending: Mutex<HashMap<String, Pending>>,
     per_address: RateLimiter,
-    per_agent: RateLimiter,
+    failed_proofs: RateLimiter,
 }
 
 impl Default for Sessions {
     fn default() -> Self {
-        // Keylime's defaults: 50 per minute per client address, 15 per minute per agent.
+        // Keylime's default: 50 sessions per minute per client address.
         Self {
             pending: Mutex::default(),
             per_address: RateLimiter::new(50, Duration::from_secs(60)),
-            per_agent: RateLimiter::new(15, Duration::from_secs(60)),
+            failed_proofs: RateLimiter::new(MAX_FAILED_PROOFS, Duration::from_secs(60)),
         }
     }
+}
+
+/// The key of failed-proof counts: one agent as asked for from one address.
+fn proof_key(agent_id: &str, address: &str) -> String {
+    format!("{agent_id}|{address}")
 }
 
 fn random<const N: usize>() -> Result<[u8; N], PushError> {
@@ -104,8 +118,11 @@ pub fn token_hash(salt: &[u8], token: &str) -> [u8; 32] {
 fn attributes(body: &[u8]) -> Result<serde_json::Map<String, Value>, PushError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| PushError::new(StatusCode::BAD_REQUEST, format!("the body is not JSON: {e}")))?;
-    match &value["data"]["attributes"] {
-        Value::Object(map) if value["data"]["type"] == "session" => Ok(map.clone()),
+    let data = value.get("data");
+    match data.and_then(|d| d.get("attributes")) {
+        Some(Value::Object(map)) if data.and_then(|d| d.get("type")).is_some_and(|t| t == "session") => {
+            Ok(map.clone())
+        }
         _ => Err(PushError::new(
             StatusCode::BAD_REQUEST,
             "the body must be a JSON:API document with data.type \"session\" and data.attributes",
@@ -150,13 +167,16 @@ fn create_inner(verifier: &Verifier, peer: Option<Peer>, body: &[u8]) -> Result<
         ));
     }
     let sessions = &verifier.sessions;
-    if let Some(peer) = peer {
-        sessions
-            .per_address
-            .check(&peer.0.ip().to_string())
-            .map_err(PushError::too_many)?;
-    }
-    sessions.per_agent.check(&agent_id).map_err(PushError::too_many)?;
+    let address = peer.map(|p| p.0.ip().to_string()).unwrap_or_default();
+    // Too many wrong proofs from here for this agent: wait, without counting a request.
+    sessions
+        .failed_proofs
+        .full(&proof_key(&agent_id, &address))
+        .map_err(PushError::too_many)?;
+    sessions
+        .per_address
+        .check(&address)
+        .map_err(PushError::too_many)?;
 
     let session_id = uuid4()?;
     let challenge = random::<CHALLENGE_BYTES>()?.to_vec();
@@ -180,16 +200,34 @@ fn create_inner(verifier: &Verifier, peer: Option<Peer>, body: &[u8]) -> Result<
         .pending
         .lock()
         .map_err(|_| PushError::new(StatusCode::INTERNAL_SERVER_ERROR, "session table poisoned"))?;
+    // This client's oldest challenges for this agent make room for the new one.
+    let mut mine: Vec<(u64, String)> = pending
+        .iter()
+        .filter(|(_, p)| p.agent_id == agent_id && p.address == address)
+        .map(|(id, p)| (p.created_at, id.clone()))
+        .collect();
+    if mine.len() >= MAX_PENDING_PER_CLIENT {
+        mine.sort_unstable();
+        for (_, id) in mine.iter().take(mine.len() + 1 - MAX_PENDING_PER_CLIENT) {
+            pending.remove(id);
+        }
+    }
     if pending.len() >= MAX_PENDING {
         pending.retain(|_, p| p.expires_at > created_at);
-        if pending.len() >= MAX_PENDING {
-            return Err(PushError::too_many(verifier.config.nonce_lifetime));
+        if pending.len() >= MAX_PENDING
+            && let Some(oldest) = pending
+                .iter()
+                .min_by_key(|(_, p)| p.created_at)
+                .map(|(id, _)| id.clone())
+        {
+            pending.remove(&oldest);
         }
     }
     pending.insert(
         session_id,
         Pending {
             agent_id,
+            address,
             challenge,
             created_at,
             expires_at,
@@ -267,21 +305,26 @@ pub async fn prove(
         .into_response();
     };
     let field = |name: &str| {
-        provided["data"][name]
-            .as_str()
+        provided
+            .get("data")
+            .and_then(|d| d.get(name))
+            .and_then(Value::as_str)
             .and_then(|t| B64.decode(t).ok())
             .unwrap_or_default()
     };
     let (message, signature) = (field("message"), field("signature"));
-    let mut echo = json!({
+    // The proof is echoed as the agent sent it, or as decoded when it sent no object.
+    let data = provided
+        .get("data")
+        .filter(|d| d.is_object())
+        .cloned()
+        .unwrap_or_else(|| json!({"message": B64.encode(&message), "signature": B64.encode(&signature)}));
+    let echo = json!({
         "authentication_class": "pop",
         "authentication_type": "tpm_pop",
         "chosen_parameters": {"challenge": B64.encode(&pending.challenge)},
-        "data": {"message": B64.encode(&message), "signature": B64.encode(&signature)},
+        "data": data,
     });
-    if let Some(extra) = provided.get("data").filter(|d| d.is_object()) {
-        echo["data"] = extra.clone();
-    }
     let mut attributes = json!({
         "agent_id": agent_id.clone(),
         "evaluation": "fail",
@@ -318,6 +361,8 @@ pub async fn prove(
         };
         if let Err(why) = check_proof(&ak, &pending.challenge, &message, &signature) {
             tracing::info!(agent_id = %id, %why, "proof of possession refused");
+            // Counted for this agent from this address only.
+            let _ = v.sessions.failed_proofs.check(&proof_key(&id, &pending.address));
             return Ok(None);
         }
         let secret: [u8; 32] = random().map_err(|_| "no randomness".to_owned())?;
@@ -340,9 +385,14 @@ pub async fn prove(
     match outcome {
         Ok(Ok(Some((token, expires_at)))) => {
             tracing::info!(%agent_id, "push session authenticated");
-            attributes["evaluation"] = json!("pass");
-            attributes["token"] = json!(token);
-            attributes["token_expires_at"] = json!(rfc3339_micros(expires_at * 1_000_000));
+            if let Some(map) = attributes.as_object_mut() {
+                map.insert("evaluation".into(), json!("pass"));
+                map.insert("token".into(), json!(token));
+                map.insert(
+                    "token_expires_at".into(),
+                    json!(rfc3339_micros(expires_at.saturating_mul(1_000_000))),
+                );
+            }
             reply(attributes, StatusCode::OK)
         }
         Ok(Ok(None)) => reply(attributes, StatusCode::UNAUTHORIZED),
