@@ -164,6 +164,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn non_ascii_and_extreme_times_are_refused_without_a_panic() {
+        for text in [
+            "2026-01-01T00:00:0é",
+            "2026-01-01T00:00:00é",
+            "2026-01-01T00:00:00.é",
+            "2026-01-01T00:00:00+0é:00",
+            "2026-01-01T00:00:00…",
+            "２０２６-01-01T00:00:00Z",
+            "9999999-01-01T00:00:00Z",
+        ] {
+            assert_eq!(parse_rfc3339(text), None, "{text}");
+        }
+        // The largest times still format.
+        assert!(!rfc3339_micros(u64::MAX).is_empty());
+    }
+
+    #[test]
     fn rfc3339_times_parse_and_round_trip() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2026-11-28T10:00:00Z"), Some(1_795_860_000));

@@ -976,7 +976,7 @@ fn time_text(unix: &Value) -> String {
         Some(t) => {
             let ago = crate::clock::unix_now().saturating_sub(t);
             // 2026-11-30T11:40:53.000000+00:00 → 2026-11-30 11:40:53 UTC
-            let stamp = crate::clock::rfc3339_micros(t * 1_000_000);
+            let stamp = crate::clock::rfc3339_micros(t.saturating_mul(1_000_000));
             let stamp = stamp.get(..19).unwrap_or(&stamp).replace('T', " ");
             format!("{stamp} UTC ({ago} s ago)")
         }

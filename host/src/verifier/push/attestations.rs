@@ -413,7 +413,7 @@ fn create_blocking(
             return Err(e);
         }
         if let Some(received) = latest.evidence_received_at {
-            let next = received + (verifier.config.quote_interval * 1e6) as u64;
+            let next = received.saturating_add((verifier.config.quote_interval * 1e6) as u64);
             if now < next {
                 let wait = std::time::Duration::from_micros(next - now);
                 let mut e = PushError::too_many(wait);
@@ -447,13 +447,15 @@ fn create_blocking(
         failure_reason: None,
         failures: Vec::new(),
         evidence: chosen.evidence,
-        system_info: json!({"boot_time": boot_time.map(|t| rfc3339_micros(t * 1_000_000))}),
+        system_info: json!({"boot_time": boot_time.map(|t| rfc3339_micros(t.saturating_mul(1_000_000)))}),
         boot_time: boot_time.unwrap_or(0),
         challenge: B64.encode(&chosen.challenge),
         ima_offset: chosen.ima_offset,
         ima_entries: 0,
         capabilities_received_at: now,
-        challenges_expire_at: now + verifier.config.challenge_lifetime.as_micros() as u64,
+        challenges_expire_at: now.saturating_add(
+            u64::try_from(verifier.config.challenge_lifetime.as_micros()).unwrap_or(u64::MAX),
+        ),
         evidence_received_at: None,
         verified_at: None,
     };
@@ -713,7 +715,7 @@ fn conclude(
             if matches!(result, RoundResult::Pass)
                 && let Some(session_id) = session_id
             {
-                let expires = unix_now() + verifier.config.session_lifetime.as_secs();
+                let expires = unix_now().saturating_add(verifier.config.session_lifetime.as_secs());
                 if verifier.store.extend_session(session_id, expires).is_ok() {
                     verifier.tokens.extend(session_id, expires);
                 }

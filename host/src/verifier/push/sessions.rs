@@ -181,7 +181,8 @@ fn create_inner(verifier: &Verifier, peer: Option<Peer>, body: &[u8]) -> Result<
     let session_id = uuid4()?;
     let challenge = random::<CHALLENGE_BYTES>()?.to_vec();
     let created_at = unix_micros_now();
-    let expires_at = created_at + verifier.config.nonce_lifetime.as_micros() as u64;
+    let lifetime = u64::try_from(verifier.config.nonce_lifetime.as_micros()).unwrap_or(u64::MAX);
+    let expires_at = created_at.saturating_add(lifetime);
     let reply = json!({"data": {
         "type": "session",
         "id": session_id,
