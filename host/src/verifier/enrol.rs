@@ -7,8 +7,9 @@ use serde_json::{Map, Value};
 
 use super::Verifier;
 use super::policies::{
-    check_name, decode_mb_policy, decode_runtime_policy, measured_boot_record, module_field, runtime_record,
+    check_name, decode_mb_policy, decode_runtime_policy, measured_boot_record, runtime_record,
 };
+use super::wire::{EnrolmentBody, typed};
 use crate::api::{AgentId, ApiError};
 use crate::evidence::PublicArea;
 use crate::store::verifier::state;
@@ -20,50 +21,19 @@ pub struct Enrolment {
     pub new_policies: Vec<(PolicyKind, PolicyRecord)>,
 }
 
-fn required<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a Value, ApiError> {
-    body.get(field)
-        .ok_or_else(|| ApiError::bad_request(format!("{field} is required")))
-}
-
-fn string(body: &Map<String, Value>, field: &str) -> Result<String, ApiError> {
-    match required(body, field)? {
-        Value::String(s) => Ok(s.clone()),
-        _ => Err(ApiError::bad_request(format!("{field} must be a string"))),
-    }
-}
-
-fn optional_string(body: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ApiError::bad_request(format!("{field} must be a string"))),
-    }
-}
-
-fn string_list(body: &Map<String, Value>, field: &str, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
-    let Value::Array(items) = required(body, field)? else {
+/// Each entry of an accept list is one of `allowed`.
+fn checked_list(items: Vec<String>, field: &str, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
+    if let Some(bad) = items.iter().find(|s| !allowed.contains(&s.as_str())) {
         return Err(ApiError::bad_request(format!(
-            "{field} must be a list of strings"
+            "{field}: '{}' is not one of {allowed:?}",
+            bad.escape_debug()
         )));
-    };
-    items
-        .iter()
-        .map(|v| match v.as_str() {
-            Some(s) if allowed.contains(&s) => Ok(s.to_owned()),
-            Some(s) => Err(ApiError::bad_request(format!(
-                "{field}: '{}' is not one of {allowed:?}",
-                s.escape_debug()
-            ))),
-            None => Err(ApiError::bad_request(format!(
-                "{field} must be a list of strings"
-            ))),
-        })
-        .collect()
+    }
+    Ok(items)
 }
 
 /// `tpm_policy`: a JSON text of `{"<pcr>": "<hex>" | ["<hex>", …], "mask": "0x…"}`.
-fn tpm_policy(body: &Map<String, Value>) -> Result<String, ApiError> {
-    let text = string(body, "tpm_policy")?;
+fn tpm_policy(text: String) -> Result<String, ApiError> {
     let parsed: Value = serde_json::from_str(&text)
         .map_err(|e| ApiError::bad_request(format!("tpm_policy: not JSON: {e}")))?;
     let Value::Object(map) = parsed else {
@@ -112,19 +82,8 @@ fn tpm_policy(body: &Map<String, Value>) -> Result<String, ApiError> {
     Ok(text)
 }
 
-fn port(body: &Map<String, Value>) -> Result<u16, ApiError> {
-    let value = required(body, "cloudagent_port")?;
-    let port = match value {
-        Value::Number(n) => n.as_u64().and_then(|p| u16::try_from(p).ok()),
-        Value::String(s) => s.parse().ok(),
-        _ => None,
-    };
-    port.filter(|p| *p != 0)
-        .ok_or_else(|| ApiError::bad_request("cloudagent_port must be a port number"))
-}
-
-fn ip(body: &Map<String, Value>) -> Result<String, ApiError> {
-    let ip = string(body, "cloudagent_ip")?;
+fn ip(ip: Option<String>) -> Result<String, ApiError> {
+    let ip = ip.ok_or_else(|| ApiError::bad_request("cloudagent_ip is required"))?;
     let ok = ip.parse::<std::net::IpAddr>().is_ok()
         || (!ip.is_empty()
             && ip.len() <= 253
@@ -146,13 +105,12 @@ pub async fn enrolment(
     id: &AgentId,
     body: &Map<String, Value>,
 ) -> Result<Enrolment, ApiError> {
-    let ak_tpm = string(body, "ak_tpm")?;
+    let body: EnrolmentBody = typed(Value::Object(body.clone())).map_err(ApiError::bad_request)?;
     let ak_bytes = B64
-        .decode(&ak_tpm)
+        .decode(&body.ak_tpm)
         .map_err(|e| ApiError::bad_request(format!("ak_tpm: not base64: {e}")))?;
     PublicArea::from_tpm2b(&ak_bytes).map_err(|e| ApiError::bad_request(format!("ak_tpm: {e}")))?;
-    let v = optional_string(body, "v")?;
-    if let Some(v) = &v {
+    if let Some(v) = &body.v {
         let ok = B64.decode(v).is_ok_and(|bytes| bytes.len() == 32);
         if !ok {
             return Err(ApiError::bad_request("v must be base64 of 32 bytes"));
@@ -162,10 +120,9 @@ pub async fn enrolment(
     let push = match verifier.config.mode {
         super::Mode::Pull => false,
         super::Mode::Push => true,
-        super::Mode::Both => matches!(body.get("cloudagent_ip"), None | Some(Value::Null)),
+        super::Mode::Both => body.cloudagent_ip.is_none(),
     };
-    let mtls_cert = optional_string(body, "mtls_cert")?;
-    match mtls_cert.as_deref() {
+    match body.mtls_cert.as_deref() {
         _ if push => {}
         None | Some("disabled") => {
             return Err(ApiError::bad_request("mTLS certificate for agent is required!"));
@@ -177,25 +134,19 @@ pub async fn enrolment(
     }
     // A version we do not speak to agents is dropped: the pull loop then negotiates with
     // the agent's /version (Keylime stores its own version and negotiates on refusal).
-    let supported_version = match body.get("supported_version") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => crate::api::ApiVersion::from_path_segment(&format!("v{s}"))
+    let supported_version = body.supported_version.as_ref().and_then(|s| {
+        crate::api::ApiVersion::from_path_segment(&format!("v{s}"))
             .filter(|_| s.starts_with("2."))
-            .map(|_| s.clone()),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "supported_version must be a string such as \"2.6\"",
-            ));
-        }
-    };
+            .map(|_| s.clone())
+    });
 
-    let hashes = string_list(
-        body,
+    let hashes = checked_list(
+        body.accept_tpm_hash_algs,
         "accept_tpm_hash_algs",
         &["sha1", "sha256", "sha384", "sha512", "sm3_256"],
     )?;
-    let encryption = string_list(
-        body,
+    let encryption = checked_list(
+        body.accept_tpm_encryption_algs,
         "accept_tpm_encryption_algs",
         &[
             "rsa",
@@ -211,16 +162,15 @@ pub async fn enrolment(
             "ecc_nist_p521",
         ],
     )?;
-    let signing = string_list(
-        body,
+    let signing = checked_list(
+        body.accept_tpm_signing_algs,
         "accept_tpm_signing_algs",
         &["rsassa", "rsapss", "ecdsa", "ecdaa", "ecschnorr"],
     )?;
 
     let mut new_policies = Vec::new();
-    let runtime_name = optional_string(body, "runtime_policy_name")?.filter(|n| !n.is_empty());
-    let runtime_given = matches!(body.get("runtime_policy"), Some(Value::String(s)) if !s.is_empty());
-    required(body, "runtime_policy")?;
+    let runtime_name = body.runtime_policy_name.filter(|n| !n.is_empty());
+    let runtime_given = matches!(&body.runtime_policy, Value::String(s) if !s.is_empty());
     let runtime_policy = match (runtime_name, runtime_given) {
         (Some(name), false) => {
             check_name(&name)?;
@@ -229,20 +179,14 @@ pub async fn enrolment(
         (name, _) => {
             let name = name.unwrap_or_else(|| id.to_string());
             check_name(&name)?;
-            let document = decode_runtime_policy(body, "runtime_policy")?;
-            let record = runtime_record(verifier, &name, document, module_field(body)?).await?;
+            let document = decode_runtime_policy(Some(&body.runtime_policy), "runtime_policy")?;
+            let record = runtime_record(verifier, &name, document, body.module.as_deref()).await?;
             new_policies.push((PolicyKind::Runtime, record));
             name
         }
     };
-    required(body, "mb_policy")?;
-    let mb_name = match required(body, "mb_policy_name")? {
-        Value::Null => None,
-        Value::String(s) if s.is_empty() => None,
-        Value::String(s) => Some(s.clone()),
-        _ => return Err(ApiError::bad_request("mb_policy_name must be a string")),
-    };
-    let mb_document = decode_mb_policy(body, "mb_policy")?;
+    let mb_name = body.mb_policy_name.filter(|s| !s.is_empty());
+    let mb_document = decode_mb_policy(Some(&body.mb_policy), "mb_policy")?;
     let mb_policy = match (mb_name, mb_document) {
         (Some(name), None) => {
             check_name(&name)?;
@@ -256,23 +200,31 @@ pub async fn enrolment(
             name
         }
     };
+    let port = match (push, &body.cloudagent_port) {
+        (true, _) => None,
+        (false, None) => return Err(ApiError::bad_request("cloudagent_port is required")),
+        (false, Some(p)) => Some(
+            p.port()
+                .ok_or_else(|| ApiError::bad_request("cloudagent_port must be a port number"))?,
+        ),
+    };
 
     let agent = VerifierAgent {
         agent_id: id.to_string(),
-        ip: if push { None } else { Some(ip(body)?) },
-        port: if push { None } else { Some(port(body)?) },
-        v,
-        tpm_policy: tpm_policy(body)?,
+        ip: if push { None } else { Some(ip(body.cloudagent_ip)?) },
+        port,
+        v: body.v,
+        tpm_policy: tpm_policy(body.tpm_policy)?,
         runtime_policy,
         mb_policy,
-        ima_sign_verification_keys: string(body, "ima_sign_verification_keys")?,
-        revocation_key: revocation_key(body)?,
-        meta_data: string(body, "metadata")?,
+        ima_sign_verification_keys: body.ima_sign_verification_keys,
+        revocation_key: revocation_key(body.revocation_key)?,
+        meta_data: body.metadata,
         accept_tpm_hash_algs: hashes,
         accept_tpm_encryption_algs: encryption,
         accept_tpm_signing_algs: signing,
-        ak_tpm,
-        mtls_cert: mtls_cert.filter(|_| !push),
+        ak_tpm: body.ak_tpm,
+        mtls_cert: body.mtls_cert.filter(|_| !push),
         supported_version,
         // Keylime shows push agents as GET_QUOTE (3) from the start.
         operational_state: if push { state::GET_QUOTE } else { state::START },
@@ -303,8 +255,7 @@ pub async fn enrolment(
 }
 
 /// `revocation_key`: a PEM RSA private key that signs revocation messages, or `""`.
-fn revocation_key(body: &Map<String, Value>) -> Result<String, ApiError> {
-    let key = string(body, "revocation_key")?;
+fn revocation_key(key: String) -> Result<String, ApiError> {
     if key.is_empty() || key.contains("PRIVATE KEY-----") {
         Ok(key)
     } else {

@@ -149,8 +149,8 @@ pub async fn measured_boot_record(
 
 /// The `runtime_policy` field: base64 of the policy JSON (or DSSE envelope); `""` is the
 /// empty policy.
-pub fn decode_runtime_policy(body: &Map<String, Value>, field: &str) -> Result<Vec<u8>, ApiError> {
-    match body.get(field) {
+pub fn decode_runtime_policy(value: Option<&Value>, field: &str) -> Result<Vec<u8>, ApiError> {
+    match value {
         Some(Value::String(s)) if s.is_empty() => Ok(EMPTY_RUNTIME_POLICY.as_bytes().to_vec()),
         Some(Value::String(s)) => B64
             .decode(s)
@@ -162,8 +162,8 @@ pub fn decode_runtime_policy(body: &Map<String, Value>, field: &str) -> Result<V
 
 /// The `mb_policy` field: the refstate as a JSON string (Keylime's tenant sends text), or
 /// a JSON object; null or `""` means none.
-pub fn decode_mb_policy(body: &Map<String, Value>, field: &str) -> Result<Option<Vec<u8>>, ApiError> {
-    match body.get(field) {
+pub fn decode_mb_policy(value: Option<&Value>, field: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => {

@@ -616,11 +616,11 @@ async fn write_policy(
     let module = module_field(&body)?;
     let record = match kind {
         PolicyKind::Runtime => {
-            let document = decode_runtime_policy(&body, "runtime_policy")?;
+            let document = decode_runtime_policy(body.get("runtime_policy"), "runtime_policy")?;
             runtime_record(verifier, &name, document, module).await?
         }
         PolicyKind::MeasuredBoot => {
-            let document = decode_mb_policy(&body, "mb_policy")?;
+            let document = decode_mb_policy(body.get("mb_policy"), "mb_policy")?;
             measured_boot_record(verifier, &name, document, module).await?
         }
     };

@@ -122,3 +122,77 @@ impl LogData {
         Self::deserialize(data).map_err(|e| e.to_string())
     }
 }
+
+/// `POST /v2.x/agents/{id}`: the enrolment body Keylime's tenant sends (keylime-api.md §4.3).
+/// Fields Keylime requires are required here (a `null` where Keylime allows one);
+/// the policies stay JSON until checked, as they come as text or objects.
+#[derive(Debug, Deserialize)]
+pub struct EnrolmentBody {
+    #[serde(default)]
+    pub v: Option<String>,
+    #[serde(default)]
+    pub cloudagent_ip: Option<String>,
+    #[serde(default)]
+    pub cloudagent_port: Option<PortField>,
+    pub tpm_policy: String,
+    pub runtime_policy: Value,
+    #[serde(default)]
+    pub runtime_policy_name: Option<String>,
+    pub mb_policy: Value,
+    #[serde(deserialize_with = "present")]
+    pub mb_policy_name: Option<String>,
+    pub ima_sign_verification_keys: String,
+    pub metadata: String,
+    pub revocation_key: String,
+    pub accept_tpm_hash_algs: Vec<String>,
+    pub accept_tpm_encryption_algs: Vec<String>,
+    pub accept_tpm_signing_algs: Vec<String>,
+    pub ak_tpm: String,
+    #[serde(default)]
+    pub mtls_cert: Option<String>,
+    #[serde(default)]
+    pub supported_version: Option<String>,
+    /// Ours: the component of a runtime policy sent with the enrolment.
+    #[serde(default)]
+    pub module: Option<String>,
+}
+
+/// A port as a number or as numeric text (Keylime's tenant sends either).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PortField {
+    Number(u64),
+    Text(String),
+}
+
+impl PortField {
+    pub fn port(&self) -> Option<u16> {
+        let port = match self {
+            Self::Number(n) => u16::try_from(*n).ok(),
+            Self::Text(s) => s.trim().parse().ok(),
+        };
+        port.filter(|p| *p != 0)
+    }
+}
+
+/// A field that must be present, `null` allowed.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d)
+}
+
+/// Reads a typed body from JSON, naming the field of any error
+/// (`accept_tpm_hash_algs[0]: invalid type: …`, `missing field `ak_tpm``).
+pub fn typed<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })
+}
