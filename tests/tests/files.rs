@@ -45,3 +45,50 @@ async fn the_data_directory_and_database_are_private_from_creation() {
     assert_eq!(mode(registrar.data.path()), 0o700);
     assert_eq!(mode(&registrar.data.path().join("zest.sqlite")), 0o600);
 }
+
+#[test]
+fn a_tampered_compiled_policy_is_compiled_again_never_loaded() {
+    use zest::policy::{PolicyLimits, PolicyRuntime};
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("policy-cache");
+    let source = zest::policy::builtin_measured_boot("accept-all").unwrap();
+    let digest = hex::encode(zest::evidence::HashAlg::Sha256.digest(&[source]));
+    let entry = cache.join(format!("{digest}.cwasm"));
+
+    PolicyRuntime::new(PolicyLimits::default(), Some(cache.clone()))
+        .unwrap()
+        .component(source)
+        .unwrap();
+    let written = std::fs::read(&entry).unwrap();
+    assert_eq!(mode(&dir.path().join("policy-cache.key")), 0o600);
+    assert_eq!(mode(&entry), 0o600);
+
+    // Someone changes one byte of the compiled code: a new process does not load it, it
+    // compiles the source again and writes an entry of its own.
+    let mut tampered = written.clone();
+    let at = tampered.len() / 2;
+    tampered[at] ^= 0x01;
+    std::fs::write(&entry, &tampered).unwrap();
+    PolicyRuntime::new(PolicyLimits::default(), Some(cache.clone()))
+        .unwrap()
+        .component(source)
+        .unwrap();
+    let rewritten = std::fs::read(&entry).unwrap();
+    assert_ne!(rewritten, tampered, "the tampered entry was kept");
+
+    // An entry written with another installation's key is not ours either.
+    std::fs::write(dir.path().join("policy-cache.key"), [7u8; 32]).unwrap();
+    let before = std::fs::read(&entry).unwrap();
+    PolicyRuntime::new(PolicyLimits::default(), Some(cache))
+        .unwrap()
+        .component(source)
+        .unwrap();
+    assert_ne!(std::fs::read(&entry).unwrap(), before);
+    // No temporary files are left behind.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("policy-cache"))
+            .unwrap()
+            .count(),
+        1
+    );
+}

@@ -9,6 +9,13 @@ use std::path::{Path, PathBuf};
 /// Where a zest installation keeps its state when no `--data-dir` is given.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/zest";
 
+/// Creates `dir` and its missing parents readable by their owner only (0700), whatever the
+/// umask: they hold keys, certificates trusted for EKs, or compiled code.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
 /// The data directory layout: one SQLite file, Keylime-style TLS material, EK CA store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataDir(pub PathBuf);

@@ -107,7 +107,7 @@ impl TlsMaterial {
     }
 
     fn generate(&self, server_names: &[String]) -> Result<(), TlsError> {
-        fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
+        crate::config::create_private_dir(&self.dir).map_err(|e| io(&self.dir, e))?;
         fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700)).map_err(|e| io(&self.dir, e))?;
 
         let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
@@ -216,7 +216,7 @@ impl TlsMaterial {
         set_validity(&mut params, 5);
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key, &issuer)?;
-        fs::create_dir_all(out).map_err(|e| io(out, e))?;
+        crate::config::create_private_dir(out).map_err(|e| io(out, e))?;
         let target = Self {
             dir: out.to_path_buf(),
         };

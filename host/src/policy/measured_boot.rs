@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{HostState, PolicyError, PolicyRuntime, call_error};
+use super::{HostState, PolicyError, PolicyRuntime, SlotPermit, call_error};
 use crate::evidence::HashAlg;
 use crate::evidence::uefi::{self, EventLog, PcrBanks};
 
@@ -99,6 +99,8 @@ pub struct MeasuredBootPolicy {
     deadline_ticks: u64,
     inner: Mutex<(Store<HostState>, bindings::MeasuredBootPolicy)>,
     relevant_pcrs: Vec<u32>,
+    /// The pool slot of the Store; after `inner`, so it is given back once the Store is gone.
+    _slot: SlotPermit,
 }
 
 impl MeasuredBootPolicy {
@@ -134,6 +136,8 @@ impl MeasuredBootPolicy {
         refstate: &[u8],
     ) -> Result<Self, PolicyError> {
         let pre = Self::instance_pre(runtime, component_bytes)?;
+        // Before the Store, so that on an error the Store is dropped first.
+        let slot = runtime.acquire_slot()?;
         let mut store = Store::new(runtime.engine(), runtime.store_state(name));
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
@@ -158,6 +162,7 @@ impl MeasuredBootPolicy {
             deadline_ticks: ticks,
             inner: Mutex::new((store, instance)),
             relevant_pcrs,
+            _slot: slot,
         })
     }
 

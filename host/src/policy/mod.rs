@@ -7,6 +7,13 @@
 //! Guests get only the `host` interface of the WIT world: no files, network, clock or
 //! environment. Any trap, timeout or refused allocation becomes a [`PolicyError`], never a
 //! crash of the host.
+//!
+//! Every loaded policy (one Store with one component instance) takes slots of the pooling
+//! allocator. [`PoolShape`] caps what one policy may take and sizes the pool; the runtime
+//! hands out one permit per live policy, never more than the pool holds
+//! ([`PolicyRuntime::instance_capacity`]), so a pool slot is never asked for in vain. The
+//! [`PolicyRegistry`] keeps at most a bounded number of loaded policies and evicts the
+//! least recently used.
 
 mod builtin;
 pub mod create;
@@ -17,8 +24,8 @@ pub mod runtime;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use wasmtime::component::Component;
@@ -33,6 +40,86 @@ pub use registry::{PolicyRegistry, PolicySource};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// The pooling allocator's totals and what one loaded policy may take of them.
+///
+/// A loaded policy is one Store holding one component instance; the per-policy caps are
+/// enforced by wasmtime when a component is compiled or deserialized (a component needing
+/// more is refused with [`PolicyError::Compile`]), so however many policies are live, no
+/// total is exceeded while at most [`PoolShape::policies`] of them are. The built-in
+/// components take 3 core instances, 1 memory and 2 tables; the caps leave room for a
+/// composition of a few components.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolShape {
+    pub total_component_instances: u32,
+    pub total_core_instances: u32,
+    /// Each reserves address space for `memory_bytes` plus guard pages (not resident memory).
+    pub total_memories: u32,
+    pub total_tables: u32,
+    pub core_instances_per_policy: u32,
+    pub memories_per_policy: u32,
+    pub tables_per_policy: u32,
+}
+
+/// The pool of every [`PolicyRuntime`]: room for 128 policies whatever their components.
+pub const POOL: PoolShape = PoolShape {
+    total_component_instances: 128,
+    total_core_instances: 128 * 16,
+    total_memories: 128 * 2,
+    total_tables: 128 * 4,
+    core_instances_per_policy: 16,
+    memories_per_policy: 2,
+    tables_per_policy: 4,
+};
+
+impl PoolShape {
+    /// How many policies can be live at once: each total divided by what one policy may
+    /// take of it, the least of these.
+    pub fn policies(&self) -> usize {
+        let fits = |total: u32, per_policy: u32| total.checked_div(per_policy).unwrap_or(u32::MAX);
+        let n = self
+            .total_component_instances
+            .min(fits(self.total_core_instances, self.core_instances_per_policy))
+            .min(fits(self.total_memories, self.memories_per_policy))
+            .min(fits(self.total_tables, self.tables_per_policy));
+        usize::try_from(n).unwrap_or(usize::MAX)
+    }
+
+    fn config(&self, memory_bytes: usize) -> PoolingAllocationConfig {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(self.total_component_instances)
+            .total_core_instances(self.total_core_instances)
+            .total_memories(self.total_memories)
+            .total_tables(self.total_tables)
+            .max_core_instances_per_component(self.core_instances_per_policy)
+            .max_memories_per_component(self.memories_per_policy)
+            .max_tables_per_component(self.tables_per_policy)
+            .max_memory_size(memory_bytes);
+        pool
+    }
+}
+
+/// Permits for live policies: one per Store, at most the pool's [`PoolShape::policies`].
+#[derive(Debug)]
+struct Slots {
+    capacity: usize,
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// A live policy's share of the pool, held for as long as its Store lives (declare it
+/// after the Store in a struct, so that the Store is dropped first).
+#[derive(Debug)]
+pub(crate) struct SlotPermit(Arc<Slots>);
+
+impl Drop for SlotPermit {
+    fn drop(&mut self) {
+        let mut used = self.0.used.lock().unwrap_or_else(PoisonError::into_inner);
+        *used = used.saturating_sub(1);
+        drop(used);
+        self.0.freed.notify_one();
+    }
+}
 
 /// Resource caps applied to every policy call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +154,8 @@ pub enum PolicyError {
     Trap(String),
     #[error("no built-in policy named '{0}'")]
     UnknownBuiltin(String),
+    #[error("all {capacity} policy instance slots stayed in use for {waited:?}")]
+    Busy { capacity: usize, waited: Duration },
 }
 
 /// The host side of the policy sandbox, shared by every evaluation in the process.
@@ -74,8 +163,10 @@ pub struct PolicyRuntime {
     engine: Engine,
     limits: PolicyLimits,
     compiled: Mutex<HashMap<[u8; 32], Component>>,
-    cache_dir: Option<PathBuf>,
+    /// The disk cache and the key that authenticates its entries (kept outside it).
+    cache_dir: Option<(PathBuf, aws_lc_rs::hmac::Key)>,
     stop_ticker: Arc<AtomicBool>,
+    slots: Arc<Slots>,
 }
 
 impl PolicyRuntime {
@@ -85,13 +176,9 @@ impl PolicyRuntime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.parallel_compilation(true);
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(256)
-            .total_core_instances(512)
-            .total_memories(256)
-            .total_tables(256)
-            .max_memory_size(limits.memory_bytes);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(
+            POOL.config(limits.memory_bytes),
+        ));
         let engine = Engine::new(&config).map_err(|e| PolicyError::Compile(format!("engine: {e}")))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         {
@@ -107,20 +194,69 @@ impl PolicyRuntime {
                 })
                 .map_err(|e| PolicyError::Compile(format!("epoch ticker: {e}")))?;
         }
-        if let Some(dir) = &cache_dir {
-            let _ = std::fs::create_dir_all(dir);
-        }
+        let cache_dir = cache_dir.and_then(|dir| match cache_key(&dir) {
+            Ok(key) => {
+                let _ = crate::config::create_private_dir(&dir);
+                Some((dir, key))
+            }
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "no key for the compiled-policy cache: compiling every start");
+                None
+            }
+        });
         Ok(Self {
             engine,
             limits,
             compiled: Mutex::new(HashMap::new()),
             cache_dir,
             stop_ticker,
+            slots: Arc::new(Slots {
+                capacity: POOL.policies(),
+                used: Mutex::new(0),
+                freed: Condvar::new(),
+            }),
         })
     }
 
     pub fn limits(&self) -> PolicyLimits {
         self.limits
+    }
+
+    /// How many policy instances (Stores) can be live at once: what the pool holds.
+    pub fn instance_capacity(&self) -> usize {
+        self.slots.capacity
+    }
+
+    /// Policy instances live now: cached, being loaded, or evicted but still finishing a
+    /// call.
+    pub fn live_instances(&self) -> usize {
+        *self.slots.used.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A permit for one more live policy instance. When every slot is taken, waits up to
+    /// the call deadline for one to come free (an instance finishing its call after being
+    /// evicted), then fails with [`PolicyError::Busy`] rather than asking the pool in vain.
+    pub(crate) fn acquire_slot(&self) -> Result<SlotPermit, PolicyError> {
+        let slots = &self.slots;
+        let wait = self.limits.deadline;
+        let started = Instant::now();
+        let mut used = slots.used.lock().unwrap_or_else(PoisonError::into_inner);
+        while *used >= slots.capacity {
+            let left = wait.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(PolicyError::Busy {
+                    capacity: slots.capacity,
+                    waited: wait,
+                });
+            }
+            used = slots
+                .freed
+                .wait_timeout(used, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        *used = used.saturating_add(1);
+        Ok(SlotPermit(slots.clone()))
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -141,18 +277,9 @@ impl PolicyRuntime {
         {
             return Ok(c.clone());
         }
-        let cached = self
-            .cache_dir
-            .as_ref()
-            .map(|d| d.join(format!("{}.cwasm", hex::encode(digest))));
-        let component = match cached.as_ref().filter(|p| p.exists()) {
-            // SAFETY: files in the cache directory are written only by `Component::serialize`
-            // below, under zest's data directory, and keyed by the digest of their source.
-            Some(path) => match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(c) => c,
-                Err(_) => self.compile_and_store(bytes, cached.as_deref())?,
-            },
-            None => self.compile_and_store(bytes, cached.as_deref())?,
+        let component = match self.load_cached(&digest) {
+            Some(c) => c,
+            None => self.compile_and_store(bytes, &digest)?,
         };
         self.compiled
             .lock()
@@ -161,20 +288,35 @@ impl PolicyRuntime {
         Ok(component)
     }
 
-    fn compile_and_store(
-        &self,
-        bytes: &[u8],
-        cache: Option<&std::path::Path>,
-    ) -> Result<Component, PolicyError> {
+    /// A cached entry is `HMAC-SHA256(key, source digest ‖ serialized) ‖ serialized`: loading
+    /// one amounts to running native code, so only what this installation wrote is loaded.
+    fn load_cached(&self, digest: &[u8; 32]) -> Option<Component> {
+        let (dir, key) = self.cache_dir.as_ref()?;
+        let path = dir.join(format!("{}.cwasm", hex::encode(digest)));
+        let file = std::fs::read(&path).ok()?;
+        let (tag, serialized) = file.split_at_checked(CACHE_TAG_LEN)?;
+        let authentic = aws_lc_rs::hmac::verify(key, &[digest.as_slice(), serialized].concat(), tag).is_ok();
+        if !authentic {
+            tracing::warn!(path = %path.display(), "a compiled policy in the cache does not carry our tag: compiling it again");
+            return None;
+        }
+        // SAFETY: the entry carries the tag of this installation's key over the source's
+        // digest and these bytes, so it is what `compile_and_store` serialized for that
+        // source; wasmtime still checks that it was made by a compatible engine.
+        unsafe { Component::deserialize(&self.engine, serialized) }.ok()
+    }
+
+    fn compile_and_store(&self, bytes: &[u8], digest: &[u8; 32]) -> Result<Component, PolicyError> {
         tracing::debug!(bytes = bytes.len(), "compiling a policy component");
         let component =
             Component::new(&self.engine, bytes).map_err(|e| PolicyError::Compile(format!("{e:#}")))?;
-        if let Some(path) = cache
+        if let Some((dir, key)) = &self.cache_dir
             && let Ok(serialized) = component.serialize()
         {
-            let tmp = path.with_extension("tmp");
-            if std::fs::write(&tmp, serialized).is_ok() {
-                let _ = std::fs::rename(&tmp, path);
+            let tag = aws_lc_rs::hmac::sign(key, &[digest.as_slice(), &serialized].concat());
+            let path = dir.join(format!("{}.cwasm", hex::encode(digest)));
+            if let Err(e) = write_atomically(&path, &[tag.as_ref(), &serialized].concat()) {
+                tracing::debug!(path = %path.display(), error = %e, "not caching a compiled policy");
             }
         }
         Ok(component)
@@ -185,7 +327,7 @@ impl PolicyRuntime {
         HostState {
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
-                .instances(16)
+                .instances(POOL.core_instances_per_policy as usize)
                 .trap_on_grow_failure(false)
                 .build(),
             policy: policy.to_owned(),
@@ -237,4 +379,58 @@ pub(crate) fn call_error(e: wasmtime::Error, deadline: Duration) -> PolicyError 
         Some(wasmtime::Trap::Interrupt) => PolicyError::Timeout(deadline),
         _ => PolicyError::Trap(format!("{e:#}")),
     }
+}
+
+/// Length of a cache entry's tag (HMAC-SHA256).
+const CACHE_TAG_LEN: usize = 32;
+
+/// The key that authenticates the compiled-policy cache in `dir`: `<dir>.key` beside it
+/// (0600), made on first use.
+fn cache_key(dir: &std::path::Path) -> std::io::Result<aws_lc_rs::hmac::Key> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.with_extension("key");
+    let secret = match std::fs::read(&path) {
+        Ok(secret) if secret.len() == 32 => secret,
+        Ok(_) => {
+            return Err(std::io::Error::other(format!(
+                "{} is not a 32-byte key",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = vec![0u8; 32];
+            aws_lc_rs::rand::fill(&mut secret).map_err(|_| std::io::Error::other("no randomness"))?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            file.write_all(&secret)?;
+            secret
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &secret))
+}
+
+/// Writes `contents` to `path` through a temporary file of its own in the same directory, so
+/// that two writers never interleave and a reader never sees half an entry.
+fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut nonce = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| std::io::Error::other("no randomness"))?;
+    let tmp = path.with_extension(format!("{}.{}.tmp", std::process::id(), hex::encode(nonce)));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(contents).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

@@ -1,6 +1,8 @@
 //! Loaded policy instances, one per (tenant, module digest, document digest): a document is
 //! parsed once and then serves every agent of that tenant that uses it. An instance that
-//! traps or times out is dropped and rebuilt on the next use.
+//! traps or times out is dropped and rebuilt on the next use. The instances live in a
+//! bounded cache (least recently used evicted, one-off loads first), so that however many
+//! documents come and go, the pooling allocator's slots are never exhausted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,7 +12,7 @@ use super::measured_boot::{BootEvidence, MeasuredBootPolicy};
 use super::runtime::{ImaEvidence, RuntimePolicy};
 use super::{PolicyError, PolicyRuntime};
 use crate::evidence::HashAlg;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Family, Metrics};
 
 /// A policy to run: its component and document, and their identities when the caller
 /// knows them already (a stored record's module name and document checksum), which spares
@@ -22,6 +24,9 @@ pub struct PolicySource<'a> {
     pub document: &'a [u8],
     /// (module id such as `builtin:keylime-runtime` or `sha256:…`, SHA-256 hex of `document`)
     pub identity: Option<(&'a str, &'a str)>,
+    /// A load that serves one check or round only (an upload check, a `/verify/evidence`
+    /// document): its instance takes only free room in the cache and is evicted first.
+    pub one_off: bool,
 }
 
 impl<'a> PolicySource<'a> {
@@ -31,6 +36,7 @@ impl<'a> PolicySource<'a> {
             module,
             document,
             identity: None,
+            one_off: false,
         }
     }
 
@@ -38,6 +44,15 @@ impl<'a> PolicySource<'a> {
     pub fn known_as(self, module_id: &'a str, document_sha256: &'a str) -> Self {
         Self {
             identity: Some((module_id, document_sha256)),
+            ..self
+        }
+    }
+
+    /// The same source, for a load that serves one check or round only: its instance takes
+    /// no room from the policies agents use (see [`PolicyRegistry`]).
+    pub fn one_off(self) -> Self {
+        Self {
+            one_off: true,
             ..self
         }
     }
@@ -74,59 +89,226 @@ impl InstanceKey {
     }
 }
 
-/// Loaded instances of one kind of policy.
-struct Instances<P>(Mutex<HashMap<InstanceKey, Arc<P>>>);
-
-impl<P> Default for Instances<P> {
-    fn default() -> Self {
-        Self(Mutex::default())
-    }
+/// Which world a cached instance implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    MeasuredBoot,
+    Runtime,
 }
 
-impl<P> Instances<P> {
-    fn len(&self) -> usize {
-        self.0.lock().map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Runs `eval` on the instance for `key`, loading it first if needed; an instance that
-    /// breaks is dropped so the next call rebuilds it.
-    fn run<R>(
-        &self,
-        key: InstanceKey,
-        load: impl FnOnce() -> Result<P, PolicyError>,
-        eval: impl FnOnce(&P) -> Result<R, PolicyError>,
-    ) -> Result<R, PolicyError> {
-        let existing = self.0.lock().map_err(|_| poisoned())?.get(&key).cloned();
-        let policy = match existing {
-            Some(p) => p,
-            None => {
-                // Loading runs guest code under its deadline; the map lock is not held meanwhile.
-                let loaded = Arc::new(load()?);
-                self.0
-                    .lock()
-                    .map_err(|_| poisoned())?
-                    .entry(key.clone())
-                    .or_insert(loaded)
-                    .clone()
-            }
-        };
-        let result = eval(&policy);
-        if let Err(e) = &result
-            && breaks_instance(e)
-        {
-            self.0.lock().map_err(|_| poisoned())?.remove(&key);
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::MeasuredBoot => "measured-boot",
+            Kind::Runtime => "runtime",
         }
-        result
     }
 }
+
+/// A cached instance of either kind.
+enum Loaded {
+    MeasuredBoot(Arc<MeasuredBootPolicy>),
+    Runtime(Arc<RuntimePolicy>),
+}
+
+/// The two kinds of loaded policy, for the one cache that holds both.
+trait Cached: Sized {
+    const KIND: Kind;
+    fn into_loaded(policy: Arc<Self>) -> Loaded;
+    fn found_in(loaded: &Loaded) -> Option<&Arc<Self>>;
+}
+
+impl Cached for MeasuredBootPolicy {
+    const KIND: Kind = Kind::MeasuredBoot;
+    fn into_loaded(policy: Arc<Self>) -> Loaded {
+        Loaded::MeasuredBoot(policy)
+    }
+    fn found_in(loaded: &Loaded) -> Option<&Arc<Self>> {
+        match loaded {
+            Loaded::MeasuredBoot(p) => Some(p),
+            Loaded::Runtime(_) => None,
+        }
+    }
+}
+
+impl Cached for RuntimePolicy {
+    const KIND: Kind = Kind::Runtime;
+    fn into_loaded(policy: Arc<Self>) -> Loaded {
+        Loaded::Runtime(policy)
+    }
+    fn found_in(loaded: &Loaded) -> Option<&Arc<Self>> {
+        match loaded {
+            Loaded::Runtime(p) => Some(p),
+            Loaded::MeasuredBoot(_) => None,
+        }
+    }
+}
+
+type CacheKey = (Kind, InstanceKey);
+
+/// What [`Cache::insert`] did; whatever it returns besides `policy` is to be dropped
+/// outside the cache lock (dropping a Store returns its pool slots).
+enum Inserted<P> {
+    /// `policy` was loaded; `evicted` left the cache to make room (a one-off `policy`
+    /// itself, when there was no room for it).
+    New { policy: Arc<P>, evicted: Vec<Loaded> },
+    /// Another thread cached `policy` for the key meanwhile; `unused` is not needed.
+    Raced { policy: Arc<P>, unused: Arc<P> },
+}
+
+struct Entry {
+    policy: Loaded,
+    /// The cache's clock at the last use that counts (see [`Cache::hit`]).
+    last_used: u64,
+    /// Loaded for a one-off check and not used by an evaluation since: evicted first.
+    one_off: bool,
+}
+
+/// Loaded instances of both kinds, at most `max` of them, least recently used evicted
+/// first, one-off loads before any other (see [`Cache::insert`]).
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<CacheKey, Entry>,
+    clock: u64,
+}
+
+/// One-off instances (upload checks, `/verify/evidence` documents) kept at most, however
+/// much room the cache has: they are kept only so that the calls of one check or round
+/// share an instance.
+const ONE_OFF_KEPT: usize = 4;
+
+impl Cache {
+    fn tick(&mut self) -> u64 {
+        self.clock = self.clock.wrapping_add(1);
+        self.clock
+    }
+
+    /// The instance for `key` when loaded. A use that is not one-off makes it the most
+    /// recently used (and no longer one-off); a one-off use refreshes only a one-off entry.
+    fn hit<P: Cached>(&mut self, key: &CacheKey, one_off: bool) -> Option<Arc<P>> {
+        let now = self.tick();
+        let entry = self.entries.get_mut(key)?;
+        if !one_off || entry.one_off {
+            entry.last_used = now;
+            entry.one_off = one_off;
+        }
+        P::found_in(&entry.policy).cloned()
+    }
+
+    /// Caches `loaded` under `key` (unless another thread cached an instance for `key`
+    /// meanwhile: then that one is used), then evicts down to `max` entries:
+    /// - an instance an evaluation needs evicts one-off instances first, then the least
+    ///   recently used;
+    /// - a one-off instance only takes free room or another one-off instance's room (at
+    ///   most [`ONE_OFF_KEPT`] of them), never a kept instance's: with no room it is not
+    ///   kept at all.
+    fn insert<P: Cached>(
+        &mut self,
+        key: &CacheKey,
+        loaded: Arc<P>,
+        one_off: bool,
+        max: usize,
+    ) -> Inserted<P> {
+        if let Some(policy) = self.hit::<P>(key, one_off) {
+            return Inserted::Raced {
+                policy,
+                unused: loaded,
+            };
+        }
+        let now = self.tick();
+        self.entries.insert(
+            key.clone(),
+            Entry {
+                policy: P::into_loaded(loaded.clone()),
+                last_used: now,
+                one_off,
+            },
+        );
+        let mut evicted = Vec::new();
+        while self.entries.len() > max.max(1) || self.one_offs() > ONE_OFF_KEPT {
+            let victim = match self.victim(key, one_off) {
+                Some(victim) => victim,
+                None if one_off => key.clone(),
+                None => break,
+            };
+            match self.entries.remove(&victim) {
+                Some(entry) => evicted.push(entry.policy),
+                None => break,
+            }
+        }
+        Inserted::New {
+            policy: loaded,
+            evicted,
+        }
+    }
+
+    fn one_offs(&self) -> usize {
+        self.entries.values().filter(|e| e.one_off).count()
+    }
+
+    /// The entry to evict other than `keep` (the one just inserted): the least recently
+    /// used one-off entry, else (unless `one_offs_only`) the least recently used entry. A
+    /// linear scan: the cache holds at most a pool's worth of instances.
+    fn victim(&self, keep: &CacheKey, one_offs_only: bool) -> Option<CacheKey> {
+        self.entries
+            .iter()
+            .filter(|(k, e)| *k != keep && (e.one_off || !one_offs_only))
+            .min_by_key(|(_, e)| (!e.one_off, e.last_used))
+            .map(|(k, _)| k.clone())
+    }
+
+    /// Drops the entry for `key` if it is still `policy` (not a fresh instance another
+    /// thread loaded meanwhile).
+    fn remove_if<P: Cached>(&mut self, key: &CacheKey, policy: &Arc<P>) -> Option<Loaded> {
+        let same = self
+            .entries
+            .get(key)
+            .and_then(|e| P::found_in(&e.policy))
+            .is_some_and(|cached| Arc::ptr_eq(cached, policy));
+        if same {
+            self.entries.remove(key).map(|e| e.policy)
+        } else {
+            None
+        }
+    }
+}
+
+/// Policy instances created (cache misses), by kind.
+pub const POLICY_LOADS: Family = Family::counter(
+    "zest_policy_loads_total",
+    "Policy documents loaded into a new component instance (cache misses), by kind.",
+);
+/// Instances evicted from the cache to stay within its bound, by kind.
+pub const POLICY_EVICTIONS: Family = Family::counter(
+    "zest_policy_evictions_total",
+    "Loaded policy instances evicted to keep the cache within its bound, by kind.",
+);
+/// Instances cached and live (cached, loading, or evicted but finishing a call).
+pub const POLICY_INSTANCES: Family = Family::gauge(
+    "zest_policy_instances",
+    "Policy instances by state: cached, live (cached, loading or finishing a call), capacity.",
+);
+
+/// The series of a gauge as [`Metrics::render`] takes them: (labels, value).
+pub type GaugeSeries = Vec<(Vec<(&'static str, String)>, f64)>;
 
 /// The loaded policies of a process.
+///
+/// At most [`PolicyRegistry::max_cached`] instances stay loaded (by default half of what
+/// the runtime's pool holds); the least recently used is evicted to make room. Instances
+/// loaded for one-off checks ([`PolicySource::one_off`]) go first, and only ever take free
+/// room (at most four of them): they never evict an instance agents use. Evicting drops
+/// the cache's reference: the Store, and with it its pool slots, goes when the last call
+/// using it returns. The rest of the pool is the headroom for those calls and for loads in
+/// flight; should it ever be used up, a load waits for a slot up to the call deadline (then
+/// fails with [`PolicyError::Busy`]) instead of failing in the pool. A document used again
+/// after its eviction is simply loaded again.
 pub struct PolicyRegistry {
     runtime: Arc<PolicyRuntime>,
     /// Evaluation times and aborts per module, exported at `/metrics`.
     metrics: Arc<Metrics>,
-    measured_boot: Instances<MeasuredBootPolicy>,
-    runtime_policies: Instances<RuntimePolicy>,
+    cache: Mutex<Cache>,
+    max_cached: usize,
 }
 
 fn poisoned() -> PolicyError {
@@ -145,15 +327,122 @@ impl PolicyRegistry {
 
     /// A registry that records its calls in `metrics`.
     pub fn with_metrics(runtime: Arc<PolicyRuntime>, metrics: Arc<Metrics>) -> Self {
+        let max_cached = Self::default_max_cached(&runtime);
         Self {
             runtime,
             metrics,
-            measured_boot: Instances::default(),
-            runtime_policies: Instances::default(),
+            cache: Mutex::default(),
+            max_cached,
         }
     }
 
-    /// Whether `component` implements the runtime-policy world (compiling it once).
+    /// The default bound of the cache: half of the instances the runtime's pool holds (64
+    /// with [`super::POOL`]), the other half being headroom for calls still using evicted
+    /// instances, loads in flight and one-off checks.
+    pub fn default_max_cached(runtime: &PolicyRuntime) -> usize {
+        (runtime.instance_capacity() / 2).max(1)
+    }
+
+    /// The same registry keeping at most `max` instances loaded, clamped to between 1 and
+    /// one less than the runtime's [`PolicyRuntime::instance_capacity`] (a load always
+    /// needs a slot besides the cached instances).
+    pub fn with_max_cached(mut self, max: usize) -> Self {
+        let ceiling = self.runtime.instance_capacity().saturating_sub(1).max(1);
+        self.max_cached = max.clamp(1, ceiling);
+        self
+    }
+
+    /// The most instances this registry keeps loaded.
+    pub fn max_cached(&self) -> usize {
+        self.max_cached
+    }
+
+    /// Instances currently cached (both kinds); never more than [`Self::max_cached`].
+    pub fn cached_instances(&self) -> usize {
+        self.cache.lock().map(|c| c.entries.len()).unwrap_or(0)
+    }
+
+    /// The runtime this registry loads into.
+    pub fn runtime(&self) -> &Arc<PolicyRuntime> {
+        &self.runtime
+    }
+
+    /// The [`POLICY_INSTANCES`] gauge, for [`Metrics::render`].
+    pub fn instance_gauge(&self) -> (Family, GaugeSeries) {
+        let series = [
+            ("cached", self.cached_instances()),
+            ("live", self.runtime.live_instances()),
+            ("capacity", self.runtime.instance_capacity()),
+        ]
+        .into_iter()
+        .map(|(state, n)| (metrics::labels(&[("state", state)]), n as f64))
+        .collect::<GaugeSeries>();
+        (POLICY_INSTANCES, series)
+    }
+
+    /// Runs `eval` on the instance for `source`, loading it first if needed (and caching
+    /// it, evicting others to stay within the bound); an instance that breaks is dropped so
+    /// the next call rebuilds it.
+    fn run<P: Cached, R>(
+        &self,
+        tenant: &str,
+        source: &PolicySource<'_>,
+        load: impl FnOnce() -> Result<P, PolicyError>,
+        eval: impl FnOnce(&P) -> Result<R, PolicyError>,
+    ) -> Result<R, PolicyError> {
+        let key: CacheKey = (P::KIND, InstanceKey::new(tenant, source));
+        let one_off = source.one_off;
+        let cached = self.lock()?.hit::<P>(&key, one_off);
+        let policy = match cached {
+            Some(p) => p,
+            None => {
+                // Loading runs guest code under its deadline; the cache lock is not held
+                // meanwhile.
+                let loaded = Arc::new(load()?);
+                self.metrics.count(POLICY_LOADS, &[("kind", P::KIND.label())]);
+                let inserted = self.lock()?.insert(&key, loaded, one_off, self.max_cached);
+                match inserted {
+                    Inserted::New { policy, evicted } => {
+                        self.drop_evicted(evicted);
+                        policy
+                    }
+                    Inserted::Raced { policy, unused } => {
+                        drop(unused);
+                        policy
+                    }
+                }
+            }
+        };
+        let result = eval(&policy);
+        if let Err(e) = &result
+            && breaks_instance(e)
+        {
+            let removed = self.lock()?.remove_if(&key, &policy);
+            // Outside the lock: dropping the last reference drops the Store.
+            drop(removed);
+        }
+        result
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Cache>, PolicyError> {
+        self.cache.lock().map_err(|_| poisoned())
+    }
+
+    /// Drops evicted instances outside the cache lock (tearing down a Store returns its
+    /// pool slots); an instance another thread still uses goes when that call returns.
+    fn drop_evicted(&self, evicted: Vec<Loaded>) {
+        for loaded in evicted {
+            let kind = match &loaded {
+                Loaded::MeasuredBoot(_) => Kind::MeasuredBoot,
+                Loaded::Runtime(_) => Kind::Runtime,
+            };
+            drop(loaded);
+            self.metrics.count(POLICY_EVICTIONS, &[("kind", kind.label())]);
+        }
+    }
+
+    /// Whether `component` implements the runtime-policy world (compiling it once). Takes
+    /// no instance slot: nothing is instantiated.
     pub fn check_runtime_component(&self, component: &[u8]) -> Result<(), PolicyError> {
         RuntimePolicy::check_world(&self.runtime, component)
     }
@@ -163,16 +452,18 @@ impl PolicyRegistry {
         MeasuredBootPolicy::check_world(&self.runtime, component)
     }
 
-    /// Instances currently loaded (both kinds).
+    /// Instances currently loaded (both kinds): the same as [`Self::cached_instances`].
     pub fn loaded(&self) -> usize {
-        self.measured_boot.len() + self.runtime_policies.len()
+        self.cached_instances()
     }
 
     /// Loads `document` into the runtime `module` for `tenant` (or finds it loaded): the
-    /// check a policy upload gets, and the instance later evaluations use.
+    /// check a policy upload gets (with a [`PolicySource::one_off`] source), and the
+    /// instance later evaluations use.
     pub fn load_runtime(&self, tenant: &str, source: &PolicySource<'_>) -> Result<(), PolicyError> {
-        self.runtime_policies.run(
-            InstanceKey::new(tenant, source),
+        self.run(
+            tenant,
+            source,
             || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document),
             |_| Ok(()),
         )
@@ -184,10 +475,11 @@ impl PolicyRegistry {
         tenant: &str,
         source: &PolicySource<'_>,
     ) -> Result<Option<HashAlg>, PolicyError> {
-        self.runtime_policies.run(
-            InstanceKey::new(tenant, source),
+        self.run(
+            tenant,
+            source,
             || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document),
-            |p| Ok(p.log_hash_alg()),
+            |p: &RuntimePolicy| Ok(p.log_hash_alg()),
         )
     }
 
@@ -198,10 +490,11 @@ impl PolicyRegistry {
         tenant: &str,
         source: &PolicySource<'_>,
     ) -> Result<Vec<u32>, PolicyError> {
-        self.measured_boot.run(
-            InstanceKey::new(tenant, source),
+        self.run(
+            tenant,
+            source,
             || MeasuredBootPolicy::load(&self.runtime, source.name, source.module, source.document),
-            |p| Ok(p.relevant_pcrs().to_vec()),
+            |p: &MeasuredBootPolicy| Ok(p.relevant_pcrs().to_vec()),
         )
     }
 
@@ -213,10 +506,11 @@ impl PolicyRegistry {
         evidence: &BootEvidence<'_>,
     ) -> Result<super::measured_boot::Verdict, PolicyError> {
         let started = Instant::now();
-        let result = self.measured_boot.run(
-            InstanceKey::new(tenant, source),
+        let result = self.run(
+            tenant,
+            source,
             || MeasuredBootPolicy::load(&self.runtime, source.name, source.module, source.document),
-            |p| p.evaluate(evidence),
+            |p: &MeasuredBootPolicy| p.evaluate(evidence),
         );
         self.record("measured-boot", source, started, &result);
         result
@@ -230,10 +524,11 @@ impl PolicyRegistry {
         evidence: &ImaEvidence<'_>,
     ) -> Result<super::runtime::Verdict, PolicyError> {
         let started = Instant::now();
-        let result = self.runtime_policies.run(
-            InstanceKey::new(tenant, source),
+        let result = self.run(
+            tenant,
+            source,
             || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document),
-            |p| p.evaluate(evidence),
+            |p: &RuntimePolicy| p.evaluate(evidence),
         );
         self.record("runtime", source, started, &result);
         result

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{HostState, PolicyError, PolicyRuntime, call_error};
+use super::{HostState, PolicyError, PolicyRuntime, SlotPermit, call_error};
 use crate::evidence::HashAlg;
 use crate::evidence::ima::{self, ImaReplay, Template};
 
@@ -44,6 +44,8 @@ pub struct RuntimePolicy {
     deadline_ticks: u64,
     inner: Mutex<(Store<HostState>, bindings::RuntimePolicy)>,
     log_hash: wit_types::HashAlg,
+    /// The pool slot of the Store; after `inner`, so it is given back once the Store is gone.
+    _slot: SlotPermit,
 }
 
 impl RuntimePolicy {
@@ -78,6 +80,8 @@ impl RuntimePolicy {
         document: &[u8],
     ) -> Result<Self, PolicyError> {
         let pre = Self::instance_pre(runtime, component_bytes)?;
+        // Before the Store, so that on an error the Store is dropped first.
+        let slot = runtime.acquire_slot()?;
         let mut store = Store::new(runtime.engine(), runtime.store_state(name));
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
@@ -101,6 +105,7 @@ impl RuntimePolicy {
             deadline_ticks: ticks,
             inner: Mutex::new((store, instance)),
             log_hash,
+            _slot: slot,
         })
     }
 

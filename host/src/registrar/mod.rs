@@ -93,9 +93,11 @@ pub async fn start(data_dir: &DataDir, config: &RegistrarConfig) -> Result<Regis
     let tls = TlsMaterial::ensure(&data_dir.tls_dir(), &[config.ip.to_string()])?;
     let store = Arc::new(SqliteStore::open(&data_dir.database())?);
     let ek_trust = if config.require_ek_cert {
-        std::fs::create_dir_all(&config.tpm_cert_store).map_err(|source| StartError::CertStore {
-            path: config.tpm_cert_store.display().to_string(),
-            source,
+        crate::config::create_private_dir(&config.tpm_cert_store).map_err(|source| {
+            StartError::CertStore {
+                path: config.tpm_cert_store.display().to_string(),
+                source,
+            }
         })?;
         let trust = TrustStore::load_dir(&config.tpm_cert_store).map_err(|source| StartError::CertStore {
             path: config.tpm_cert_store.display().to_string(),

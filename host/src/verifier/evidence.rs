@@ -151,6 +151,7 @@ fn policy_in_use(
             document: Some(document),
         },
         module: bytes,
+        one_off: true,
     })
 }
 

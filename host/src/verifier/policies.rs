@@ -95,7 +95,7 @@ pub async fn runtime_record(
     tokio::task::spawn_blocking(move || {
         let bytes = resolve(&v, PolicyKind::Runtime, &m)?;
         v.policies
-            .load_runtime(DEFAULT_TENANT, &PolicySource::new(&n, &bytes, &doc))
+            .load_runtime(DEFAULT_TENANT, &PolicySource::new(&n, &bytes, &doc).one_off())
             .map_err(|e| load_error(PolicyKind::Runtime, e))
     })
     .await
@@ -130,7 +130,7 @@ pub async fn measured_boot_record(
         match doc {
             Some(doc) => v
                 .policies
-                .load_measured_boot(DEFAULT_TENANT, &PolicySource::new(&n, &bytes, &doc))
+                .load_measured_boot(DEFAULT_TENANT, &PolicySource::new(&n, &bytes, &doc).one_off())
                 .map(|_| ())
                 .map_err(|e| load_error(PolicyKind::MeasuredBoot, e)),
             None => Ok(()),

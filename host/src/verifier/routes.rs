@@ -344,9 +344,10 @@ async fn metrics(State(verifier): State<Verifier>) -> Result<Response, ApiError>
             (labels, n as f64)
         })
         .collect();
-    let text = verifier
-        .metrics
-        .render(&[(crate::metrics::VERIFIER_AGENTS, series)]);
+    let text = verifier.metrics.render(&[
+        (crate::metrics::VERIFIER_AGENTS, series),
+        verifier.policies.instance_gauge(),
+    ]);
     Ok((
         [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         text,

@@ -26,16 +26,17 @@ pub const KEY_PCR: u32 = 16;
 pub struct PolicyInUse {
     pub record: PolicyRecord,
     pub module: ModuleBytes,
+    /// Judges one request only (`/verify/evidence`): not worth a place in the cache.
+    pub one_off: bool,
 }
 
 impl PolicyInUse {
     /// The document with its component, known by the record's module and checksum.
     pub fn source(&self) -> Option<PolicySource<'_>> {
         let document = self.record.document.as_deref()?;
-        Some(
-            PolicySource::new(&self.record.name, &self.module, document)
-                .known_as(&self.record.module, &self.record.checksum),
-        )
+        let source = PolicySource::new(&self.record.name, &self.module, document)
+            .known_as(&self.record.module, &self.record.checksum);
+        Some(if self.one_off { source.one_off() } else { source })
     }
 }
 
@@ -88,7 +89,11 @@ fn policy_in_use(verifier: &Verifier, kind: PolicyKind, name: &str) -> Result<Op
             format!("the {} component '{}': {}", kind.name(), record.module, e.message),
         )
     })?;
-    Ok(Some(PolicyInUse { record, module }))
+    Ok(Some(PolicyInUse {
+        record,
+        module,
+        one_off: false,
+    }))
 }
 
 /// Whether a refstate record asks for the boot log to be judged: any document, except
