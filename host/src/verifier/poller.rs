@@ -650,6 +650,25 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_agent_addresses_are_bracketed() {
+        let agent = |ip: &str| VerifierAgent {
+            ip: Some(ip.into()),
+            port: Some(9002),
+            ..serde_json::from_value(serde_json::json!({
+                "agent_id": "a", "ip": null, "port": null, "v": null, "tpm_policy": "{}",
+                "runtime_policy": "a", "mb_policy": "a", "ima_sign_verification_keys": "",
+                "revocation_key": "", "meta_data": "{}", "accept_tpm_hash_algs": [],
+                "accept_tpm_encryption_algs": [], "accept_tpm_signing_algs": [], "ak_tpm": "",
+                "mtls_cert": null, "supported_version": null, "operational_state": 3
+            }))
+            .unwrap()
+        };
+        assert_eq!(base_url(&agent("::1")), "https://[::1]:9002");
+        assert_eq!(base_url(&agent("127.0.0.1")), "https://127.0.0.1:9002");
+        assert_eq!(base_url(&agent("agent.example")), "https://agent.example:9002");
+    }
+
+    #[test]
     fn the_newest_common_version_is_chosen() {
         let mut offered = ["2.1", "2.10", "2.6", "3.0"]
             .into_iter()
