@@ -419,13 +419,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
             RoundResult::Fail { failures, notify, .. } => {
                 tracing::warn!(agent_id = %id, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "attestation failed");
                 if let Some(verdict) = notify {
-                    tokio::spawn(notify::send(
-                        verifier.clone(),
-                        tls.clone(),
-                        agent.clone(),
-                        "revocation",
-                        verdict,
-                    ));
+                    revoke(&verifier, &tls, &agent, verdict);
                 }
             }
         }
@@ -461,15 +455,20 @@ async fn fail_round(
         ..
     } = apply(&verifier.config, &mut agent, outcome, crate::clock::unix_now())
     {
-        tokio::spawn(notify::send(
-            verifier.clone(),
-            tls.clone(),
-            agent.clone(),
-            "revocation",
-            verdict,
-        ));
+        revoke(verifier, tls, &agent, verdict);
     }
     save(verifier, agent, round_state).await
+}
+
+/// Sends the revocation for `agent`'s failure in the background.
+fn revoke(verifier: &Verifier, tls: &AgentTls, agent: &VerifierAgent, verdict: super::severity::Verdict) {
+    tokio::spawn(notify::send(
+        verifier.clone(),
+        tls.clone(),
+        agent.clone(),
+        "revocation",
+        verdict,
+    ));
 }
 
 /// One more failed attempt to reach the agent: GET_QUOTE_RETRY after Keylime's backoff

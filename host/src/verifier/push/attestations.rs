@@ -398,13 +398,7 @@ fn create_blocking(
     require_json_api(headers)?;
     let agent_id = agent_id(id)?;
     authenticate(verifier, headers, &agent_id)?;
-    let agent = verifier
-        .store
-        .agent(&agent_id)
-        .map_err(internal)?
-        .filter(|a| a.push)
-        .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "agent not found"))?;
-    refuse_stopped(&agent)?;
+    let agent = attesting_agent(verifier, &agent_id)?;
     let now = unix_micros_now();
     if let Some(latest) = verifier.store.attestation(&agent_id, None).map_err(internal)? {
         if latest.stage == "evaluating_evidence" {
@@ -472,15 +466,22 @@ fn create_blocking(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
-/// An agent the operator stopped (`PUT …/stop`) is not attested until reactivated.
-fn refuse_stopped(agent: &VerifierAgent) -> Result<(), PushError> {
+/// The enrolled push agent `agent_id`, unless the operator stopped it (`PUT …/stop`): a
+/// stopped agent is not attested until reactivated.
+fn attesting_agent(verifier: &Verifier, agent_id: &str) -> Result<VerifierAgent, PushError> {
+    let agent = verifier
+        .store
+        .agent(agent_id)
+        .map_err(internal)?
+        .filter(|a| a.push)
+        .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "agent not found"))?;
     if matches!(agent.operational_state, state::TENANT_FAILED | state::TERMINATED) {
         return Err(PushError::new(
             StatusCode::FORBIDDEN,
             "agent_stopped: the operator stopped attestation of this agent; it resumes after reactivation",
         ));
     }
-    Ok(())
+    Ok(agent)
 }
 
 /// `PATCH /v3[.0]/agents/{id}/attestations/{n|latest}`: the evidence; 202, verdict later.
@@ -523,13 +524,7 @@ fn submit_blocking(
     let agent_id = agent_id(id)?;
     let session_id = authenticate(verifier, headers, &agent_id)?;
     // The verdict is written back only to this record of the agent (see `verify`).
-    let agent = verifier
-        .store
-        .agent(&agent_id)
-        .map_err(internal)?
-        .filter(|a| a.push)
-        .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "agent not found"))?;
-    refuse_stopped(&agent)?;
+    let agent = attesting_agent(verifier, &agent_id)?;
     let not_found = || PushError::new(StatusCode::NOT_FOUND, "attestation not found");
     let latest = verifier
         .store
