@@ -189,10 +189,10 @@ impl RegistrarStore for SqliteStore {
         let stale_before = i64::try_from(stale_before).unwrap_or(i64::MAX);
         // An unactivated registration past its time holds the id no longer: whoever
         // registered it (perhaps with someone else's public EK) loses it.
-        let expired = tx.execute(
+        tx.execute(
             "DELETE FROM registrar_agents WHERE agent_id = ?1 AND active = 0 AND registered_at < ?2",
             params![r.agent_id, stale_before],
-        )? > 0;
+        )?;
         let existing: Option<(String, String, Option<String>, bool)> = tx
             .query_row(
                 "SELECT ek_tpm, aik_tpm, ekcert, active FROM registrar_agents WHERE agent_id = ?1",
@@ -220,7 +220,6 @@ impl RegistrarStore for SqliteStore {
                         now(),
                     ],
                 )?;
-                let _ = expired;
                 RegisterOutcome::Created
             }
             Some((ek_tpm, aik_tpm, ekcert, active)) => {

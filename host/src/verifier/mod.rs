@@ -41,7 +41,8 @@ pub enum Mode {
 
 impl Mode {
     /// Push agents connect without a client certificate, so the listener asks for one but
-    /// does not require it; every admin route checks for it itself.
+    /// does not require it; every operator route still requires an operator's certificate
+    /// (the layer `api::docs` builds from each route's declaration).
     fn client_auth(self) -> ClientAuth {
         match self {
             Self::Pull => ClientAuth::Required,
