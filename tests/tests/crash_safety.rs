@@ -45,7 +45,18 @@ impl Zest {
             .port();
         let config = dir.join("etc");
         std::fs::create_dir_all(&config).unwrap();
-        std::fs::write(config.join("verifier.conf"), "[verifier]\nip = 127.0.0.1\n").unwrap();
+        // The first run's policy may spin for a minute, so the kill surely lands while it
+        // evaluates; the restart runs with the default deadline.
+        let zest_section = if run == 1 {
+            "[zest]\npolicy_timeout = 60\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            config.join("verifier.conf"),
+            format!("[verifier]\nip = 127.0.0.1\n{zest_section}"),
+        )
+        .unwrap();
         let log = dir.join(format!("zest-{run}.log"));
         let child = Command::new(zest_binary().unwrap())
             .arg("--config-dir")
@@ -109,7 +120,7 @@ async fn a_kill_during_evaluation_fails_the_attestation_at_restart_and_the_agent
     let mut zest = Zest::start(dir.path(), 1).await;
     let admin = admin_client(&data).unwrap();
 
-    // A measured-boot component whose `evaluate` spins until the policy deadline (2 s), named
+    // A measured-boot component whose `evaluate` spins until the policy deadline (60 s here), named
     // by a refstate: evidence judged with it stays `evaluating_evidence` that long.
     let (code, reply) = send_json(
         admin

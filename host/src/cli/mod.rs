@@ -199,6 +199,10 @@ fn verifier_config(eff: &Effective) -> anyhow::Result<VerifierConfig> {
     config.request_timeout = eff.parsed(v, "request_timeout", seconds)?;
     config.serve_limits = serve_limits(eff)?;
     config.max_evidence_size = eff.parsed("zest", "max_evidence_size", number)?;
+    config.policy_limits = crate::policy::PolicyLimits {
+        deadline: eff.parsed("zest", "policy_timeout", seconds)?,
+        memory_bytes: eff.parsed("zest", "policy_memory", number)?,
+    };
     config.max_upload_size = eff.parsed(v, "max_upload_size", number)?;
     let labels = eff.parsed(v, "severity_labels", keylime::list_as_json)?;
     config.severity = eff.parsed(v, "severity_policy", |policy| {

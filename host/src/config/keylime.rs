@@ -197,6 +197,8 @@ pub const VERIFIER_OPTIONS: &[OptionSpec] = &[
     opt("zest", "body_timeout", None, "30"),
     opt("zest", "idle_timeout", None, "60"),
     opt("zest", "max_evidence_size", None, "67108864"),
+    opt("zest", "policy_timeout", None, "2"),
+    opt("zest", "policy_memory", None, "268435456"),
 ];
 
 pub const REGISTRAR_OPTIONS: &[OptionSpec] = &[
