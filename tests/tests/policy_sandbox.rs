@@ -248,3 +248,27 @@ fn traps_and_timeouts_are_counted_per_module() {
         "{text}"
     );
 }
+
+#[test]
+fn a_file_that_is_not_a_policy_component_says_what_it_is() {
+    let runtime = PolicyRuntime::new(PolicyLimits::default(), None).unwrap();
+    let refused = |bytes: &[u8]| match MeasuredBootPolicy::load(&runtime, "p", bytes, b"{}") {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("{bytes:?} loaded"),
+    };
+    let garbage = refused(&[0xde, 0xad, 0xbe, 0xef, 0, 1]);
+    assert!(
+        garbage.contains("not WebAssembly") && garbage.contains("deadbeef"),
+        "{garbage}"
+    );
+    let text = refused(br#"{"secure_boot": true}"#);
+    assert!(text.contains("this is text"), "{text}");
+    let core = refused(b"\0asm\x01\0\0\0");
+    assert!(
+        core.contains("core WebAssembly module") && core.contains("wasm32-wasip2"),
+        "{core}"
+    );
+    // A component that exports nothing: built without the SDK's export macro.
+    let empty = refused(b"\0asm\x0d\0\x01\0");
+    assert!(empty.contains("export_measured_boot_policy!"), "{empty}");
+}

@@ -351,6 +351,12 @@ async fn policy_modules_are_uploaded_checked_named_by_policies_and_deleted_when_
     assert_eq!(status, 400);
 }
 
+/// Start (1), or Get Quote (retry) (4) once the pull loop has tried the agent, which this
+/// test never runs.
+fn starting(state: &Value) -> bool {
+    state == 1 || state == 4
+}
+
 #[tokio::test]
 async fn an_enrolled_agent_is_shown_listed_stopped_reactivated_and_deleted() {
     let verifier = TestVerifier::start().await.unwrap();
@@ -365,7 +371,7 @@ async fn an_enrolled_agent_is_shown_listed_stopped_reactivated_and_deleted() {
     let (status, reply) = send_json(admin.get(&url)).await.unwrap();
     assert_eq!(status, 200);
     let agent = &reply["results"];
-    assert_eq!(agent["operational_state"], 1);
+    assert!(starting(&agent["operational_state"]), "{agent}");
     assert_eq!(agent["attestation_status"], "PENDING");
     assert_eq!(agent["attestation_period"], "2s");
     assert_eq!(agent["maximum_attestation_interval"], "10s");
@@ -405,9 +411,9 @@ async fn an_enrolled_agent_is_shown_listed_stopped_reactivated_and_deleted() {
     let (_, reply) = send_json(admin.get(verifier.url("2.6", "agents/?bulk=1")))
         .await
         .unwrap();
-    assert_eq!(
-        reply["results"]["d432fbb3-d2f1-4a97-9ef7-75bd81c00000"]["operational_state"],
-        1
+    assert!(
+        starting(&reply["results"]["d432fbb3-d2f1-4a97-9ef7-75bd81c00000"]["operational_state"]),
+        "{reply}"
     );
     let (_, reply) = send_json(admin.get(verifier.url("2.6", "agents/?verifier=other")))
         .await
@@ -427,7 +433,7 @@ async fn an_enrolled_agent_is_shown_listed_stopped_reactivated_and_deleted() {
     let (status, _) = send_json(admin.put(format!("{url}/reactivate"))).await.unwrap();
     assert_eq!(status, 200);
     let (_, reply) = send_json(admin.get(&url)).await.unwrap();
-    assert_eq!(reply["results"]["operational_state"], 1);
+    assert!(starting(&reply["results"]["operational_state"]), "{reply}");
 
     // State survives a restart of the verifier.
     let verifier = verifier.restart().await.unwrap();

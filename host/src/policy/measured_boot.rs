@@ -113,7 +113,7 @@ impl MeasuredBootPolicy {
         let mut linker: Linker<HostState> = Linker::new(runtime.engine());
         let wrong_world = |e: wasmtime::Error| PolicyError::WrongWorld {
             world: "measured-boot-policy",
-            detail: format!("{e:#}"),
+            detail: super::world_hint(format!("{e:#}"), "export_measured_boot_policy"),
         };
         bindings::MeasuredBootPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(wrong_world)?;

@@ -277,6 +277,9 @@ impl PolicyRuntime {
         {
             return Ok(c.clone());
         }
+        if let Some(what) = not_a_component(bytes) {
+            return Err(PolicyError::Compile(what));
+        }
         let component = match self.load_cached(&digest) {
             Some(c) => c,
             None => self.compile_and_store(bytes, &digest)?,
@@ -433,4 +436,37 @@ fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// One line on what `bytes` is when it is not a WebAssembly component: the mistakes a
+/// policy author makes first (a core module from the wrong target, a text file).
+fn not_a_component(bytes: &[u8]) -> Option<String> {
+    const COMPONENT: [u8; 4] = [0x0d, 0x00, 0x01, 0x00];
+    const CORE_MODULE: [u8; 4] = [0x01, 0x00, 0x00, 0x00];
+    match (bytes.get(..4), bytes.get(4..8)) {
+        (Some(b"\0asm"), Some(layer)) if layer == COMPONENT => None,
+        (Some(b"\0asm"), Some(layer)) if layer == CORE_MODULE => Some(
+            "this is a core WebAssembly module, not a component: build the policy with \
+             `cargo build --release --target wasm32-wasip2`, which makes components"
+                .into(),
+        ),
+        (Some(b"\0asm"), _) => Some("this is WebAssembly of an unknown version or layer, not a component".into()),
+        _ if !bytes.is_empty() && std::str::from_utf8(bytes.get(..bytes.len().min(512)).unwrap_or_default()).is_ok() => {
+            Some("this is text, not WebAssembly: give the policy's .wasm file (target/wasm32-wasip2/release/NAME.wasm)".into())
+        }
+        _ => Some(format!(
+            "this is not WebAssembly: a component starts with \\0asm, this file with {}",
+            hex::encode(bytes.get(..bytes.len().min(4)).unwrap_or_default())
+        )),
+    }
+}
+
+/// A wrong-world error with the fix: a component that exports no policy interface was
+/// built without the SDK's export macro.
+fn world_hint(detail: String, macro_name: &str) -> String {
+    if detail.contains("no exported instance") {
+        format!("{detail}; a policy crate exports its type with `zest_policy_sdk::{macro_name}!(MyPolicy);`")
+    } else {
+        detail
+    }
 }

@@ -58,7 +58,7 @@ impl RuntimePolicy {
         let mut linker: Linker<HostState> = Linker::new(runtime.engine());
         let wrong_world = |e: wasmtime::Error| PolicyError::WrongWorld {
             world: "runtime-policy",
-            detail: format!("{e:#}"),
+            detail: super::world_hint(format!("{e:#}"), "export_runtime_policy"),
         };
         bindings::RuntimePolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(wrong_world)?;
         super::link_guest_support(&mut linker, &component).map_err(wrong_world)?;
