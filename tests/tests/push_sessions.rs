@@ -21,24 +21,9 @@ async fn push_verifier(nonce_lifetime: Duration) -> TestVerifier {
 }
 
 /// Enrols `agent` the way Keylime's tenant does for a push agent: no address, no mTLS cert.
+/// A push agent enrolled without policies (the sessions are what these tests are about).
 async fn enrol(verifier: &TestVerifier, agent: &TestAgent) {
-    let body = json!({
-        "v": null, "cloudagent_ip": null, "cloudagent_port": null,
-        "tpm_policy": "{}", "runtime_policy": "", "runtime_policy_name": null,
-        "mb_policy": null, "mb_policy_name": "", "ima_sign_verification_keys": "",
-        "metadata": "{}", "revocation_key": "", "accept_tpm_hash_algs": ["sha256"],
-        "accept_tpm_encryption_algs": ["rsa", "ecc"], "accept_tpm_signing_algs": ["rsassa", "ecdsa"],
-        "ak_tpm": B64.encode(&agent.aik_tpm), "mtls_cert": "disabled", "supported_version": null,
-    });
-    let admin = verifier.admin_client().unwrap();
-    let (status, reply) = send_json(
-        admin
-            .post(verifier.url("2.6", &format!("agents/{}", agent.uuid)))
-            .json(&body),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{reply}");
+    zest_tests::push_env::enrol(verifier, agent, "{}", None).await
 }
 
 /// The push agent's client: trusts the verifier's CA, presents no certificate.
