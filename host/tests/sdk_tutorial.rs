@@ -1,6 +1,7 @@
-//! `sdk/README.md`, followed word for word: its files are written into a fresh directory
-//! beside a `zest` checkout, its `cargo test` and wasm build run, and `zest policy test`
-//! judges a real boot log with the component it built.
+//! `sdk/README.md`, followed word for word: its ```` ```sh run ```` blocks are run in order
+//! (`zest` is this build's binary, `cargo` the reader's), its files are written where they
+//! name, and each ```` ```text ```` block must appear in the output of the command before it.
+//! The reader needs no TPM and no log of their own: `zest policy new` brings the samples.
 
 // Test code: a failed unwrap is a failed test.
 #![allow(
@@ -20,22 +21,24 @@ fn repo() -> PathBuf {
         .unwrap()
 }
 
-fn fixture(path: &str) -> PathBuf {
-    let root = std::env::var("ZEST_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("../shared/fixtures"));
-    root.join(path)
+/// One step of the tutorial, in the order it appears.
+#[derive(Debug)]
+enum Step {
+    /// A shell line the reader types.
+    Run(String),
+    /// A file the reader writes (a fenced block whose info string names a path).
+    Write { path: String, body: String },
+    /// Output the previous command prints.
+    Expect(String),
 }
 
-/// The tutorial's files: fenced blocks whose info string names a path (```rust my-policy/src/lib.rs).
-fn tutorial_files(readme: &str) -> Vec<(String, String)> {
-    let mut files = Vec::new();
+fn steps(readme: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
     let mut lines = readme.lines();
     while let Some(line) = lines.next() {
         let Some(info) = line.strip_prefix("```") else {
             continue;
         };
-        let path = info.split_whitespace().nth(1);
         let mut body = String::new();
         for inner in lines.by_ref() {
             if inner.starts_with("```") {
@@ -44,126 +47,151 @@ fn tutorial_files(readme: &str) -> Vec<(String, String)> {
             body.push_str(inner);
             body.push('\n');
         }
-        if let Some(path) = path {
-            files.push((path.to_owned(), body));
+        let words: Vec<&str> = info.split_whitespace().collect();
+        match words.as_slice() {
+            ["sh", "run"] => steps.extend(
+                body.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(|l| Step::Run(l.to_owned())),
+            ),
+            ["text"] => steps.push(Step::Expect(body)),
+            [_, path] => steps.push(Step::Write {
+                path: (*path).to_owned(),
+                body,
+            }),
+            _ => {}
         }
     }
-    files
+    steps
 }
 
-/// Cargo as the reader runs it: none of the outer build's settings leak in; one target
-/// directory is kept between runs so CI compiles the dependencies once.
-fn cargo(dir: &Path, args: &[&str]) {
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(args)
-        .current_dir(dir)
-        .env("CARGO_TARGET_DIR", repo().join("target/zest-tutorial"))
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTC_WORKSPACE_WRAPPER")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO_MAKEFLAGS")
-        .status()
-        .expect("running cargo");
-    assert!(status.success(), "cargo {args:?} failed in {}", dir.display());
+/// Runs one line as the reader would, in `dir`: (success, stdout and stderr).
+fn run(line: &str, dir: &Path, target: &Path) -> (bool, String) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let mut command = match words[0] {
+        "zest" => Command::new(env!("CARGO_BIN_EXE_zest")),
+        // Cargo as the reader runs it: none of the outer build's settings leak in; one
+        // target directory is kept between runs so CI compiles the dependencies once.
+        "cargo" => {
+            let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+            c.env("CARGO_TARGET_DIR", target)
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_ENCODED_RUSTFLAGS")
+                .env_remove("RUSTC_WORKSPACE_WRAPPER")
+                .env_remove("CARGO_BUILD_TARGET")
+                .env_remove("CARGO_MAKEFLAGS");
+            c
+        }
+        other => panic!("the tutorial runs {other}, which this test does not know: {line}"),
+    };
+    let out = command.args(&words[1..]).current_dir(dir).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), text)
 }
 
-fn zest_policy_test(dir: &Path, policy: &Path) -> (bool, String) {
-    let wasm = repo().join("target/zest-tutorial/wasm32-wasip2/release/my_policy.wasm");
-    let out = Command::new(env!("CARGO_BIN_EXE_zest"))
-        .args(["policy", "test", "--measured-boot", "--module"])
-        .arg(&wasm)
-        .arg("--policy")
-        .arg(policy)
-        .args(["--event-log", "boot.log"])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        // Progress lines (stderr) first, the result (stdout) last.
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
-    )
+#[test]
+fn the_sdk_tutorial_works_as_written() {
+    let readme = std::fs::read_to_string(repo().join("sdk/README.md")).unwrap();
+    let steps = steps(&readme);
+    let home = tempfile::tempdir().unwrap();
+    let target = repo().join("target/zest-tutorial");
+    let mut dir = home.path().to_path_buf();
+    let mut last: Option<(String, bool, String)> = None;
+    let mut policy_tests = 0;
+    for step in &steps {
+        match step {
+            Step::Run(line) if line.starts_with("cd ") => {
+                dir = dir
+                    .join(line.trim_start_matches("cd ").trim())
+                    .canonicalize()
+                    .unwrap();
+            }
+            Step::Run(line) => {
+                if let Some((previous, ok, out)) = last.take() {
+                    assert!(ok, "`{previous}` failed:\n{out}");
+                }
+                let (ok, out) = run(line, &dir, &target);
+                if let Some(name) = line
+                    .strip_prefix("zest policy new ")
+                    .and_then(|a| a.split_whitespace().last())
+                {
+                    assert!(ok, "`{line}` failed:\n{out}");
+                    // Pin shared dependencies to the versions zest is tested with, and share
+                    // the target directory (the tutorial names paths in `target/`).
+                    let made = dir.join(name);
+                    std::fs::copy(repo().join("Cargo.lock"), made.join("Cargo.lock")).unwrap();
+                    std::fs::create_dir_all(&target).unwrap();
+                    std::os::unix::fs::symlink(&target, made.join("target")).unwrap();
+                }
+                if line.starts_with("zest policy test") {
+                    policy_tests += 1;
+                }
+                last = Some((line.clone(), ok, out));
+            }
+            Step::Write { path, body } => {
+                let full = home.path().join(path);
+                assert!(
+                    full.parent().unwrap().is_dir(),
+                    "the tutorial writes {path} before making its crate"
+                );
+                std::fs::write(&full, body).unwrap();
+            }
+            Step::Expect(expected) => {
+                // `zest policy test` fails on FAIL: the expected output says which it is.
+                let (line, _, out) = last.take().expect("an expected output follows a command");
+                for want in expected.lines().filter(|l| !l.trim().is_empty()) {
+                    assert!(
+                        out.contains(want.trim()),
+                        "`{line}` did not print `{}`:\n{out}",
+                        want.trim()
+                    );
+                }
+            }
+        }
+    }
+    if let Some((line, ok, out)) = last {
+        assert!(ok, "`{line}` failed:\n{out}");
+    }
+    assert_eq!(
+        policy_tests, 2,
+        "the tutorial runs zest policy test on both policies"
+    );
 }
 
-/// The log at `path` with the SecureBoot variable's value flipped to on.
-fn forge_secure_boot(path: &Path) -> Vec<u8> {
+/// A forged log: the SecureBoot byte flipped, its digests left alone (so the PCRs still
+/// replay). The tutorial's policy alone would not notice; `zest policy test`, as the
+/// verifier, fails it for the data that no longer matches its digest.
+#[test]
+fn policy_test_fails_forged_event_data() {
     use zest::evidence::uefi::{EventData, EventLog};
-    let mut log = EventLog::parse(&std::fs::read(path).unwrap()).unwrap();
+    let sample = std::fs::read(repo().join("sdk/testdata/boot.log")).unwrap();
+    let mut log = EventLog::parse(&sample).unwrap();
     let event = log
         .events
         .iter_mut()
         .find(|e| matches!(e.decode(), EventData::Variable(v) if v.name == "SecureBoot"))
         .unwrap();
     *event.data.last_mut().unwrap() ^= 1;
-    log.encode()
-}
-
-#[test]
-fn the_sdk_tutorial_works_as_written() {
-    let readme = std::fs::read_to_string(repo().join("sdk/README.md")).unwrap();
-    let files = tutorial_files(&readme);
-    let names: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "my-policy/Cargo.toml",
-            "my-policy/src/lib.rs",
-            "my-policy/policy.json"
-        ]
-    );
-
-    // The reader's layout: `zest` (the checkout) and `my-policy` side by side.
-    let home = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(repo(), home.path().join("zest")).unwrap();
-    for (path, body) in &files {
-        let full = home.path().join(path);
-        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-        std::fs::write(&full, body).unwrap();
-    }
-    let crate_dir = home.path().join("my-policy");
-    // The reader's own boot log; here Keylime's Fedora log (Secure Boot off, `ro` set).
-    std::fs::copy(
-        fixture("keylime/test/data/create-mb-policy/binary_bios_measurements"),
-        crate_dir.join("boot.log"),
-    )
-    .unwrap();
-    // Pin shared dependencies to the versions zest itself is tested with.
-    std::fs::copy(repo().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
-
-    cargo(&crate_dir, &["test", "--quiet"]);
-    cargo(
-        &crate_dir,
-        &["build", "--quiet", "--release", "--target", "wasm32-wasip2"],
-    );
-
-    let (ok, out) = zest_policy_test(&crate_dir, Path::new("policy.json"));
-    assert!(!ok, "{out}");
-    assert!(
-        out.contains("measured_boot.policy_my-policy {\"message\":\"Secure Boot is not enabled\"}"),
-        "{out}"
-    );
-    assert!(out.contains("relevant PCRs [7, 8]"), "{out}");
-
-    // A forged log: Secure Boot's data flipped to on, its digests left alone (so the PCRs
-    // still replay). The policy alone would now pass; the host's data check fails it.
-    let forged_path = crate_dir.join("forged.log");
-    std::fs::write(&forged_path, forge_secure_boot(&crate_dir.join("boot.log"))).unwrap();
-    std::fs::rename(crate_dir.join("boot.log"), crate_dir.join("genuine.log")).unwrap();
-    std::fs::rename(&forged_path, crate_dir.join("boot.log")).unwrap();
-    let (ok, out) = zest_policy_test(&crate_dir, Path::new("policy.json"));
-    assert!(!ok, "{out}");
-    assert!(out.contains("measured_boot.invalid_event_data"), "{out}");
-    assert!(!out.contains("Secure Boot is not enabled"), "{out}");
-    std::fs::rename(crate_dir.join("genuine.log"), crate_dir.join("boot.log")).unwrap();
-
-    let relaxed = crate_dir.join("relaxed.json");
-    std::fs::write(
-        &relaxed,
-        r#"{"secure_boot": false, "required_cmdline_options": ["ro", "rhgb"]}"#,
-    )
-    .unwrap();
-    let (ok, out) = zest_policy_test(&crate_dir, &relaxed);
-    assert!(ok, "{out}");
-    assert!(out.trim_end().ends_with("PASS"), "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let forged = dir.path().join("forged.log");
+    std::fs::write(&forged, log.encode()).unwrap();
+    let refstate = dir.path().join("accept.json");
+    std::fs::write(&refstate, "{}").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zest"))
+        .args([
+            "policy",
+            "test",
+            "--measured-boot",
+            "--module",
+            "builtin:accept-all",
+            "--policy",
+        ])
+        .arg(&refstate)
+        .arg("--event-log")
+        .arg(&forged)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("measured_boot.invalid_event_data"), "{text}");
 }

@@ -6,6 +6,10 @@ use crate::{HashAlg, LogLevel, PublicKey, Verdict};
 
 /// Verifies `signature` over an already computed `digest` with a DER SubjectPublicKeyInfo
 /// key (RSA PKCS#1 v1.5, or ECDSA with a DER signature).
+///
+/// In native tests this needs the SDK's `native-signatures` feature (it builds the host's
+/// crypto library, aws-lc, from C); without it the call panics saying so, rather than
+/// answering without checking.
 pub fn verify_prehashed(spki_der: &[u8], hash: HashAlg, digest: &[u8], signature: &[u8]) -> bool {
     #[cfg(target_arch = "wasm32")]
     {
@@ -14,6 +18,19 @@ pub fn verify_prehashed(spki_der: &[u8], hash: HashAlg, digest: &[u8], signature
     #[cfg(not(target_arch = "wasm32"))]
     {
         crate::testing::native_verify_prehashed(spki_der, hash, digest, signature)
+    }
+}
+
+/// The digest of `data` with `alg`; `None` for [`HashAlg::Other`]. The host computes it,
+/// so a policy needs no hash crate of its own.
+pub fn hash(alg: HashAlg, data: &[u8]) -> Option<Vec<u8>> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        crate::wit::host::hash(alg, data)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        crate::testing::native_hash(alg, data)
     }
 }
 

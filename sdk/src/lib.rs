@@ -19,50 +19,48 @@ extern crate self as zest_policy_sdk;
 #[doc(hidden)]
 pub use wit_bindgen as __wit_bindgen;
 
-/// Generated bindings of the `runtime-policy` world (use the re-exports instead).
+/// Generated bindings of the `runtime-policy` world (use the re-exports instead). The
+/// bindings are generated once from `wit/` and committed (see `tests/bindings.rs`).
 #[cfg(feature = "runtime")]
 #[doc(hidden)]
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 pub mod runtime_bindings {
-    wit_bindgen::generate!({
-        world: "runtime-policy",
-        path: "../wit",
-        pub_export_macro: true,
-        export_macro_name: "__export_runtime_world",
-        default_bindings_module: "zest_policy_sdk::runtime_bindings",
-        runtime_path: "zest_policy_sdk::__wit_bindgen::rt",
-    });
+    include!("bindings/runtime_policy.rs");
 }
 
-/// Generated bindings of the `measured-boot-policy` world (use the re-exports instead).
+/// Generated bindings of the `measured-boot-policy` world, sharing the runtime world's
+/// `types` and `host` (use the re-exports instead).
 #[cfg(all(feature = "measured-boot", feature = "runtime"))]
 #[doc(hidden)]
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 pub mod measured_boot_bindings {
-    wit_bindgen::generate!({
-        world: "measured-boot-policy",
-        path: "../wit",
-        with: {
-            "zest:policy/types@0.1.0": crate::runtime_bindings::zest::policy::types,
-            "zest:policy/host@0.1.0": crate::runtime_bindings::zest::policy::host,
-        },
-        pub_export_macro: true,
-        export_macro_name: "__export_measured_boot_world",
-        default_bindings_module: "zest_policy_sdk::measured_boot_bindings",
-        runtime_path: "zest_policy_sdk::__wit_bindgen::rt",
-    });
+    include!("bindings/measured_boot_policy_shared.rs");
 }
 
 /// Generated bindings of the `measured-boot-policy` world (use the re-exports instead).
 #[cfg(all(feature = "measured-boot", not(feature = "runtime")))]
 #[doc(hidden)]
+#[allow(
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 pub mod measured_boot_bindings {
-    wit_bindgen::generate!({
-        world: "measured-boot-policy",
-        path: "../wit",
-        pub_export_macro: true,
-        export_macro_name: "__export_measured_boot_world",
-        default_bindings_module: "zest_policy_sdk::measured_boot_bindings",
-        runtime_path: "zest_policy_sdk::__wit_bindgen::rt",
-    });
+    include!("bindings/measured_boot_policy.rs");
 }
 
 #[cfg(all(feature = "measured-boot", not(feature = "runtime")))]
@@ -74,26 +72,13 @@ pub use wit::host::{KeyKind, PublicKey};
 pub use wit::types::{Digest, Failure, HashAlg, LoadError, LogLevel, Verdict};
 
 pub mod host;
+#[cfg(feature = "measured-boot")]
+pub mod measured_boot;
 pub mod python_regex;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
-
-/// The types of the runtime (IMA) world.
-#[cfg(feature = "runtime")]
-pub mod runtime {
-    pub use crate::runtime_bindings::exports::zest::policy::runtime::{
-        Batch, Entry, ImaSignature, ReplayFacts, Template,
-    };
-}
-
-/// The types of the measured-boot world.
-#[cfg(feature = "measured-boot")]
-pub mod measured_boot {
-    pub use crate::measured_boot_bindings::exports::zest::policy::measured_boot::{
-        BootLog, EfiVariable, Event, EventData, EventDigest, ImageLoad, PcrValue, SignatureEntry,
-        SignatureList, VariableData,
-    };
-}
 
 /// A runtime (IMA) policy: one policy document, loaded once, then asked about batches of IMA
 /// entries of any number of agents.
@@ -157,6 +142,19 @@ impl Failure {
     /// The context as JSON (for tests and tools).
     pub fn context_json(&self) -> serde_json::Value {
         serde_json::from_str(&self.context).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// `serde_json::from_slice(document)?` in a policy's `load`: text that is not JSON is
+/// [`LoadError::InvalidJson`], JSON of the wrong shape is [`LoadError::Schema`]; both carry
+/// serde's message with its line and column.
+impl From<serde_json::Error> for LoadError {
+    fn from(e: serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => Self::Schema(e.to_string()),
+            Category::Syntax | Category::Eof | Category::Io => Self::InvalidJson(e.to_string()),
+        }
     }
 }
 
@@ -241,6 +239,32 @@ pub fn unhex(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Installs, once, the panic hook of a component: the panic's message and `file:line` go to
+/// the host (`host::panicked`), which logs them and reports them as the failure instead of
+/// a bare trap. The export macros call it at every entry.
+#[doc(hidden)]
+pub fn __install_panic_hook() {
+    #[cfg(target_arch = "wasm32")]
+    {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                let message = info.payload_as_str().unwrap_or("Box<dyn Any>");
+                let text = match info.location() {
+                    Some(at) => format!(
+                        "panicked at {}:{}:{}: {message}",
+                        at.file(),
+                        at.line(),
+                        at.column()
+                    ),
+                    None => format!("panicked: {message}"),
+                };
+                wit::host::panicked(&text);
+            }));
+        });
+    }
+}
+
 /// Exports a [`RuntimePolicy`] type as the component's `runtime` interface.
 #[cfg(feature = "runtime")]
 #[macro_export]
@@ -257,12 +281,14 @@ macro_rules! export_runtime_policy {
 
             impl $crate::runtime_bindings::exports::zest::policy::runtime::Guest for ZestRuntimeExport {
                 fn load(document: ::std::vec::Vec<u8>) -> ::core::result::Result<(), $crate::LoadError> {
+                    $crate::__install_panic_hook();
                     let policy = <$policy as $crate::RuntimePolicy>::load(&document)?;
                     LOADED.with(|slot| *slot.borrow_mut() = ::core::option::Option::Some(policy));
                     ::core::result::Result::Ok(())
                 }
 
                 fn log_hash_alg() -> $crate::HashAlg {
+                    $crate::__install_panic_hook();
                     LOADED.with(|slot| match slot.borrow().as_ref() {
                         ::core::option::Option::Some(p) => $crate::RuntimePolicy::log_hash_alg(p),
                         ::core::option::Option::None => $crate::HashAlg::Sha1,
@@ -270,6 +296,7 @@ macro_rules! export_runtime_policy {
                 }
 
                 fn evaluate(batch: $crate::runtime::Batch) -> $crate::Verdict {
+                    $crate::__install_panic_hook();
                     LOADED.with(|slot| match slot.borrow().as_ref() {
                         ::core::option::Option::Some(p) => $crate::RuntimePolicy::evaluate(p, &batch),
                         ::core::option::Option::None => $crate::host::not_loaded(),
@@ -306,12 +333,14 @@ macro_rules! export_measured_boot_policy {
                 for ZestMeasuredBootExport
             {
                 fn load(document: ::std::vec::Vec<u8>) -> ::core::result::Result<(), $crate::LoadError> {
+                    $crate::__install_panic_hook();
                     let policy = <$policy as $crate::MeasuredBootPolicy>::load(&document)?;
                     LOADED.with(|slot| *slot.borrow_mut() = ::core::option::Option::Some(policy));
                     ::core::result::Result::Ok(())
                 }
 
                 fn relevant_pcrs() -> ::std::vec::Vec<u32> {
+                    $crate::__install_panic_hook();
                     LOADED.with(|slot| match slot.borrow().as_ref() {
                         ::core::option::Option::Some(p) => $crate::MeasuredBootPolicy::relevant_pcrs(p),
                         ::core::option::Option::None => ::std::vec::Vec::new(),
@@ -319,6 +348,7 @@ macro_rules! export_measured_boot_policy {
                 }
 
                 fn evaluate(log: $crate::measured_boot::BootLog) -> $crate::Verdict {
+                    $crate::__install_panic_hook();
                     LOADED.with(|slot| match slot.borrow().as_ref() {
                         ::core::option::Option::Some(p) => $crate::MeasuredBootPolicy::evaluate(p, &log),
                         ::core::option::Option::None => $crate::host::not_loaded(),

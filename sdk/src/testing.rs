@@ -1,7 +1,16 @@
 //! Native test helpers: turn real IMA logs and UEFI event logs into the batches and boot
 //! logs zest hands a policy, with zest's own parsers and replay, so a policy's `cargo test`
-//! sees what the server would show it. There is no quote offline: the replayed PCR values
-//! stand in for quoted ones and every digest of the chosen bank counts as authenticated.
+//! sees what the server would show it.
+//!
+//! - [`boot_log`] and [`ima_batch`] are the happy path: there is no quote offline, so the
+//!   replayed PCR values stand in for quoted ones and every digest of the chosen bank counts
+//!   as authenticated.
+//! - [`Quote`], [`judge_boot`], [`edit_event`], [`ima_batch_quoted`] and [`ima_batches`]
+//!   are the paths the verifier takes when evidence is wrong or arrives in parts: a replay
+//!   that does not match the quote, a PCR that was not quoted, an event with altered data,
+//!   and a second attestation with the state the first one returned.
+//! - [`sample_boot_log`] and [`sample_ima_list`] are evidence made by the zest project
+//!   (`sdk/testdata`), for tests on a machine without a TPM.
 //!
 //! These helpers panic with a message on unreadable files: they are for tests.
 
@@ -35,6 +44,7 @@ fn digest(alg_name: &str, value: Vec<u8>) -> crate::Digest {
     }
 }
 
+#[cfg(feature = "native-signatures")]
 pub(crate) fn native_verify_prehashed(
     spki_der: &[u8],
     hash: HashAlg,
@@ -42,6 +52,39 @@ pub(crate) fn native_verify_prehashed(
     signature: &[u8],
 ) -> bool {
     evidence::ima_keys::verify_prehashed(spki_der, to_evidence_hash(hash), digest, signature)
+}
+
+// No answer is better than one that did not check: a test that needs signatures says so.
+#[cfg(not(feature = "native-signatures"))]
+#[allow(clippy::panic)]
+pub(crate) fn native_verify_prehashed(_: &[u8], _: HashAlg, _: &[u8], _: &[u8]) -> bool {
+    panic!(
+        "host::verify_prehashed in a native test needs zest-policy-sdk's `native-signatures` \
+         feature: add it to the SDK under [dev-dependencies] of the policy crate"
+    )
+}
+
+pub(crate) fn native_hash(alg: HashAlg, data: &[u8]) -> Option<Vec<u8>> {
+    to_evidence_hash(alg).map(|h| h.digest(&[data]))
+}
+
+/// The directory of the SDK's sample evidence (`sdk/testdata`).
+pub fn testdata_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+}
+
+/// A UEFI event log made by the zest project: Secure Boot on, shim and GRUB loaded, the
+/// kernel command line `... ro quiet` in PCR 8 (`sdk/testdata/README.md` lists its PCRs).
+pub fn sample_boot_log() -> Vec<u8> {
+    read(testdata_dir().join("boot.log"))
+}
+
+/// An IMA list (ascii, ima-ng, SHA-256 file digests) made by the zest project: the boot
+/// aggregate of [`sample_boot_log`], system files, and `/tmp/payload.sh`.
+#[allow(clippy::panic)]
+pub fn sample_ima_list() -> String {
+    String::from_utf8(read(testdata_dir().join("ascii_runtime_measurements")))
+        .unwrap_or_else(|_| panic!("the sample IMA list is not UTF-8"))
 }
 
 pub(crate) fn native_parse_key(data: &[u8]) -> Option<PublicKey> {
@@ -62,16 +105,83 @@ pub(crate) fn native_parse_key(data: &[u8]) -> Option<PublicKey> {
 /// the list, every entry treated as quoted.
 #[cfg(feature = "runtime")]
 pub fn ima_batch(text: &str, log_hash: HashAlg, bank: HashAlg) -> crate::runtime::Batch {
+    let (bank_alg, log_alg) = ima_algs(log_hash, bank);
+    let start = evidence::ima::ImaPosition::start(bank_alg);
+    // Offline the replay's own end value plays the quote.
+    let dry = evidence::ima::replay(text, bank_alg, log_alg, &start, None);
+    replayed_batch(text, (bank_alg, log_alg), &start, 0, &dry.final_pcr10).0
+}
+
+/// [`ima_batch`] against a quoted PCR 10 of your choosing: with a value no prefix of the
+/// list replays to, `replay.matched` is false and every entry is `after_quote`. (The
+/// verifier then also fails the attestation with `ima.pcr_mismatch`, whatever the policy
+/// says.)
+#[cfg(feature = "runtime")]
+pub fn ima_batch_quoted(text: &str, log_hash: HashAlg, bank: HashAlg, pcr10: &[u8]) -> crate::runtime::Batch {
+    let (bank_alg, log_alg) = ima_algs(log_hash, bank);
+    replayed_batch(
+        text,
+        (bank_alg, log_alg),
+        &evidence::ima::ImaPosition::start(bank_alg),
+        0,
+        pcr10,
+    )
+    .0
+}
+
+/// The list as two attestations see it: the first `split` lines, then the rest, which
+/// continues the first replay from entry `split` (`replay.start_offset`, absolute
+/// `index`es). Give the second batch the state the first verdict returned
+/// (`second.prior_state = verdict.state`), as the verifier does.
+#[cfg(feature = "runtime")]
+pub fn ima_batches(
+    text: &str,
+    log_hash: HashAlg,
+    bank: HashAlg,
+    split: usize,
+) -> (crate::runtime::Batch, crate::runtime::Batch) {
+    let (bank_alg, log_alg) = ima_algs(log_hash, bank);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let (head, tail) = lines.split_at(split.min(lines.len()));
+    let (head, tail) = (head.join("\n"), tail.join("\n"));
+    let start = evidence::ima::ImaPosition::start(bank_alg);
+    let dry = evidence::ima::replay(&head, bank_alg, log_alg, &start, None);
+    let (first, next) = replayed_batch(&head, (bank_alg, log_alg), &start, 0, &dry.final_pcr10);
+    let next = next.unwrap_or(start);
+    let dry = evidence::ima::replay(&tail, bank_alg, log_alg, &next, None);
+    let (second, _) = replayed_batch(
+        &tail,
+        (bank_alg, log_alg),
+        &next,
+        next.next_entry,
+        &dry.final_pcr10,
+    );
+    (first, second)
+}
+
+#[cfg(feature = "runtime")]
+fn ima_algs(log_hash: HashAlg, bank: HashAlg) -> (evidence::HashAlg, evidence::HashAlg) {
+    (
+        to_evidence_hash(bank).unwrap_or(evidence::HashAlg::Sha256),
+        to_evidence_hash(log_hash).unwrap_or(evidence::HashAlg::Sha1),
+    )
+}
+
+/// The batch of `text` replayed from `from` against `pcr10`, and where the next replay
+/// starts.
+#[cfg(feature = "runtime")]
+fn replayed_batch(
+    text: &str,
+    (bank_alg, log_alg): (evidence::HashAlg, evidence::HashAlg),
+    from: &evidence::ima::ImaPosition,
+    start_offset: u64,
+    pcr10: &[u8],
+) -> (crate::runtime::Batch, Option<evidence::ima::ImaPosition>) {
     use crate::runtime::{Batch, Entry, ImaSignature, ReplayFacts, Template};
     use evidence::ima;
 
-    let bank_alg = to_evidence_hash(bank).unwrap_or(evidence::HashAlg::Sha256);
-    let log_alg = to_evidence_hash(log_hash).unwrap_or(evidence::HashAlg::Sha1);
-    let start = ima::ImaPosition::start(bank_alg);
-    // Offline the replay's own end value plays the quote.
-    let dry = ima::replay(text, bank_alg, log_alg, &start, None);
-    let replay = ima::replay(text, bank_alg, log_alg, &start, Some(&dry.final_pcr10));
-    let entries = ima::checked_entries(text, &replay, 0)
+    let replay = ima::replay(text, bank_alg, log_alg, from, Some(pcr10));
+    let entries = ima::checked_entries(text, &replay, start_offset)
         .into_iter()
         .map(|e| Entry {
             index: e.index,
@@ -97,16 +207,17 @@ pub fn ima_batch(text: &str, log_hash: HashAlg, bank: HashAlg) -> crate::runtime
             after_quote: e.after_quote,
         })
         .collect();
-    Batch {
+    let batch = Batch {
         entries,
         replay: ReplayFacts {
             bank: from_evidence_hash(bank_alg),
-            start_offset: 0,
+            start_offset,
             matched: replay.matched_after.is_some(),
         },
         boot_aggregates: Vec::new(),
         prior_state: None,
-    }
+    };
+    (batch, replay.next_position)
 }
 
 /// [`ima_batch`] of a file.
@@ -129,35 +240,162 @@ pub fn ima_batch_from_file(
 /// replayed; the SHA-256 bank (else the first bank of the log) plays the quoted one.
 #[cfg(feature = "measured-boot")]
 pub fn boot_log(bytes: &[u8]) -> Result<crate::measured_boot::BootLog, String> {
-    use crate::measured_boot::{BootLog, Event, EventDigest, PcrValue};
-    use evidence::uefi::EventLog;
+    let quote = Quote::of_log(bytes)?;
+    let log = evidence::uefi::EventLog::parse(bytes).map_err(|e| e.to_string())?;
+    let everything: std::collections::BTreeSet<u32> = quote.pcrs.keys().copied().collect();
+    Ok(wit_boot_log(&log, &quote, &everything))
+}
 
-    let log = EventLog::parse(bytes).map_err(|e| e.to_string())?;
-    let banks = log.replay();
-    let bank = if banks.contains_key(&evidence::HashAlg::Sha256) {
-        evidence::HashAlg::Sha256
-    } else {
-        *banks
-            .keys()
-            .next()
-            .ok_or("the event log has no digest bank zest can replay")?
-    };
-    let pcrs: Vec<PcrValue> = banks
-        .get(&bank)
-        .map(|values| {
-            values
-                .iter()
-                .map(|(index, value)| PcrValue {
-                    index: *index,
-                    value: value.clone(),
-                })
-                .collect()
+/// The quote a test attests a boot log against: a bank and PCR values. Start from what the
+/// log replays to ([`Quote::of_log`]) and change it the way a real quote would differ.
+#[cfg(feature = "measured-boot")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quote {
+    pub bank: HashAlg,
+    pub pcrs: std::collections::BTreeMap<u32, Vec<u8>>,
+}
+
+#[cfg(feature = "measured-boot")]
+impl Quote {
+    /// The values the log replays to, in its SHA-256 bank (else its first bank): a quote
+    /// the log matches.
+    pub fn of_log(bytes: &[u8]) -> Result<Self, String> {
+        let log = evidence::uefi::EventLog::parse(bytes).map_err(|e| e.to_string())?;
+        let banks = log.replay();
+        let bank = if banks.contains_key(&evidence::HashAlg::Sha256) {
+            evidence::HashAlg::Sha256
+        } else {
+            *banks
+                .keys()
+                .next()
+                .ok_or("the event log has no digest bank zest can replay")?
+        };
+        Ok(Self {
+            bank: from_evidence_hash(bank),
+            pcrs: banks.get(&bank).cloned().unwrap_or_default(),
         })
-        .unwrap_or_default();
+    }
+
+    /// The quote with PCR `index` holding `value` (a replay that does not match).
+    pub fn with_pcr(mut self, index: u32, value: Vec<u8>) -> Self {
+        self.pcrs.insert(index, value);
+        self
+    }
+
+    /// The quote without PCR `index` (a PCR that was not quoted).
+    pub fn without_pcr(mut self, index: u32) -> Self {
+        self.pcrs.remove(&index);
+        self
+    }
+}
+
+/// Attests a boot log as the verifier does, with `policy` deciding:
+/// 1. every PCR of `policy.relevant_pcrs()` must be quoted (`measured_boot.missing_pcrs`);
+/// 2. every event's data must be what its digests measured
+///    (`measured_boot.invalid_event_data`);
+/// 3. each compared PCR must replay to its quoted value (`measured_boot.invalid_pcr_<n>`);
+/// 4. only then is the policy asked, with the events of the PCRs that replayed.
+///
+/// `prior_state` is the state of the agent's previous verdict (`None` the first time:
+/// `first_attestation` is then true).
+#[cfg(feature = "measured-boot")]
+#[allow(clippy::panic)]
+pub fn judge_boot<P: crate::MeasuredBootPolicy>(
+    policy: &P,
+    bytes: &[u8],
+    quote: &Quote,
+    prior_state: Option<Vec<u8>>,
+) -> crate::Verdict {
+    use evidence::uefi::{BootFinding, EventLog, check_boot};
+
+    let log = EventLog::parse(bytes).unwrap_or_else(|e| panic!("the boot log does not parse: {e}"));
+    let bank = to_evidence_hash(quote.bank)
+        .unwrap_or_else(|| panic!("the quote's bank must be sha1, sha256, sha384 or sha512"));
+    let check = check_boot(&log, &log.replay(), bank, &quote.pcrs, &policy.relevant_pcrs());
+    if !check.findings.is_empty() {
+        let failures = check
+            .findings
+            .iter()
+            .map(|finding| match finding {
+                BootFinding::MissingPcrs(pcrs) => crate::Failure::new(
+                    "measured_boot.missing_pcrs",
+                    serde_json::json!({"context": "PCRs are missing in quote", "data": pcrs}),
+                ),
+                BootFinding::EventData {
+                    event,
+                    pcr,
+                    type_name,
+                    bank,
+                } => crate::Failure::new(
+                    "measured_boot.invalid_event_data",
+                    serde_json::json!({
+                        "context": "boot event data does not match its digest",
+                        "event": event, "pcr": pcr, "type": type_name, "bank": bank.name(),
+                    }),
+                )
+                .at(*event as u64),
+                BootFinding::PcrMismatch {
+                    pcr,
+                    replayed,
+                    quoted,
+                } => crate::Failure::new(
+                    format!("measured_boot.invalid_pcr_{pcr}"),
+                    serde_json::json!({
+                        "context": "SHA256 boot event log PCR value does not match",
+                        "got": crate::hex(replayed),
+                        "expected": crate::hex(quoted),
+                    }),
+                ),
+            })
+            .collect();
+        return crate::Verdict::with_failures(failures);
+    }
+    let mut boot = wit_boot_log(&log, quote, &check.verified_pcrs);
+    boot.first_attestation = prior_state.is_none();
+    boot.prior_state = prior_state;
+    policy.evaluate(&boot)
+}
+
+/// `bytes` (a binary event log) with the data of event `number` edited and its digests
+/// left alone: the forgery the verifier's data check catches for variables, separators and
+/// actions, and cannot catch where digests do not cover the data (EV_IPL, images).
+#[allow(clippy::panic)]
+pub fn edit_event(bytes: &[u8], number: usize, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut log =
+        evidence::uefi::EventLog::parse(bytes).unwrap_or_else(|e| panic!("the boot log does not parse: {e}"));
+    let event = log
+        .events
+        .get_mut(number)
+        .unwrap_or_else(|| panic!("the boot log has no event {number}"));
+    edit(&mut event.data);
+    log.encode()
+}
+
+/// The WIT view of `log` under `quote`: the events of `verified` PCRs, their digests in the
+/// quoted bank authenticated.
+#[cfg(feature = "measured-boot")]
+fn wit_boot_log(
+    log: &evidence::uefi::EventLog,
+    quote: &Quote,
+    verified: &std::collections::BTreeSet<u32>,
+) -> crate::measured_boot::BootLog {
+    use crate::measured_boot::{BootLog, Event, EventDigest, PcrValue};
+
+    let bank = to_evidence_hash(quote.bank).unwrap_or(evidence::HashAlg::Sha256);
+    let values = |pcrs: &std::collections::BTreeMap<u32, Vec<u8>>| -> Vec<PcrValue> {
+        pcrs.iter()
+            .map(|(index, value)| PcrValue {
+                index: *index,
+                value: value.clone(),
+            })
+            .collect()
+    };
+    let replayed = log.replay().get(&bank).map(values).unwrap_or_default();
     let quoted_id = bank.tpm_id();
     let events = log
         .events
         .iter()
+        .filter(|ev| verified.contains(&ev.pcr))
         .map(|ev| Event {
             number: ev.number as u32,
             pcr: ev.pcr,
@@ -180,14 +418,14 @@ pub fn boot_log(bytes: &[u8]) -> Result<crate::measured_boot::BootLog, String> {
             parsed: event_data(ev.decode()),
         })
         .collect();
-    Ok(BootLog {
+    BootLog {
         quoted_bank: from_evidence_hash(bank),
-        quoted: pcrs.clone(),
-        replayed: pcrs,
+        quoted: values(&quote.pcrs),
+        replayed,
         events,
         first_attestation: true,
         prior_state: None,
-    })
+    }
 }
 
 /// [`boot_log`] of a file.
@@ -201,7 +439,8 @@ pub fn boot_log_from_file(path: impl AsRef<Path>) -> crate::measured_boot::BootL
 #[cfg(feature = "measured-boot")]
 fn event_data(d: evidence::uefi::EventData) -> crate::measured_boot::EventData {
     use crate::measured_boot::{
-        EfiVariable, EventData, ImageLoad, SignatureEntry, SignatureList, VariableData,
+        BootOption, EfiVariable, EventData, FirmwareBlob, ImageLoad, SignatureEntry, SignatureList,
+        VariableData,
     };
     use evidence::uefi::{EventData as E, VariableData as V};
 
@@ -214,7 +453,7 @@ fn event_data(d: evidence::uefi::EventData) -> crate::measured_boot::EventData {
         E::StartupLocality(l) => EventData::StartupLocality(l),
         E::Text(t) => EventData::Text(t),
         E::Separator(v) => EventData::Separator(v),
-        E::FirmwareBlob { base, length, .. } => EventData::FirmwareBlob((base, length)),
+        E::FirmwareBlob { base, length, .. } => EventData::FirmwareBlob(FirmwareBlob { base, length }),
         E::Variable(v) => EventData::Variable(EfiVariable {
             guid: v.guid.to_string(),
             name: v.name,
@@ -235,7 +474,11 @@ fn event_data(d: evidence::uefi::EventData) -> crate::measured_boot::EventData {
                     enabled,
                     description,
                     device_path,
-                } => VariableData::BootOption((enabled, description, device_path)),
+                } => VariableData::BootOption(BootOption {
+                    enabled,
+                    description,
+                    device_path,
+                }),
                 V::Raw => VariableData::Raw,
             },
             data: v.data,

@@ -2,18 +2,25 @@
 //! (IMA signs the file digest itself) and Keylime's reading of key buffers measured into
 //! kernel keyrings (`ima-buf` entries) and of `verification-keys`.
 
+#[cfg(feature = "signatures")]
 use aws_lc_rs::digest;
+#[cfg(feature = "signatures")]
 use aws_lc_rs::signature::{self, ParsedPublicKey};
 use sha1::Digest as _;
 use x509_parser::prelude::{FromDer, ParsedExtension, SubjectPublicKeyInfo, X509Certificate};
 
+#[cfg(feature = "signatures")]
 use crate::HashAlg;
 
 const OID_RSA: &str = "1.2.840.113549.1.1.1";
 const OID_EC: &str = "1.2.840.10045.2.1";
+#[cfg(feature = "signatures")]
 const OID_P256: &str = "1.2.840.10045.3.1.7";
+#[cfg(feature = "signatures")]
 const OID_P384: &str = "1.3.132.0.34";
+#[cfg(feature = "signatures")]
 const OID_P521: &str = "1.3.132.0.35";
+#[cfg(feature = "signatures")]
 const OID_SECP256K1: &str = "1.3.132.0.10";
 
 /// The kind of a public key; IMA signatures are checked with RSA and EC keys only.
@@ -102,6 +109,7 @@ fn pem_body(bytes: &[u8]) -> Option<Vec<u8>> {
 /// Verifies `sig` over the precomputed `digest_bytes` with a DER SubjectPublicKeyInfo key:
 /// RSA PKCS#1 v1.5 (DigestInfo of `hash`) or ECDSA with a DER signature (NIST curves and
 /// secp256k1, which Keylime's tests sign with). False for anything malformed or unsupported.
+#[cfg(feature = "signatures")]
 pub fn verify_prehashed(spki_der: &[u8], hash: Option<HashAlg>, digest_bytes: &[u8], sig: &[u8]) -> bool {
     let Some(hash) = hash else { return false };
     if digest_bytes.len() != hash.digest_len() {
@@ -153,6 +161,7 @@ pub fn verify_prehashed(spki_der: &[u8], hash: Option<HashAlg>, digest_bytes: &[
 }
 
 #[cfg(test)]
+#[cfg(feature = "signatures")]
 mod tests {
     use super::*;
     use aws_lc_rs::rand::SystemRandom;

@@ -58,6 +58,7 @@ impl HashAlg {
     }
 
     /// The aws-lc-rs digest algorithm.
+    #[cfg(feature = "signatures")]
     pub fn algorithm(self) -> &'static aws_lc_rs::digest::Algorithm {
         use aws_lc_rs::digest;
         match self {

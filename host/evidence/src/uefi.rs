@@ -6,7 +6,7 @@
 //! (`Spec ID Event03`, the digest sizes of every bank), then TCG_PCR_EVENT2 records:
 //! `u32 pcr, u32 type, u32 count, count × (u16 alg, digest), u32 size, data`, little-endian.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::cursor::{Cursor, ParseError};
 use super::public::HashAlg;
@@ -150,6 +150,96 @@ impl Event {
             DataCheck::NotCovered
         }
     }
+}
+
+/// PCRs whose replay the verifier compares with the quote, as Keylime's
+/// `MEASUREDBOOT_PCRS` (PCR 10 belongs to IMA).
+pub const MEASURED_BOOT_PCRS: [u32; 15] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15];
+
+/// Something the verifier finds wrong with a boot log before any policy sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootFinding {
+    /// PCRs the policy relies on that the quote lacks (`measured_boot.missing_pcrs`).
+    MissingPcrs(Vec<u32>),
+    /// An event whose data is not what its digest in `bank` measured
+    /// (`measured_boot.invalid_event_data`).
+    EventData {
+        event: usize,
+        pcr: u32,
+        type_name: String,
+        bank: HashAlg,
+    },
+    /// A compared PCR whose replay differs from its quoted value
+    /// (`measured_boot.invalid_pcr_<pcr>`).
+    PcrMismatch {
+        pcr: u32,
+        replayed: Vec<u8>,
+        quoted: Vec<u8>,
+    },
+}
+
+/// The verifier's checks of a boot log against a verified quote (one bank), and the PCRs
+/// whose events may reach a policy.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BootCheck {
+    /// Empty when the policy may be asked.
+    pub findings: Vec<BootFinding>,
+    /// Quoted PCRs whose replay equals the quote: only their events reach the policy.
+    pub verified_pcrs: BTreeSet<u32>,
+}
+
+/// Checks `log` (replayed into `replayed`) against the `quoted` values of `bank`, for a
+/// policy relying on `relevant` PCRs:
+/// 1. every relevant PCR is quoted, else nothing more is checked;
+/// 2. every event's data is what its digests measured ([`Event::check_data`]);
+/// 3. every quoted PCR of [`MEASURED_BOOT_PCRS`] the policy relies on (all of them when it
+///    names none) replays to its quoted value, as Keylime compares them. Beyond Keylime, a
+///    PCR that does not replay never hands its events to the policy.
+pub fn check_boot(
+    log: &EventLog,
+    replayed: &PcrBanks,
+    bank: HashAlg,
+    quoted: &BTreeMap<u32, Vec<u8>>,
+    relevant: &[u32],
+) -> BootCheck {
+    let mut check = BootCheck::default();
+    let missing: Vec<u32> = relevant
+        .iter()
+        .copied()
+        .filter(|p| !quoted.contains_key(p))
+        .collect();
+    if !missing.is_empty() {
+        check.findings.push(BootFinding::MissingPcrs(missing));
+        return check;
+    }
+    for event in &log.events {
+        if let DataCheck::Mismatch { alg } = event.check_data() {
+            check.findings.push(BootFinding::EventData {
+                event: event.number,
+                pcr: event.pcr,
+                type_name: event.type_name(),
+                bank: alg,
+            });
+        }
+    }
+    let zeros = vec![0u8; bank.digest_len()];
+    let log_bank = replayed.get(&bank);
+    for (pcr, value) in quoted {
+        let from_log = log_bank.and_then(|b| b.get(pcr)).unwrap_or(&zeros);
+        if from_log == value {
+            check.verified_pcrs.insert(*pcr);
+            continue;
+        }
+        let compared = MEASURED_BOOT_PCRS.contains(pcr) && (relevant.is_empty() || relevant.contains(pcr));
+        if compared {
+            check.findings.push(BootFinding::PcrMismatch {
+                pcr: *pcr,
+                replayed: from_log.clone(),
+                quoted: value.clone(),
+            });
+        }
+    }
+    check
 }
 
 /// A parsed event log.

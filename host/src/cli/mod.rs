@@ -17,6 +17,7 @@ use crate::verifier::VerifierConfig;
 mod ca;
 mod evidence;
 mod policy;
+mod policy_new;
 mod tenant;
 
 #[derive(Debug, Parser)]

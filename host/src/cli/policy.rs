@@ -18,6 +18,9 @@ use crate::policy::{
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
+    /// Start a policy crate: a component of one world that builds and tests out of the box,
+    /// with sample evidence made by the zest project to test against.
+    New(super::policy_new::NewArgs),
     /// Dry-run a policy on evidence files: prints the verdict and each failure, exits
     /// non-zero when the evidence fails.
     Test(TestArgs),
@@ -101,6 +104,7 @@ pub struct CreateMeasuredBootArgs {
 
 pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
     match command {
+        PolicyCommand::New(args) => super::policy_new::run(args),
         PolicyCommand::Test(args) if args.runtime => test_runtime(args),
         PolicyCommand::Test(args) => test_measured_boot(args),
         PolicyCommand::Create(CreateCommand::Runtime(args)) => create_runtime(args),

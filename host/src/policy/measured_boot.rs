@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{HostState, PolicyError, PolicyRuntime, SlotPermit, call_error};
+use super::{HostState, PolicyError, PolicyRuntime, SlotPermit, WitVersion, call_error, v0_1};
 use crate::evidence::HashAlg;
 use crate::evidence::uefi::{self, EventLog, PcrBanks};
 
@@ -49,12 +49,23 @@ impl bindings::zest::policy::host::Host for HostState {
 
     fn log(&mut self, level: wit_types::LogLevel, message: String) {
         let policy = &self.policy;
+        let message = super::bounded(message);
         match level {
             wit_types::LogLevel::Error => tracing::error!(%policy, "{message}"),
             wit_types::LogLevel::Warn => tracing::warn!(%policy, "{message}"),
             wit_types::LogLevel::Info => tracing::info!(%policy, "{message}"),
             wit_types::LogLevel::Debug => tracing::debug!(%policy, "{message}"),
         }
+    }
+
+    fn hash(&mut self, alg: wit_types::HashAlg, data: Vec<u8>) -> Option<Vec<u8>> {
+        from_wit_hash(alg).map(|h| h.digest(&[&data]))
+    }
+
+    fn panicked(&mut self, message: String) {
+        let message = super::bounded(message);
+        tracing::error!(policy = %self.policy, "the policy panicked: {message}");
+        self.panic = Some(message);
     }
 }
 
@@ -97,30 +108,54 @@ pub struct MeasuredBootPolicy {
     name: String,
     deadline: std::time::Duration,
     deadline_ticks: u64,
-    inner: Mutex<(Store<HostState>, bindings::MeasuredBootPolicy)>,
+    inner: Mutex<(Store<HostState>, Instance)>,
     relevant_pcrs: Vec<u32>,
     /// The pool slot of the Store; after `inner`, so it is given back once the Store is gone.
     _slot: SlotPermit,
 }
 
+/// An instance of either version of the world.
+enum Instance {
+    V0_2(bindings::MeasuredBootPolicy),
+    V0_1(v0_1::mb::MeasuredBootPolicy),
+}
+
+enum InstancePre {
+    V0_2(bindings::MeasuredBootPolicyPre<HostState>),
+    V0_1(v0_1::mb::MeasuredBootPolicyPre<HostState>),
+}
+
 impl MeasuredBootPolicy {
-    /// Compiles (or finds compiled) a component and links it as a measured-boot policy.
-    fn instance_pre(
-        runtime: &PolicyRuntime,
-        component_bytes: &[u8],
-    ) -> Result<bindings::MeasuredBootPolicyPre<HostState>, PolicyError> {
+    /// Compiles (or finds compiled) a component and links it as a measured-boot policy of
+    /// the WIT version it exports.
+    fn instance_pre(runtime: &PolicyRuntime, component_bytes: &[u8]) -> Result<InstancePre, PolicyError> {
         let component = runtime.component(component_bytes)?;
         let mut linker: Linker<HostState> = Linker::new(runtime.engine());
         let wrong_world = |e: wasmtime::Error| PolicyError::WrongWorld {
             world: "measured-boot-policy",
             detail: super::world_hint(format!("{e:#}"), "export_measured_boot_policy"),
         };
-        bindings::MeasuredBootPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
-            .map_err(wrong_world)?;
+        let version = super::exported_version(runtime.engine(), &component, "measured-boot");
+        match version {
+            WitVersion::V0_2 => {
+                bindings::MeasuredBootPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            }
+            WitVersion::V0_1 => {
+                v0_1::mb::MeasuredBootPolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            }
+        }
+        .map_err(wrong_world)?;
         // A std guest imports WASI interfaces it never calls; they trap if it ever does.
         super::link_guest_support(&mut linker, &component).map_err(wrong_world)?;
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
-        bindings::MeasuredBootPolicyPre::new(pre).map_err(wrong_world)
+        Ok(match version {
+            WitVersion::V0_2 => {
+                InstancePre::V0_2(bindings::MeasuredBootPolicyPre::new(pre).map_err(wrong_world)?)
+            }
+            WitVersion::V0_1 => {
+                InstancePre::V0_1(v0_1::mb::MeasuredBootPolicyPre::new(pre).map_err(wrong_world)?)
+            }
+        })
     }
 
     /// Whether `component_bytes` is a component of the measured-boot-policy world.
@@ -144,18 +179,28 @@ impl MeasuredBootPolicy {
         let deadline = runtime.limits().deadline;
         let ticks = runtime.deadline_ticks();
         store.set_epoch_deadline(ticks);
-        let instance = pre.instantiate(&mut store).map_err(|e| call_error(e, deadline))?;
+        let instance = match &pre {
+            InstancePre::V0_2(pre) => pre.instantiate(&mut store).map(Instance::V0_2),
+            InstancePre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
+        }
+        .map_err(|e| call_error(e, &mut store, deadline))?;
         store.set_epoch_deadline(ticks);
-        instance
-            .zest_policy_measured_boot()
-            .call_load(&mut store, refstate)
-            .map_err(|e| call_error(e, deadline))?
+        let loaded = match &instance {
+            Instance::V0_2(i) => i.zest_policy_measured_boot().call_load(&mut store, refstate),
+            Instance::V0_1(i) => i
+                .zest_policy_measured_boot()
+                .call_load(&mut store, refstate)
+                .map(|r| r.map_err(v0_1::load_error)),
+        };
+        loaded
+            .map_err(|e| call_error(e, &mut store, deadline))?
             .map_err(|e| PolicyError::Load(load_error_text(&e)))?;
         store.set_epoch_deadline(ticks);
-        let relevant_pcrs = instance
-            .zest_policy_measured_boot()
-            .call_relevant_pcrs(&mut store)
-            .map_err(|e| call_error(e, deadline))?;
+        let relevant_pcrs = match &instance {
+            Instance::V0_2(i) => i.zest_policy_measured_boot().call_relevant_pcrs(&mut store),
+            Instance::V0_1(i) => i.zest_policy_measured_boot().call_relevant_pcrs(&mut store),
+        }
+        .map_err(|e| call_error(e, &mut store, deadline))?;
         Ok(Self {
             name: name.to_owned(),
             deadline,
@@ -185,10 +230,14 @@ impl MeasuredBootPolicy {
             .map_err(|_| PolicyError::Trap("instance lock poisoned".into()))?;
         let (store, instance) = &mut *guard;
         store.set_epoch_deadline(self.deadline_ticks);
-        instance
-            .zest_policy_measured_boot()
-            .call_evaluate(&mut *store, &log)
-            .map_err(|e| call_error(e, self.deadline))
+        match instance {
+            Instance::V0_2(i) => i.zest_policy_measured_boot().call_evaluate(&mut *store, &log),
+            Instance::V0_1(i) => i
+                .zest_policy_measured_boot()
+                .call_evaluate(&mut *store, &v0_1::boot_log(log))
+                .map(v0_1::verdict),
+        }
+        .map_err(|e| call_error(e, store, self.deadline))
     }
 }
 
@@ -271,7 +320,9 @@ fn event_data(d: uefi::EventData) -> wit::EventData {
         E::StartupLocality(l) => wit::EventData::StartupLocality(l),
         E::Text(t) => wit::EventData::Text(t),
         E::Separator(v) => wit::EventData::Separator(v),
-        E::FirmwareBlob { base, length, .. } => wit::EventData::FirmwareBlob((base, length)),
+        E::FirmwareBlob { base, length, .. } => {
+            wit::EventData::FirmwareBlob(wit::FirmwareBlob { base, length })
+        }
         E::Variable(v) => wit::EventData::Variable(wit::EfiVariable {
             guid: v.guid.to_string(),
             name: v.name,
@@ -311,7 +362,11 @@ fn variable_data(d: uefi::VariableData) -> wit::VariableData {
             enabled,
             description,
             device_path,
-        } => wit::VariableData::BootOption((enabled, description, device_path)),
+        } => wit::VariableData::BootOption(wit::BootOption {
+            enabled,
+            description,
+            device_path,
+        }),
         V::Raw => wit::VariableData::Raw,
     }
 }

@@ -20,6 +20,7 @@ pub mod create;
 pub mod measured_boot;
 pub mod registry;
 pub mod runtime;
+mod v0_1;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -152,6 +153,8 @@ pub enum PolicyError {
     Timeout(Duration),
     #[error("the policy trapped: {0}")]
     Trap(String),
+    #[error("the policy {0}")]
+    Panic(String),
     #[error("no built-in policy named '{0}'")]
     UnknownBuiltin(String),
     #[error("all {capacity} policy instance slots stayed in use for {waited:?}")]
@@ -334,6 +337,7 @@ impl PolicyRuntime {
                 .trap_on_grow_failure(false)
                 .build(),
             policy: policy.to_owned(),
+            panic: None,
         }
     }
 
@@ -349,17 +353,56 @@ impl Drop for PolicyRuntime {
     }
 }
 
-/// What a policy's store holds: its limits and its name for the logs.
+/// What a policy's store holds: its limits, its name for the logs, and the message of a
+/// panic the guest reported before trapping.
 pub(crate) struct HostState {
     pub limits: StoreLimits,
     pub policy: String,
+    pub panic: Option<String>,
 }
 
-/// Turns a wasmtime error from a call into a policy error.
+/// The version of the policy WIT a component was built against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WitVersion {
+    V0_1,
+    V0_2,
+}
+
+/// The version of `interface` (`runtime`, `measured-boot`) the component exports: 0.1.0
+/// when it exports that one, else 0.2.0 (whose absence the linker then reports).
+pub(crate) fn exported_version(engine: &Engine, component: &Component, interface: &str) -> WitVersion {
+    let old = format!("zest:policy/{interface}@0.1.0");
+    if component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name == old)
+    {
+        WitVersion::V0_1
+    } else {
+        WitVersion::V0_2
+    }
+}
+
+/// Text from a guest, cut to a size a log line and a failure context can carry.
+pub(crate) fn bounded(mut text: String) -> String {
+    const MAX: usize = 4096;
+    if text.len() > MAX {
+        let mut end = MAX;
+        while !text.is_char_boundary(end) {
+            end = end.saturating_sub(1);
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
 /// Links what a std guest needs beyond the policy world and may use safely, then makes
-/// every other import trap: Rust's `HashMap` asks `wasi:random/insecure-seed` for its hash
-/// keys at first use; it gets a constant, so evaluations stay deterministic and no
-/// entropy reaches the guest.
+/// every other import trap:
+/// - Rust's `HashMap` asks `wasi:random/insecure-seed` for its hash keys at first use; it
+///   gets a constant, so evaluations stay deterministic and no entropy reaches the guest.
+/// - std reads `wasi:cli/environment` (`RUST_BACKTRACE` when it panics, `std::env` in
+///   policy code); the guest gets an empty environment, no arguments and no directory.
 pub(crate) fn link_guest_support(
     linker: &mut wasmtime::component::Linker<HostState>,
     component: &Component,
@@ -372,15 +415,31 @@ pub(crate) fn link_guest_support(
             linker
                 .instance(name)?
                 .func_wrap("insecure-seed", |_, (): ()| Ok((SEED,)))?;
+        } else if name.starts_with("wasi:cli/environment@0.2.") {
+            let mut env = linker.instance(name)?;
+            env.func_wrap("get-environment", |_, (): ()| {
+                Ok((Vec::<(String, String)>::new(),))
+            })?;
+            env.func_wrap("get-arguments", |_, (): ()| Ok((Vec::<String>::new(),)))?;
+            env.func_wrap("initial-cwd", |_, (): ()| Ok((None::<String>,)))?;
         }
     }
     linker.define_unknown_imports_as_traps(component)
 }
 
-pub(crate) fn call_error(e: wasmtime::Error, deadline: Duration) -> PolicyError {
+/// Turns a wasmtime error from a call into a policy error: a deadline, the panic the guest
+/// reported before it trapped, or the trap itself.
+pub(crate) fn call_error(
+    e: wasmtime::Error,
+    store: &mut wasmtime::Store<HostState>,
+    deadline: Duration,
+) -> PolicyError {
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => PolicyError::Timeout(deadline),
-        _ => PolicyError::Trap(format!("{e:#}")),
+        _ => match store.data_mut().panic.take() {
+            Some(message) => PolicyError::Panic(message),
+            None => PolicyError::Trap(format!("{e:#}")),
+        },
     }
 }
 

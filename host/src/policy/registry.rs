@@ -317,7 +317,10 @@ fn poisoned() -> PolicyError {
 
 /// Errors after which an instance must not be entered again.
 fn breaks_instance(e: &PolicyError) -> bool {
-    matches!(e, PolicyError::Trap(_) | PolicyError::Timeout(_))
+    matches!(
+        e,
+        PolicyError::Trap(_) | PolicyError::Panic(_) | PolicyError::Timeout(_)
+    )
 }
 
 impl PolicyRegistry {
@@ -547,6 +550,7 @@ impl PolicyRegistry {
             .observe(metrics::POLICY_SECONDS, &labels, started.elapsed());
         let reason = match result {
             Err(PolicyError::Trap(_)) => "trap",
+            Err(PolicyError::Panic(_)) => "panic",
             Err(PolicyError::Timeout(_)) => "timeout",
             _ => return,
         };

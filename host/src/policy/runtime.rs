@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use wasmtime::Store;
 use wasmtime::component::{HasSelf, Linker};
 
-use super::{HostState, PolicyError, PolicyRuntime, SlotPermit, call_error};
+use super::{HostState, PolicyError, PolicyRuntime, SlotPermit, WitVersion, call_error, v0_1};
 use crate::evidence::HashAlg;
 use crate::evidence::ima::{self, ImaReplay, Template};
 
@@ -24,6 +24,7 @@ mod bindings {
 use super::measured_boot::{from_wit_hash, load_error_text, to_wit_hash};
 use bindings::exports::zest::policy::runtime as wit;
 use bindings::zest::policy::types as wit_types;
+pub(super) use wit::{Batch as WitBatch, Template as WitTemplate};
 pub use wit_types::{Failure, Verdict};
 
 /// One batch of IMA evidence: the list text as the agent sent it and what the replay found.
@@ -42,28 +43,45 @@ pub struct ImaEvidence<'a> {
 pub struct RuntimePolicy {
     deadline: std::time::Duration,
     deadline_ticks: u64,
-    inner: Mutex<(Store<HostState>, bindings::RuntimePolicy)>,
+    inner: Mutex<(Store<HostState>, Instance)>,
     log_hash: wit_types::HashAlg,
     /// The pool slot of the Store; after `inner`, so it is given back once the Store is gone.
     _slot: SlotPermit,
 }
 
+/// An instance of either version of the world.
+enum Instance {
+    V0_2(bindings::RuntimePolicy),
+    V0_1(v0_1::rt::RuntimePolicy),
+}
+
+enum InstancePre {
+    V0_2(bindings::RuntimePolicyPre<HostState>),
+    V0_1(v0_1::rt::RuntimePolicyPre<HostState>),
+}
+
 impl RuntimePolicy {
-    /// Compiles (or finds compiled) a component and links it as a runtime policy.
-    fn instance_pre(
-        runtime: &PolicyRuntime,
-        component_bytes: &[u8],
-    ) -> Result<bindings::RuntimePolicyPre<HostState>, PolicyError> {
+    /// Compiles (or finds compiled) a component and links it as a runtime policy of the WIT
+    /// version it exports.
+    fn instance_pre(runtime: &PolicyRuntime, component_bytes: &[u8]) -> Result<InstancePre, PolicyError> {
         let component = runtime.component(component_bytes)?;
         let mut linker: Linker<HostState> = Linker::new(runtime.engine());
         let wrong_world = |e: wasmtime::Error| PolicyError::WrongWorld {
             world: "runtime-policy",
             detail: super::world_hint(format!("{e:#}"), "export_runtime_policy"),
         };
-        bindings::RuntimePolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(wrong_world)?;
+        let version = super::exported_version(runtime.engine(), &component, "runtime");
+        match version {
+            WitVersion::V0_2 => bindings::RuntimePolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
+            WitVersion::V0_1 => v0_1::rt::RuntimePolicy::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s),
+        }
+        .map_err(wrong_world)?;
         super::link_guest_support(&mut linker, &component).map_err(wrong_world)?;
         let pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
-        bindings::RuntimePolicyPre::new(pre).map_err(wrong_world)
+        Ok(match version {
+            WitVersion::V0_2 => InstancePre::V0_2(bindings::RuntimePolicyPre::new(pre).map_err(wrong_world)?),
+            WitVersion::V0_1 => InstancePre::V0_1(v0_1::rt::RuntimePolicyPre::new(pre).map_err(wrong_world)?),
+        })
     }
 
     /// Whether `component_bytes` is a component of the runtime-policy world (the check of
@@ -88,18 +106,31 @@ impl RuntimePolicy {
         let deadline = runtime.limits().deadline;
         let ticks = runtime.deadline_ticks();
         store.set_epoch_deadline(ticks);
-        let instance = pre.instantiate(&mut store).map_err(|e| call_error(e, deadline))?;
+        let instance = match &pre {
+            InstancePre::V0_2(pre) => pre.instantiate(&mut store).map(Instance::V0_2),
+            InstancePre::V0_1(pre) => pre.instantiate(&mut store).map(Instance::V0_1),
+        }
+        .map_err(|e| call_error(e, &mut store, deadline))?;
         store.set_epoch_deadline(ticks);
-        instance
-            .zest_policy_runtime()
-            .call_load(&mut store, document)
-            .map_err(|e| call_error(e, deadline))?
+        let loaded = match &instance {
+            Instance::V0_2(i) => i.zest_policy_runtime().call_load(&mut store, document),
+            Instance::V0_1(i) => i
+                .zest_policy_runtime()
+                .call_load(&mut store, document)
+                .map(|r| r.map_err(v0_1::load_error)),
+        };
+        loaded
+            .map_err(|e| call_error(e, &mut store, deadline))?
             .map_err(|e| PolicyError::Load(load_error_text(&e)))?;
         store.set_epoch_deadline(ticks);
-        let log_hash = instance
-            .zest_policy_runtime()
-            .call_log_hash_alg(&mut store)
-            .map_err(|e| call_error(e, deadline))?;
+        let log_hash = match &instance {
+            Instance::V0_2(i) => i.zest_policy_runtime().call_log_hash_alg(&mut store),
+            Instance::V0_1(i) => i
+                .zest_policy_runtime()
+                .call_log_hash_alg(&mut store)
+                .map(v0_1::hash_alg),
+        }
+        .map_err(|e| call_error(e, &mut store, deadline))?;
         Ok(Self {
             deadline,
             deadline_ticks: ticks,
@@ -124,10 +155,14 @@ impl RuntimePolicy {
             .map_err(|_| PolicyError::Trap("instance lock poisoned".into()))?;
         let (store, instance) = &mut *guard;
         store.set_epoch_deadline(self.deadline_ticks);
-        instance
-            .zest_policy_runtime()
-            .call_evaluate(&mut *store, &batch)
-            .map_err(|e| call_error(e, self.deadline))
+        match instance {
+            Instance::V0_2(i) => i.zest_policy_runtime().call_evaluate(&mut *store, &batch),
+            Instance::V0_1(i) => i
+                .zest_policy_runtime()
+                .call_evaluate(&mut *store, &v0_1::batch(batch))
+                .map(v0_1::verdict),
+        }
+        .map_err(|e| call_error(e, store, self.deadline))
     }
 }
 

@@ -1,22 +1,21 @@
 //! Step 2: every check of one round, in one place. Each check that cannot run (a PCR not
 //! quoted, a log missing or undecodable, a component that fails) is a failure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
 use super::failure::Failure;
 use super::prepare::{Evidence, Expectations, IMA_PCR, ImaList, KEY_PCR, PolicyInUse};
 use crate::evidence::ima::{ImaPosition, replay};
-use crate::evidence::uefi::{DataCheck, EventLog, PcrBanks, boot_aggregates};
+use crate::evidence::uefi::{BootFinding, EventLog, PcrBanks, boot_aggregates, check_boot};
 use crate::evidence::{ClockInfo, HashAlg};
 use crate::policy::PolicyRegistry;
 use crate::policy::measured_boot::BootEvidence;
 use crate::policy::runtime::ImaEvidence;
 use crate::tpm::{QuoteExpectations, VerifiedQuote, verify_quote};
 
-/// PCRs measured boot may speak for (Keylime's `MEASUREDBOOT_PCRS`).
-pub const MEASURED_BOOT_PCRS: [u32; 15] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14, 15];
+pub use crate::evidence::uefi::MEASURED_BOOT_PCRS;
 
 /// What one round found, and what the agent's state becomes if it is applied.
 #[derive(Default)]
@@ -219,61 +218,11 @@ fn measured_boot(
         Ok(r) => r,
         Err(e) => return (vec![Failure::policy_error("measured_boot", e)], None),
     };
-    let missing: Vec<u32> = relevant
-        .iter()
-        .copied()
-        .filter(|p| !quoted.contains_key(p))
-        .collect();
-    if !missing.is_empty() {
-        return (
-            vec![Failure::missing_pcrs("measured_boot.missing_pcrs", &missing)],
-            None,
-        );
+    let check = check_boot(log, replayed, hash, quoted, &relevant);
+    if !check.findings.is_empty() {
+        return (check.findings.iter().map(boot_failure).collect(), None);
     }
-    let mut failures = Vec::new();
-    for event in &log.events {
-        if let DataCheck::Mismatch { alg } = event.check_data() {
-            failures.push(
-                Failure::new(
-                    "measured_boot.invalid_event_data",
-                    json!({
-                        "context": "boot event data does not match its digest",
-                        "event": event.number,
-                        "pcr": event.pcr,
-                        "type": event.type_name(),
-                        "bank": alg.name(),
-                    }),
-                )
-                .at(event.number as u64),
-            );
-        }
-    }
-    // Keylime compares MEASUREDBOOT_PCRS ∩ relevant (all when none named) ∩ quoted; beyond
-    // Keylime, a PCR that does not replay never hands its events to the component.
-    let zeros = vec![0u8; hash.digest_len()];
-    let log_bank = replayed.get(&hash);
-    let mut replays: BTreeSet<u32> = BTreeSet::new();
-    for (pcr, value) in quoted {
-        let from_log = log_bank.and_then(|b| b.get(pcr)).unwrap_or(&zeros);
-        if from_log == value {
-            replays.insert(*pcr);
-            continue;
-        }
-        let compared = MEASURED_BOOT_PCRS.contains(pcr) && (relevant.is_empty() || relevant.contains(pcr));
-        if compared {
-            failures.push(Failure::new(
-                format!("measured_boot.invalid_pcr_{pcr}"),
-                json!({
-                    "context": "SHA256 boot event log PCR value does not match",
-                    "got": hex::encode(from_log),
-                    "expected": hex::encode(value),
-                }),
-            ));
-        }
-    }
-    if !failures.is_empty() {
-        return (failures, None);
-    }
+    let replays = check.verified_pcrs;
     let quoted_list: Vec<(u32, Vec<u8>)> = quoted.iter().map(|(i, v)| (*i, v.clone())).collect();
     let evidence = BootEvidence {
         log,
@@ -294,6 +243,41 @@ fn measured_boot(
             verdict.state,
         ),
         Err(e) => (vec![Failure::policy_error("measured_boot", e)], None),
+    }
+}
+
+/// A finding of [`check_boot`] as Keylime reports it.
+fn boot_failure(finding: &BootFinding) -> Failure {
+    match finding {
+        BootFinding::MissingPcrs(pcrs) => Failure::missing_pcrs("measured_boot.missing_pcrs", pcrs),
+        BootFinding::EventData {
+            event,
+            pcr,
+            type_name,
+            bank,
+        } => Failure::new(
+            "measured_boot.invalid_event_data",
+            json!({
+                "context": "boot event data does not match its digest",
+                "event": event,
+                "pcr": pcr,
+                "type": type_name,
+                "bank": bank.name(),
+            }),
+        )
+        .at(*event as u64),
+        BootFinding::PcrMismatch {
+            pcr,
+            replayed,
+            quoted,
+        } => Failure::new(
+            format!("measured_boot.invalid_pcr_{pcr}"),
+            json!({
+                "context": "SHA256 boot event log PCR value does not match",
+                "got": hex::encode(replayed),
+                "expected": hex::encode(quoted),
+            }),
+        ),
     }
 }
 

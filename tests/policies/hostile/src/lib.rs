@@ -2,11 +2,15 @@
 //! `loop`, `alloc`, `trap`, `recurse`, `huge`, or `ok`; `load-fail` fails at load. Two
 //! modes check the host's side of the contract: `count` keeps a counter in its state blob
 //! and fails when it reaches 3 (or when `first-attestation` disagrees with the state it
-//! got); `irrecoverable` fails with an irrecoverable failure about event 1.
+//! got); `irrecoverable` fails with an irrecoverable failure about event 1; `describe`
+//! fails with the firmware blobs and boot options it was given, as JSON.
+//!
+//! It is built against the frozen `zest:policy@0.1.0`, so every sandbox test also shows
+//! that zest keeps running 0.1.0 components.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-wit_bindgen::generate!({ world: "measured-boot-policy", path: "../../../wit" });
+wit_bindgen::generate!({ world: "measured-boot-policy", path: "../../../wit/0.1" });
 
 use exports::zest::policy::measured_boot::{BootLog, Guest};
 use zest::policy::types::{Failure, LoadError, Verdict};
@@ -44,6 +48,7 @@ impl Guest for Hostile {
             b"huge" => 5,
             b"count" => 6,
             b"irrecoverable" => 7,
+            b"describe" => 8,
             b"load-fail" => return Err(LoadError::Schema("this policy refuses its document".into())),
             _ => return Err(LoadError::InvalidJson("unknown mode".into())),
         };
@@ -132,6 +137,35 @@ impl Guest for Hostile {
                 }],
                 state: None,
             },
+            8 => {
+                use exports::zest::policy::measured_boot::{EventData, VariableData};
+                let mut blobs = Vec::new();
+                let mut options = Vec::new();
+                for event in &log.events {
+                    match &event.parsed {
+                        EventData::FirmwareBlob((base, length)) => blobs.push(format!("[{base},{length}]")),
+                        EventData::Variable(v) => {
+                            if let VariableData::BootOption((enabled, description, path)) = &v.parsed {
+                                options.push(format!("[{enabled},{description:?},{path:?}]"));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Verdict {
+                    failures: vec![Failure {
+                        event_id: "measured_boot.hostile.describe".into(),
+                        context: format!(
+                            "{{\"blobs\": [{}], \"boot_options\": [{}]}}",
+                            blobs.join(","),
+                            options.join(",")
+                        ),
+                        recoverable: true,
+                        entry: None,
+                    }],
+                    state: None,
+                }
+            }
             _ => Verdict {
                 failures: Vec::new(),
                 state: Some(vec![log.events.len() as u8]),

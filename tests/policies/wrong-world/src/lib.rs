@@ -2,7 +2,7 @@
 //! state: (entries, entries whose template hash checked out, start offset). Loading it as a
 //! measured-boot policy must fail cleanly.
 
-wit_bindgen::generate!({ world: "runtime-policy", path: "../../../wit" });
+wit_bindgen::generate!({ world: "runtime-policy", path: "../../../wit/0.1" });
 
 use exports::zest::policy::runtime::{Batch, Guest};
 use zest::policy::types::{HashAlg, LoadError, Verdict};
