@@ -225,3 +225,71 @@ fn a_measured_boot_refstate_is_created_and_the_example_policy_judges_the_log() {
         "the refstate is elided on a terminal: {stdout}"
     );
 }
+
+/// A forged log: the sample's SecureBoot byte flipped, its digests left alone (so the PCRs
+/// still replay). A policy alone would not notice; `zest policy test`, as the verifier,
+/// fails it for the data that no longer matches its digest.
+#[test]
+fn forged_event_data_fails_whatever_the_policy() {
+    use zest::evidence::uefi::{EventData, EventLog};
+    let sample = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk/testdata/boot.log")).unwrap();
+    let mut log = EventLog::parse(&sample).unwrap();
+    let event = log
+        .events
+        .iter_mut()
+        .find(|e| matches!(e.decode(), EventData::Variable(v) if v.name == "SecureBoot"))
+        .unwrap();
+    *event.data.last_mut().unwrap() ^= 1;
+    let dir = tempfile::tempdir().unwrap();
+    let forged = dir.path().join("forged.log");
+    std::fs::write(&forged, log.encode()).unwrap();
+    let (ok, out, _) = policy_test("builtin:accept-all", forged.to_str().unwrap());
+    assert!(!ok, "{out}");
+    assert!(out.contains("measured_boot.invalid_event_data"), "{out}");
+}
+
+/// `zest policy new` refuses what would not make a crate, and never writes over a directory.
+#[test]
+fn policy_new_refuses_bad_names_existing_directories_and_a_missing_sdk() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_zest"))
+            .args(["policy", "new"])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = new(&["--runtime", "../escape"]);
+    assert!(!ok && err.contains("is not a crate name"), "{err}");
+    std::fs::create_dir(dir.path().join("taken")).unwrap();
+    let (ok, err) = new(&["--runtime", "taken"]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path().join("taken")).unwrap().count(), 0);
+    let (ok, err) = new(&["--measured-boot", "fresh", "--sdk", "/nonexistent/sdk"]);
+    assert!(
+        !ok && err.contains("the policy SDK is not at /nonexistent/sdk"),
+        "{err}"
+    );
+    assert!(!dir.path().join("fresh").exists());
+    let (ok, err) = new(&["--measured-boot", "fresh"]);
+    assert!(ok, "{err}");
+    let manifest = std::fs::read_to_string(dir.path().join("fresh/Cargo.toml")).unwrap();
+    let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../sdk")
+        .canonicalize()
+        .unwrap();
+    assert!(
+        manifest.contains(&format!("path = \"{}\"", sdk.display())),
+        "{manifest}"
+    );
+    assert!(manifest.contains("features = [\"measured-boot\"]"), "{manifest}");
+    assert_eq!(
+        std::fs::read(dir.path().join("fresh/testdata/boot.log")).unwrap(),
+        std::fs::read(sdk.join("testdata/boot.log")).unwrap()
+    );
+}
