@@ -492,3 +492,100 @@ fn event_data(d: evidence::uefi::EventData) -> crate::measured_boot::EventData {
         E::Gpt { .. } | E::Raw => EventData::Raw,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measured_boot::BootLog;
+    use crate::{Failure, LoadError, MeasuredBootPolicy, Verdict};
+
+    #[test]
+    fn a_list_against_a_quote_it_does_not_reach_is_unmatched() {
+        let text = sample_ima_list();
+        let matched = ima_batch(&text, HashAlg::Sha1, HashAlg::Sha256);
+        assert!(matched.replay.matched);
+        assert!(
+            matched
+                .entries
+                .iter()
+                .all(|e| e.template_hash_ok && !e.after_quote)
+        );
+        let unmatched = ima_batch_quoted(&text, HashAlg::Sha1, HashAlg::Sha256, &[0x5a; 32]);
+        assert!(!unmatched.replay.matched);
+        assert!(unmatched.entries.iter().all(|e| e.after_quote));
+    }
+
+    #[test]
+    fn two_attestations_split_the_list_and_continue_its_replay() {
+        let text = sample_ima_list();
+        let whole = ima_batch(&text, HashAlg::Sha1, HashAlg::Sha256);
+        let (first, second) = ima_batches(&text, HashAlg::Sha1, HashAlg::Sha256, 3);
+        assert_eq!(first.entries.len(), 3);
+        assert_eq!(second.replay.start_offset, 3);
+        assert!(first.replay.matched && second.replay.matched);
+        let indexes: Vec<u64> = first
+            .entries
+            .iter()
+            .chain(&second.entries)
+            .map(|e| e.index)
+            .collect();
+        let expected: Vec<u64> = whole.entries.iter().map(|e| e.index).collect();
+        assert_eq!(indexes, expected);
+    }
+
+    /// Counts its attestations in its state, and reports whether the host called it a
+    /// first attestation.
+    struct Counting;
+
+    impl MeasuredBootPolicy for Counting {
+        fn load(_: &[u8]) -> Result<Self, LoadError> {
+            Ok(Self)
+        }
+
+        fn relevant_pcrs(&self) -> Vec<u32> {
+            vec![7]
+        }
+
+        fn evaluate(&self, log: &BootLog) -> Verdict {
+            let count = log.prior_state.as_deref().map_or(0, |s| s.len()) + 1;
+            let context = serde_json::json!({"first": log.first_attestation, "count": count});
+            Verdict {
+                failures: vec![Failure::new("counting", context)],
+                state: Some(vec![0; count]),
+            }
+        }
+    }
+
+    #[test]
+    fn judge_boot_takes_the_verifiers_paths() {
+        let bytes = sample_boot_log();
+        let quote = Quote::of_log(&bytes).unwrap();
+        let first = judge_boot(&Counting, &bytes, &quote, None);
+        assert_eq!(
+            first.failures[0].context_json(),
+            serde_json::json!({"first": true, "count": 1})
+        );
+        let second = judge_boot(&Counting, &bytes, &quote, first.state);
+        assert_eq!(
+            second.failures[0].context_json(),
+            serde_json::json!({"first": false, "count": 2})
+        );
+
+        let unquoted = judge_boot(&Counting, &bytes, &quote.clone().without_pcr(7), None);
+        assert_eq!(unquoted.event_ids(), ["measured_boot.missing_pcrs"]);
+        let mismatch = judge_boot(&Counting, &bytes, &quote.clone().with_pcr(7, vec![1; 32]), None);
+        assert_eq!(mismatch.event_ids(), ["measured_boot.invalid_pcr_7"]);
+        // A separator's data is covered by its digest.
+        let log = boot_log(&bytes).unwrap();
+        let separator = log
+            .events
+            .iter()
+            .find(|e| e.type_name == "EV_SEPARATOR")
+            .unwrap()
+            .number as usize;
+        let forged = edit_event(&bytes, separator, |data| data[0] ^= 1);
+        let verdict = judge_boot(&Counting, &forged, &quote, None);
+        assert_eq!(verdict.event_ids(), ["measured_boot.invalid_event_data"]);
+        assert_eq!(verdict.failures[0].entry, Some(separator as u64));
+    }
+}
