@@ -56,9 +56,9 @@ pub mod event_type {
 pub mod guid {
     /// EFI_GLOBAL_VARIABLE: `SecureBoot`, `PK`, `KEK`, `BootOrder`, `Boot####`.
     pub const EFI_GLOBAL_VARIABLE: &str = "8be4df61-93ca-11d2-aa0d-00e098032b8c";
-    /// EFI_IMAGE_SECURITY_DATABASE_GUID: `db`, `dbx`.
+    /// EFI_IMAGE_SECURITY_DATABASE_GUID: `db`, `dbx`, and shim's `vendor_db` authority events.
     pub const EFI_IMAGE_SECURITY_DATABASE: &str = "d719b2cb-3d3a-4596-a3bc-dad00e67656f";
-    /// shim's variables: `MokList`, `MokListX`, `SbatLevel`, `vendor_db`.
+    /// shim's variables: `MokList`, `MokListX`, `SbatLevel`.
     pub const SHIM_LOCK: &str = "605dab50-e046-4300-abb6-3dd810dd8b23";
     /// EFI_CERT_X509_GUID: a signature list of DER certificates.
     pub const EFI_CERT_X509: &str = "a5c059a1-94e4-4aa7-87b5-ab155c2bf072";

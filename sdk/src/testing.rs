@@ -469,6 +469,11 @@ fn event_data(d: evidence::uefi::EventData) -> crate::measured_boot::EventData {
                         .collect(),
                 ),
                 V::Signature(e) => VariableData::Signature(entry(e)),
+                // Entries logged without a list: one list without a type, as the host hands them.
+                V::Signatures(entries) => VariableData::SignatureLists(vec![SignatureList {
+                    signature_type: String::new(),
+                    entries: entries.into_iter().map(entry).collect(),
+                }]),
                 V::BootOrder(o) => VariableData::BootOrder(o),
                 V::BootOption {
                     enabled,

@@ -191,3 +191,133 @@ fn malformed_refstates_are_refused_at_load() {
     assert!(matches!(load(b"[]"), Err(PolicyError::Load(_))));
     assert!(matches!(load(b"{"), Err(PolicyError::Load(_))));
 }
+
+/// shim's `vendor_db` authority events (EFI_SIGNATURE_DATA entries without a list), as in
+/// Keylime 7.14.3: `keylime-policy create measured-boot` lists every entry as
+/// `{SignatureOwner, SignatureData: "0x…"}` and `example` wants each entry among them,
+/// once. The expected reasons are Keylime's own for the same logs (its `Example().evaluate`
+/// on these bytes), in zest's event-numbered form.
+mod vendor_db {
+    use super::*;
+    use zest_tests::boot::secure_boot_with_vendor_db;
+
+    /// The owner of Keylime's vendor_db test data (`0223eddb-9079-4388-af77-2d65b1c35d3b`).
+    const OWNER: &str = "dbed230279908843af772d65b1c35d3b";
+
+    fn der(fill: u8, len: u16) -> Vec<u8> {
+        [
+            vec![0x30, 0x82],
+            len.to_be_bytes().to_vec(),
+            vec![fill; usize::from(len)],
+        ]
+        .concat()
+    }
+
+    fn entry(owner_hex: &str, certificate: Vec<u8>) -> Vec<u8> {
+        [hex::decode(owner_hex).unwrap(), certificate].concat()
+    }
+
+    /// The log, its refstate from `create`, and the number of its first vendor_db event.
+    fn log_and_refstate(vendor_db: &[Vec<u8>]) -> (EventLog, Value, usize) {
+        let log = EventLog::parse(&secure_boot_with_vendor_db(vendor_db)).unwrap();
+        let refstate = measured_boot_refstate(&log, false).unwrap();
+        let first = log
+            .events
+            .iter()
+            .position(|e| {
+                e.type_name() == "EV_EFI_VARIABLE_AUTHORITY"
+                    && matches!(e.decode(), zest::evidence::uefi::EventData::Variable(v) if v.name == "vendor_db")
+            })
+            .unwrap_or(0);
+        (log, refstate, first)
+    }
+
+    fn verdict(log: &EventLog, refstate: &Value) -> Verdict {
+        evaluate(&load(refstate.to_string().as_bytes()).unwrap(), log)
+    }
+
+    #[test]
+    fn a_secure_boot_log_with_vendor_db_passes_the_refstate_made_from_it() {
+        let (log, refstate, _) = log_and_refstate(&[entry(OWNER, der(0x11, 8))]);
+        assert_eq!(refstate["has_secureboot"], true);
+        assert_eq!(
+            refstate["vendor_db"],
+            serde_json::json!([{
+                "SignatureOwner": "0223eddb-9079-4388-af77-2d65b1c35d3b",
+                "SignatureData": "0x308200081111111111111111",
+            }])
+        );
+        let pass = verdict(&log, &refstate);
+        assert!(pass.failures.is_empty(), "{:?}", reasons(&pass));
+
+        // Two entries in one event, one of them 260 bytes long.
+        let two = [
+            entry(OWNER, der(0x11, 8)),
+            entry("bd9afa775903324dbd6028f4e78f784b", der(0x22, 260)),
+        ]
+        .concat();
+        let (log, refstate, _) = log_and_refstate(&[two]);
+        assert_eq!(refstate["vendor_db"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            refstate["vendor_db"][1]["SignatureOwner"],
+            "77fa9abd-0359-4d32-bd60-28f4e78f784b"
+        );
+        let pass = verdict(&log, &refstate);
+        assert!(pass.failures.is_empty(), "{:?}", reasons(&pass));
+    }
+
+    #[test]
+    fn a_foreign_vendor_db_key_fails() {
+        let (log, mut refstate, at) = log_and_refstate(&[entry(OWNER, der(0x11, 8))]);
+        refstate["vendor_db"][0]["SignatureData"] = format!("0x{}", hex::encode(der(0x99, 8))).into();
+        assert_eq!(
+            reason(&verdict(&log, &refstate)),
+            format!(
+                "event {at} (PCR 7, EV_EFI_VARIABLE_AUTHORITY vendor_db) VariableData [0] is not one of the reference state's vendor_db signatures"
+            )
+        );
+    }
+
+    #[test]
+    fn a_refstate_without_vendor_db_fails_a_vendor_db_event_under_secure_boot() {
+        let (log, mut refstate, at) = log_and_refstate(&[entry(OWNER, der(0x11, 8))]);
+        refstate.as_object_mut().unwrap().remove("vendor_db");
+        assert_eq!(
+            reason(&verdict(&log, &refstate)),
+            format!(
+                "event {at} (PCR 7, EV_EFI_VARIABLE_AUTHORITY vendor_db) VariableData [0] does not pass empty disjunction"
+            )
+        );
+        // The same boot without shim's vendor_db events needs none.
+        let (log, mut refstate, _) = log_and_refstate(&[]);
+        assert_eq!(refstate["vendor_db"], serde_json::json!([]));
+        refstate.as_object_mut().unwrap().remove("vendor_db");
+        let pass = verdict(&log, &refstate);
+        assert!(pass.failures.is_empty(), "{:?}", reasons(&pass));
+    }
+
+    #[test]
+    fn two_vendor_db_events_fail_as_in_keylime() {
+        let second = entry("bd9afa775903324dbd6028f4e78f784b", der(0x22, 260));
+        let (log, refstate, at) = log_and_refstate(&[entry(OWNER, der(0x11, 8)), second]);
+        assert_eq!(refstate["vendor_db"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            reason(&verdict(&log, &refstate)),
+            format!(
+                "event {} (PCR 7, EV_EFI_VARIABLE_AUTHORITY vendor_db) VariableData test was already run once",
+                at + 1
+            )
+        );
+    }
+
+    #[test]
+    fn a_sha256_vendor_db_entry_is_not_a_list() {
+        let digest: Vec<u8> = (0..32).collect();
+        let (log, refstate, at) = log_and_refstate(&[entry(OWNER, digest)]);
+        assert_eq!(refstate["vendor_db"], serde_json::json!([]));
+        assert_eq!(
+            reason(&verdict(&log, &refstate)),
+            format!("event {at} (PCR 7, EV_EFI_VARIABLE_AUTHORITY vendor_db) VariableData is not a list")
+        );
+    }
+}

@@ -16,6 +16,7 @@ use zest::evidence::uefi::{
     EV_IPL, EV_NO_ACTION, EV_S_CRTM_VERSION, EV_SEPARATOR, Event, EventData, EventLog, Guid, SignatureEntry,
     SpecId, UefiVariable, VariableData, boot_aggregates,
 };
+use zest_tests::boot::{covered, event, guid, uefi_variable, utf16};
 use zest_tests::ima::ImaLog;
 
 const EV_EFI_BOOT_SERVICES_APPLICATION: u32 = 0x8000_0003;
@@ -92,38 +93,10 @@ fn generate() -> Samples {
     }
 }
 
-/// A GUID in its wire form: the first three fields little-endian, the last two as written.
-fn guid(text: &str) -> [u8; 16] {
-    let fields: Vec<&str> = text.split('-').collect();
-    assert_eq!(fields.len(), 5, "{text}");
-    let mut out = Vec::with_capacity(16);
-    out.extend_from_slice(&u32::from_str_radix(fields[0], 16).unwrap().to_le_bytes());
-    out.extend_from_slice(&u16::from_str_radix(fields[1], 16).unwrap().to_le_bytes());
-    out.extend_from_slice(&u16::from_str_radix(fields[2], 16).unwrap().to_le_bytes());
-    out.extend_from_slice(&hex::decode(fields[3]).unwrap());
-    out.extend_from_slice(&hex::decode(fields[4]).unwrap());
-    out.try_into().unwrap()
-}
-
-/// UTF-16LE, without a terminator.
-fn utf16(s: &str) -> Vec<u8> {
-    s.encode_utf16().flat_map(u16::to_le_bytes).collect()
-}
-
 /// UTF-16LE with its NUL.
 fn utf16z(s: &str) -> Vec<u8> {
     let mut out = utf16(s);
     out.extend_from_slice(&[0, 0]);
-    out
-}
-
-/// UEFI_VARIABLE_DATA: GUID, name length (UTF-16 units, no NUL), data length, name, data.
-fn uefi_variable(guid_text: &str, name: &str, data: &[u8]) -> Vec<u8> {
-    let mut out = guid(guid_text).to_vec();
-    out.extend_from_slice(&(name.encode_utf16().count() as u64).to_le_bytes());
-    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    out.extend_from_slice(&utf16(name));
-    out.extend_from_slice(data);
     out
 }
 
@@ -210,27 +183,6 @@ fn certificate(common_name: &str, serial: u64) -> Vec<u8> {
     params.not_before = rcgen::date_time_ymd(2025, 1, 1);
     params.not_after = rcgen::date_time_ymd(2045, 1, 1);
     params.self_signed(&key).unwrap().der().to_vec()
-}
-
-/// An event of both banks whose digests are of `measured`; numbered once the log is whole.
-fn event(pcr: u32, event_type: u32, data: Vec<u8>, measured: &[u8]) -> Event {
-    Event {
-        number: 0,
-        pcr,
-        event_type,
-        digests: [HashAlg::Sha1, HashAlg::Sha256]
-            .into_iter()
-            .map(|bank| (bank.tpm_id(), bank.digest(&[measured])))
-            .collect(),
-        data,
-    }
-}
-
-/// An event whose digests are of its data, as TCG requires of variables, separators and
-/// actions (zest's `check_data` verifies them).
-fn covered(pcr: u32, event_type: u32, data: Vec<u8>) -> Event {
-    let measured = data.clone();
-    event(pcr, event_type, data, &measured)
 }
 
 /// The text event GRUB logs: `prefix` and `text` with a NUL, its digests of `text` alone.

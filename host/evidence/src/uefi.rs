@@ -13,6 +13,7 @@ use super::public::HashAlg;
 
 mod data;
 mod device_path;
+mod vendor_db;
 
 pub use data::{EventData, Guid, ImageLoad, SignatureEntry, SignatureList, UefiVariable, VariableData};
 

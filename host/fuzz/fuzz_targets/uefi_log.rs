@@ -12,6 +12,7 @@ fuzz_target!(|data: &[u8]| {
         for e in &log.events {
             let _ = e.type_name();
             let _ = e.check_data();
+            let _ = e.decode();
         }
     }
 });

@@ -222,6 +222,11 @@ fn event_json(data: &EventData, raw: &[u8]) -> Value {
                 VariableData::Signature(k) => {
                     json!([{"SignatureOwner": k.owner.to_string(), "SignatureData": hex::encode(&k.data)}])
                 }
+                VariableData::Signatures(keys) => Value::Array(
+                    keys.iter()
+                        .map(|k| json!({"SignatureOwner": k.owner.to_string(), "SignatureData": hex::encode(&k.data)}))
+                        .collect(),
+                ),
                 VariableData::BootOrder(order) => json!(order.iter().map(|n| format!("Boot{n:04x}")).collect::<Vec<_>>()),
                 VariableData::BootOption { enabled, description, device_path } => json!({
                     "Enabled": if *enabled { "Yes" } else { "No" }, "Description": description, "DevicePath": device_path,

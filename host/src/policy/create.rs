@@ -139,7 +139,11 @@ fn signatures(data: &VariableData) -> Vec<Value> {
             lists.iter().flat_map(|l| l.entries.iter().map(entry)).collect()
         }
         VariableData::Signature(e) => vec![entry(e)],
-        _ => Vec::new(),
+        VariableData::Signatures(entries) => entries.iter().map(entry).collect(),
+        VariableData::Boolean(_)
+        | VariableData::BootOrder(_)
+        | VariableData::BootOption { .. }
+        | VariableData::Raw => Vec::new(),
     }
 }
 

@@ -357,6 +357,12 @@ fn variable_data(d: uefi::VariableData) -> wit::VariableData {
                 .collect(),
         ),
         V::Signature(e) => wit::VariableData::Signature(entry(e)),
+        // Entries logged without a list (shim's vendor_db authority events): one list
+        // without a type; a new case would change the 0.2.0 world's types.
+        V::Signatures(entries) => wit::VariableData::SignatureLists(vec![wit::SignatureList {
+            signature_type: String::new(),
+            entries: entries.into_iter().map(entry).collect(),
+        }]),
         V::BootOrder(o) => wit::VariableData::BootOrder(o),
         V::BootOption {
             enabled,

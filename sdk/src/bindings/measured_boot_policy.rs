@@ -536,7 +536,9 @@ pub mod exports {
                 }
                 /// An EFI_SIGNATURE_LIST; `signature-type` is the list's GUID as lowercase text
                 /// (`a5c059a1-94e4-4aa7-87b5-ab155c2bf072` for X.509, `c1c41626-504c-4092-aca9-41f936934328`
-                /// for SHA-256).
+                /// for SHA-256), or empty for entries logged without a list: shim's `vendor_db` authority
+                /// events, whose EFI_SIGNATURE_DATA entries come back to back and are read as Keylime
+                /// reads them.
                 #[derive(Clone)]
                 pub struct SignatureList {
                     pub signature_type: _rt::String,

@@ -53,6 +53,9 @@ pub enum VariableData {
     SignatureLists(Vec<SignatureList>),
     /// `db` authority events: one EFI_SIGNATURE_DATA (the certificate that verified an image).
     Signature(SignatureEntry),
+    /// shim's `vendor_db` authority events: EFI_SIGNATURE_DATA entries logged without a
+    /// list, read as Keylime reads them (see `vendor_db.rs`).
+    Signatures(Vec<SignatureEntry>),
     /// `BootOrder`: `Boot####` numbers.
     BootOrder(Vec<u16>),
     /// `Boot####`: an EFI_LOAD_OPTION.
@@ -136,7 +139,9 @@ pub(super) fn decode(event_type: u32, data: &[u8]) -> EventData {
         0x01 | 0x05 | 0x0d | 0x12 | 0x8000_0007 => Some(EventData::Text(text(data))),
         0x8000_0008 => blob(data, false),
         0x8000_000a => blob(data, true),
-        0x8000_0001 | 0x8000_0002 | 0x8000_000c | 0x8000_00e0 => variable(data).map(EventData::Variable),
+        0x8000_0001 | 0x8000_0002 | 0x8000_000c | 0x8000_00e0 => {
+            variable(event_type, data).map(EventData::Variable)
+        }
         0x8000_0003..=0x8000_0005 => image_load(data).map(EventData::ImageLoad),
         0x8000_0006 => gpt(data),
         _ => None,
@@ -221,10 +226,10 @@ pub(super) fn variable_value(data: &[u8]) -> Option<&[u8]> {
     variable_parts(data).map(|(_, _, value)| value)
 }
 
-fn variable(data: &[u8]) -> Option<UefiVariable> {
+fn variable(event_type: u32, data: &[u8]) -> Option<UefiVariable> {
     let (guid, name, value) = variable_parts(data)?;
     let name = utf16(name);
-    let decoded = variable_data(&name, value);
+    let decoded = variable_data(event_type, &name, value);
     Some(UefiVariable {
         guid,
         name,
@@ -233,7 +238,12 @@ fn variable(data: &[u8]) -> Option<UefiVariable> {
     })
 }
 
-fn variable_data(name: &str, data: &[u8]) -> VariableData {
+fn variable_data(event_type: u32, name: &str, data: &[u8]) -> VariableData {
+    // shim logs the vendor_db entry that verified an image without its list; Keylime reads
+    // those its own way, and only in authority events (what it cannot read stays raw).
+    if event_type == super::EV_EFI_VARIABLE_AUTHORITY && name == "vendor_db" {
+        return super::vendor_db::entries(data).map_or(VariableData::Raw, VariableData::Signatures);
+    }
     let parsed = match name {
         "SecureBoot" | "SetupMode" | "AuditMode" | "DeployedMode" | "MokListTrusted" if data.len() == 1 => {
             data.first().map(|b| VariableData::Boolean(*b != 0))
