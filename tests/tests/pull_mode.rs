@@ -102,13 +102,22 @@ async fn an_agent_passes_round_after_round_then_fails_on_a_file_outside_its_poli
         use x509_parser::prelude::FromDer;
         x509_parser::x509::SubjectPublicKeyInfo::from_der(&public).unwrap()
     };
-    let key = aws_lc_rs::signature::UnparsedPublicKey::new(
-        &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
-        spki.subject_public_key.data.as_ref(),
-    );
+    // As Keylime's agent verifies (OpenSSL's `rsa_pss_saltlen:max`): the salt must be the
+    // longest the key allows, not the digest's length.
+    use aws_lc_rs::signature::{RSA_PSS_2048_8192_SHA256, RsaPssSaltLength, UnparsedPublicKey};
+    const MAX_SALT: aws_lc_rs::signature::RsaParameters =
+        RSA_PSS_2048_8192_SHA256.with_pss_salt_length(RsaPssSaltLength::Max);
     let signature = B64.decode(message["signature"].as_str().unwrap()).unwrap();
-    key.verify(message["msg"].as_str().unwrap().as_bytes(), &signature)
-        .expect("RSA-PSS-SHA256 over the msg text");
+    let signed = message["msg"].as_str().unwrap().as_bytes();
+    UnparsedPublicKey::new(&MAX_SALT, spki.subject_public_key.data.as_ref())
+        .verify(signed, &signature)
+        .expect("RSA-PSS-SHA256 with the maximum salt over the msg text");
+    let digest_salt =
+        UnparsedPublicKey::new(&RSA_PSS_2048_8192_SHA256, spki.subject_public_key.data.as_ref());
+    assert!(
+        digest_salt.verify(signed, &signature).is_err(),
+        "a digest-length salt"
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey, PublicEncryptingKey};
-use aws_lc_rs::signature::{RSA_PSS_SHA256, RsaKeyPair};
+use aws_lc_rs::signature::{RSA_PSS_SHA256, RsaKeyPair, RsaPssSaltLength, RsaSignatureEncoding};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
@@ -14,6 +14,11 @@ use std::sync::Arc;
 use super::severity::Verdict;
 use super::{Verifier, VerifierConfig};
 use crate::store::VerifierAgent;
+
+/// Keylime's `crypto.rsa_sign`: RSA-PSS, MGF1-SHA256, with the longest salt the key allows
+/// (`PSS.MAX_LENGTH`, 222 bytes for RSA-2048). Keylime's Rust agent verifies with that
+/// length exactly (OpenSSL 3), so a digest-length salt is refused there.
+const KEYLIME_PSS: RsaSignatureEncoding = RSA_PSS_SHA256.with_pss_salt_length(RsaPssSaltLength::Max);
 
 /// How the verifier reaches agents: its client identity (PEM certificate and key).
 #[derive(Clone)]
@@ -141,7 +146,7 @@ pub fn revocation(
             .or_else(|_| RsaKeyPair::from_pkcs8(&der))
             .map_err(|e| format!("revocation_key: {e}"))?;
         let mut sig = vec![0u8; key.public_modulus_len()];
-        key.sign(&RSA_PSS_SHA256, &SystemRandom::new(), msg.as_bytes(), &mut sig)
+        key.sign(&KEYLIME_PSS, &SystemRandom::new(), msg.as_bytes(), &mut sig)
             .map_err(|_| "signing the revocation message failed")?;
         B64.encode(sig)
     };
