@@ -84,13 +84,14 @@ async fn version_documents_and_unknown_routes_answer_in_the_envelope() {
             body,
             json!({"code": 200, "status": "Success", "results": {
                 "current_version": "2.6",
-                "supported_versions": ["2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "3.0"]}})
+                "supported_versions": ["1.0", "2.0", "2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "3.0"]}})
         );
     }
     for (method, path, expected) in [
         ("GET", "v2.7/agents", 404),
         ("GET", "v1.0/agents", 404),
-        ("POST", "v2.0/agents/x", 404),
+        // Keylime scopes every v2 route to /v2.0 too: the route exists, the body is wrong.
+        ("POST", "v2.0/agents/x", 400),
         ("GET", "nothing/here", 404),
         ("GET", "v2.6/agents/x/y/z", 404),
         ("PATCH", "v2.6/agents/x", 405),

@@ -66,6 +66,36 @@ async fn clients_without_our_certificate_fail_the_handshake() {
     assert_eq!(body["results"]["current_version"], "2.6");
 }
 
+/// The version routes as Keylime 7.14.3's verifier has them: `/version` and `/versions`
+/// list its nine versions, `/` redirects to the 3.0 root, and `/v2.0` serves the v2 routes.
+#[tokio::test]
+async fn version_routes_and_prefixes_are_keylimes() {
+    let verifier = TestVerifier::start().await.unwrap();
+    let admin = verifier.admin_client().unwrap();
+    let expected = json!({"code": 200, "status": "Success", "results": {
+        "current_version": "2.6",
+        "supported_versions": ["1.0", "2.0", "2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "3.0"]}});
+    for path in ["version", "versions"] {
+        let (status, body) = send_json(admin.get(format!("{}/{path}", verifier.https)))
+            .await
+            .unwrap();
+        assert_eq!((status, &body), (200, &expected), "{path}");
+    }
+    let root = admin.get(format!("{}/", verifier.https)).send().await.unwrap();
+    assert_eq!(root.url().path(), "/v3.0/", "GET / redirects to the 3.0 root");
+    assert_eq!(root.status(), 200);
+    let (status, body) = send_json(admin.get(verifier.url("2.0", "agents/")))
+        .await
+        .unwrap();
+    assert_eq!((status, &body["results"]["uuids"]), (200, &json!([])), "{body}");
+    for unserved in ["1.0", "2.7"] {
+        let (status, _) = send_json(admin.get(verifier.url(unserved, "agents/")))
+            .await
+            .unwrap();
+        assert_eq!(status, 404, "{unserved}");
+    }
+}
+
 #[tokio::test]
 async fn runtime_policies_are_created_read_listed_updated_and_deleted() {
     let verifier = TestVerifier::start().await.unwrap();
@@ -703,10 +733,24 @@ async fn verify_identity_checks_a_swtpm_quote_against_the_enrolled_ak() {
         (status, reply["status"].as_str()),
         (400, Some("missing query parameter 'quote'"))
     );
-    let (status, _) = send_json(admin.get(verifier.url("2.1", "verify/identity")))
-        .await
-        .unwrap();
-    assert_eq!(status, 404, "2.1 predates verify/identity");
+    // Keylime 7.14.3 serves it at every 2.x prefix, /v2.0 included (it does not gate on
+    // the minor version); /v3.0 has none.
+    let v20 = reqwest::Url::parse_with_params(
+        &verifier.url("2.0", "verify/identity"),
+        &[
+            ("agent_uuid", "identity-agent"),
+            ("quote", quote.as_str()),
+            ("nonce", nonce),
+            ("hash_alg", "sha256"),
+        ],
+    )
+    .unwrap();
+    let (status, reply) = send_json(admin.get(v20)).await.unwrap();
+    assert_eq!(
+        (status, &reply["results"]),
+        (200, &json!({"valid": 1})),
+        "{reply}"
+    );
 }
 
 #[tokio::test]
@@ -766,8 +810,17 @@ async fn verify_evidence_runs_quote_pcr_and_ima_checks_on_swtpm_evidence() {
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["results"]["valid"], true, "{reply}");
     assert_eq!(reply["results"]["claims"]["hash_alg"], "sha256");
-    let (_, reply) = send_json(ask("2.4", &data)).await.unwrap();
-    assert_eq!(reply["results"]["valid"], 1, "2.4 answers 1/0");
+    // As Keylime 7.14.3: `failures: []` on success, and `valid` a boolean at every 2.x
+    // prefix (2.4's documentation still says 1/0, its code writes true/false).
+    assert_eq!(reply["results"]["failures"], json!([]), "{reply}");
+    for version in ["2.4", "2.1", "2.0"] {
+        let (status, reply) = send_json(ask(version, &data)).await.unwrap();
+        assert_eq!(
+            (status, &reply["results"]["valid"]),
+            (200, &json!(true)),
+            "{version}: {reply}"
+        );
+    }
 
     let failure_types = |reply: &Value| -> Vec<String> {
         reply["results"]["failures"]
@@ -842,6 +895,6 @@ async fn verify_evidence_runs_quote_pcr_and_ima_checks_on_swtpm_evidence() {
     .await
     .unwrap();
     assert_eq!(status, 400);
-    let (status, _) = send_json(ask("2.3", &data)).await.unwrap();
-    assert_eq!(status, 404, "2.3 predates verify/evidence");
+    let (status, _) = send_json(ask("3.0", &data)).await.unwrap();
+    assert_eq!(status, 404, "API 3.0 has no verify/evidence");
 }

@@ -278,6 +278,8 @@ fn describe<S>(path: &str, op: &Op<S>, versions: &[&str]) -> Value {
     for status in op.ok {
         let response = if *status == 204 {
             json!({"description": "done; no body"})
+        } else if (300..400).contains(status) {
+            json!({"description": "redirect; no body"})
         } else {
             json!({"description": "success", "content": success})
         };

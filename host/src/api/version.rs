@@ -5,9 +5,13 @@ use serde_json::{Value, json};
 /// The version we advertise as current, like Keylime 7.14.
 pub const CURRENT_VERSION: &str = "2.6";
 
-/// Every version whose routes we serve. Keylime also advertises 1.0 and 2.0 but serves
-/// neither; we list only what answers.
-pub const SUPPORTED_VERSIONS: [&str; 7] = ["2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "3.0"];
+/// What `GET /version` lists: Keylime 7.14.3's `api_version.VERSIONS`, 1.0 included although
+/// neither Keylime nor zest routes anything under /v1.0.
+pub const SUPPORTED_VERSIONS: [&str; 9] = ["1.0", "2.0", "2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "3.0"];
+
+/// The prefixes with routes: Keylime scopes every v2 route to /v2 and to each 2.x it lists
+/// (so /v2.0 answers as /v2.6 does), and the push routes to /v3 and /v3.0.
+pub const SERVED_VERSIONS: [&str; 8] = ["2.0", "2.1", "2.2", "2.3", "2.4", "2.5", "2.6", "3.0"];
 
 /// An API version taken from a path prefix (`v2`, `v2.3`, `v3`, `v3.0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +30,7 @@ impl ApiVersion {
             exact => exact,
         };
         // Only the exact spellings we list: no "2.06", no "02.6".
-        SUPPORTED_VERSIONS.contains(&text).then_some(())?;
+        SERVED_VERSIONS.contains(&text).then_some(())?;
         let (major, minor) = text.split_once('.')?;
         Some(Self {
             major: major.parse().ok()?,
@@ -63,9 +67,13 @@ mod tests {
             ApiVersion::from_path_segment("v3.0"),
             Some(ApiVersion { major: 3, minor: 0 })
         );
+        // Keylime routes its v2 scope under /v2.0 too; 1.0 it advertises but serves not.
+        assert_eq!(
+            ApiVersion::from_path_segment("v2.0"),
+            Some(ApiVersion { major: 2, minor: 0 })
+        );
         for bad in [
             "v1.0",
-            "v2.0",
             "v2.7",
             "v3.1",
             "2.6",

@@ -28,7 +28,9 @@ use crate::tpm::TrustStore;
 const MAX_BODY: usize = 256 * 1024;
 
 /// The `{v}` of the registrar's routes (agents register over 2.x and 3.0).
-const VERSIONS: &[&str] = &["v2", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6", "v3", "v3.0"];
+const VERSIONS: &[&str] = &[
+    "v2", "v2.0", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6", "v3", "v3.0",
+];
 
 /// The registrar's router, with envelope replies for unknown paths and methods.
 pub fn router(state: Registrar) -> Router {

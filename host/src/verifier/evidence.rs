@@ -29,25 +29,16 @@ fn reply(code: StatusCode, status: &str, results: Value) -> Response {
         .into_response()
 }
 
-fn refused(version: ApiVersion, event_id: &str, message: String) -> Response {
+fn refused(event_id: &str, message: String) -> Response {
     reply(
         StatusCode::BAD_REQUEST,
         &message,
         json!({
-            "valid": valid_value(version, false),
+            "valid": false,
             "claims": {},
             "failures": [{"type": event_id, "context": {"message": message}}],
         }),
     )
-}
-
-/// 2.4 answers 1/0, 2.5 and later true/false.
-fn valid_value(version: ApiVersion, valid: bool) -> Value {
-    if version.minor >= 5 {
-        json!(valid)
-    } else {
-        json!(i32::from(valid))
-    }
 }
 
 fn text<'a>(data: &'a Map<String, Value>, field: &str) -> Option<&'a str> {
@@ -59,9 +50,11 @@ pub async fn verify_evidence(
     Path(v): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let version = ApiVersion::from_path_segment(&v)
-        .filter(|v| !v.is_v3() && v.minor >= 4)
-        .ok_or_else(|| ApiError::not_found(format!("{v} has no verify/evidence (API 2.4 and later)")))?;
+    // Keylime 7.14.3 serves it at every 2.x prefix (its changelog says 2.4; its code does
+    // not gate).
+    ApiVersion::from_path_segment(&v)
+        .filter(|v| !v.is_v3())
+        .ok_or_else(|| ApiError::not_found(format!("{v} has no verify/evidence (API 2.x)")))?;
     let body: Map<String, Value> = match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => map,
         _ => return Err(ApiError::bad_request("Request body must be a JSON object")),
@@ -69,7 +62,6 @@ pub async fn verify_evidence(
     let (Some(kind), Some(Value::Object(data))) = (body.get("type"), body.get("data")) else {
         let missing = if body.contains_key("type") { "data" } else { "type" };
         return Ok(refused(
-            version,
             "default.missing_param",
             format!("missing parameter '{missing}'"),
         ));
@@ -78,23 +70,17 @@ pub async fn verify_evidence(
         Some("tpm") => {}
         Some("tee") => {
             return Ok(refused(
-                version,
                 "tee_attestation.unsupported",
                 "TEE evidence is not supported by zest".into(),
             ));
         }
         _ => {
-            return Ok(refused(
-                version,
-                "default.invalid_type",
-                "invalid evidence type".into(),
-            ));
+            return Ok(refused("default.invalid_type", "invalid evidence type".into()));
         }
     }
     for field in ["quote", "nonce", "hash_alg", "tpm_ek", "tpm_ak"] {
         if text(data, field).is_none() {
             return Ok(refused(
-                version,
                 "default.missing_param",
                 format!("missing parameter '{field}'"),
             ));
@@ -105,7 +91,6 @@ pub async fn verify_evidence(
         .all(|f| data.get(*f).is_none_or(Value::is_null))
     {
         return Ok(refused(
-            version,
             "default.missing_policy",
             "at least one of tpm_policy, runtime_policy and mb_policy is required".into(),
         ));
@@ -116,17 +101,18 @@ pub async fn verify_evidence(
         .await
         .map_err(|e| ApiError::internal("verifying evidence", e))?;
     Ok(match outcome {
-        Err(message) => refused(version, "default.invalid_param", message),
+        Err(message) => refused("default.invalid_param", message),
         Ok((failures, data)) if failures.is_empty() => reply(
             StatusCode::OK,
             "Success",
-            json!({"valid": valid_value(version, true), "claims": data}),
+            // Keylime 7.14.3 sets `failures: []` before it checks and keeps it on success.
+            json!({"valid": true, "claims": data, "failures": []}),
         ),
         Ok((failures, _)) => reply(
             StatusCode::OK,
             "Success",
             json!({
-                "valid": valid_value(version, false),
+                "valid": false,
                 "claims": {},
                 "failures": failures.iter().map(Failure::to_json).collect::<Vec<_>>(),
             }),

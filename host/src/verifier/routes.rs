@@ -42,7 +42,7 @@ const MAX_SESSION_BODY: usize = 16 * 1024;
 const MAX_CAPABILITIES_BODY: usize = 64 * 1024;
 
 /// The `{v}` of the verifier's tenant routes.
-const V2: &[&str] = &["v2", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6"];
+const V2: &[&str] = &["v2", "v2.0", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6"];
 
 pub fn router(state: Verifier) -> Router {
     routes(&state.config)
@@ -67,6 +67,16 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
             "/version",
             false,
             vec![Op::get(version, "API versions served").open()],
+        )
+        .route(
+            "/versions",
+            false,
+            vec![Op::get(version, "API versions served (Keylime's second name)").open()],
+        )
+        .route(
+            "/",
+            false,
+            vec![Op::get(root, "Redirect to the API 3.0 root").ok(&[307]).open()],
         )
         .route(
             "/metrics",
@@ -195,6 +205,9 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
                 Op::delete(modules::delete, "Remove an uploaded component no policy uses").ok(&[204]),
             ],
         );
+    for root in ["/v3", "/v3/", "/v3.0", "/v3.0/"] {
+        routes = routes.route(root, false, vec![Op::get(version_root, "API 3.0 root").open()]);
+    }
     // Push mode's agent routes (API 3.0): JSON:API replies, token authentication.
     for prefix in ["/v3", "/v3.0"] {
         routes = routes
@@ -274,6 +287,20 @@ fn json_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
 
 async fn version() -> Envelope {
     Envelope::ok(api::version_document())
+}
+
+/// Keylime's verifier redirects its root to the newest API's.
+async fn root() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::TEMPORARY_REDIRECT,
+        [(axum::http::header::LOCATION, "/v3.0/")],
+    )
+        .into_response()
+}
+
+async fn version_root() -> Envelope {
+    Envelope::empty()
 }
 
 async fn versioned_version(Path(v): Path<String>) -> ApiResult {
@@ -747,12 +774,9 @@ async fn verify_identity(
     Path(v): Path<String>,
     Query(query): Query<IdentityQuery>,
 ) -> ApiResult {
-    let version = version_of(&v)?;
-    if version.minor < 2 {
-        return Err(ApiError::not_found(format!(
-            "{v} has no verify/identity (API 2.2 and later)"
-        )));
-    }
+    // Keylime 7.14.3 serves it at every 2.x prefix (its changelog says 2.2; its code does
+    // not gate).
+    version_of(&v)?;
     let missing = |p: &str| ApiError::bad_request(format!("missing query parameter '{p}'"));
     let id = AgentId::parse(query.agent_uuid.as_deref().ok_or_else(|| missing("agent_uuid"))?)?;
     let quote = query.quote.ok_or_else(|| missing("quote"))?;
