@@ -73,6 +73,18 @@ pub async fn webhook_sink() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Valu
     (url, seen)
 }
 
+/// The webhook's messages once there are at least `n` (it is sent in a task of its own).
+pub async fn webhook_messages(seen: &std::sync::Arc<std::sync::Mutex<Vec<Value>>>, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let messages = seen.lock().unwrap().clone();
+        if messages.len() >= n || std::time::Instant::now() > deadline {
+            return messages;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub fn config() -> VerifierConfig {
     let mut config = VerifierConfig::defaults();
     config.port = 0;

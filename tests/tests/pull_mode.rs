@@ -87,7 +87,7 @@ async fn an_agent_passes_round_after_round_then_fails_on_a_file_outside_its_poli
 
     // A signed revocation message reached the agent and the webhook.
     let at_agent = agent.state.lock().unwrap().revocations.clone();
-    let at_webhook = revocations.lock().unwrap().clone();
+    let at_webhook = webhook_messages(&revocations, 1).await;
     assert_eq!(at_agent.len(), 1, "{at_agent:?}");
     assert_eq!(at_webhook, at_agent);
     let message = &at_agent[0];
@@ -154,8 +154,7 @@ async fn an_unreachable_agent_shows_timeout_while_retried_then_fails_with_a_comm
     assert_eq!(s["attestation_status"], "FAIL");
     assert_eq!(s["failures"][0]["type"], "internal.verifier.not_reachable");
     assert_eq!(s["last_event_id"], "internal.verifier.not_reachable");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let seen = notifications.lock().unwrap().clone();
+    let seen = webhook_messages(&notifications, 1).await;
     assert_eq!(seen.len(), 1, "{seen:?}");
     let msg: Value = serde_json::from_str(seen[0]["msg"].as_str().unwrap()).unwrap();
     assert_eq!(msg["type"], "comm_error");

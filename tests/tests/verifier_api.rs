@@ -590,6 +590,12 @@ async fn each_bad_enrolment_field_is_a_400_naming_it_and_stores_nothing() {
             "mTLS certificate for agent is required!",
         ),
         ("revocation_key", json!("not a key"), "revocation_key"),
+        // A private key, but not one that can sign Keylime's RSA-PSS revocations.
+        (
+            "revocation_key",
+            json!(rcgen::KeyPair::generate().unwrap().serialize_pem()),
+            "revocation_key must be an unencrypted PEM RSA private key",
+        ),
         ("supported_version", json!(2.6), "supported_version"),
         ("runtime_policy", json!("!!"), "runtime_policy"),
         ("mb_policy", json!("{x"), "mb_policy"),

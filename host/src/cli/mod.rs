@@ -184,6 +184,25 @@ fn verifier_config(eff: &Effective) -> anyhow::Result<VerifierConfig> {
         .get("revocations", "webhook_url")
         .filter(|s| !s.is_empty())
         .map(str::to_owned);
+    let channels: Vec<String> = eff.parsed("revocations", "enabled_revocation_notifications", |s| {
+        serde_json::from_str(&keylime::list_as_json(s)?).map_err(|_| "must be a list of names".to_owned())
+    })?;
+    let chosen = crate::verifier::notify::Channels::choose(
+        &channels,
+        eff.is_default("revocations", "enabled_revocation_notifications"),
+        config.revocation_webhook.is_some(),
+    );
+    config.notify_agents = chosen.agents;
+    config.notify_webhook = chosen.webhook;
+    for other in &chosen.unknown {
+        tracing::warn!(channel = %other, "enabled_revocation_notifications names a channel zest does not offer (ZeroMQ is out of scope): ignored");
+    }
+    if config.revocation_webhook.is_some() && !config.notify_webhook {
+        tracing::warn!(
+            "webhook_url is set, but enabled_revocation_notifications does not list 'webhook': the webhook gets no revocations"
+        );
+    }
+    config.exponential_backoff = eff.parsed(v, "exponential_backoff", keylime::parse_bool)?;
     config.mode = eff.parsed(v, "mode", |s| match s {
         "pull" => Ok(crate::verifier::Mode::Pull),
         "push" => Ok(crate::verifier::Mode::Push),

@@ -175,19 +175,20 @@ pub const VERIFIER_OPTIONS: &[OptionSpec] = &[
         "True",
         "zest always uses mTLS with pull agents",
     ),
-    ignored(
-        "verifier",
-        "exponential_backoff",
-        "True",
-        "zest always backs off exponentially",
-    ),
+    opt("verifier", "exponential_backoff", None, "True"),
     opt("verifier", "max_upload_size", None, "104857600"),
     opt("revocations", "webhook_url", Some("revocation_webhook"), ""),
-    ignored(
+    opt(
         "revocations",
         "enabled_revocation_notifications",
+        None,
         "['agent']",
-        "zest notifies agents and the webhook",
+    ),
+    ignored(
+        "revocations",
+        "zmq_ip",
+        "127.0.0.1",
+        "zest offers no ZeroMQ channel",
     ),
     ignored("revocations", "zmq_port", "8992", "zest offers no ZeroMQ channel"),
     opt("zest", "data_dir", Some("data_dir"), super::DEFAULT_DATA_DIR),
@@ -455,6 +456,13 @@ impl Effective {
     pub fn value(&self, key: &str) -> Option<&str> {
         self.get(self.service.name(), key)
             .or_else(|| self.get("zest", key))
+    }
+
+    /// Whether `section.key` still has its built-in default (no file, variable or flag set it).
+    pub fn is_default(&self, section: &str, key: &str) -> bool {
+        self.settings
+            .get(&(section.to_owned(), key.to_owned()))
+            .is_none_or(|s| matches!(s.source, Source::Default))
     }
 
     pub fn get(&self, section: &str, key: &str) -> Option<&str> {

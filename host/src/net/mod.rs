@@ -8,4 +8,4 @@ pub mod tls;
 
 pub use pinned::{NotPinned, PinError, PinnedCertVerifier, agent_client};
 pub use serve::{Peer, ServeLimits, serve_plain, serve_plain_with, serve_tls, serve_tls_with};
-pub use tls::{ClientAuth, TlsError, TlsMaterial, Usage, load_certs};
+pub use tls::{ClientAuth, TlsError, TlsMaterial, Usage, load_certs, load_key};

@@ -254,13 +254,14 @@ pub async fn enrolment(
     Ok(Enrolment { agent, new_policies })
 }
 
-/// `revocation_key`: a PEM RSA private key that signs revocation messages, or `""`.
+/// `revocation_key`: a PEM RSA private key that signs revocation messages, or `""`. Checked
+/// here, where Keylime would fail only when it first signs, after the agent failed.
 fn revocation_key(key: String) -> Result<String, ApiError> {
-    if key.is_empty() || key.contains("PRIVATE KEY-----") {
+    if key.is_empty() || super::notify::signing_key(&key).is_ok() {
         Ok(key)
     } else {
         Err(ApiError::bad_request(
-            "revocation_key must be a PEM RSA private key or \"\"",
+            "revocation_key must be an unencrypted PEM RSA private key or \"\"",
         ))
     }
 }

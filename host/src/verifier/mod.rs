@@ -7,7 +7,7 @@
 mod enrol;
 mod evidence;
 mod modules;
-mod notify;
+pub mod notify;
 pub mod pipeline;
 mod policies;
 mod poller;
@@ -73,6 +73,14 @@ pub struct VerifierConfig {
     pub retry_interval: std::time::Duration,
     /// `[revocations] webhook_url`: where revocation messages are POSTed besides agents.
     pub revocation_webhook: Option<String>,
+    /// `[revocations] enabled_revocation_notifications` names `agent`: revocations go to
+    /// every enrolled pull agent.
+    pub notify_agents: bool,
+    /// ... names `webhook`: revocations go to `revocation_webhook`.
+    pub notify_webhook: bool,
+    /// `exponential_backoff`: retries wait `retry_interval ** n` seconds, else
+    /// `retry_interval` each time.
+    pub exponential_backoff: bool,
     /// `severity_labels` and `severity_policy`: which failures stop polling.
     pub severity: severity::SeverityPolicy,
     /// `request_timeout`: the longest wait for an agent's answer.
@@ -110,6 +118,9 @@ impl VerifierConfig {
             max_retries: 5,
             retry_interval: std::time::Duration::from_secs(2),
             revocation_webhook: None,
+            notify_agents: true,
+            notify_webhook: true,
+            exponential_backoff: true,
             severity: severity::SeverityPolicy::keylime_default(),
             request_timeout: std::time::Duration::from_secs(60),
             mode: Mode::Pull,
@@ -234,8 +245,20 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
     };
     let mut identity = read(TlsMaterial::CLIENT_CERT)?;
     identity.extend(read(TlsMaterial::CLIENT_KEY)?);
+    let webhook = match &config.revocation_webhook {
+        Some(_) if config.notify_webhook => Some(
+            notify::webhook_client(&identity, &read(TlsMaterial::CA_CERT)?, config.request_timeout).map_err(
+                |detail| net::TlsError::Pem {
+                    path: tls.path(TlsMaterial::CLIENT_CERT),
+                    detail: format!("the revocation webhook's client: {detail}"),
+                },
+            )?,
+        ),
+        _ => None,
+    };
     let agent_tls = notify::AgentTls {
         identity_pem: Arc::new(identity),
+        webhook,
     };
     let verifier = Verifier {
         store,
