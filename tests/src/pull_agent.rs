@@ -65,6 +65,10 @@ pub struct PullState {
     /// Answers quote requests with an endless-looking JSON body of this many bytes,
     /// streamed (chunked, no length) and made only as it is read.
     pub huge_reply: Option<u64>,
+    /// While set, quote requests wait for a permit of this gate: a round held in flight.
+    pub quote_gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// Quote requests waiting at the gate now.
+    pub quotes_waiting: u32,
 }
 
 /// How the pull agent presents itself.
@@ -219,6 +223,8 @@ impl PullAgent {
             mb_list_override: None,
             omit_boottime: false,
             huge_reply: None,
+            quote_gate: None,
+            quotes_waiting: 0,
         }));
         let app = Router::new()
             .route("/version", get(version))
@@ -469,6 +475,17 @@ async fn integrity(
     }
     if let Some(refusal) = refuses(&state, &v) {
         return refusal.into_response();
+    }
+    let gate = state.lock().ok().and_then(|s| s.quote_gate.clone());
+    if let Some(gate) = gate {
+        if let Ok(mut s) = state.lock() {
+            s.quotes_waiting += 1;
+        }
+        let permit = gate.acquire().await;
+        if let Ok(mut s) = state.lock() {
+            s.quotes_waiting -= 1;
+        }
+        drop(permit);
     }
     if let Some(size) = state.lock().ok().and_then(|s| s.huge_reply) {
         return huge_body(size);

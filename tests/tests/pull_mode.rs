@@ -389,7 +389,9 @@ async fn a_restarted_verifier_resumes_incrementally_and_a_delete_is_final() {
     let (status_code, _) = send_json(admin.delete(verifier.url("2.6", "agents/pull-agent-3")))
         .await
         .unwrap();
-    assert_eq!(status_code, 200);
+    // 202 when the DELETE met a round in flight: the agent goes when that round ends.
+    assert!(matches!(status_code, 200 | 202), "{status_code}");
+    gone(&verifier, "pull-agent-3").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (code, _) = send_json(admin.get(verifier.url("2.6", "agents/pull-agent-3")))
         .await
@@ -402,6 +404,90 @@ async fn a_restarted_verifier_resumes_incrementally_and_a_delete_is_final() {
         polled,
         "a deleted agent is not polled"
     );
+}
+
+/// Waits until the verifier answers 404 for the agent (30 s at most).
+async fn gone(verifier: &TestVerifier, uuid: &str) {
+    let admin = verifier.admin_client().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, reply) = send_json(admin.get(verifier.url("2.6", &format!("agents/{uuid}"))))
+            .await
+            .unwrap();
+        if code == 404 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{uuid} never went: {reply}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Keylime 7.14.3's verifier answers a DELETE that meets a round in flight with 202 and
+/// operational state TERMINATED (8), and deletes the agent when the round ends; an agent at
+/// rest goes at once with 200.
+#[tokio::test]
+async fn a_delete_during_a_round_in_flight_is_202_terminated_then_the_agent_goes() {
+    let verifier = verifier().await;
+    let tpm = Swtpm::start().unwrap();
+    let agent = start_agent(&tpm, "pull-agent-del", &verifier).await;
+    agent.measure("/usr/bin/a", &digest("/usr/bin/a")).unwrap();
+    enrol(&verifier, &agent, "pull-agent-del", &policy_for(&["/usr/bin/a"])).await;
+    wait_for(&verifier, "pull-agent-del", "a passing round", |s| {
+        s["attestation_count"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+
+    // Hold the next quote request: the round is in flight until the gate opens.
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    agent.set(|s| s.quote_gate = Some(gate.clone()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while agent.state.lock().unwrap().quotes_waiting == 0 {
+        assert!(std::time::Instant::now() < deadline, "no quote request came");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let admin = verifier.admin_client().unwrap();
+    let url = verifier.url("2.6", "agents/pull-agent-del");
+    let (code, reply) = send_json(admin.delete(&url)).await.unwrap();
+    assert_eq!(code, 202, "{reply}");
+    assert_eq!(reply["status"], "Accepted");
+    let shown = status(&verifier, "pull-agent-del").await;
+    assert_eq!(shown["operational_state"], 8, "{shown}");
+    // Stop and reactivate see no agent; a second DELETE is 202 again.
+    let (code, _) = send_json(admin.put(verifier.url("2.6", "agents/pull-agent-del/reactivate")))
+        .await
+        .unwrap();
+    assert_eq!(code, 404);
+    let (code, _) = send_json(admin.delete(&url)).await.unwrap();
+    assert_eq!(code, 202);
+
+    gate.add_permits(1);
+    gone(&verifier, "pull-agent-del").await;
+
+    // A stopped agent is deleted at once (200), as Keylime deletes agents in states it no
+    // longer polls, whether or not a round is still finishing.
+    let tpm = Swtpm::start().unwrap();
+    let stopped = start_agent(&tpm, "pull-agent-stop", &verifier).await;
+    stopped.measure("/usr/bin/a", &digest("/usr/bin/a")).unwrap();
+    enrol(
+        &verifier,
+        &stopped,
+        "pull-agent-stop",
+        &policy_for(&["/usr/bin/a"]),
+    )
+    .await;
+    wait_for(&verifier, "pull-agent-stop", "a passing round", |s| {
+        s["attestation_count"].as_u64().unwrap_or(0) >= 1
+    })
+    .await;
+    let (code, _) = send_json(admin.put(verifier.url("2.6", "agents/pull-agent-stop/stop")))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+    let url = verifier.url("2.6", "agents/pull-agent-stop");
+    let (code, reply) = send_json(admin.delete(&url)).await.unwrap();
+    assert_eq!(code, 200, "{reply}");
+    let (code, _) = send_json(admin.get(&url)).await.unwrap();
+    assert_eq!(code, 404);
 }
 
 #[tokio::test]

@@ -34,14 +34,22 @@ impl Envelope {
             results: json!({}),
         }
     }
+
+    /// 202 "Accepted" with `results: {}`: done, but not yet.
+    pub fn accepted() -> Self {
+        Self {
+            code: StatusCode::ACCEPTED,
+            results: json!({}),
+        }
+    }
 }
 
 impl IntoResponse for Envelope {
     fn into_response(self) -> Response {
-        let status = if self.code == StatusCode::CREATED {
-            "Created"
-        } else {
-            "Success"
+        let status = match self.code {
+            StatusCode::CREATED => "Created",
+            StatusCode::ACCEPTED => "Accepted",
+            _ => "Success",
         };
         let body = json!({"code": self.code.as_u16(), "status": status, "results": self.results});
         (self.code, Json(body)).into_response()

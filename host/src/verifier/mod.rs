@@ -159,6 +159,8 @@ pub struct Verifier {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Our client identity towards agents (quotes, V, revocations).
     pub agent_tls: notify::AgentTls,
+    /// Pull agents whose round is in flight (a DELETE then waits for it: 202).
+    pub rounds: Arc<poller::InFlight>,
 }
 
 impl Verifier {
@@ -261,6 +263,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         webhook,
     };
     let verifier = Verifier {
+        rounds: Arc::default(),
         store,
         policies: Arc::new(PolicyRegistry::with_metrics(runtime, metrics.clone())),
         metrics,

@@ -29,6 +29,57 @@ pub struct Retries {
     pub interval: Duration,
 }
 
+/// Pull agents whose round is in flight: from loading the record to writing it back.
+/// Between rounds an agent is idle, and a DELETE removes it at once.
+#[derive(Debug, Default)]
+pub struct InFlight(std::sync::Mutex<std::collections::HashSet<String>>);
+
+/// One agent's round in flight; ends when dropped.
+pub struct Round(Arc<InFlight>, String);
+
+impl InFlight {
+    pub fn begin(self: &Arc<Self>, id: &str) -> Round {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned());
+        Round(self.clone(), id.to_owned())
+    }
+
+    pub fn busy(&self, id: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(id)
+    }
+}
+
+impl Drop for Round {
+    fn drop(&mut self) {
+        self.0
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.1);
+    }
+}
+
+/// Deletes an agent a DELETE marked TERMINATED while its round was in flight (Keylime's
+/// `_complete_deletion_if_terminated`).
+async fn complete_deletion(verifier: &Verifier, id: &str) {
+    let store = verifier.store.clone();
+    let agent_id = id.to_owned();
+    let deleted = tokio::task::spawn_blocking(move || match store.agent(&agent_id) {
+        Ok(Some(agent)) if agent.operational_state == state::TERMINATED => store.delete_agent(&agent_id),
+        _ => Ok(false),
+    })
+    .await;
+    if let Ok(Ok(true)) = deleted {
+        verifier.tokens.forget_agent(id);
+        tracing::info!(agent_id = %id, "agent deleted after its round");
+    }
+}
+
 /// Whether the pull loop attests this agent: the polling states, and INVALID_QUOTE after a
 /// failure that the severity policy lets polling survive.
 fn polls(agent: &VerifierAgent) -> bool {
@@ -55,6 +106,13 @@ pub fn spawn(verifier: Verifier, tls: AgentTls, retries: Retries) -> JoinHandle<
             let store = verifier.store.clone();
             if let Ok(Ok(agents)) = tokio::task::spawn_blocking(move || store.agents()).await {
                 for agent in agents {
+                    // Marked for deletion while no round runs (its round ended, or the
+                    // verifier restarted): finish the DELETE.
+                    if agent.operational_state == state::TERMINATED && !running.contains_key(&agent.agent_id)
+                    {
+                        complete_deletion(&verifier, &agent.agent_id).await;
+                        continue;
+                    }
                     if polls(&agent) && !running.contains_key(&agent.agent_id) {
                         let task = tokio::spawn(poll_agent(
                             verifier.clone(),
@@ -85,8 +143,14 @@ async fn load(verifier: &Verifier, id: &str) -> Option<VerifierAgent> {
 async fn save(verifier: &Verifier, agent: VerifierAgent, round_state: i64) -> bool {
     let store = verifier.store.clone();
     let keeps_polling = polls(&agent);
+    let id = agent.agent_id.clone();
     match tokio::task::spawn_blocking(move || store.save_round(&agent, round_state)).await {
-        Ok(Ok(written)) => written && keeps_polling,
+        Ok(Ok(true)) => keeps_polling,
+        // The record changed meanwhile: a DELETE during the round finishes now.
+        Ok(Ok(false)) => {
+            complete_deletion(verifier, &id).await;
+            false
+        }
         _ => false,
     }
 }
@@ -246,9 +310,15 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
     let mut attempts = 0u32;
     let mut connection: Option<(Option<String>, reqwest::Client)> = None;
     loop {
+        let round = verifier.rounds.begin(&id);
         let Some(agent) = load(&verifier, &id).await else {
             return;
         };
+        if agent.operational_state == state::TERMINATED {
+            drop(round);
+            complete_deletion(&verifier, &id).await;
+            return;
+        }
         if !polls(&agent) {
             return;
         }
@@ -281,6 +351,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
                 if !goes_on {
                     return;
                 }
+                drop(round);
                 pause(&verifier).await;
                 continue;
             }
@@ -290,6 +361,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
             if !fail_round(&verifier, &tls, agent, round_state, vec![failure]).await {
                 return;
             }
+            drop(round);
             pause(&verifier).await;
             continue;
         };
@@ -337,6 +409,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
                 Err(why) if version.is_empty() => {
                     // Not even /version answered: treat as unreachable and retry.
                     tracing::warn!(agent_id = %id, %why, "version negotiation failed");
+                    drop(round);
                     if !retry(&verifier, &tls, retries, &mut attempts, agent, round_state).await {
                         return;
                     }
@@ -353,6 +426,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
                 verifier
                     .metrics
                     .count(crate::metrics::AGENT_ERRORS, &[("reason", "unreachable")]);
+                drop(round);
                 if !retry(&verifier, &tls, retries, &mut attempts, agent, round_state).await {
                     return;
                 }
@@ -374,6 +448,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
                 if !fail_round(&verifier, &tls, agent, round_state, vec![failure]).await {
                     return;
                 }
+                drop(round);
                 pause(&verifier).await;
                 continue;
             }
@@ -426,6 +501,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
         if !save(&verifier, agent, round_state).await {
             return;
         }
+        drop(round);
         pause(&verifier).await;
     }
 }

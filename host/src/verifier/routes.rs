@@ -106,7 +106,11 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
                 Op::post(enrol, "Enrol an agent with its policies")
                     .body(Body::JsonOf("Enrolment"))
                     .body_limit(upload),
-                Op::delete(delete_agent, "Stop attesting and forget an agent"),
+                Op::delete(
+                    delete_agent,
+                    "Stop attesting and forget an agent (202 while its round is in flight)",
+                )
+                .ok(&[200, 202]),
             ],
         )
         .route(
@@ -538,13 +542,40 @@ async fn delete_agent(State(verifier): State<Verifier>, Path((v, id)): Path<(Str
     version_of(&v)?;
     let id = AgentId::parse(&id)?;
     let agent_id = id.to_string();
-    let forget = agent_id.clone();
-    if blocking(&verifier, "deleting agent", move |s| s.delete_agent(&agent_id)).await? {
-        verifier.tokens.forget_agent(&forget);
-        tracing::info!(agent_id = %id, "agent deleted");
-        Ok(Envelope::empty())
-    } else {
-        Err(ApiError::not_found("agent id not found"))
+    let rounds = verifier.rounds.clone();
+    // Keylime's rule: a polled agent whose round is in flight is marked TERMINATED (202) and
+    // deleted when the round ends; one in a state that is not polled, or between rounds, is
+    // deleted at once (200). A round that ends after that finds no record to write back.
+    let outcome = blocking(&verifier, "deleting agent", move |store| {
+        let Some(mut agent) = store.agent(&agent_id)? else {
+            return Ok(None);
+        };
+        if agent.operational_state == state::TERMINATED {
+            return Ok(Some(false));
+        }
+        let at_rest = matches!(
+            agent.operational_state,
+            state::SAVED | state::FAILED | state::INVALID_QUOTE | state::TENANT_FAILED
+        );
+        if agent.push || at_rest || !rounds.busy(&agent_id) {
+            return Ok(store.delete_agent(&agent_id)?.then_some(true));
+        }
+        agent.operational_state = state::TERMINATED;
+        agent.revision = crate::store::verifier::new_revision();
+        Ok(store.update_agent(&agent, &[])?.then_some(false))
+    })
+    .await?;
+    match outcome {
+        Some(true) => {
+            verifier.tokens.forget_agent(id.as_str());
+            tracing::info!(agent_id = %id, "agent deleted");
+            Ok(Envelope::empty())
+        }
+        Some(false) => {
+            tracing::info!(agent_id = %id, "agent marked for deletion after its round");
+            Ok(Envelope::accepted())
+        }
+        None => Err(ApiError::not_found("agent id not found")),
     }
 }
 
@@ -556,6 +587,10 @@ async fn set_state(verifier: &Verifier, id: &str, to: i64) -> ApiResult {
         let Some(mut agent) = store.agent(&agent_id)? else {
             return Ok(false);
         };
+        // Being deleted: gone as far as the operator is concerned.
+        if agent.operational_state == state::TERMINATED {
+            return Ok(false);
+        }
         // A push agent is never polled: reactivation only clears its failures, and it shows
         // PENDING until its next attestation passes.
         agent.operational_state = if agent.push && to == state::START {
