@@ -904,3 +904,81 @@ async fn verify_evidence_runs_quote_pcr_and_ima_checks_on_swtpm_evidence() {
     let (status, _) = send_json(ask("3.0", &data)).await.unwrap();
     assert_eq!(status, 404, "API 3.0 has no verify/evidence");
 }
+
+/// Keylime 7.14.3 lets anyone call `/verify/identity` and `/verify/evidence` (public actions,
+/// no certificate needed where the listener allows it); every other route stays the
+/// operator's. A verifier that serves push agents takes TLS without a client certificate.
+#[tokio::test]
+async fn anyone_may_ask_verify_identity_and_verify_evidence_but_not_the_agent_routes() {
+    use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+    use zest::verifier::Mode;
+    use zest_tests::{AkKind, EkKind, Swtpm, TestAgent};
+
+    let mut config = zest_tests::push_env::config();
+    config.mode = Mode::Both;
+    let verifier = zest_tests::push_env::verifier_with(config).await;
+    let admin = verifier.admin_client().unwrap();
+    let anonymous = verifier.anonymous_client().unwrap();
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = TestAgent::new(&tpm, "public-agent", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    let mut body = enrol_body();
+    body["ak_tpm"] = json!(B64.encode(&agent.aik_tpm));
+    let (status, reply) = send_json(admin.post(verifier.url("2.6", "agents/public-agent")).json(&body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{reply}");
+
+    let nonce = "An0nym0usCa11er12345";
+    let quote = agent
+        .quote(nonce.as_bytes(), &[(HashingAlgorithm::Sha256, &[15, 16])])
+        .unwrap();
+    let url = reqwest::Url::parse_with_params(
+        &verifier.url("2.0", "verify/identity"),
+        &[
+            ("agent_uuid", "public-agent"),
+            ("quote", quote.keylime_string().as_str()),
+            ("nonce", nonce),
+            ("hash_alg", "sha256"),
+        ],
+    )
+    .unwrap();
+    let (status, reply) = send_json(anonymous.get(url)).await.unwrap();
+    assert_eq!(
+        (status, &reply["results"]),
+        (200, &json!({"valid": 1})),
+        "{reply}"
+    );
+
+    let pcr15 = hex::encode(agent.pcr_value(HashingAlgorithm::Sha256, 15).unwrap());
+    let data = json!({
+        "quote": quote.keylime_string(), "nonce": nonce, "hash_alg": "sha256", "tpm_ek": "unused",
+        "tpm_ak": B64.encode(&agent.aik_tpm),
+        "tpm_policy": json!({"15": [pcr15]}).to_string(),
+    });
+    let (status, reply) = send_json(
+        anonymous
+            .post(verifier.url("2.1", "verify/evidence"))
+            .json(&json!({"type": "tpm", "data": data})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["results"]["valid"], json!(true), "{reply}");
+
+    // The same caller reaches nothing else.
+    for (method, path) in [
+        (reqwest::Method::GET, "agents/"),
+        (reqwest::Method::GET, "agents/public-agent"),
+        (reqwest::Method::DELETE, "agents/public-agent"),
+        (reqwest::Method::GET, "allowlists/"),
+    ] {
+        let (status, reply) = send_json(anonymous.request(method.clone(), verifier.url("2.6", path)))
+            .await
+            .unwrap();
+        assert_eq!(status, 403, "{method} {path}: {reply}");
+    }
+    let (status, _) = send_json(admin.get(verifier.url("2.6", "agents/public-agent")))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "the agent is still there");
+}

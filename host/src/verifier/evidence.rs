@@ -95,11 +95,22 @@ pub async fn verify_evidence(
             "at least one of tpm_policy, runtime_policy and mb_policy is required".into(),
         ));
     }
+    // Anyone may call this route (as in Keylime): a bounded number of checks run at once, so
+    // handed-in evidence cannot crowd out the verdicts of enrolled agents.
+    let Ok(permit) = verifier.stateless_checks.clone().try_acquire_owned() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many evidence checks in progress; try again shortly",
+        ));
+    };
     let data = data.clone();
     let verifier = verifier.clone();
-    let outcome = tokio::task::spawn_blocking(move || check(&verifier, &data).map(|f| (f, data)))
-        .await
-        .map_err(|e| ApiError::internal("verifying evidence", e))?;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        check(&verifier, &data).map(|f| (f, data))
+    })
+    .await
+    .map_err(|e| ApiError::internal("verifying evidence", e))?;
     Ok(match outcome {
         Err(message) => refused("default.invalid_param", message),
         Ok((failures, data)) if failures.is_empty() => reply(

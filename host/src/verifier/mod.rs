@@ -143,6 +143,9 @@ impl VerifierConfig {
     }
 }
 
+/// How many `POST /verify/evidence` checks run at once; more get 503.
+const STATELESS_CHECKS: usize = 4;
+
 /// Shared state of the verifier's handlers.
 #[derive(Clone)]
 pub struct Verifier {
@@ -161,6 +164,8 @@ pub struct Verifier {
     pub agent_tls: notify::AgentTls,
     /// Pull agents whose round is in flight (a DELETE then waits for it: 202).
     pub rounds: Arc<poller::InFlight>,
+    /// Permits for `POST /verify/evidence`, a route open to anyone.
+    pub stateless_checks: Arc<tokio::sync::Semaphore>,
 }
 
 impl Verifier {
@@ -264,6 +269,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
     };
     let verifier = Verifier {
         rounds: Arc::default(),
+        stateless_checks: Arc::new(tokio::sync::Semaphore::new(STATELESS_CHECKS)),
         store,
         policies: Arc::new(PolicyRegistry::with_metrics(runtime, metrics.clone())),
         metrics,

@@ -169,12 +169,14 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
             "/{v}/verify/identity",
             true,
             vec![
-                Op::get(verify_identity, "Is this quote from that agent's AK? (2.2+)").query(&[
-                    ("agent_uuid", "the agent"),
-                    ("quote", "Keylime quote text"),
-                    ("nonce", "the nonce quoted"),
-                    ("hash_alg", "the PCR bank"),
-                ]),
+                Op::get(verify_identity, "Is this quote from that agent's AK? (2.2+)")
+                    .query(&[
+                        ("agent_uuid", "the agent"),
+                        ("quote", "Keylime quote text"),
+                        ("nonce", "the nonce quoted"),
+                        ("hash_alg", "the PCR bank"),
+                    ])
+                    .open(),
             ],
         )
         .route(
@@ -186,7 +188,9 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
                     "Verify evidence handed in (2.4+)",
                 )
                 .body(Body::Json)
-                .body_limit(upload.max(evidence)),
+                .body_limit(upload.max(evidence))
+                .ok(&[200, 503])
+                .open(),
             ],
         )
         .route(
