@@ -982,3 +982,41 @@ async fn anyone_may_ask_verify_identity_and_verify_evidence_but_not_the_agent_ro
         .unwrap();
     assert_eq!(status, 200, "the agent is still there");
 }
+
+/// Keylime 7.14.3's verifier in push mode answers `/version` and `/versions` with 410 Gone;
+/// Keylime's tenant, and `zest tenant`, then speak 2.6.
+#[tokio::test]
+async fn a_push_mode_verifier_answers_version_with_410_and_the_tenant_speaks_2_6() {
+    let verifier = zest_tests::push_env::verifier_with(zest_tests::push_env::config()).await;
+    let admin = verifier.admin_client().unwrap();
+    for path in ["version", "versions"] {
+        let (status, body) = send_json(admin.get(format!("{}/{path}", verifier.https)))
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, &body),
+            (410, &json!({"code": 410, "status": "Gone", "results": {}})),
+            "{path}"
+        );
+    }
+    let port = verifier.https.rsplit(':').next().unwrap().to_owned();
+    let data = verifier.data.path().to_owned();
+    // The tenant runs beside this test's runtime, which serves the verifier.
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(zest_tests::process::zest_binary().unwrap())
+            .args(["--data-dir", data.to_str().unwrap(), "tenant"])
+            .args(["--verifier", &format!("127.0.0.1:{port}")])
+            .args(["status", "--uuid", "nobody-here"])
+            .env_remove("ZEST_DATA_DIR")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("not enrolled"),
+        "the tenant went on past the 410: {stderr}"
+    );
+}

@@ -66,12 +66,20 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
         .route(
             "/version",
             false,
-            vec![Op::get(version, "API versions served").open()],
+            vec![
+                Op::get(version, "API versions served (410 in push mode)")
+                    .ok(&[200, 410])
+                    .open(),
+            ],
         )
         .route(
             "/versions",
             false,
-            vec![Op::get(version, "API versions served (Keylime's second name)").open()],
+            vec![
+                Op::get(version, "API versions served (Keylime's second name)")
+                    .ok(&[200, 410])
+                    .open(),
+            ],
         )
         .route(
             "/",
@@ -293,8 +301,12 @@ fn json_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
     api::json_object(body)
 }
 
-async fn version() -> Envelope {
-    Envelope::ok(api::version_document())
+/// Keylime 7.14.3's verifier in push mode answers 410 Gone here.
+async fn version(State(verifier): State<Verifier>) -> ApiResult {
+    if verifier.config.mode == super::Mode::Push {
+        return Err(ApiError::new(axum::http::StatusCode::GONE, "Gone"));
+    }
+    Ok(Envelope::ok(api::version_document()))
 }
 
 /// Keylime's verifier redirects its root to the newest API's.
