@@ -11,6 +11,7 @@
 //! - [`verifier`]: enrolled agents and their policies over HTTPS with mTLS.
 //! - [`net`]: listeners, TLS material and the HTTP/HTTPS serving loop.
 //! - [`policy`]: the WebAssembly policy sandbox (wasmtime) and the built-in policies.
+//! - [`dsse`]: signed runtime policies (DSSE envelopes, as Keylime signs them).
 //! - [`config`] and [`cli`]: the operator's edge.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dsse;
 pub mod metrics;
 pub mod net;
 pub mod policy;

@@ -2,7 +2,9 @@
 # Interop runs against a real `zest serve` on loopback, with clients zest did not write:
 #  1. Keylime 7.14.3's own Python tenant enrols the swtpm test agent in pull mode, reads its
 #     status until it attests, and deletes it (`keylime_tenant -c add|status|delete`).
-#  2. schemathesis fuzzes every route of /openapi.json on the verifier and the registrar:
+#  2. Signed runtime policies (DSSE) both ways: keylime-policy signs and zest verifies, zest
+#     signs and Keylime's own code verifies.
+#  3. schemathesis fuzzes every route of /openapi.json on the verifier and the registrar:
 #     no 5xx, every reply as documented (errors in the envelope).
 # Needs the debug binaries `zest` and `zest-test-agent` (cargo test builds both).
 set -euo pipefail
@@ -154,7 +156,71 @@ zt status --uuid "$uuid" --json | python3 -c 'import json,sys; r=json.load(sys.s
 zt delete --uuid "$uuid" >>"$work/zest-add.log" 2>&1 || fail "zest tenant delete failed"
 echo "interop: zest tenant enrolled (payload, key derivation), showed PASS and deleted the agent"
 
-# 2. API fuzzing of both services, with the tenant certificate. One worker: schemathesis'
+# 2. Signed runtime policies (DSSE), both ways. Keylime's keylime-policy signs, zest's verifier
+#    verifies (uploaded by both tenants); zest signs, Keylime's own code verifies and its
+#    tenant uploads; a tampered envelope is refused with Keylime's 401.
+kp() { "$venvs/keylime/bin/keylime-policy" "$@"; }
+kpy() { "$venvs/keylime/bin/python" "$@"; }
+kp sign runtime -r "$work/policy.json" -p "$work/kl-key.pem" -o "$work/kl-signed.json" >"$work/kl-sign.log" 2>&1 \
+  || fail "keylime-policy sign runtime failed"
+kpy - "$work/kl-key.pem" "$work/kl-key.pub" <<'PY' || fail "could not derive the public key"
+import sys
+from cryptography.hazmat.primitives import serialization as s
+key = s.load_pem_private_key(open(sys.argv[1], "rb").read(), None)
+open(sys.argv[2], "wb").write(key.public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo))
+PY
+zt runtime-policy create -n signed-by-keylime -f "$work/kl-signed.json" --sig-key "$work/kl-key.pub" \
+  >"$work/dsse.log" 2>&1 || fail "zest refused a policy signed by keylime-policy"
+tenant -c addruntimepolicy --runtime-policy-name signed-by-keylime-2 --runtime-policy "$work/kl-signed.json" \
+  --runtime-policy-sig-key "$work/kl-key.pub" >>"$work/dsse.log" 2>&1 || fail "keylime_tenant could not upload a signed policy to zest"
+kpy - "$work/kl-signed.json" "$work/kl-tampered.json" <<'PY'
+import base64, json, sys
+env = json.load(open(sys.argv[1]))
+policy = json.loads(base64.b64decode(env["payload"]))
+policy["excludes"] = [".*"]
+env["payload"] = base64.b64encode(json.dumps(policy).encode()).decode()
+json.dump(env, open(sys.argv[2], "w"))
+PY
+code=$(kpy - "$work/kl-tampered.json" "$work/kl-key.pub" <<'PY' | curl -s -o "$work/dsse-tampered.json" -w '%{http_code}' \
+  --cacert "$data/cv_ca/cacert.crt" --cert "$data/cv_ca/client-cert.crt" --key "$data/cv_ca/client-private.pem" \
+  -H 'Content-Type: application/json' --data-binary @- "https://127.0.0.1:$vport/v2.6/allowlists/tampered"
+import base64, json, sys
+print(json.dumps({"runtime_policy": base64.b64encode(open(sys.argv[1], "rb").read()).decode(),
+                  "runtime_policy_key": base64.b64encode(open(sys.argv[2], "rb").read()).decode()}))
+PY
+)
+[ "$code" = 401 ] && grep -q "failed DSSE signature verification" "$work/dsse-tampered.json" \
+  || fail "a tampered envelope got $code: $(cat "$work/dsse-tampered.json")"
+"$target/zest" policy sign runtime -r "$work/policy.json" -p "$work/z-key.pem" --pubkey-outfile "$work/z-key.pub" \
+  -o "$work/z-signed.json" 2>>"$work/dsse.log" || fail "zest policy sign runtime failed"
+"$target/zest" policy sign runtime -r "$work/policy.json" -b x509 -p "$work/z-x509-key.pem" -c "$work/z-cert.pem" \
+  -o "$work/z-signed-x509.json" 2>>"$work/dsse.log" || fail "zest policy sign runtime --backend x509 failed"
+kpy - "$work" <<'PY' >>"$work/dsse.log" 2>&1 || fail "Keylime's code refused an envelope zest signed"
+import base64, hashlib, json, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization as s
+from keylime import signing
+from keylime.ima import ima
+w = sys.argv[1]
+policy = json.dumps(json.load(open(f"{w}/policy.json")))
+pub = open(f"{w}/z-key.pub", "rb").read()
+env = open(f"{w}/z-signed.json", "rb").read()
+assert signing.verify_dsse_envelope(env, pub), "ecdsa envelope"
+ima.verify_runtime_policy(env, pub, verify_sig=True)
+e = json.loads(env)
+assert base64.b64decode(e["payload"]).decode() == policy, "payload is json.dumps of the policy"
+assert e["signatures"][0]["keyid"] == hashlib.sha256(pub).hexdigest(), "ecdsa keyid"
+cert_pem = open(f"{w}/z-cert.pem", "rb").read()
+cert_pub = x509.load_pem_x509_certificate(cert_pem).public_key().public_bytes(s.Encoding.PEM, s.PublicFormat.SubjectPublicKeyInfo)
+env = open(f"{w}/z-signed-x509.json", "rb").read()
+assert signing.verify_dsse_envelope(env, cert_pub), "x509 envelope"
+assert json.loads(env)["signatures"][0]["keyid"] == base64.b64encode(cert_pem).decode(), "x509 keyid"
+PY
+tenant -c addruntimepolicy --runtime-policy-name signed-by-zest --runtime-policy "$work/z-signed.json" \
+  --runtime-policy-sig-key "$work/z-key.pub" >>"$work/dsse.log" 2>&1 || fail "keylime_tenant refused a policy zest signed"
+echo "interop: DSSE: zest verified keylime-policy's envelope (both tenants), refused a tampered one (401); Keylime verified zest's (ecdsa, x509)"
+
+# 3. API fuzzing of both services, with the tenant certificate. One worker: schemathesis'
 #    generators are not thread-safe on CPython 3.11 (an AST recursion-depth SystemError).
 for service in verifier:$vport registrar:$rtls; do
   name=${service%%:*} port=${service##*:}

@@ -365,6 +365,7 @@ fn schemas() -> Value {
                 "tpm_policy": text(false),
                 "runtime_policy": text(true),
                 "runtime_policy_name": text(true),
+                "runtime_policy_key": text(true),
                 "mb_policy": text(true),
                 "mb_policy_name": text(true),
                 "ima_sign_verification_keys": text(false),
@@ -382,7 +383,8 @@ fn schemas() -> Value {
             "type": "object",
             "required": ["runtime_policy"],
             "properties": {
-                "runtime_policy": {"type": "string", "description": "base64 of the policy JSON"},
+                "runtime_policy": {"type": "string", "description": "base64 of the policy JSON or of a DSSE envelope of it"},
+                "runtime_policy_key": {"type": "string", "nullable": true, "description": "base64 of the PEM public key or certificate that signed the envelope"},
                 "module": text(true),
             },
         },

@@ -18,6 +18,7 @@ mod ca;
 mod evidence;
 mod policy;
 mod policy_new;
+mod policy_sign;
 mod tenant;
 
 #[derive(Debug, Parser)]
@@ -203,6 +204,8 @@ fn verifier_config(eff: &Effective) -> anyhow::Result<VerifierConfig> {
         );
     }
     config.exponential_backoff = eff.parsed(v, "exponential_backoff", keylime::parse_bool)?;
+    config.require_allow_list_signatures =
+        eff.parsed(v, "require_allow_list_signatures", keylime::parse_bool)?;
     config.mode = eff.parsed(v, "mode", |s| match s {
         "pull" => Ok(crate::verifier::Mode::Pull),
         "push" => Ok(crate::verifier::Mode::Push),

@@ -27,6 +27,9 @@ pub enum PolicyCommand {
     /// Make a policy document from evidence, as Keylime's `keylime-policy create` does.
     #[command(subcommand)]
     Create(CreateCommand),
+    /// Sign a policy document as a DSSE envelope, as Keylime's `keylime-policy sign` does.
+    #[command(subcommand)]
+    Sign(super::policy_sign::SignCommand),
 }
 
 #[derive(Debug, Args)]
@@ -105,6 +108,7 @@ pub struct CreateMeasuredBootArgs {
 pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
     match command {
         PolicyCommand::New(args) => super::policy_new::run(args),
+        PolicyCommand::Sign(command) => super::policy_sign::run(command),
         PolicyCommand::Test(args) if args.runtime => test_runtime(args),
         PolicyCommand::Test(args) => test_measured_boot(args),
         PolicyCommand::Create(CreateCommand::Runtime(args)) => create_runtime(args),

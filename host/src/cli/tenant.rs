@@ -107,6 +107,10 @@ struct AddArgs {
     /// A runtime policy already stored on the verifier.
     #[arg(long)]
     runtime_policy_name: Option<String>,
+    /// The public key (PEM) or certificate that signed `--runtime-policy`, a DSSE envelope
+    /// (Keylime `--runtime-policy-sig-key`).
+    #[arg(long, requires = "runtime_policy")]
+    runtime_policy_sig_key: Option<PathBuf>,
     /// A measured-boot reference state file (JSON) to enrol with.
     #[arg(long, conflicts_with = "mb_policy_name")]
     mb_policy: Option<PathBuf>,
@@ -154,6 +158,10 @@ struct PolicyFileArgs {
     /// The component that judges with it: `builtin:…` or `sha256:…` of an uploaded module.
     #[arg(long)]
     module: Option<String>,
+    /// Runtime policies: the public key (PEM) or certificate that signed the file, a DSSE
+    /// envelope (Keylime `--runtime-policy-sig-key`).
+    #[arg(long)]
+    sig_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -557,6 +565,36 @@ fn ids(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Keylime's tenant-side check of a runtime policy and its signing key
+/// (`ima.read_runtime_policy`): an envelope needs the key, a key needs an envelope, and the
+/// signature must verify. Returns `runtime_policy_key` as sent: base64 of the key file.
+fn signature_key(policy: &Path, document: &[u8], key: Option<&Path>) -> anyhow::Result<String> {
+    use crate::dsse::{Envelope, VerifyingKey, is_envelope};
+    let failed = |why: &str| {
+        anyhow!(
+            "Validation for runtime policy {} failed! Error: {why}",
+            policy.display()
+        )
+    };
+    match (is_envelope(document), key) {
+        (false, None) => Ok(String::new()),
+        (true, None) => Err(failed(
+            "Runtime policy signature verification required but no key was given! (--runtime-policy-sig-key)",
+        )),
+        (false, Some(_)) => Err(failed("Runtime policy is not signed!")),
+        (true, Some(key)) => {
+            let pem =
+                std::fs::read(key).with_context(|| format!("reading the signing key {}", key.display()))?;
+            let public = VerifyingKey::from_pem(&pem).with_context(|| format!("{}", key.display()))?;
+            Envelope::parse(document)
+                .map_err(|e| failed(&e.to_string()))?
+                .verify(&public)
+                .map_err(|_| failed("Runtime policy failed DSSE signature verification!"))?;
+            Ok(B64.encode(pem))
+        }
+    }
+}
+
 fn read_json_file(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))?;
     serde_json::from_slice::<Value>(&bytes)
@@ -622,9 +660,13 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
         .as_str()
         .ok_or_else(|| anyhow!("the registrar's record of {} has no aik_tpm", add.uuid))?;
 
-    let runtime = match (&add.runtime_policy, &add.runtime_policy_name) {
-        (Some(file), _) => Some(B64.encode(read_json_file(file, "runtime policy")?)),
-        _ => None,
+    let (runtime, runtime_key) = match (&add.runtime_policy, &add.runtime_policy_name) {
+        (Some(file), _) => {
+            let document = read_json_file(file, "runtime policy")?;
+            let key = signature_key(file, &document, add.runtime_policy_sig_key.as_deref())?;
+            (Some(B64.encode(document)), key)
+        }
+        _ => (None, String::new()),
     };
     let mb = match &add.mb_policy {
         Some(file) => Some(String::from_utf8(read_json_file(file, "measured-boot policy")?)?),
@@ -651,6 +693,7 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
         "tpm_policy": tpm_policy(&add.tpm_policy, uses_runtime, uses_mb)?,
         "runtime_policy": runtime.unwrap_or_default(),
         "runtime_policy_name": add.runtime_policy_name.clone().unwrap_or_default(),
+        "runtime_policy_key": runtime_key,
         "mb_policy": mb,
         "mb_policy_name": add.mb_policy_name.clone().unwrap_or_default(),
         "ima_sign_verification_keys": "",
@@ -1204,13 +1247,19 @@ async fn policy(tenant: &Tenant, kind: PolicyKind, command: PolicyCommand) -> an
         PolicyKind::Runtime => ("allowlists", "runtime_policy", "runtime policy"),
         PolicyKind::MeasuredBoot => ("mbpolicies", "mb_policy", "measured-boot policy"),
     };
-    let body = |file: &Path, module: &Option<String>| -> anyhow::Result<Value> {
+    let body = |args: &PolicyFileArgs| -> anyhow::Result<Value> {
+        let (file, module) = (&args.file, &args.module);
         let bytes = read_json_file(file, what)?;
-        let document = match kind {
-            PolicyKind::Runtime => B64.encode(bytes),
-            PolicyKind::MeasuredBoot => String::from_utf8(bytes)?,
+        let mut body = match kind {
+            PolicyKind::Runtime => {
+                let key = signature_key(file, &bytes, args.sig_key.as_deref())?;
+                json!({ field: B64.encode(bytes), "runtime_policy_key": key })
+            }
+            PolicyKind::MeasuredBoot if args.sig_key.is_some() => {
+                bail!("--sig-key is for runtime policies (Keylime signs no measured-boot policies)")
+            }
+            PolicyKind::MeasuredBoot => json!({ field: String::from_utf8(bytes)? }),
         };
-        let mut body = json!({ field: document });
         if let Some(m) = module {
             set_member(&mut body, "module", json!(m));
         }
@@ -1218,20 +1267,24 @@ async fn policy(tenant: &Tenant, kind: PolicyKind, command: PolicyCommand) -> an
     };
     match command {
         PolicyCommand::Create(a) => {
+            // The file is checked before anything is sent.
+            let body = body(&a)?;
             let url = tenant
                 .url(Server::Verifier, &format!("{collection}/{}", a.name))
                 .await?;
-            let request = tenant.http.post(url).json(&body(&a.file, &a.module)?);
+            let request = tenant.http.post(url).json(&body);
             tenant
                 .expect(Server::Verifier, request, &format!("storing {what} {}", a.name))
                 .await?;
             println!("{what} {} stored", a.name);
         }
         PolicyCommand::Update(a) => {
+            // The file is checked before anything is sent.
+            let body = body(&a)?;
             let url = tenant
                 .url(Server::Verifier, &format!("{collection}/{}", a.name))
                 .await?;
-            let request = tenant.http.put(url).json(&body(&a.file, &a.module)?);
+            let request = tenant.http.put(url).json(&body);
             tenant
                 .expect(Server::Verifier, request, &format!("replacing {what} {}", a.name))
                 .await?;

@@ -176,6 +176,7 @@ pub const VERIFIER_OPTIONS: &[OptionSpec] = &[
         "zest always uses mTLS with pull agents",
     ),
     opt("verifier", "exponential_backoff", None, "True"),
+    opt("verifier", "require_allow_list_signatures", None, "False"),
     opt("verifier", "max_upload_size", None, "104857600"),
     opt("revocations", "webhook_url", Some("revocation_webhook"), ""),
     opt(

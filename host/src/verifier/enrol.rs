@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 
 use super::Verifier;
 use super::policies::{
-    check_name, decode_mb_policy, decode_runtime_policy, measured_boot_record, runtime_record,
+    check_name, check_signature, decode_mb_policy, decode_runtime_policy, measured_boot_record,
+    runtime_record,
 };
 use super::wire::{EnrolmentBody, typed};
 use crate::api::{AgentId, ApiError};
@@ -180,6 +181,7 @@ pub async fn enrolment(
             let name = name.unwrap_or_else(|| id.to_string());
             check_name(&name)?;
             let document = decode_runtime_policy(Some(&body.runtime_policy), "runtime_policy")?;
+            check_signature(verifier, &document, &body.runtime_policy_key).await?;
             let record = runtime_record(verifier, &name, document, body.module.as_deref()).await?;
             new_policies.push((PolicyKind::Runtime, record));
             name

@@ -96,6 +96,9 @@ pub struct VerifierConfig {
     /// `auto_recover_attestation_failures`: whether a passing push attestation clears
     /// earlier failures (Keylime: no, the agent shows FAIL until reactivated).
     pub auto_recover_attestation_failures: bool,
+    /// `require_allow_list_signatures`: every uploaded runtime policy must be a DSSE
+    /// envelope that verifies.
+    pub require_allow_list_signatures: bool,
     /// `[zest]` connection, request and body limits of the listener.
     pub serve_limits: net::ServeLimits,
     /// `[zest] max_evidence_size`: the most bytes read of one agent's quote reply or one
@@ -128,6 +131,7 @@ impl VerifierConfig {
             session_lifetime: std::time::Duration::from_secs(180),
             challenge_lifetime: std::time::Duration::from_secs(1800),
             auto_recover_attestation_failures: false,
+            require_allow_list_signatures: false,
             serve_limits: net::ServeLimits::default(),
             max_evidence_size: 64 * 1024 * 1024,
             max_upload_size: 104_857_600,
@@ -166,6 +170,9 @@ pub struct Verifier {
     pub rounds: Arc<poller::InFlight>,
     /// Permits for `POST /verify/evidence`, a route open to anyone.
     pub stateless_checks: Arc<tokio::sync::Semaphore>,
+    /// Where keys that verified a signed runtime policy are kept, by digest (Keylime's
+    /// `signing_keys`), so a later upload may name its key by `keyid` alone.
+    pub signing_keys: Arc<std::path::PathBuf>,
 }
 
 impl Verifier {
@@ -270,6 +277,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
     let verifier = Verifier {
         rounds: Arc::default(),
         stateless_checks: Arc::new(tokio::sync::Semaphore::new(STATELESS_CHECKS)),
+        signing_keys: Arc::new(data_dir.path().join("signing_keys")),
         store,
         policies: Arc::new(PolicyRegistry::with_metrics(runtime, metrics.clone())),
         metrics,

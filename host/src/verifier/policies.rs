@@ -186,3 +186,104 @@ pub fn module_field(body: &Map<String, Value>) -> Result<Option<&str>, ApiError>
         )),
     }
 }
+
+/// Keylime's rule for a runtime policy's signature (`ima.verify_runtime_policy`), checked
+/// at upload: a DSSE envelope is verified with the key sent in `runtime_policy_key` (base64
+/// of a PEM public key or certificate) or with a key a signed upload left, found by the
+/// envelope's `keyid`; `require_allow_list_signatures` refuses anything that did not
+/// verify. Beyond Keylime, a key sent with an unsigned policy is refused, and a stored key
+/// that no longer verifies the envelope is a refusal even when signatures are optional.
+pub async fn check_signature(
+    verifier: &Verifier,
+    document: &[u8],
+    key_field: &Value,
+) -> Result<(), ApiError> {
+    use crate::dsse::{Envelope, VerifyingKey, is_envelope, key_digest};
+    let unauthorized = |m: &str| ApiError::new(axum::http::StatusCode::UNAUTHORIZED, m);
+    let key = match key_field {
+        Value::Null => None,
+        Value::String(s) if s.is_empty() => None,
+        Value::String(s) => Some(
+            B64.decode(s)
+                .map_err(|e| ApiError::bad_request(format!("runtime_policy_key: not base64: {e}")))?,
+        ),
+        _ => {
+            return Err(ApiError::bad_request(
+                "runtime_policy_key must be a base64 string",
+            ));
+        }
+    };
+    let required = verifier.config.require_allow_list_signatures;
+    if !is_envelope(document) {
+        return match (&key, required) {
+            (None, true) => Err(unauthorized(
+                "Runtime policy signature verification required but no key was given!",
+            )),
+            (Some(_), _) => Err(ApiError::bad_request("Runtime policy is not signed!")),
+            (None, false) => Ok(()),
+        };
+    }
+    let dir = verifier.signing_keys.as_ref().clone();
+    let (key, given) = match key {
+        Some(key) => (Some(key), true),
+        None => {
+            // Only a digest names a stored key: a keyid is never a path.
+            let value: Value = serde_json::from_slice(document).unwrap_or(Value::Null);
+            let keyids: Vec<String> = value
+                .get("signatures")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| {
+                            s.get("keyid")
+                                .and_then(Value::as_str)
+                                .map(str::to_ascii_lowercase)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let stored = keyids
+                .iter()
+                .filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+                .find_map(|id| std::fs::read(dir.join(format!("{id}.pub"))).ok());
+            (stored, false)
+        }
+    };
+    let Some(key) = key else {
+        if required {
+            return Err(unauthorized(
+                "Runtime policy signature verification required but no key was given!",
+            ));
+        }
+        tracing::warn!(
+            "a DSSE-signed runtime policy was stored without a key to verify it (require_allow_list_signatures is off)"
+        );
+        return Ok(());
+    };
+    let public = VerifyingKey::from_pem(&key)
+        .map_err(|e| ApiError::bad_request(format!("runtime_policy_key: {e}")))?;
+    // As in Keylime, an envelope that cannot be decoded fails verification (401).
+    let verified = Envelope::parse(document).and_then(|envelope| envelope.verify(&public).map(|_| ()));
+    match verified {
+        Ok(()) => {}
+        Err(crate::dsse::DsseError::Malformed(why)) => {
+            return Err(unauthorized(&format!(
+                "Runtime policy failed DSSE signature verification! ({why})"
+            )));
+        }
+        Err(_) => return Err(unauthorized("Runtime policy failed DSSE signature verification!")),
+    }
+    tracing::info!("Runtime policy passed DSSE signature verification");
+    if given {
+        let path = dir.join(format!("{}.pub", key_digest(&key)));
+        let stored = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(path, key)
+        })
+        .await;
+        if !matches!(stored, Ok(Ok(()))) {
+            tracing::warn!("could not keep the runtime policy's signing key for later uploads");
+        }
+    }
+    Ok(())
+}

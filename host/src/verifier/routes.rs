@@ -23,7 +23,8 @@ use serde_json::{Map, Value, json};
 use super::Verifier;
 use super::enrol::enrolment;
 use super::policies::{
-    check_name, decode_mb_policy, decode_runtime_policy, measured_boot_record, module_field, runtime_record,
+    check_name, check_signature, decode_mb_policy, decode_runtime_policy, measured_boot_record, module_field,
+    runtime_record,
 };
 use crate::api::docs::{Body, Op, Reply, Routes};
 use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Envelope};
@@ -696,6 +697,8 @@ async fn write_policy(
     let record = match kind {
         PolicyKind::Runtime => {
             let document = decode_runtime_policy(body.get("runtime_policy"), "runtime_policy")?;
+            let key = body.get("runtime_policy_key").cloned().unwrap_or(Value::Null);
+            check_signature(verifier, &document, &key).await?;
             runtime_record(verifier, &name, document, module).await?
         }
         PolicyKind::MeasuredBoot => {

@@ -138,6 +138,9 @@ pub struct EnrolmentBody {
     pub runtime_policy: Value,
     #[serde(default)]
     pub runtime_policy_name: Option<String>,
+    /// Base64 of the PEM public key that signed `runtime_policy` (a DSSE envelope).
+    #[serde(default)]
+    pub runtime_policy_key: Value,
     pub mb_policy: Value,
     #[serde(deserialize_with = "present")]
     pub mb_policy_name: Option<String>,

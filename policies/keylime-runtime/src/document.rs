@@ -111,8 +111,10 @@ impl Document {
     pub fn parse(bytes: &[u8]) -> Result<Self, LoadError> {
         let raw: Raw = serde_json::from_slice(bytes).map_err(json_error)?;
         if let Some(payload) = raw.payload {
-            // A DSSE envelope (Keylime's signed policies): the verifier checked its signature
-            // when the policy was stored; the policy is the payload.
+            // A DSSE envelope (Keylime's signed policies): the policy is the payload. The
+            // host verified the signature at upload when a key was sent or found, or when
+            // require_allow_list_signatures is set (host/src/verifier/policies.rs,
+            // check_signature); otherwise, as in Keylime, it is the operator's upload as is.
             let text = payload.as_str().ok_or_else(|| schema("payload: not a string"))?;
             let inner = decode_payload(text).ok_or_else(|| schema("payload: neither base64 nor hex"))?;
             return Self::parse_policy(&inner);
