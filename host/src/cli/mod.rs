@@ -206,6 +206,7 @@ fn verifier_config(eff: &Effective) -> anyhow::Result<VerifierConfig> {
     config.exponential_backoff = eff.parsed(v, "exponential_backoff", keylime::parse_bool)?;
     config.require_allow_list_signatures =
         eff.parsed(v, "require_allow_list_signatures", keylime::parse_bool)?;
+    config.tls = tls_options(eff, v);
     config.mode = eff.parsed(v, "mode", |s| match s {
         "pull" => Ok(crate::verifier::Mode::Pull),
         "push" => Ok(crate::verifier::Mode::Push),
@@ -245,9 +246,27 @@ fn serve_limits(eff: &Effective) -> anyhow::Result<crate::net::ServeLimits> {
     })
 }
 
+/// Keylime's TLS options of `section` as written; the registrar has no client side.
+fn tls_options(eff: &Effective, section: &str) -> crate::net::TlsOptions {
+    let defaults = crate::net::TlsOptions::default();
+    let get = |key: &str, default: &str| eff.get(section, key).unwrap_or(default).trim().to_owned();
+    crate::net::TlsOptions {
+        tls_dir: get("tls_dir", &defaults.tls_dir),
+        server_cert: get("server_cert", &defaults.server_cert),
+        server_key: get("server_key", &defaults.server_key),
+        server_key_password: eff.get(section, "server_key_password").unwrap_or("").to_owned(),
+        trusted_client_ca: get("trusted_client_ca", &defaults.trusted_client_ca),
+        client_cert: get("client_cert", &defaults.client_cert),
+        client_key: get("client_key", &defaults.client_key),
+        client_key_password: eff.get(section, "client_key_password").unwrap_or("").to_owned(),
+        trusted_server_ca: get("trusted_server_ca", &defaults.trusted_server_ca),
+    }
+}
+
 fn registrar_config(eff: &Effective, data_dir: &DataDir) -> anyhow::Result<RegistrarConfig> {
     let r = "registrar";
     let mut config = RegistrarConfig::defaults(data_dir);
+    config.tls = tls_options(eff, r);
     config.ip = eff.parsed(r, "ip", number)?;
     config.port = eff.parsed(r, "port", number)?;
     config.tls_port = eff.parsed(r, "tls_port", number)?;

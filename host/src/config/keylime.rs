@@ -104,7 +104,18 @@ const fn secret(section: &'static str, key: &'static str, why: &'static str) -> 
     }
 }
 
-const TLS_IN_DATA_DIR: &str = "zest keeps its TLS material in DATA_DIR/cv_ca";
+/// A password zest uses: refused in group- or world-readable files like every secret.
+const fn used_secret(section: &'static str, key: &'static str) -> OptionSpec {
+    OptionSpec {
+        section,
+        key,
+        flag: None,
+        default: "",
+        secret: true,
+        usage: Use::Used,
+    }
+}
+
 const SQLITE_IN_DATA_DIR: &str = "zest's database is DATA_DIR/zest.sqlite";
 
 /// Keylime's default severity labels and policy (everything is an emergency).
@@ -153,15 +164,15 @@ pub const VERIFIER_OPTIONS: &[OptionSpec] = &[
         Some("auto_recover_attestation_failures"),
         "False",
     ),
-    ignored("verifier", "tls_dir", "generate", TLS_IN_DATA_DIR),
-    ignored("verifier", "server_key", "default", TLS_IN_DATA_DIR),
-    secret("verifier", "server_key_password", TLS_IN_DATA_DIR),
-    ignored("verifier", "server_cert", "default", TLS_IN_DATA_DIR),
-    ignored("verifier", "trusted_client_ca", "default", TLS_IN_DATA_DIR),
-    ignored("verifier", "client_key", "default", TLS_IN_DATA_DIR),
-    secret("verifier", "client_key_password", TLS_IN_DATA_DIR),
-    ignored("verifier", "client_cert", "default", TLS_IN_DATA_DIR),
-    ignored("verifier", "trusted_server_ca", "default", TLS_IN_DATA_DIR),
+    opt("verifier", "tls_dir", None, "generate"),
+    opt("verifier", "server_key", None, "default"),
+    used_secret("verifier", "server_key_password"),
+    opt("verifier", "server_cert", None, "default"),
+    opt("verifier", "trusted_client_ca", None, "default"),
+    opt("verifier", "client_key", None, "default"),
+    used_secret("verifier", "client_key_password"),
+    opt("verifier", "client_cert", None, "default"),
+    opt("verifier", "trusted_server_ca", None, "default"),
     secret("verifier", "database_url", SQLITE_IN_DATA_DIR),
     ignored(
         "verifier",
@@ -207,11 +218,11 @@ pub const REGISTRAR_OPTIONS: &[OptionSpec] = &[
     opt("registrar", "ip", Some("registrar_ip"), "127.0.0.1"),
     opt("registrar", "port", Some("registrar_port"), "8890"),
     opt("registrar", "tls_port", Some("registrar_tls_port"), "8891"),
-    ignored("registrar", "tls_dir", "generate", TLS_IN_DATA_DIR),
-    ignored("registrar", "server_key", "default", TLS_IN_DATA_DIR),
-    secret("registrar", "server_key_password", TLS_IN_DATA_DIR),
-    ignored("registrar", "server_cert", "default", TLS_IN_DATA_DIR),
-    ignored("registrar", "trusted_client_ca", "default", TLS_IN_DATA_DIR),
+    opt("registrar", "tls_dir", None, "generate"),
+    opt("registrar", "server_key", None, "default"),
+    used_secret("registrar", "server_key_password"),
+    opt("registrar", "server_cert", None, "default"),
+    opt("registrar", "trusted_client_ca", None, "default"),
     secret("registrar", "database_url", SQLITE_IN_DATA_DIR),
     opt("zest", "data_dir", Some("data_dir"), super::DEFAULT_DATA_DIR),
     opt("zest", "tpm_cert_store", Some("tpm_cert_store"), ""),

@@ -78,6 +78,8 @@ pub struct RegistrarConfig {
     pub registration_timeout: std::time::Duration,
     /// `[zest]` connection, request and body limits of both listeners.
     pub serve_limits: crate::net::ServeLimits,
+    /// Keylime's TLS options (`tls_dir`, `server_cert`, `server_key`, …).
+    pub tls: crate::net::TlsOptions,
 }
 
 impl RegistrarConfig {
@@ -91,6 +93,7 @@ impl RegistrarConfig {
             require_ek_cert: true,
             registration_timeout: std::time::Duration::from_secs(600),
             serve_limits: crate::net::ServeLimits::default(),
+            tls: crate::net::TlsOptions::default(),
         }
     }
 }

@@ -26,6 +26,8 @@ pub enum TlsError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {detail}")]
     Pem { path: PathBuf, detail: String },
+    #[error("{0}")]
+    Config(String),
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration rejected: {0}")]

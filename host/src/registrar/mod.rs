@@ -16,7 +16,7 @@ pub use registration::auth_tag;
 pub use routes::router;
 
 use crate::config::{DataDir, RegistrarConfig};
-use crate::net::{self, ClientAuth, TlsMaterial};
+use crate::net::{self, ClientAuth};
 use crate::store::{RegistrarStore, SqliteStore};
 use crate::tpm::TrustStore;
 
@@ -90,7 +90,7 @@ pub async fn start(data_dir: &DataDir, config: &RegistrarConfig) -> Result<Regis
         path: data_dir.path().display().to_string(),
         source,
     })?;
-    let tls = TlsMaterial::ensure(&data_dir.tls_dir(), &[config.ip.to_string()])?;
+    let tls = net::ServiceTls::resolve("registrar", &config.tls, data_dir, &[config.ip.to_string()])?;
     let store = Arc::new(SqliteStore::open(&data_dir.database())?);
     let ek_trust = if config.require_ek_cert {
         crate::config::create_private_dir(&config.tpm_cert_store).map_err(|source| {

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 pub use routes::router;
 
 use crate::config::DataDir;
-use crate::net::{self, ClientAuth, TlsMaterial};
+use crate::net::{self, ClientAuth};
 use crate::policy::{PolicyLimits, PolicyRegistry, PolicyRuntime};
 use crate::store::{SqliteStore, VerifierStore};
 
@@ -96,6 +96,9 @@ pub struct VerifierConfig {
     /// `auto_recover_attestation_failures`: whether a passing push attestation clears
     /// earlier failures (Keylime: no, the agent shows FAIL until reactivated).
     pub auto_recover_attestation_failures: bool,
+    /// Keylime's TLS options (`tls_dir`, `server_cert`, …): an existing PKI, or zest's own
+    /// generated `cv_ca` when all are `default`.
+    pub tls: net::TlsOptions,
     /// `require_allow_list_signatures`: every uploaded runtime policy must be a DSSE
     /// envelope that verifies.
     pub require_allow_list_signatures: bool,
@@ -132,6 +135,7 @@ impl VerifierConfig {
             challenge_lifetime: std::time::Duration::from_secs(1800),
             auto_recover_attestation_failures: false,
             require_allow_list_signatures: false,
+            tls: net::TlsOptions::default(),
             serve_limits: net::ServeLimits::default(),
             max_evidence_size: 64 * 1024 * 1024,
             max_upload_size: 104_857_600,
@@ -246,24 +250,19 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         path: data_dir.path().display().to_string(),
         source,
     })?;
-    let tls = TlsMaterial::ensure(&data_dir.tls_dir(), &[config.ip.to_string()])?;
+    let tls = net::ServiceTls::resolve("verifier", &config.tls, data_dir, &[config.ip.to_string()])?;
     let store = Arc::new(SqliteStore::open(&data_dir.database())?);
     let runtime = Arc::new(PolicyRuntime::new(
         config.policy_limits,
         Some(data_dir.path().join("policy-cache")),
     )?);
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let read = |file: &str| {
-        let path = tls.path(file);
-        std::fs::read(&path).map_err(|source| net::TlsError::Io { path, source })
-    };
-    let mut identity = read(TlsMaterial::CLIENT_CERT)?;
-    identity.extend(read(TlsMaterial::CLIENT_KEY)?);
+    let identity = tls.client.identity_pem()?;
     let webhook = match &config.revocation_webhook {
         Some(_) if config.notify_webhook => Some(
-            notify::webhook_client(&identity, &read(TlsMaterial::CA_CERT)?, config.request_timeout).map_err(
+            notify::webhook_client(&identity, &tls.server_ca_pem()?, config.request_timeout).map_err(
                 |detail| net::TlsError::Pem {
-                    path: tls.path(TlsMaterial::CLIENT_CERT),
+                    path: tls.client.cert.clone(),
                     detail: format!("the revocation webhook's client: {detail}"),
                 },
             )?,
