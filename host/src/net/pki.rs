@@ -290,6 +290,8 @@ pub fn load_private_key(path: &Path, password: Option<&str>) -> Result<PrivateKe
 
 const PBES2: &str = "1.2.840.113549.1.5.13";
 const PBKDF2: &str = "1.2.840.113549.1.5.12";
+/// OpenSSL writes 2,048; a few million is already seconds of start-up.
+const MAX_PBKDF2_ITERATIONS: u32 = 10_000_000;
 
 /// The PKCS#8 DER inside an EncryptedPrivateKeyInfo (RFC 8018 PBES2).
 pub fn decrypt_pkcs8(der: &[u8], password: &[u8]) -> Result<Vec<u8>, &'static str> {
@@ -331,6 +333,9 @@ pub fn decrypt_pkcs8(der: &[u8], password: &[u8]) -> Result<Vec<u8>, &'static st
         .and_then(|o| o.as_u32().ok())
         .and_then(NonZeroU32::new)
         .ok_or(malformed)?;
+    if iterations.get() > MAX_PBKDF2_ITERATIONS {
+        return Err("the key's PBKDF2 iteration count is implausibly large");
+    }
     // keyLength (an INTEGER) may come before the PRF; the PRF defaults to HMAC-SHA1.
     let prf = kdf_params
         .iter()
