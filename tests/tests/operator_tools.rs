@@ -818,3 +818,141 @@ fn config_show_names_every_source_and_refuses_exposed_secrets() {
         stderr(&syntax)
     );
 }
+
+/// Keylime's `--cert DIR --include …`: the payload is the certificate package Keylime's tenant
+/// builds (checked with Python's zipfile, CRCs included), `revocation_key` is the
+/// RevocationNotifier's key, and a revocation the agent then receives verifies with the
+/// RevocationNotifier certificate inside the package, as Keylime's agent verifies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_add_with_cert_delivers_keylimes_package_and_signed_revocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = Served::start(dir.path());
+    let uuid = "7c1e2d3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f";
+    let tpm = Swtpm::start().unwrap();
+    let agent = TestAgent::new(&tpm, uuid, EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
+    served.trust_test_ek_ca();
+    let nk = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let pull = PullAgent::start(agent, nk.public_key_pem(), &served.data.join("cv_ca/cacert.crt"))
+        .await
+        .unwrap();
+    pull.state.lock().unwrap().nk_private = Some(nk.serialize_der());
+    let digest = |p: &str| zest::evidence::HashAlg::Sha256.digest(&[p.as_bytes()]);
+    pull.measure("/usr/bin/bash", &digest("/usr/bin/bash")).unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    pull.register(
+        &client,
+        &format!("http://127.0.0.1:{}", served.registrar_http),
+        "2.6",
+    )
+    .await
+    .unwrap();
+
+    let policy_file = dir.path().join("policy.json");
+    std::fs::write(&policy_file, runtime_policy(&["/usr/bin/bash"])).unwrap();
+    let autorun = dir.path().join("autorun.sh");
+    std::fs::write(&autorun, "#!/bin/sh\necho unpacked > done.txt\n").unwrap();
+    let extra = dir.path().join("extra");
+    std::fs::create_dir_all(extra.join("nested")).unwrap();
+    std::fs::write(extra.join("app.conf"), "setting = 1\n").unwrap();
+    std::fs::write(extra.join("nested/skipped.txt"), "not in the package").unwrap();
+    // Keylime's `--cert default` is its CA work directory: zest's is DATA_DIR/cv_ca.
+    let ca_dir = served.data.join("cv_ca");
+    let port = pull.addr.port().to_string();
+    let add = served.tenant(&[
+        "add",
+        "--uuid",
+        uuid,
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--runtime-policy",
+        policy_file.to_str().unwrap(),
+        "--cert",
+        ca_dir.to_str().unwrap(),
+        "--include",
+        autorun.to_str().unwrap(),
+        extra.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    assert!(stderr(&add).contains("the agent proved K"), "{}", stderr(&add));
+
+    let package = pull
+        .state
+        .lock()
+        .unwrap()
+        .payload
+        .clone()
+        .expect("the agent decrypted a payload");
+    let zip_file = dir.path().join("package.zip");
+    std::fs::write(&zip_file, &package).unwrap();
+    let listing = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, zipfile\n\
+             z = zipfile.ZipFile(sys.argv[1])\n\
+             assert z.testzip() is None\n\
+             assert all(i.compress_type == zipfile.ZIP_STORED for i in z.infolist())\n\
+             print('\\n'.join(z.namelist()))\n\
+             sys.stderr.write(z.read('RevocationNotifier-cert.crt').decode())",
+        )
+        .arg(&zip_file)
+        .output()
+        .unwrap();
+    assert!(
+        listing.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    let names: Vec<String> = stdout(&listing).lines().map(str::to_owned).collect();
+    assert_eq!(
+        names,
+        [
+            format!("{uuid}-public.pem"),
+            format!("{uuid}-cert.crt"),
+            format!("{uuid}-private.pem"),
+            "cacert.crt".into(),
+            "cacrl.der".into(),
+            "cacrl.pem".into(),
+            "RevocationNotifier-cert.crt".into(),
+            "autorun.sh".into(),
+            "app.conf".into(),
+        ]
+    );
+    let notifier_cert = stderr(&listing);
+    assert_eq!(
+        notifier_cert,
+        std::fs::read_to_string(ca_dir.join("RevocationNotifier-cert.crt")).unwrap()
+    );
+
+    // A failure: the revocation the agent receives is signed by the RevocationNotifier key.
+    pull.measure("/tmp/evil", &digest("/tmp/evil")).unwrap();
+    wait_for("a revocation at the agent", || {
+        !pull.state.lock().unwrap().revocations.is_empty()
+    });
+    let message = pull.state.lock().unwrap().revocations[0].clone();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(notifier_cert.as_bytes()).unwrap();
+    let cert = pem.parse_x509().unwrap();
+    use aws_lc_rs::signature::{RSA_PSS_2048_8192_SHA256, RsaPssSaltLength, UnparsedPublicKey};
+    const MAX_SALT: aws_lc_rs::signature::RsaParameters =
+        RSA_PSS_2048_8192_SHA256.with_pss_salt_length(RsaPssSaltLength::Max);
+    let signature = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        message["signature"].as_str().unwrap(),
+    )
+    .unwrap();
+    UnparsedPublicKey::new(&MAX_SALT, cert.public_key().subject_public_key.data.as_ref())
+        .verify(message["msg"].as_str().unwrap().as_bytes(), &signature)
+        .expect("the revocation verifies with the package's RevocationNotifier certificate");
+
+    // --include without --cert, and --verify without a payload, are refused.
+    let refused = served.tenant(&["add", "--uuid", uuid, "--include", autorun.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let refused = served.tenant(&["add", "--uuid", uuid, "--verify"]);
+    assert!(
+        stderr(&refused).contains("--verify only works"),
+        "{}",
+        stderr(&refused)
+    );
+}

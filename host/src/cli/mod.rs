@@ -15,6 +15,7 @@ use crate::config::{DEFAULT_DATA_DIR, DataDir, RegistrarConfig};
 use crate::verifier::VerifierConfig;
 
 mod ca;
+mod cert_package;
 mod evidence;
 mod policy;
 mod policy_new;

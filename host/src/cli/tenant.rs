@@ -122,14 +122,23 @@ struct AddArgs {
     #[arg(long, default_value = "{}")]
     tpm_policy: String,
     /// Push mode (API 3.0): the agent submits evidence itself; no address is enrolled.
-    #[arg(long, conflicts_with_all = ["ip", "port", "payload"])]
+    #[arg(long, conflicts_with_all = ["ip", "port", "payload", "cert"])]
     push: bool,
     /// A file delivered to the agent encrypted under the bootstrap key K; the agent can read
     /// it only once the verifier has seen a good quote and released V (Keylime `-f`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "cert")]
     payload: Option<PathBuf>,
+    /// Keylime's certificate package as the payload (Keylime `--cert`): the agent's key and
+    /// certificate from the CA in DIR (issued on first use), the CA certificate and CRL,
+    /// and the RevocationNotifier certificate, whose key then signs the agent's revocations.
+    #[arg(long, value_name = "DIR")]
+    cert: Option<PathBuf>,
+    /// Files (or a directory's files) added to the `--cert` package, e.g. an `autorun.sh`
+    /// the agent runs after unpacking it (Keylime `--include`).
+    #[arg(long, requires = "cert", num_args = 1..)]
+    include: Vec<PathBuf>,
     /// After enrolling, wait until the agent proves it rebuilt K (Keylime `--verify`).
-    #[arg(long, requires = "payload")]
+    #[arg(long)]
     verify: bool,
 }
 
@@ -674,7 +683,21 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
     };
     let uses_runtime = runtime.is_some() || add.runtime_policy_name.is_some();
     let uses_mb = mb.is_some() || add.mb_policy_name.is_some();
+    if add.verify && add.payload.is_none() && add.cert.is_none() {
+        bail!("--verify only works when a payload is delivered to the agent (--payload or --cert)");
+    }
+    let package = match &add.cert {
+        Some(dir) => Some(super::cert_package::build(dir, &add.uuid, &add.include)?),
+        None => None,
+    };
     let payload = match &add.payload {
+        None => match &package {
+            Some(p) if p.zip.len() > MAX_PAYLOAD => {
+                bail!("the certificate package is larger than {MAX_PAYLOAD} bytes: include less")
+            }
+            Some(p) => Some(p.zip.clone()),
+            None => None,
+        },
         Some(file) => {
             let bytes =
                 std::fs::read(file).with_context(|| format!("reading the payload {}", file.display()))?;
@@ -686,7 +709,6 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
             }
             Some(bytes)
         }
-        None => None,
     };
     let mut body = json!({
         "v": null,
@@ -697,8 +719,8 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
         "mb_policy": mb,
         "mb_policy_name": add.mb_policy_name.clone().unwrap_or_default(),
         "ima_sign_verification_keys": "",
-        "metadata": "{}",
-        "revocation_key": "",
+        "metadata": package.as_ref().map_or_else(|| "{}".to_owned(), |p| p.metadata.to_string()),
+        "revocation_key": package.as_ref().map_or("", |p| p.revocation_key.as_str()),
         "accept_tpm_hash_algs": tenant.conn.accept.hash,
         "accept_tpm_encryption_algs": tenant.conn.accept.encryption,
         "accept_tpm_signing_algs": tenant.conn.accept.signing,

@@ -48,6 +48,8 @@ pub enum Usage {
     Server,
     /// A client certificate with its role bound in (a subjectAltName URI).
     Client(crate::api::Role),
+    /// A signing key's certificate, for neither side of TLS (Keylime's RevocationNotifier).
+    Signing,
 }
 
 /// Whether an HTTPS listener asks for client certificates.
@@ -186,6 +188,25 @@ impl TlsMaterial {
         names: &[String],
         usage: Usage,
     ) -> Result<(PathBuf, PathBuf), TlsError> {
+        self.issue_for(
+            out,
+            stem,
+            names,
+            usage,
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?,
+        )
+    }
+
+    /// [`Self::issue`] for a key of the caller's choice (an RSA key for signatures Keylime's
+    /// agents verify).
+    pub fn issue_for(
+        &self,
+        out: &Path,
+        stem: &str,
+        names: &[String],
+        usage: Usage,
+        key: KeyPair,
+    ) -> Result<(PathBuf, PathBuf), TlsError> {
         let ca_pem =
             fs::read_to_string(self.path(Self::CA_CERT)).map_err(|e| io(&self.path(Self::CA_CERT), e))?;
         let key_pem =
@@ -211,12 +232,15 @@ impl TlsMaterial {
                 params.subject_alt_names.push(role_uri(role)?);
                 vec![ExtendedKeyUsagePurpose::ClientAuth]
             }
+            Usage::Signing => {
+                params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+                Vec::new()
+            }
         };
         // Python ≥ 3.13 (Keylime's tenant on current distributions) verifies strictly: a
         // certificate issued by a CA must name it by its key identifier.
         params.use_authority_key_identifier_extension = true;
         set_validity(&mut params, 5);
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let cert = params.signed_by(&key, &issuer)?;
         crate::config::create_private_dir(out).map_err(|e| io(out, e))?;
         let target = Self {
@@ -226,6 +250,28 @@ impl TlsMaterial {
         target.write(&key_file, &key.serialize_pem(), true)?;
         target.write(&cert_file, &cert.pem(), false)?;
         Ok((out.join(cert_file), out.join(key_file)))
+    }
+
+    /// An empty revocation list signed by this directory's CA (Keylime's `cacrl.der`), valid
+    /// for a year: (DER, PEM).
+    pub fn empty_crl(&self) -> Result<(Vec<u8>, String), TlsError> {
+        let ca_pem =
+            fs::read_to_string(self.path(Self::CA_CERT)).map_err(|e| io(&self.path(Self::CA_CERT), e))?;
+        let key_pem =
+            fs::read_to_string(self.path(Self::CA_KEY)).map_err(|e| io(&self.path(Self::CA_KEY), e))?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&key_pem)?)?;
+        let mut validity = CertificateParams::default();
+        set_validity(&mut validity, 1);
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: validity.not_before,
+            next_update: validity.not_after,
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: Vec::new(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&issuer)?;
+        Ok((crl.der().to_vec(), crl.pem()?))
     }
 
     /// Whether the directory holds a complete set (CA, server and client).
