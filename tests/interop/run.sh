@@ -156,6 +156,31 @@ zt status --uuid "$uuid" --json | python3 -c 'import json,sys; r=json.load(sys.s
 zt delete --uuid "$uuid" >>"$work/zest-add.log" 2>&1 || fail "zest tenant delete failed"
 echo "interop: zest tenant enrolled (payload, key derivation), showed PASS and deleted the agent"
 
+# Keylime's tenant with --cert: its own CA (ca_util, keystore private.yml) makes the
+# certificate package and sends its RevocationNotifier key, which zest's verifier takes.
+cat >"$work/ca.conf" <<EOF
+[ca]
+version = 2.0
+password = zest-interop
+cert_country = US
+cert_ca_name = Keylime Certificate Authority
+cert_state = MA
+cert_locality = Lexington
+cert_organization = MITLL
+cert_org_unit = 53
+cert_ca_lifetime = 3650
+cert_lifetime = 365
+cert_bits = 2048
+cert_crl_dist = http://localhost:38080/crl
+EOF
+mkdir -p "$work/include" && printf '#!/bin/sh\necho unpacked\n' >"$work/include/autorun.sh"
+KEYLIME_CA_CONFIG="$work/ca.conf" tenant -c add -t 127.0.0.1 -tp "$aport" -u "$uuid" --runtime-policy "$work/policy.json" \
+  --cert "$work/kl-ca" --include "$work/include" --verify >"$work/keylime-cert-add.log" 2>&1 || fail "keylime_tenant -c add --cert failed"
+grep -q "Successful key derivation for Agent $uuid" "$work/keylime-cert-add.log" || fail "the agent did not prove K for the certificate package"
+[ -f "$work/kl-ca/RevocationNotifier-private.pem" ] || fail "Keylime's tenant made no RevocationNotifier key"
+tenant -c delete -u "$uuid" >>"$work/keylime-cert-add.log" 2>&1 || fail "keylime_tenant -c delete after --cert failed"
+echo "interop: Keylime 7.14.3 tenant enrolled with --cert/--include (its package, its RevocationNotifier key) and deleted the agent"
+
 # 2. Signed runtime policies (DSSE), both ways. Keylime's keylime-policy signs, zest's verifier
 #    verifies (uploaded by both tenants); zest signs, Keylime's own code verifies and its
 #    tenant uploads; a tampered envelope is refused with Keylime's 401.
@@ -219,6 +244,35 @@ PY
 tenant -c addruntimepolicy --runtime-policy-name signed-by-zest --runtime-policy "$work/z-signed.json" \
   --runtime-policy-sig-key "$work/z-key.pub" >>"$work/dsse.log" 2>&1 || fail "keylime_tenant refused a policy zest signed"
 echo "interop: DSSE: zest verified keylime-policy's envelope (both tenants), refused a tampered one (401); Keylime verified zest's (ecdsa, x509)"
+
+# An existing Keylime PKI: a cv_ca made by Keylime's ca_util as its verifier's
+# `tls_dir = generate` makes it (CA key only in private.yml, server and client keys encrypted
+# PKCS#8), used unchanged by a zest verifier given Keylime's two password options.
+kdata=$work/keylime-data
+KEYLIME_CA_CONFIG="$work/ca.conf" kpy - "$kdata/cv_ca" <<'PY' >"$work/keylime-pki.log" 2>&1 || fail "Keylime's ca_util could not make a cv_ca"
+import os, sys
+from keylime import ca_util
+d = sys.argv[1]
+os.makedirs(d, 0o700)
+ca_util.read_password("zest-interop")
+ca_util.cmd_init(d)
+ca_util.cmd_mkcert(d, "server", password="kl-server-pw", san_dns=["localhost"], san_ips=["127.0.0.1"])
+ca_util.cmd_mkcert(d, "client", password="kl-client-pw")
+PY
+[ ! -e "$kdata/cv_ca/ca-private.pem" ] && grep -q "ENCRYPTED PRIVATE KEY" "$kdata/cv_ca/server-private.pem" \
+  || fail "Keylime's cv_ca is not what this check expects"
+kport=$(free_port)
+mkdir -p "$work/kl-etc"
+printf '[verifier]\nserver_key_password = kl-server-pw\nclient_key_password = kl-client-pw\n' >"$work/kl-etc/verifier.conf"
+chmod 600 "$work/kl-etc/verifier.conf"
+"$target/zest" --config-dir "$work/kl-etc" --data-dir "$kdata" verifier --verifier-port "$kport" >"$work/zest-keylime-pki.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$kport") 2>/dev/null && break; sleep 0.1; done
+curl -sf --cacert "$kdata/cv_ca/cacert.crt" --cert "$kdata/cv_ca/client-cert.crt" --key "$kdata/cv_ca/client-private.pem" \
+  --pass kl-client-pw "https://localhost:$kport/v2.6/agents/" >"$work/keylime-pki-agents.json" \
+  || fail "a zest verifier on Keylime's cv_ca did not answer Keylime's client certificate"
+grep -q '"uuids"' "$work/keylime-pki-agents.json" || fail "unexpected reply: $(cat "$work/keylime-pki-agents.json")"
+echo "interop: a zest verifier served with a cv_ca made by Keylime's ca_util (encrypted keys, no ca-private.pem) and took its client certificate"
 
 # 3. API fuzzing of both services, with the tenant certificate. One worker: schemathesis'
 #    generators are not thread-safe on CPython 3.11 (an AST recursion-depth SystemError).

@@ -307,3 +307,55 @@ async fn verifier_conf_names_the_pki() {
         "a password is in the log: {log}"
     );
 }
+
+/// The cv_ca a Keylime verifier generated (`tls_dir = generate`): its CA key lives in
+/// Keylime's keystore (private.yml), not in ca-private.pem, and its keys are encrypted with
+/// `server_key_password` / `client_key_password`. zest uses the files as they are and
+/// generates nothing. (The interop run does the same with a cv_ca made by Keylime's ca_util.)
+#[tokio::test]
+async fn a_cv_ca_keylime_generated_is_used_as_it_is() {
+    let data = tempfile::Builder::new().prefix("zest-pki-").tempdir().unwrap();
+    let cv_ca = data.path().join("cv_ca");
+    std::fs::create_dir_all(&cv_ca).unwrap();
+    let keylime_ca = ca("Keylime Certificate Authority");
+    let (server_cert, server_key) = leaf(&keylime_ca, "server", true);
+    let (client_cert, client_key) = leaf(&keylime_ca, "client", false);
+    std::fs::write(cv_ca.join("cacert.crt"), &keylime_ca.cert_pem).unwrap();
+    std::fs::write(cv_ca.join("server-cert.crt"), &server_cert).unwrap();
+    encrypt(
+        &server_key,
+        "kl-server-pw",
+        &cv_ca.join("server-private.pem"),
+        false,
+    );
+    std::fs::write(cv_ca.join("client-cert.crt"), &client_cert).unwrap();
+    encrypt(
+        &client_key,
+        "kl-client-pw",
+        &cv_ca.join("client-private.pem"),
+        false,
+    );
+    std::fs::write(cv_ca.join("private.yml"), "keylime's encrypted keystore\n").unwrap();
+
+    let mut config = VerifierConfig::defaults();
+    config.port = 0;
+    config.tls.server_key_password = "kl-server-pw".into();
+    config.tls.client_key_password = "kl-client-pw".into();
+    let verifier = TestVerifier::start_in(data, config).await.unwrap();
+    assert!(
+        !cv_ca.join("ca-private.pem").exists(),
+        "nothing generated beside Keylime's files"
+    );
+    let ca_cert = reqwest::Certificate::from_pem(keylime_ca.cert_pem.as_bytes()).unwrap();
+    let identity = reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap();
+    let keylime_tenant = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([ca_cert])
+        .identity(identity)
+        .build()
+        .unwrap();
+    let (status, reply) = send_json(keylime_tenant.get(verifier.url("2.6", "agents/")))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{reply}");
+}

@@ -17,8 +17,9 @@ pub struct CertPackage {
     pub zip: Vec<u8>,
     /// PEM of the RevocationNotifier's private key (`revocation_key`).
     pub revocation_key: String,
-    /// Keylime's enrolment `metadata`: the agent certificate's serial and subject.
-    pub metadata: serde_json::Value,
+    /// Keylime's enrolment `metadata` text: the agent certificate's serial (a number, as
+    /// Keylime's revocation actions compare it) and subject.
+    pub metadata: String,
 }
 
 const NOTIFIER: &str = "RevocationNotifier";
@@ -30,29 +31,55 @@ pub fn build(ca_dir: &Path, uuid: &str, include: &[PathBuf]) -> anyhow::Result<C
     let ca = TlsMaterial {
         dir: ca_dir.to_path_buf(),
     };
-    if !ca.path(TlsMaterial::CA_CERT).exists() || !ca.path(TlsMaterial::CA_KEY).exists() {
+    if !ca.path(TlsMaterial::CA_CERT).exists() {
         bail!(
-            "{} holds no CA (cacert.crt and ca-private.pem): make one with `zest ca init --dir {}`",
+            "{} holds no CA (cacert.crt): make one with `zest ca init --dir {}`",
             ca_dir.display(),
             ca_dir.display()
         );
     }
+    // A directory Keylime's keylime_ca made keeps its CA key in private.yml, which zest does
+    // not read: what exists there is packed as it is, and only what is missing needs the key.
+    let can_issue = ca.path(TlsMaterial::CA_KEY).exists();
+    let needs_key = |what: &str| {
+        anyhow::anyhow!(
+            "{} lacks {what} and has no ca-private.pem to issue it with (a keylime_ca directory: issue it with keylime_ca first)",
+            ca_dir.display()
+        )
+    };
     let read = |name: &str| -> anyhow::Result<Vec<u8>> {
         let path = ca.path(name);
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
     };
     let agent_key = format!("{uuid}-private.pem");
     if !ca.path(&agent_key).exists() {
+        if !can_issue {
+            return Err(needs_key(&agent_key));
+        }
         ca.issue(ca_dir, uuid, &[uuid.to_owned()], Usage::Client(Role::Agent))
             .with_context(|| format!("issuing the certificate of agent {uuid}"))?;
     }
     let notifier_key = format!("{NOTIFIER}-private.pem");
     if !ca.path(&notifier_key).exists() {
+        if !can_issue {
+            return Err(needs_key(&notifier_key));
+        }
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).context("generating an RSA key")?;
         ca.issue_for(ca_dir, NOTIFIER, &[NOTIFIER.to_owned()], Usage::Signing, key)
             .context("issuing the RevocationNotifier certificate")?;
     }
-    let (crl_der, crl_pem) = ca.empty_crl().context("signing the CA's revocation list")?;
+    // The CA's revocation list as the directory holds it (Keylime packs its files), else a
+    // new empty one, kept for the next package.
+    let (crl_der, crl_pem) = match (read("cacrl.der"), read("cacrl.pem")) {
+        (Ok(der), Ok(pem)) => (der, pem),
+        _ if can_issue => {
+            let (der, pem) = ca.empty_crl().context("signing the CA's revocation list")?;
+            std::fs::write(ca.path("cacrl.der"), &der).context("writing cacrl.der")?;
+            std::fs::write(ca.path("cacrl.pem"), &pem).context("writing cacrl.pem")?;
+            (der, pem.into_bytes())
+        }
+        _ => return Err(needs_key("cacrl.der and cacrl.pem")),
+    };
     let agent_private = read(&agent_key)?;
     let agent_public = rcgen::KeyPair::from_pem(&String::from_utf8_lossy(&agent_private))
         .with_context(|| format!("{} is not a private key", ca.path(&agent_key).display()))?
@@ -61,10 +88,12 @@ pub fn build(ca_dir: &Path, uuid: &str, include: &[PathBuf]) -> anyhow::Result<C
     let (_, parsed) =
         x509_parser::pem::parse_x509_pem(&agent_cert).context("the agent certificate is not PEM")?;
     let parsed = parsed.parse_x509().context("the agent certificate")?;
-    let metadata = serde_json::json!({
-        "cert_serial": parsed.tbs_certificate.serial.to_string(),
-        "subject": parsed.subject().to_string(),
-    });
+    // Python's json.dumps text, the serial a (possibly long) integer.
+    let metadata = format!(
+        "{{\"cert_serial\": {}, \"subject\": {}}}",
+        parsed.tbs_certificate.serial,
+        crate::dsse::python_dumps(&serde_json::Value::String(parsed.subject().to_string()).to_string())?
+    );
 
     let mut entries: Vec<(String, Vec<u8>)> = vec![
         (format!("{uuid}-public.pem"), agent_public.into_bytes()),
@@ -72,7 +101,7 @@ pub fn build(ca_dir: &Path, uuid: &str, include: &[PathBuf]) -> anyhow::Result<C
         (agent_key.clone(), agent_private),
         (TlsMaterial::CA_CERT.to_owned(), read(TlsMaterial::CA_CERT)?),
         ("cacrl.der".to_owned(), crl_der),
-        ("cacrl.pem".to_owned(), crl_pem.into_bytes()),
+        ("cacrl.pem".to_owned(), crl_pem),
         (
             format!("{NOTIFIER}-cert.crt"),
             read(&format!("{NOTIFIER}-cert.crt"))?,

@@ -687,6 +687,11 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
         bail!("--verify only works when a payload is delivered to the agent (--payload or --cert)");
     }
     let package = match &add.cert {
+        // Keylime's `--cert default`: the tenant's own CA directory.
+        Some(dir) if dir.as_os_str() == "default" => {
+            let dir = tenant.conn.ca_cert.parent().unwrap_or(Path::new("."));
+            Some(super::cert_package::build(dir, &add.uuid, &add.include)?)
+        }
         Some(dir) => Some(super::cert_package::build(dir, &add.uuid, &add.include)?),
         None => None,
     };
@@ -719,7 +724,7 @@ async fn add_agent(tenant: &Tenant, add: &AddArgs) -> anyhow::Result<()> {
         "mb_policy": mb,
         "mb_policy_name": add.mb_policy_name.clone().unwrap_or_default(),
         "ima_sign_verification_keys": "",
-        "metadata": package.as_ref().map_or_else(|| "{}".to_owned(), |p| p.metadata.to_string()),
+        "metadata": package.as_ref().map_or_else(|| "{}".to_owned(), |p| p.metadata.clone()),
         "revocation_key": package.as_ref().map_or("", |p| p.revocation_key.as_str()),
         "accept_tpm_hash_algs": tenant.conn.accept.hash,
         "accept_tpm_encryption_algs": tenant.conn.accept.encryption,

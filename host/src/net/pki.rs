@@ -143,16 +143,40 @@ impl ServiceTls {
                     set.join(", ")
                 )));
             }
-            let material = TlsMaterial::ensure(&data_dir.tls_dir(), server_names)?;
+            let dir = data_dir.tls_dir();
+            // A cv_ca Keylime generated keeps its CA key in private.yml, not ca-private.pem:
+            // its files are used as they are (keys possibly encrypted), nothing generated.
+            let keylime_made = !dir.join(TlsMaterial::CA_KEY).exists()
+                && [
+                    TlsMaterial::CA_CERT,
+                    TlsMaterial::SERVER_CERT,
+                    TlsMaterial::SERVER_KEY,
+                ]
+                .iter()
+                .all(|f| dir.join(f).exists());
+            let material = if keylime_made {
+                tracing::info!(dir = %dir.display(), "using the TLS material Keylime generated");
+                TlsMaterial { dir }
+            } else {
+                TlsMaterial::ensure(&dir, server_names)?
+            };
             let pair = |cert, key, password: &str| KeyPairFiles {
                 cert: material.path(cert),
                 key: material.path(key),
                 password: (!password.is_empty()).then(|| password.to_owned()),
             };
             return Ok(Self {
-                server: pair(TlsMaterial::SERVER_CERT, TlsMaterial::SERVER_KEY, ""),
+                server: pair(
+                    TlsMaterial::SERVER_CERT,
+                    TlsMaterial::SERVER_KEY,
+                    &options.server_key_password,
+                ),
                 client_cas: vec![material.path(TlsMaterial::CA_CERT)],
-                client: pair(TlsMaterial::CLIENT_CERT, TlsMaterial::CLIENT_KEY, ""),
+                client: pair(
+                    TlsMaterial::CLIENT_CERT,
+                    TlsMaterial::CLIENT_KEY,
+                    &options.client_key_password,
+                ),
                 server_cas: vec![material.path(TlsMaterial::CA_CERT)],
                 generated: true,
             });
