@@ -297,10 +297,37 @@ async fn verifier_conf_names_the_pki() {
     }
     let url = format!("https://localhost:{port}/v2.6/agents/");
     let result = send_json(client(&pki, &pki.client).get(&url)).await;
+    // zest tenant from tenant.conf alone: an encrypted client key, and a trusted_server_ca
+    // list whose second entry is the server's CA.
+    encrypt(&pki.client.1, "tenantpw", &pki.dir.join("operator.key"), false);
+    std::fs::write(pki.dir.join("operator.crt"), &pki.client.0).unwrap();
+    let tenant_conf = etc.join("tenant.conf");
+    std::fs::write(
+        &tenant_conf,
+        format!(
+            "[tenant]\ntls_dir = {}\nclient_cert = operator.crt\nclient_key = operator.key\n\
+             client_key_password = tenantpw\ntrusted_server_ca = ['client-ca-1.crt', 'server-ca.crt']\n",
+            pki.dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tenant_conf, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let listed = Command::new(zest_binary().unwrap())
+        .args(["--config-dir", etc.to_str().unwrap(), "tenant", "--verifier"])
+        .arg(format!("localhost:{port}"))
+        .args(["list", "--json"])
+        .env_remove("ZEST_DATA_DIR")
+        .output()
+        .unwrap();
     let _ = child.kill();
     let _ = child.wait();
     let (status, reply) = result.unwrap();
     assert_eq!(status, 200, "{reply}");
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         !log.contains("zestpw") && !log.contains("clientpw"),

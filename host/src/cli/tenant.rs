@@ -206,6 +206,10 @@ pub struct Connection {
     pub ca_cert: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// tenant.conf `client_key_password`, for an encrypted PKCS#8 `client_key`.
+    pub client_key_password: Option<String>,
+    /// Every CA of tenant.conf's `trusted_server_ca` list after the first (`ca_cert`).
+    pub more_cas: Vec<PathBuf>,
     /// tenant.conf `accept_tpm_hash_algs`, `accept_tpm_encryption_algs`,
     /// `accept_tpm_signing_algs`: what the identity quote and the verifier may accept.
     pub accept: Accept,
@@ -271,6 +275,17 @@ impl Connection {
             }
         };
         let ca_cert = file("trusted_server_ca", "cacert.crt");
+        // The rest of Keylime's `trusted_server_ca` list, under the same directory.
+        let more_cas: Vec<PathBuf> = if data_dir.is_some() || args.tls_dir.is_some() {
+            Vec::new()
+        } else {
+            get("trusted_server_ca")
+                .and_then(|v| crate::config::keylime::list_as_json(&v).ok())
+                .and_then(|json| serde_json::from_str::<Vec<String>>(&json).ok())
+                .map(|names| names.iter().skip(1).map(|n| tls_dir.join(n)).collect())
+                .unwrap_or_default()
+        };
+        let client_key_password = get("client_key_password").filter(|p| !p.is_empty());
         let client_cert = file("client_cert", "client-cert.crt");
         let client_key = file("client_key", "client-private.pem");
         if let Some(v) = &args.verifier {
@@ -297,6 +312,8 @@ impl Connection {
             ca_cert,
             client_cert,
             client_key,
+            client_key_password,
+            more_cas,
         })
     }
 
@@ -304,12 +321,28 @@ impl Connection {
         let read = |path: &Path, what: &str| {
             std::fs::read(path).with_context(|| format!("reading the {what} {}", path.display()))
         };
-        let ca = read(&self.ca_cert, "CA certificate")?;
-        let mut identity = read(&self.client_cert, "client certificate")?;
-        identity.push(b'\n');
-        identity.extend(read(&self.client_key, "client key")?);
-        let ca = reqwest::Certificate::from_pem(&ca)
-            .with_context(|| format!("{}: not a PEM certificate", self.ca_cert.display()))?;
+        let mut cas = Vec::new();
+        for path in std::iter::once(&self.ca_cert).chain(&self.more_cas) {
+            let pem = read(path, "CA certificate")?;
+            cas.push(
+                reqwest::Certificate::from_pem(&pem)
+                    .with_context(|| format!("{}: not a PEM certificate", path.display()))?,
+            );
+        }
+        // The key may be encrypted PKCS#8 (client_key_password), as Keylime's ca_util writes it.
+        let identity = crate::net::pki::KeyPairFiles {
+            cert: self.client_cert.clone(),
+            key: self.client_key.clone(),
+            password: self.client_key_password.clone(),
+        }
+        .identity_pem()
+        .with_context(|| {
+            format!(
+                "reading the client certificate {} and key {}",
+                self.client_cert.display(),
+                self.client_key.display()
+            )
+        })?;
         let identity = reqwest::Identity::from_pem(&identity).with_context(|| {
             format!(
                 "{} and {}: not a PEM certificate and key",
@@ -319,7 +352,7 @@ impl Connection {
         })?;
         reqwest::Client::builder()
             .no_proxy()
-            .tls_certs_only([ca])
+            .tls_certs_only(cas)
             .identity(identity)
             .timeout(Duration::from_secs(60))
             .build()

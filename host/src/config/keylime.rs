@@ -250,11 +250,7 @@ pub const TENANT_OPTIONS: &[OptionSpec] = &[
     opt("tenant", "trusted_server_ca", None, "default"),
     opt("tenant", "client_cert", None, "default"),
     opt("tenant", "client_key", None, "default"),
-    secret(
-        "tenant",
-        "client_key_password",
-        "zest reads unencrypted client keys",
-    ),
+    used_secret("tenant", "client_key_password"),
     ignored(
         "tenant",
         "require_ek_cert",
