@@ -4,7 +4,9 @@
 #     status until it attests, and deletes it (`keylime_tenant -c add|status|delete`).
 #  2. Signed runtime policies (DSSE) both ways: keylime-policy signs and zest verifies, zest
 #     signs and Keylime's own code verifies.
-#  3. schemathesis fuzzes every route of /openapi.json on the verifier and the registrar:
+#  3. keylime-policy create runtime and zest policy create runtime make the same runtime
+#     policies from the same rootfs, initramfs images, allowlists and base policies.
+#  4. schemathesis fuzzes every route of /openapi.json on the verifier and the registrar:
 #     no 5xx, every reply as documented (errors in the envelope).
 # Needs the debug binaries `zest` and `zest-test-agent` (cargo test builds both).
 set -euo pipefail
@@ -245,6 +247,12 @@ tenant -c addruntimepolicy --runtime-policy-name signed-by-zest --runtime-policy
   --runtime-policy-sig-key "$work/z-key.pub" >>"$work/dsse.log" 2>&1 || fail "keylime_tenant refused a policy zest signed"
 echo "interop: DSSE: zest verified keylime-policy's envelope (both tenants), refused a tampered one (401); Keylime verified zest's (ecdsa, x509)"
 
+# 3. Runtime policies made from a rootfs, initramfs images, allowlists, base policies and
+#    --algo: keylime-policy create runtime and zest policy create runtime on the same inputs.
+[ "$(id -u)" = 0 ] || fail "keylime-policy runs as root only: run the interop tests as root"
+bash tests/interop/policy_create.sh "$target/zest" "$venvs/keylime/bin/keylime-policy" "$venvs/keylime/bin/python" \
+  "$work/policy-create" 2>"$work/policy-create.log" || fail "policy create runtime differs from keylime-policy"
+
 # An existing Keylime PKI: a cv_ca made by Keylime's ca_util as its verifier's
 # `tls_dir = generate` makes it (CA key only in private.yml, server and client keys encrypted
 # PKCS#8), used unchanged by a zest verifier given Keylime's two password options.
@@ -274,7 +282,7 @@ curl -sf --cacert "$kdata/cv_ca/cacert.crt" --cert "$kdata/cv_ca/client-cert.crt
 grep -q '"uuids"' "$work/keylime-pki-agents.json" || fail "unexpected reply: $(cat "$work/keylime-pki-agents.json")"
 echo "interop: a zest verifier served with a cv_ca made by Keylime's ca_util (encrypted keys, no ca-private.pem) and took its client certificate"
 
-# 3. API fuzzing of both services, with the tenant certificate. One worker: schemathesis'
+# 4. API fuzzing of both services, with the tenant certificate. One worker: schemathesis'
 #    generators are not thread-safe on CPython 3.11 (an AST recursion-depth SystemError).
 for service in verifier:$vport registrar:$rtls; do
   name=${service%%:*} port=${service##*:}

@@ -9,6 +9,9 @@ use crate::evidence::HashAlg;
 use crate::evidence::ima::{ImaPosition, replay};
 use crate::evidence::uefi::{EventLog, PcrBanks, boot_aggregates};
 use crate::policy::create::{self, RuntimeOptions};
+use crate::policy::create_inputs::initrd::ramdisk_digests;
+use crate::policy::create_inputs::rootfs::rootfs_digests;
+use crate::policy::create_inputs::{self, BasePolicy, DigestAlgorithm, parse_allowlist, resolve_algorithm};
 use crate::policy::measured_boot::{BootEvidence, MeasuredBootPolicy};
 use crate::policy::runtime::{Failure, ImaEvidence, RuntimePolicy};
 use crate::policy::{
@@ -62,16 +65,45 @@ pub struct TestArgs {
 #[derive(Debug, Subcommand)]
 pub enum CreateCommand {
     /// A runtime policy from an IMA measurement list.
-    Runtime(CreateRuntimeArgs),
+    Runtime(Box<CreateRuntimeArgs>),
     /// A reference state for `keylime-mb-example` from a UEFI event log.
     MeasuredBoot(CreateMeasuredBootArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct CreateRuntimeArgs {
-    /// The IMA measurement list (ascii_runtime_measurements).
-    #[arg(long, short = 'm')]
-    ima_log: PathBuf,
+    /// The IMA measurement list (ascii_runtime_measurements); a bare `-m` reads this
+    /// machine's, /sys/kernel/security/ima/ascii_runtime_measurements.
+    #[arg(long = "ima-measurement-list", short = 'm', alias = "ima-log", num_args = 0..=1,
+          default_missing_value = IMA_LIST_OF_THIS_MACHINE)]
+    ima_log: Option<PathBuf>,
+    /// A policy to extend: its digests, excludes, keyrings, ima-buf, ignored keyrings,
+    /// log_hash_alg and verification keys are kept; meta and release are made anew.
+    #[arg(long, short = 'p')]
+    base_policy: Option<PathBuf>,
+    /// A flat allowlist: `<digest>  <path>` lines as sha256sum prints them.
+    #[arg(long, short = 'a')]
+    allowlist: Option<PathBuf>,
+    /// A root filesystem whose root-owned regular files are hashed (symlinks are not
+    /// followed; /sys /run /proc /lost+found /dev /media /snap /mnt /var /tmp are left out).
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// Directories under --rootfs to leave out, comma-separated (absolute, or relative to
+    /// the current directory, as Keylime reads them; one not under --rootfs is ignored with
+    /// a warning, as Keylime does).
+    #[arg(long, short = 's', value_delimiter = ',', requires = "rootfs")]
+    skip_path: Vec<String>,
+    /// A directory of initramfs images (files named `initr*`) whose files are hashed.
+    #[arg(long)]
+    ramdisk_dir: Option<PathBuf>,
+    /// The digest algorithm --rootfs and --ramdisk-dir files are hashed with: sha1, sha256,
+    /// sha384 or sha512 (default: the base policy's, the allowlist's or the IMA list's, else
+    /// sha256). sm3_256 is named but zest cannot hash with it.
+    #[arg(long, value_parser = ["sha1", "sha256", "sha384", "sha512", "sm3_256"])]
+    algo: Option<String>,
+    /// Print the digests as a flat allowlist (`<digest>  <path>` lines) instead of a policy.
+    #[arg(long)]
+    show_legacy_allowlist: bool,
     /// Add the digests of keys measured into keyrings (ima-buf entries) to `keyrings`.
     #[arg(long, short = 'k')]
     keyrings: bool,
@@ -81,7 +113,7 @@ pub struct CreateRuntimeArgs {
     /// A keyring whose keys are neither checked nor learned (repeatable; `*` for all).
     #[arg(long = "ignored-keyrings")]
     ignored_keyrings: Vec<String>,
-    /// A file of exclude regexes, one per line (`#` comments and blank lines skipped).
+    /// A file of exclude regexes, one per line (each trimmed; blank lines skipped).
     #[arg(long, short = 'e')]
     excludelist: Option<PathBuf>,
     /// A certificate or public key (DER or PEM) that signs IMA file signatures (repeatable).
@@ -91,6 +123,9 @@ pub struct CreateRuntimeArgs {
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
 }
+
+/// Where the kernel publishes this machine's IMA measurement list.
+const IMA_LIST_OF_THIS_MACHINE: &str = "/sys/kernel/security/ima/ascii_runtime_measurements";
 
 #[derive(Debug, Args)]
 pub struct CreateMeasuredBootArgs {
@@ -111,7 +146,7 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::Sign(command) => super::policy_sign::run(command),
         PolicyCommand::Test(args) if args.runtime => test_runtime(args),
         PolicyCommand::Test(args) => test_measured_boot(args),
-        PolicyCommand::Create(CreateCommand::Runtime(args)) => create_runtime(args),
+        PolicyCommand::Create(CreateCommand::Runtime(args)) => create_runtime(*args),
         PolicyCommand::Create(CreateCommand::MeasuredBoot(args)) => create_measured_boot(args),
     }
 }
@@ -354,37 +389,152 @@ fn write_document(value: &serde_json::Value, output: Option<&Path>) -> anyhow::R
 }
 
 fn create_runtime(args: CreateRuntimeArgs) -> anyhow::Result<()> {
-    let text = String::from_utf8(read(&args.ima_log)?)
-        .with_context(|| format!("{} is not a text IMA list", args.ima_log.display()))?;
+    // -k and -b read an IMA list; without -m, Keylime reads this machine's.
+    let ima_path = match &args.ima_log {
+        None if args.keyrings || args.ima_buf => Some(PathBuf::from(IMA_LIST_OF_THIS_MACHINE)),
+        other => other.clone(),
+    };
+    let ima_list = match &ima_path {
+        Some(path) => Some(
+            String::from_utf8(read(path)?)
+                .with_context(|| format!("{} is not a text IMA list", path.display()))?,
+        ),
+        None => None,
+    };
+    let base = match &args.base_policy {
+        Some(path) => Some(
+            BasePolicy::parse(&read(path)?).with_context(|| format!("the base policy {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let allowlist = match &args.allowlist {
+        Some(path) => {
+            let text = String::from_utf8(read(path)?)
+                .with_context(|| format!("the allowlist {} is not text", path.display()))?;
+            Some(parse_allowlist(&text).with_context(|| format!("the allowlist {}", path.display()))?)
+        }
+        None => None,
+    };
+    let hashes_files = args.rootfs.is_some() || args.ramdisk_dir.is_some();
+    let algo = args
+        .algo
+        .as_deref()
+        .map(DigestAlgorithm::from_option)
+        .transpose()?;
+    if algo.is_some() && !hashes_files {
+        eprintln!(
+            "warning: --algo only chooses how --rootfs and --ramdisk-dir files are hashed; neither is given"
+        );
+    }
+    // Every source that implies an algorithm must agree, in Keylime's order of precedence.
+    let ima_algorithm = match &ima_list {
+        Some(text) => Some(
+            DigestAlgorithm::from_name(create::ima_list_algorithm(text)?)
+                .context("the IMA list's boot_aggregate algorithm")?,
+        ),
+        None => None,
+    };
+    let algorithm = resolve_algorithm(&[
+        ("--algo option", algo),
+        (
+            "base policy",
+            base.as_ref()
+                .map(|b| b.digests.algorithm("base policy"))
+                .transpose()?
+                .flatten(),
+        ),
+        (
+            "allowlist",
+            allowlist
+                .as_ref()
+                .map(|a| a.algorithm("allowlist"))
+                .transpose()?
+                .flatten(),
+        ),
+        ("IMA measurement list", ima_algorithm),
+    ])?;
+    let mut digests = allowlist.map(|a| a.digests).unwrap_or_default();
+    if hashes_files {
+        let alg = algorithm.hash()?;
+        if let Some(dir) = &args.ramdisk_dir {
+            create_inputs::merge(&mut digests, ramdisk_digests(dir, alg)?);
+        }
+        if let Some(root) = &args.rootfs {
+            let (found, warnings) = rootfs_digests(root, &args.skip_path, alg)?;
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            create_inputs::merge(&mut digests, found);
+        }
+    }
     let mut options = RuntimeOptions {
         keyrings: args.keyrings,
         ima_buf: args.ima_buf,
         ignored_keyrings: args.ignored_keyrings,
         timestamp: timestamp(),
+        base,
+        digests,
         ..RuntimeOptions::default()
     };
     if let Some(path) = &args.excludelist {
         let list =
             String::from_utf8(read(path)?).with_context(|| format!("{} is not text", path.display()))?;
+        // As Keylime reads it: every non-blank line, trimmed, is a regex.
         options.excludes.extend(
             list.lines()
-                .map(str::trim_end)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
                 .map(str::to_owned),
         );
     }
     for path in &args.verification_keys {
         options.verification_keys.push(read(path)?);
     }
-    let policy = create::runtime_policy(&text, &options)
-        .with_context(|| format!("creating a runtime policy from {}", args.ima_log.display()))?;
+    let policy =
+        create::runtime_policy(ima_list.as_deref(), &options).context("creating a runtime policy")?;
     // What we write must load where it is going: Keylime checks its schema here, we load it
     // into the built-in keylime-runtime (schema, exclude regexes, verification keys).
     let (name, component) = component("builtin:keylime-runtime", BUILTIN_RUNTIME, "runtime")?;
     let runtime = PolicyRuntime::new(PolicyLimits::default(), None)?;
     RuntimePolicy::load(&runtime, &name, &component, policy.to_string().as_bytes())
         .context("the created policy does not load into keylime-runtime")?;
+    if args.show_legacy_allowlist {
+        return write_text(&legacy_allowlist(&policy), args.output.as_deref());
+    }
     write_document(&policy, args.output.as_deref())
+}
+
+/// The policy's digests as a flat allowlist, `boot_aggregate` first, as Keylime prints it.
+fn legacy_allowlist(policy: &serde_json::Value) -> String {
+    let mut text = String::new();
+    let Some(digests) = policy.get("digests").and_then(serde_json::Value::as_object) else {
+        return text;
+    };
+    let boot_aggregate = digests.get_key_value("boot_aggregate");
+    for (path, list) in boot_aggregate
+        .into_iter()
+        .chain(digests.iter().filter(|(p, _)| *p != "boot_aggregate"))
+    {
+        for digest in list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+        {
+            text.push_str(&format!("{digest}  {path}\n"));
+        }
+    }
+    text
+}
+
+fn write_text(text: &str, output: Option<&Path>) -> anyhow::Result<()> {
+    match output {
+        Some(path) => std::fs::write(path, text).with_context(|| format!("writing {}", path.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
 }
 
 fn create_measured_boot(args: CreateMeasuredBootArgs) -> anyhow::Result<()> {

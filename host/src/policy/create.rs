@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use super::create_inputs::{BasePolicy, Digests, merge};
 use crate::evidence::HashAlg;
 use crate::evidence::ima::{ImaEntry, Template, lines};
 use crate::evidence::ima_keys::parse_key;
@@ -32,7 +33,7 @@ pub enum CreateError {
     Key(String),
 }
 
-/// What goes into a runtime policy besides the list's file digests.
+/// What goes into a runtime policy besides the IMA list's file digests.
 #[derive(Debug, Default, Clone)]
 pub struct RuntimeOptions {
     /// `-k`: digests of keys measured into keyrings (ima-buf entries holding a key).
@@ -46,74 +47,158 @@ pub struct RuntimeOptions {
     pub verification_keys: Vec<Vec<u8>>,
     /// `meta.timestamp`.
     pub timestamp: String,
+    /// `--base-policy`: the policy the new one extends. Its digests, excludes, keyrings,
+    /// ima-buf, ignored keyrings, `log_hash_alg` and verification keys are kept; `meta`,
+    /// `release` (0) and `dm_policy` (null) are made anew.
+    pub base: Option<BasePolicy>,
+    /// File digests of the other sources (`--allowlist`, `--rootfs`, `--ramdisk-dir`).
+    pub digests: Digests,
 }
 
-/// A runtime policy from an IMA list: every ima-ng/ima-sig path with its digests (the
-/// `boot_aggregate` among them), sorted and unique; generator 3 (LegacyAllowList).
-pub fn runtime_policy(ima_list: &str, options: &RuntimeOptions) -> Result<Value, CreateError> {
+/// The digest algorithm of an IMA list: that of its first line, which must be a
+/// `boot_aggregate` entry of sha1, sha256, sha384, sha512 or sm3_256.
+pub fn ima_list_algorithm(ima_list: &str) -> Result<&str, CreateError> {
     let first = lines(ima_list).next().unwrap_or_default();
-    let algorithm_ok = ImaEntry::parse(first, 0).is_ok_and(|e| {
-        e.name == "boot_aggregate"
-            && matches!(e.digest_alg, "sha1" | "sha256" | "sha384" | "sha512" | "sm3_256")
-    });
-    if !algorithm_ok {
-        return Err(CreateError::NoBootAggregate(first.chars().take(120).collect()));
+    match ImaEntry::parse(first, 0) {
+        Ok(e)
+            if e.name == "boot_aggregate"
+                && matches!(e.digest_alg, "sha1" | "sha256" | "sha384" | "sha512" | "sm3_256") =>
+        {
+            Ok(e.digest_alg)
+        }
+        _ => Err(CreateError::NoBootAggregate(first.chars().take(120).collect())),
     }
-    let mut digests: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut keyrings: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut ima_buf: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (i, line) in lines(ima_list).enumerate() {
-        // Keylime skips what it cannot read rather than failing the whole list.
-        let Ok(entry) = ImaEntry::parse(line, i) else {
-            continue;
-        };
-        let digest = hex::encode(entry.digest());
-        match entry.template {
-            Template::ImaNg | Template::ImaSig => {
-                digests.entry(entry.name.to_owned()).or_default().insert(digest);
-            }
-            Template::ImaBuf if options.keyrings || options.ima_buf => {
-                if parse_key(&entry.buffer_bytes()).is_some() {
-                    if options.keyrings && !options.ignored_keyrings.iter().any(|k| k == entry.name) {
-                        keyrings.entry(entry.name.to_owned()).or_default().insert(digest);
-                    }
-                } else if options.ima_buf {
-                    ima_buf.entry(entry.name.to_owned()).or_default().insert(digest);
+}
+
+/// A runtime policy: the base policy's digests (if any), those of `options.digests`, and
+/// every ima-ng/ima-sig path of the IMA list (if any) with its digests (the
+/// `boot_aggregate` among them), each list sorted and unique; generator 3 (LegacyAllowList).
+pub fn runtime_policy(ima_list: Option<&str>, options: &RuntimeOptions) -> Result<Value, CreateError> {
+    let base = options.base.as_ref();
+    let mut digests: Digests = base.map(|b| b.digests.digests.clone()).unwrap_or_default();
+    merge(&mut digests, options.digests.clone());
+    let mut keyrings: Digests = base.map(|b| b.keyrings.clone()).unwrap_or_default();
+    let mut ima_buf: Digests = base.map(|b| b.ima_buf.clone()).unwrap_or_default();
+    let ignored: BTreeSet<String> = base
+        .map(|b| b.ignored_keyrings.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(options.ignored_keyrings.iter().cloned())
+        .collect();
+    let excludes: BTreeSet<String> = base
+        .map(|b| b.excludes.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(options.excludes.iter().cloned())
+        .collect();
+    if let Some(ima_list) = ima_list {
+        ima_list_algorithm(ima_list)?;
+        for (i, line) in lines(ima_list).enumerate() {
+            // Keylime skips what it cannot read rather than failing the whole list.
+            let Ok(entry) = ImaEntry::parse(line, i) else {
+                continue;
+            };
+            let digest = hex::encode(entry.digest());
+            match entry.template {
+                Template::ImaNg | Template::ImaSig => {
+                    digests.entry(entry.name.to_owned()).or_default().insert(digest);
                 }
+                Template::ImaBuf if options.keyrings || options.ima_buf => {
+                    if parse_key(&entry.buffer_bytes()).is_some() {
+                        if options.keyrings && !ignored.contains(entry.name) {
+                            keyrings.entry(entry.name.to_owned()).or_default().insert(digest);
+                        }
+                    } else if options.ima_buf {
+                        ima_buf.entry(entry.name.to_owned()).or_default().insert(digest);
+                    }
+                }
+                Template::Ima | Template::ImaBuf => {}
             }
-            Template::Ima | Template::ImaBuf => {}
         }
     }
-    let verification_keys = if options.verification_keys.is_empty() {
-        String::new()
-    } else {
-        let mut keyids = Vec::new();
-        let mut pubkeys = Vec::new();
-        for data in &options.verification_keys {
-            let key =
-                parse_key(data).ok_or_else(|| CreateError::Key("not a certificate or public key".into()))?;
-            keyids.push(key.key_id);
-            pubkeys.push(base64_encode(&key.spki_der));
-        }
-        json!({"meta": {"version": 1}, "keyids": keyids, "pubkeys": pubkeys}).to_string()
+    let verification_keys = verification_keys(
+        base.map_or("", |b| b.verification_keys.as_str()),
+        &options.verification_keys,
+    )?;
+    let log_hash_alg = base.map_or("sha1", |b| b.log_hash_alg.as_str());
+    let sorted = |map: Digests| {
+        map.into_iter()
+            .map(|(k, v)| (k, v.into_iter().collect::<Vec<_>>()))
+            .collect::<BTreeMap<_, _>>()
     };
-    let sorted = |set: BTreeSet<String>| set.into_iter().collect::<Vec<_>>();
-    let mut ignored: Vec<String> = options.ignored_keyrings.clone();
-    ignored.sort();
-    ignored.dedup();
-    let mut excludes = options.excludes.clone();
-    excludes.sort();
-    excludes.dedup();
     Ok(json!({
         "meta": {"version": 1, "generator": 3, "timestamp": options.timestamp},
         "release": 0,
-        "digests": digests.into_iter().map(|(k, v)| (k, sorted(v))).collect::<BTreeMap<_, _>>(),
-        "excludes": excludes,
-        "keyrings": keyrings.into_iter().map(|(k, v)| (k, sorted(v))).collect::<BTreeMap<_, _>>(),
-        "ima": {"ignored_keyrings": ignored, "log_hash_alg": "sha1", "dm_policy": null},
-        "ima-buf": ima_buf.into_iter().map(|(k, v)| (k, sorted(v))).collect::<BTreeMap<_, _>>(),
+        "digests": sorted(digests),
+        "excludes": excludes.into_iter().collect::<Vec<_>>(),
+        "keyrings": sorted(keyrings),
+        "ima": {"ignored_keyrings": ignored.into_iter().collect::<Vec<_>>(), "log_hash_alg": log_hash_alg, "dm_policy": null},
+        "ima-buf": sorted(ima_buf),
         "verification-keys": verification_keys,
     }))
+}
+
+/// `verification-keys`: the base policy's keyring with the added keys (a key whose id is
+/// already there replaces it, as in Keylime's keyring); the base's string as it is when no
+/// key is added.
+fn verification_keys(base: &str, added: &[Vec<u8>]) -> Result<String, CreateError> {
+    if added.is_empty() {
+        return Ok(base.to_owned());
+    }
+    let mut ring = base_keyring(base)?;
+    for data in added {
+        let key =
+            parse_key(data).ok_or_else(|| CreateError::Key("not a certificate or public key".into()))?;
+        let keyid = Value::from(key.key_id);
+        let pubkey = base64_encode(&key.spki_der);
+        match ring.iter_mut().find(|(id, _)| *id == keyid) {
+            Some(slot) => slot.1 = pubkey,
+            None => ring.push((keyid, pubkey)),
+        }
+    }
+    let (keyids, pubkeys): (Vec<Value>, Vec<String>) = ring.into_iter().unzip();
+    Ok(json!({"meta": {"version": 1}, "keyids": keyids, "pubkeys": pubkeys}).to_string())
+}
+
+/// The (key id, base64 SubjectPublicKeyInfo) pairs of a policy's `verification-keys`.
+fn base_keyring(text: &str) -> Result<Vec<(Value, String)>, CreateError> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = |why: &str| CreateError::Key(format!("the base policy's verification-keys {why}"));
+    let value: Value = serde_json::from_str(text).map_err(|_| bad("are not JSON"))?;
+    // Keylime's database once stored the keyring JSON encoded twice.
+    let value = match value {
+        Value::String(inner) => serde_json::from_str(&inner).map_err(|_| bad("are not JSON"))?,
+        other => other,
+    };
+    let pubkeys = value
+        .get("pubkeys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("have no pubkeys list"))?;
+    let keyids = value.get("keyids").and_then(Value::as_array);
+    let mut ring = Vec::new();
+    for (i, pubkey) in pubkeys.iter().enumerate() {
+        let pubkey = pubkey
+            .as_str()
+            .ok_or_else(|| bad("list a pubkey that is not a string"))?;
+        let keyid = match keyids.and_then(|ids| ids.get(i)) {
+            Some(id) => id.clone(),
+            None => {
+                use base64::Engine;
+                let der = base64::engine::general_purpose::STANDARD
+                    .decode(pubkey)
+                    .map_err(|_| bad("list a pubkey that is not base64"))?;
+                Value::from(
+                    parse_key(&der)
+                        .ok_or_else(|| bad("list a pubkey that is not a key"))?
+                        .key_id,
+                )
+            }
+        };
+        ring.push((keyid, pubkey.to_owned()));
+    }
+    Ok(ring)
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

@@ -17,6 +17,7 @@
 
 mod builtin;
 pub mod create;
+pub mod create_inputs;
 pub mod measured_boot;
 pub mod registry;
 pub mod runtime;
