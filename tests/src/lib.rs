@@ -14,6 +14,7 @@ pub mod pull_env;
 pub mod push_agent;
 pub mod push_env;
 pub mod server;
+pub mod soft_tpm;
 pub mod swtpm;
 
 pub use agent::{AkKind, EkKind, TestAgent};

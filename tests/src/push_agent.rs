@@ -9,14 +9,66 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 
-use crate::agent::TestAgent;
-use crate::ima::ImaLog;
+use crate::agent::{QuoteParts, TestAgent};
+use crate::ima::{Extension, ImaLog};
 use crate::server::send_json;
 
 const JSON_API: &str = "application/vnd.api+json";
 
-pub struct PushAgent {
-    pub agent: TestAgent,
+/// What a push agent needs of its TPM: a swtpm ([`TestAgent`]) or a software one
+/// ([`crate::soft_tpm::SoftAgent`], for the fleet simulator).
+pub trait PushTpm {
+    fn uuid(&self) -> &str;
+    /// TPM2B_PUBLIC of the AK.
+    fn aik_tpm(&self) -> &[u8];
+    /// The PCR banks it quotes (`sha1`, `sha256`).
+    fn hash_algorithms(&self) -> &'static [&'static str];
+    /// TPM2_Certify of the AK by itself over `challenge`.
+    fn certify_ak(&mut self, challenge: &[u8]) -> anyhow::Result<(Vec<u8>, Vec<u8>)>;
+    /// TPM2_Quote of `pcrs` of `bank` with `nonce`.
+    fn quote(&mut self, nonce: &[u8], bank: &str, pcrs: &[u8]) -> anyhow::Result<QuoteParts>;
+    /// Extends PCR 10 with an IMA entry's template hashes.
+    fn extend_ima(&mut self, extension: Extension) -> anyhow::Result<()>;
+}
+
+impl PushTpm for TestAgent {
+    fn uuid(&self) -> &str {
+        &self.uuid
+    }
+
+    fn aik_tpm(&self) -> &[u8] {
+        &self.aik_tpm
+    }
+
+    fn hash_algorithms(&self) -> &'static [&'static str] {
+        &["sha1", "sha256"]
+    }
+
+    fn certify_ak(&mut self, challenge: &[u8]) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+        TestAgent::certify_ak(self, challenge)
+    }
+
+    fn quote(&mut self, nonce: &[u8], bank: &str, pcrs: &[u8]) -> anyhow::Result<QuoteParts> {
+        let bank = match bank {
+            "sha1" => HashingAlgorithm::Sha1,
+            _ => HashingAlgorithm::Sha256,
+        };
+        TestAgent::quote(self, nonce, &[(bank, pcrs)])
+    }
+
+    fn extend_ima(&mut self, extension: Extension) -> anyhow::Result<()> {
+        self.pcr_extend(
+            10,
+            &[
+                (HashingAlgorithm::Sha256, extension.sha256),
+                (HashingAlgorithm::Sha1, extension.sha1),
+            ],
+        )
+    }
+}
+
+pub struct PushAgent<T: PushTpm = TestAgent> {
+    pub agent: T,
     pub log: ImaLog,
     /// `https://localhost:PORT` of the verifier.
     pub verifier: String,
@@ -35,13 +87,8 @@ pub struct Round {
     pub submitted: Option<(u16, Value)>,
 }
 
-impl PushAgent {
-    pub fn new(
-        agent: TestAgent,
-        verifier: &str,
-        client: reqwest::Client,
-        key_algorithm: &'static str,
-    ) -> Self {
+impl<T: PushTpm> PushAgent<T> {
+    pub fn new(agent: T, verifier: &str, client: reqwest::Client, key_algorithm: &'static str) -> Self {
         Self {
             agent,
             log: ImaLog::default(),
@@ -56,19 +103,13 @@ impl PushAgent {
     /// Measures a file: appends an ima-ng entry and extends PCR 10.
     pub fn measure(&mut self, path: &str, file_digest: &[u8]) -> anyhow::Result<()> {
         let ext = self.log.add_ima_ng(path, file_digest);
-        self.agent.pcr_extend(
-            10,
-            &[
-                (HashingAlgorithm::Sha256, ext.sha256),
-                (HashingAlgorithm::Sha1, ext.sha1),
-            ],
-        )
+        self.agent.extend_ima(ext)
     }
 
     /// Opens a session and proves possession of the AK; keeps the token.
     pub async fn authenticate(&mut self) -> anyhow::Result<()> {
         let body = json!({"data": {"type": "session", "attributes": {
-            "agent_id": self.agent.uuid,
+            "agent_id": self.agent.uuid(),
             "authentication_supported": [{"authentication_class": "pop", "authentication_type": "tpm_pop"}],
         }}});
         let (status, session) = send_json(
@@ -88,7 +129,7 @@ impl PushAgent {
                 .context("challenge")?;
         let (message, signature) = self.agent.certify_ak(&B64.decode(challenge)?)?;
         let body = json!({"data": {"type": "session", "id": id, "attributes": {
-            "agent_id": self.agent.uuid,
+            "agent_id": self.agent.uuid(),
             "authentication_provided": [{"authentication_class": "pop", "authentication_type": "tpm_pop",
                 "data": {"message": B64.encode(message), "signature": B64.encode(signature)}}],
         }}});
@@ -112,15 +153,18 @@ impl PushAgent {
     /// The capabilities the Rust push agent sends.
     pub fn capabilities(&self) -> Value {
         let all: Vec<u8> = (0..24).collect();
+        let banks = self.agent.hash_algorithms();
+        let subjects: serde_json::Map<String, Value> =
+            banks.iter().map(|b| (b.to_string(), json!(all))).collect();
         json!({"data": {"type": "attestation", "attributes": {
             "evidence_supported": [
                 {"evidence_class": "certification", "evidence_type": "tpm_quote",
                  "capabilities": {"component_version": "2.0",
-                    "hash_algorithms": ["sha1", "sha256"], "signature_schemes": ["rsassa", "ecdsa"],
-                    "available_subjects": {"sha1": all, "sha256": all},
+                    "hash_algorithms": banks, "signature_schemes": ["rsassa", "ecdsa"],
+                    "available_subjects": subjects,
                     "certification_keys": [{"key_class": "asymmetric", "key_algorithm": self.key_algorithm,
                         "key_size": 2048, "server_identifier": "ak", "local_identifier": "att_key",
-                        "public": B64.encode(&self.agent.aik_tpm)}]}},
+                        "public": B64.encode(self.agent.aik_tpm())}]}},
                 {"evidence_class": "log", "evidence_type": "uefi_log",
                  "capabilities": {"evidence_version": "2.1", "entry_count": 0, "supports_partial_access": false,
                     "appendable": false, "formats": ["application/octet-stream"]}},
@@ -147,7 +191,8 @@ impl PushAgent {
         let response = self
             .authorized(self.client.post(format!(
                 "{}/v3.0/agents/{}/attestations",
-                self.verifier, self.agent.uuid
+                self.verifier,
+                self.agent.uuid()
             )))
             .body(self.capabilities().to_string())
             .send()
@@ -177,11 +222,7 @@ impl PushAgent {
                         .map(|a| a.iter().filter_map(|p| p.as_u64().map(|p| p as u8)).collect())
                         .unwrap_or_default();
                     pcrs.push(16);
-                    let bank = match bank {
-                        "sha1" => HashingAlgorithm::Sha1,
-                        _ => HashingAlgorithm::Sha256,
-                    };
-                    let quote = self.agent.quote(&nonce, &[(bank, &pcrs)])?;
+                    let quote = self.agent.quote(&nonce, bank, &pcrs)?;
                     json!({"message": B64.encode(&quote.attest), "signature": B64.encode(&quote.signature),
                            "subject_data": B64.encode(&quote.pcr_blob)})
                 }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{DEFAULT_TENANT, NewRegistration, RegisterOutcome, RegisteredAgent, RegistrarStore, StoreError};
 
@@ -160,7 +160,7 @@ impl SqliteStore {
             return Err(StoreError::SchemaTooNew { found, known });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let tx = conn.transaction()?;
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
             tx.commit()?;
@@ -185,7 +185,7 @@ fn now() -> i64 {
 impl RegistrarStore for SqliteStore {
     fn register(&self, r: &NewRegistration, stale_before: u64) -> Result<RegisterOutcome, StoreError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stale_before = i64::try_from(stale_before).unwrap_or(i64::MAX);
         // An unactivated registration past its time holds the id no longer: whoever
         // registered it (perhaps with someone else's public EK) loses it.
@@ -430,5 +430,45 @@ mod tests {
         assert_eq!(store.list_agents().unwrap(), vec!["b".to_string()]);
         assert!(store.delete_agent("b").unwrap());
         assert!(!store.delete_agent("b").unwrap());
+    }
+
+    /// `zest serve` opens the file twice (registrar and verifier). A transaction that reads
+    /// before it writes must not fail with "database is locked" because the other
+    /// connection wrote in between: write transactions take the write lock first and wait.
+    #[test]
+    fn two_stores_on_one_file_write_concurrently() {
+        use crate::store::verifier::{PolicyDelete, PolicyKind, PolicyRecord, VerifierStore};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let (registrar, verifier) = (
+            SqliteStore::open(&path).unwrap(),
+            SqliteStore::open(&path).unwrap(),
+        );
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for i in 0..3000 {
+                    registrar
+                        .register(&registration(&format!("r{i}"), "ak"), 0)
+                        .unwrap();
+                }
+            });
+            scope.spawn(|| {
+                for i in 0..3000 {
+                    let record = PolicyRecord {
+                        name: format!("p{i}"),
+                        module: "builtin:keylime-runtime".into(),
+                        document: Some(b"{}".to_vec()),
+                        checksum: String::new(),
+                        generator: 3,
+                    };
+                    verifier.put_policy(PolicyKind::Runtime, &record, true).unwrap();
+                    assert_eq!(
+                        verifier.delete_policy(PolicyKind::Runtime, &record.name).unwrap(),
+                        PolicyDelete::Deleted
+                    );
+                }
+            });
+        });
+        assert_eq!(registrar.list_agents().unwrap().len(), 3000);
     }
 }

@@ -1,6 +1,6 @@
 //! The verifier's records in the SQLite store.
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::verifier::{
     EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind, PolicyRecord, PolicyWrite,
@@ -133,7 +133,7 @@ impl VerifierStore for SqliteStore {
 
     fn delete_policy(&self, kind: PolicyKind, name: &str) -> Result<PolicyDelete, StoreError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let in_use = tx
             .query_row(
                 &format!(
@@ -166,7 +166,7 @@ impl VerifierStore for SqliteStore {
         new_policies: &[(PolicyKind, PolicyRecord)],
     ) -> Result<EnrolOutcome, StoreError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists = tx
             .query_row(
                 "SELECT 1 FROM verifier_agents WHERE agent_id = ?1",
@@ -267,7 +267,7 @@ impl VerifierStore for SqliteStore {
 
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let deleted = tx.execute("DELETE FROM verifier_agents WHERE agent_id = ?1", [agent_id])?;
         // A re-enrolled agent starts clean: its old token and attestations go with it.
         tx.execute("DELETE FROM push_sessions WHERE agent_id = ?1", [agent_id])?;
@@ -366,7 +366,7 @@ impl VerifierStore for SqliteStore {
 
     fn delete_module(&self, id: &str) -> Result<ModuleDelete, StoreError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut users = Vec::new();
         for kind in [PolicyKind::Runtime, PolicyKind::MeasuredBoot] {
             let mut statement = tx.prepare(&format!(
@@ -395,7 +395,7 @@ impl VerifierStore for SqliteStore {
 
     fn put_session(&self, session: &PushSession) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute(
             "DELETE FROM push_sessions WHERE tenant = ?1 AND agent_id = ?2",
             params![DEFAULT_TENANT, session.agent_id],
@@ -446,7 +446,7 @@ impl VerifierStore for SqliteStore {
 
     fn add_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<u64, StoreError> {
         let mut conn = self.conn()?;
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let next: i64 = tx.query_row(
             "SELECT coalesce(max(idx) + 1, 0) FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2",
             params![DEFAULT_TENANT, agent_id],

@@ -1,0 +1,481 @@
+//! zest-fleet: a simulated fleet of agents against a real `zest serve` process, for
+//! measuring what grows with the fleet. Each agent has a software TPM (`soft_tpm`) whose
+//! structures are byte-for-byte a TPM's: it registers at the registrar (MakeCredential /
+//! ActivateCredential), is enrolled at the verifier as Keylime's tenant enrols it, and
+//! attests in push mode (API 3.0: proof of possession, capabilities, evidence) with an IMA
+//! log that grows into its PCR 10.
+//!
+//! It prints attestations/s, evidence→verdict latency (p50/p99/max, from the verifier's
+//! own timestamps), verifier CPU per attestation, verifier RSS (and per agent), the
+//! verifier's write syscalls and bytes per second (SQLite's writes), and its own CPU. With
+//! `--check` it exits non-zero unless every verdict is the expected one: honest agents
+//! pass, and each `--tamper-every` agent fails once it measures a file its policy lacks.
+//!
+//! Run: `cargo build --release -p zest -p zest-tests --bin zest-fleet`, then
+//! `target/release/zest-fleet --agents 10000 --interval 2 --seconds 60`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use clap::Parser;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+use zest::evidence::HashAlg;
+use zest_tests::process::{cpu_seconds, memory_kib};
+use zest_tests::push_agent::PushAgent;
+use zest_tests::server::{admin_client, anonymous_client, send_json};
+use zest_tests::soft_tpm::{SoftAgent, SoftAk, SoftTpm};
+
+#[derive(Debug, Parser)]
+#[command(about = "A simulated fleet of push agents against a real zest serve process")]
+struct Args {
+    /// Number of agents.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Seconds of attesting, after every agent is registered, enrolled and authenticated.
+    #[arg(long, default_value_t = 20.0)]
+    seconds: f64,
+    /// Seconds between two attestations of one agent (0: back to back, as fast as the
+    /// verifier takes them).
+    #[arg(long, default_value_t = 2.0)]
+    interval: f64,
+    /// Paths in the runtime policy all agents share.
+    #[arg(long, default_value_t = 1000)]
+    policy_paths: usize,
+    /// IMA entries each agent adds before each attestation.
+    #[arg(long, default_value_t = 1)]
+    ima_growth: usize,
+    /// Every Nth agent has an RSA-2048 AK (0: all ECDSA P-256).
+    #[arg(long, default_value_t = 10)]
+    rsa_every: usize,
+    /// Every Nth agent measures a file its policy lacks in its third round (0: none).
+    #[arg(long, default_value_t = 0)]
+    tamper_every: usize,
+    /// Exit non-zero unless every verdict is the expected one.
+    #[arg(long)]
+    check: bool,
+    /// Registrations and enrolments in flight at once while setting up.
+    #[arg(long, default_value_t = 32)]
+    setup_concurrency: usize,
+    /// The zest binary (default: `zest` beside this one).
+    #[arg(long, env = "ZEST_BIN")]
+    zest: Option<PathBuf>,
+    /// Where `zest serve` logs (default: its data directory, removed at the end).
+    #[arg(long)]
+    server_log: Option<PathBuf>,
+    /// Seconds to wait for the last verdicts after the run.
+    #[arg(long, default_value_t = 60.0)]
+    drain_timeout: f64,
+}
+
+/// A `zest serve` process on free ports with its own data directory; killed on drop.
+struct Server {
+    child: Child,
+    data: tempfile::TempDir,
+    registrar: String,
+    verifier: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Server {
+    async fn start(zest: &Path, quote_interval: f64, log: Option<&Path>) -> anyhow::Result<Self> {
+        let data = tempfile::Builder::new().prefix("zest-fleet-").tempdir()?;
+        let (rport, rtls, vport) = (free_port()?, free_port()?, free_port()?);
+        let log = std::fs::File::create(log.map_or_else(|| data.path().join("zest.log"), Path::to_path_buf))?;
+        let child = Command::new(zest)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["--registrar-port", &rport.to_string()])
+            .args(["--registrar-tls-port", &rtls.to_string()])
+            .args(["--verifier-port", &vport.to_string()])
+            .args(["--mode", "push", "--no-ek-cert-check"])
+            .args(["--quote-interval", &quote_interval.to_string()])
+            // The fleet's sessions must outlive the run.
+            .args(["--session-lifetime", "86400"])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting {}", zest.display()))?;
+        let server = Self {
+            child,
+            registrar: format!("http://127.0.0.1:{rport}"),
+            verifier: format!("https://localhost:{vport}"),
+            data,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ca = server.data.path().join("cv_ca/client-private.pem");
+        loop {
+            let up = ca.exists()
+                && tokio::net::TcpStream::connect(("127.0.0.1", rport)).await.is_ok()
+                && tokio::net::TcpStream::connect(("127.0.0.1", vport)).await.is_ok();
+            if up {
+                return Ok(server);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "zest serve did not start (see --server-log)"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn policy_path(n: usize) -> String {
+    format!("/usr/lib/fleet/lib{n}.so")
+}
+
+fn file_digest(path: &str) -> Vec<u8> {
+    HashAlg::Sha256.digest(&[path.as_bytes()])
+}
+
+/// One agent's run: attest every `interval` from `first`, measuring `growth` policy paths
+/// before each round. Returns (accepted, late starts, tampered).
+async fn attest_loop(
+    mut agent: PushAgent<SoftAgent>,
+    index: usize,
+    args: Arc<Args>,
+    first: Instant,
+    until: Instant,
+    refused: Arc<AtomicU64>,
+) -> anyhow::Result<(u64, u64, bool)> {
+    let interval = Duration::from_secs_f64(args.interval);
+    let tamperer = args.tamper_every > 0 && index.is_multiple_of(args.tamper_every);
+    let (mut accepted, mut late, mut round) = (0u64, 0u64, 0usize);
+    let mut due = first;
+    while due < until {
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep_until(due.into()).await;
+        } else if !interval.is_zero() && now - due > interval {
+            late += 1;
+        }
+        let tamper_now = tamperer && round == 2;
+        if tamper_now {
+            agent.measure("/usr/bin/not-in-policy", &file_digest("/usr/bin/not-in-policy"))?;
+        } else {
+            for g in 0..args.ima_growth {
+                let n = (index * 7919 + round * args.ima_growth + g) % args.policy_paths;
+                let path = policy_path(n);
+                agent.measure(&path, &file_digest(&path))?;
+            }
+        }
+        loop {
+            let r = agent.attest().await?;
+            match (r.created.0, r.submitted.as_ref().map(|s| s.0)) {
+                (201, Some(202)) => break,
+                // Too early or busy: Keylime's agents try again a moment later.
+                (429 | 503, _) | (201, Some(429 | 503)) => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    if Instant::now() >= until {
+                        return Ok((accepted, late, false));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (code, sub) => bail!(
+                    "{}: round refused: {code} {sub:?} {}",
+                    agent.agent.uuid,
+                    r.created.1
+                ),
+            }
+        }
+        accepted += 1;
+        round += 1;
+        if tamper_now {
+            return Ok((accepted, late, true));
+        }
+        due += interval;
+    }
+    Ok((accepted, late, false))
+}
+
+/// Microseconds since the epoch of `2026-11-30T09:23:14.713044+00:00`.
+fn micros(text: &str) -> Option<u64> {
+    let seconds = zest::clock::parse_rfc3339(text)?;
+    let fraction = text.get(20..26)?.parse::<u64>().ok()?;
+    Some(seconds * 1_000_000 + fraction)
+}
+
+/// `name{labels} value` from a Prometheus text page, summed over lines that contain every
+/// one of `labels`.
+fn metric(page: &str, name: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// (write syscalls, bytes written to storage) of a process so far.
+fn io_writes(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("syscw:"), field("write_bytes:"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    ensure!(
+        args.agents > 0 && args.policy_paths > 0,
+        "--agents and --policy-paths must be positive"
+    );
+    let zest = match &args.zest {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("no directory of this binary")?
+            .join("zest"),
+    };
+    // Rounds come at the fleet's interval; the verifier takes one as soon as half of it passed.
+    let server = Server::start(&zest, args.interval / 2.0, args.server_log.as_deref()).await?;
+    let pid = server.child.id();
+    let admin = admin_client(server.data.path())?;
+    let anonymous = anonymous_client(server.data.path())?;
+    let plain = reqwest::Client::builder().no_proxy().build()?;
+    let rss_idle = memory_kib(pid, "VmRSS:");
+
+    // One named runtime policy for the whole fleet, as a site enrols many agents with one.
+    let digests: serde_json::Map<String, Value> = (0..args.policy_paths)
+        .map(|n| {
+            let path = policy_path(n);
+            (path.clone(), json!([hex::encode(file_digest(&path))]))
+        })
+        .collect();
+    let policy = json!({"meta": {"version": 1, "generator": 3}, "release": 0, "digests": digests,
+        "excludes": [], "keyrings": {}, "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null},
+        "ima-buf": {}, "verification-keys": ""});
+    let (status, reply) = send_json(
+        admin
+            .post(format!("{}/v2.6/allowlists/fleet", server.verifier))
+            .json(&json!({"runtime_policy": B64.encode(policy.to_string())})),
+    )
+    .await?;
+    ensure!(
+        status == 201 || status == 200,
+        "creating the fleet's policy: {status} {reply}"
+    );
+
+    // Register, activate, enrol and authenticate every agent.
+    let setup_started = Instant::now();
+    let gate = Arc::new(Semaphore::new(args.setup_concurrency.max(1)));
+    let mut setups = Vec::with_capacity(args.agents);
+    for index in 0..args.agents {
+        let (gate, args, admin, anonymous, plain) = (
+            gate.clone(),
+            args.clone(),
+            admin.clone(),
+            anonymous.clone(),
+            plain.clone(),
+        );
+        let (registrar, verifier) = (server.registrar.clone(), server.verifier.clone());
+        setups.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let rsa = args.rsa_every > 0 && index % args.rsa_every == args.rsa_every - 1;
+            let kind = if rsa {
+                SoftAk::RsaSsa2048
+            } else {
+                SoftAk::EcdsaP256
+            };
+            // Key generation is CPU work: keep it off the runtime's reactor threads.
+            let tpm = tokio::task::spawn_blocking(move || SoftTpm::new(kind, 10_000_000)).await??;
+            let agent = SoftAgent {
+                uuid: format!("fleet-{index:06}"),
+                tpm,
+            };
+            agent
+                .register(
+                    &plain,
+                    &registrar,
+                    "2.2",
+                    &agent.registration_body("127.0.0.1", 9002, None),
+                )
+                .await?;
+            let body = json!({
+                "v": null, "cloudagent_ip": null, "cloudagent_port": null, "tpm_policy": "{}",
+                "runtime_policy": "", "runtime_policy_name": "fleet", "mb_policy": null, "mb_policy_name": "",
+                "ima_sign_verification_keys": "", "metadata": "{}", "revocation_key": "",
+                "accept_tpm_hash_algs": ["sha256"], "accept_tpm_encryption_algs": ["ecc", "rsa"],
+                "accept_tpm_signing_algs": ["ecdsa", "rsassa"], "ak_tpm": B64.encode(&agent.tpm.aik_tpm),
+                "mtls_cert": "disabled", "supported_version": null,
+            });
+            let (status, reply) = send_json(
+                admin
+                    .post(format!("{verifier}/v2.6/agents/{}", agent.uuid))
+                    .json(&body),
+            )
+            .await?;
+            ensure!(status == 200, "enrolling {}: {status} {reply}", agent.uuid);
+            let key = if rsa { "rsa" } else { "ecc" };
+            let mut push = PushAgent::new(agent, &verifier, anonymous, key);
+            push.authenticate().await?;
+            anyhow::Ok(push)
+        }));
+    }
+    let mut agents = Vec::with_capacity(args.agents);
+    for setup in setups {
+        agents.push(setup.await??);
+    }
+    let setup_seconds = setup_started.elapsed().as_secs_f64();
+    let rss_enrolled = memory_kib(pid, "VmRSS:");
+
+    // Attest: agents start spread over one interval, as a real fleet's are.
+    let cpu_start = cpu_seconds(pid)?;
+    let own_cpu_start = cpu_seconds(std::process::id())?;
+    let io_start = io_writes(pid);
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(args.seconds);
+    let refused = Arc::new(AtomicU64::new(0));
+    let spread = args.interval / args.agents as f64;
+    let tasks: Vec<_> = agents
+        .into_iter()
+        .enumerate()
+        .map(|(i, agent)| {
+            let first = started + Duration::from_secs_f64(spread * i as f64);
+            tokio::spawn(attest_loop(agent, i, args.clone(), first, until, refused.clone()))
+        })
+        .collect();
+    let (mut accepted, mut late, mut tampered) = (0u64, 0u64, 0u64);
+    for task in tasks {
+        let (a, l, t) = task.await??;
+        accepted += a;
+        late += l;
+        tampered += u64::from(t);
+    }
+    let wall = started.elapsed().as_secs_f64();
+
+    // Wait until every accepted attestation has its verdict.
+    let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
+    let (passed, failed) = loop {
+        let page = admin
+            .get(format!("{}/metrics", server.verifier))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let name = "zest_verifier_attestations_total";
+        let passed = metric(&page, name, &["mode=\"push\"", "result=\"pass\""]) as u64;
+        let failed = metric(&page, name, &["mode=\"push\"", "result=\"fail\""]) as u64;
+        if passed + failed >= accepted || Instant::now() > drain_deadline {
+            break (passed, failed);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let drained = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - cpu_start;
+    let own_cpu = cpu_seconds(std::process::id())? - own_cpu_start;
+    let io_end = io_writes(pid);
+    let rss_end = memory_kib(pid, "VmRSS:");
+
+    // Latency from the verifier's own timestamps, on up to 200 agents spread over the fleet.
+    let mut latencies = Vec::new();
+    let step = (args.agents / 200).max(1);
+    for i in (0..args.agents).step_by(step) {
+        let (_, list) = send_json(admin.get(format!(
+            "{}/v3.0/agents/fleet-{i:06}/attestations",
+            server.verifier
+        )))
+        .await?;
+        for record in list["data"].as_array().into_iter().flatten() {
+            let a = &record["attributes"];
+            let at = |f: &str| a[f].as_str().and_then(micros);
+            if let (Some(received), Some(done)) =
+                (at("evidence_received_at"), at("verification_completed_at"))
+            {
+                latencies.push(done.saturating_sub(received));
+            }
+        }
+    }
+    latencies.sort_unstable();
+    let ms = |v: Option<&u64>| v.map_or(0.0, |v| *v as f64 / 1000.0);
+    let pct = |p: f64| {
+        ms(latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))))
+    };
+
+    let rsa = args.agents.checked_div(args.rsa_every).unwrap_or(0);
+    println!(
+        "zest-fleet: {} push agents ({} ECDSA P-256, {rsa} RSA-2048 AKs), interval {} s, policy of {} paths, {} IMA entries per round",
+        args.agents,
+        args.agents - rsa,
+        args.interval,
+        args.policy_paths,
+        args.ima_growth
+    );
+    println!("  setup (register, activate, enrol, authenticate): {setup_seconds:.1} s");
+    println!(
+        "  {accepted} attestations in {wall:.1} s: {:.0} attestations/s; {} refused as early or busy; {late} rounds started late",
+        accepted as f64 / wall,
+        refused.load(Ordering::Relaxed)
+    );
+    println!(
+        "  verdicts: {passed} pass, {failed} fail ({tampered} agents tampered), all in by {drained:.1} s"
+    );
+    println!(
+        "  evidence received → verdict: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+        pct(0.50),
+        pct(0.99),
+        ms(latencies.last()),
+        latencies.len()
+    );
+    println!(
+        "  verifier CPU: {:.3} ms per attestation ({:.2} cores); simulator CPU {:.3} ms per attestation ({:.2} cores)",
+        cpu * 1000.0 / accepted.max(1) as f64,
+        cpu / drained,
+        own_cpu * 1000.0 / accepted.max(1) as f64,
+        own_cpu / drained
+    );
+    println!(
+        "  verifier RSS: {} KiB idle, {} KiB enrolled, {} KiB at the end: {:.1} KiB per agent",
+        rss_idle,
+        rss_enrolled,
+        rss_end,
+        rss_end.saturating_sub(rss_idle) as f64 / args.agents as f64
+    );
+    println!(
+        "  verifier writes: {:.0} write syscalls/s, {:.0} KiB/s to storage",
+        (io_end.0 - io_start.0) as f64 / drained,
+        (io_end.1 - io_start.1) as f64 / 1024.0 / drained
+    );
+
+    if args.check {
+        ensure!(accepted > 0, "no attestation was accepted");
+        ensure!(
+            passed + failed == accepted,
+            "{accepted} attestations accepted but {} judged",
+            passed + failed
+        );
+        ensure!(
+            failed == tampered,
+            "{failed} attestations failed, {tampered} agents tampered"
+        );
+        if args.tamper_every > 0 {
+            ensure!(tampered > 0, "the run was too short for any agent to tamper");
+        }
+        println!("  check: every verdict as expected");
+    }
+    Ok(())
+}
