@@ -78,6 +78,8 @@ pub struct PushAgent<T: PushTpm = TestAgent> {
     pub boot_time: String,
     /// `key_algorithm` of its AK in the capabilities.
     pub key_algorithm: &'static str,
+    /// The `Retry-After` of the last refused offer.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 /// One round as the agent saw it.
@@ -97,6 +99,7 @@ impl<T: PushTpm> PushAgent<T> {
             token: None,
             boot_time: "2026-11-28T10:00:00Z".into(),
             key_algorithm,
+            retry_after: None,
         }
     }
 
@@ -187,7 +190,7 @@ impl<T: PushTpm> PushAgent<T> {
     }
 
     /// `POST …/attestations` with the capabilities.
-    pub async fn offer(&self) -> anyhow::Result<(u16, Option<String>, Value)> {
+    pub async fn offer(&mut self) -> anyhow::Result<(u16, Option<String>, Value)> {
         let response = self
             .authorized(self.client.post(format!(
                 "{}/v3.0/agents/{}/attestations",
@@ -203,6 +206,12 @@ impl<T: PushTpm> PushAgent<T> {
             .get("location")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        self.retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(std::time::Duration::from_secs);
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
         Ok((status, location, body))
     }

@@ -119,10 +119,20 @@ fn tls_file(data_dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
 
 /// HTTPS client that trusts the CA in `data_dir/cv_ca` and presents no certificate.
 pub fn anonymous_client(data_dir: &Path) -> anyhow::Result<reqwest::Client> {
+    anonymous_client_from(data_dir, None)
+}
+
+/// [`anonymous_client`] whose connections come from `local` (a loopback address of its own,
+/// as an agent on its own machine would).
+pub fn anonymous_client_from(
+    data_dir: &Path,
+    local: Option<std::net::IpAddr>,
+) -> anyhow::Result<reqwest::Client> {
     let ca = reqwest::Certificate::from_pem(&tls_file(data_dir, TlsMaterial::CA_CERT)?)?;
     Ok(reqwest::Client::builder()
         .no_proxy()
         .tls_certs_only([ca])
+        .local_address(local)
         .build()?)
 }
 

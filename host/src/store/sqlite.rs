@@ -63,7 +63,7 @@ const MIGRATIONS: &[&str] = &[
         uploaded_at INTEGER NOT NULL,
         PRIMARY KEY (tenant, id)
     ) STRICT;",
-    // 4: authenticated push sessions; the token only as a salted PBKDF2 hash.
+    // 4: authenticated push sessions; the token only as a salted hash.
     "CREATE TABLE push_sessions (
         session_id       TEXT    NOT NULL PRIMARY KEY,
         tenant           TEXT    NOT NULL,

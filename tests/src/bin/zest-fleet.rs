@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 use zest::evidence::HashAlg;
 use zest_tests::process::{cpu_seconds, memory_kib};
 use zest_tests::push_agent::PushAgent;
-use zest_tests::server::{admin_client, anonymous_client, send_json};
+use zest_tests::server::{admin_client, anonymous_client_from, send_json};
 use zest_tests::soft_tpm::{SoftAgent, SoftAk, SoftTpm};
 
 #[derive(Debug, Parser)]
@@ -88,6 +88,10 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// Agents sharing one source address: fewer than the verifier's 50 new sessions per
+/// address and minute.
+const AGENTS_PER_ADDRESS: usize = 40;
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -180,23 +184,37 @@ async fn attest_loop(
                 agent.measure(&path, &file_digest(&path))?;
             }
         }
-        loop {
-            let r = agent.attest().await?;
-            match (r.created.0, r.submitted.as_ref().map(|s| s.0)) {
-                (201, Some(202)) => break,
-                // Too early or busy: Keylime's agents try again a moment later.
-                (429 | 503, _) | (201, Some(429 | 503)) => {
+        // Offer capabilities until the verifier takes them, then submit the evidence it
+        // asked for until it is taken: on 429 or 503, again after its Retry-After.
+        let (location, requested) = loop {
+            let (status, location, body) = agent.offer().await?;
+            match status {
+                201 => {
+                    let location = location.context("201 without Location")?;
+                    break (location, body["data"]["attributes"]["evidence_requested"].clone());
+                }
+                429 | 503 => {
                     refused.fetch_add(1, Ordering::Relaxed);
-                    if Instant::now() >= until {
+                    let wait = agent.retry_after.unwrap_or(Duration::from_millis(100));
+                    if Instant::now() + wait >= until {
                         return Ok((accepted, late, false));
                     }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    tokio::time::sleep(wait).await;
                 }
-                (code, sub) => bail!(
-                    "{}: round refused: {code} {sub:?} {}",
-                    agent.agent.uuid,
-                    r.created.1
-                ),
+                code => bail!("{}: capabilities refused: {code} {body}", agent.agent.uuid),
+            }
+        };
+        let evidence = agent.evidence(&requested, None)?;
+        let url = format!("{}{location}", agent.verifier);
+        loop {
+            let (status, reply) = agent.submit(&url, &evidence).await?;
+            match status {
+                202 => break,
+                503 => {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                code => bail!("{}: evidence refused: {code} {reply}", agent.agent.uuid),
             }
         }
         accepted += 1;
@@ -255,7 +273,14 @@ async fn main() -> anyhow::Result<()> {
     let server = Server::start(&zest, args.interval / 2.0, args.server_log.as_deref()).await?;
     let pid = server.child.id();
     let admin = admin_client(server.data.path())?;
-    let anonymous = anonymous_client(server.data.path())?;
+    // Agents connect from addresses of their own, AGENTS_PER_ADDRESS to an address (the
+    // verifier limits new sessions per client address, as it must for a real fleet).
+    let clients = (0..args.agents.div_ceil(AGENTS_PER_ADDRESS))
+        .map(|g| {
+            let local = std::net::Ipv4Addr::new(127, 1, (g / 256) as u8, (g % 256) as u8);
+            anonymous_client_from(server.data.path(), Some(local.into()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let plain = reqwest::Client::builder().no_proxy().build()?;
     let rss_idle = memory_kib(pid, "VmRSS:");
 
@@ -285,13 +310,8 @@ async fn main() -> anyhow::Result<()> {
     let gate = Arc::new(Semaphore::new(args.setup_concurrency.max(1)));
     let mut setups = Vec::with_capacity(args.agents);
     for index in 0..args.agents {
-        let (gate, args, admin, anonymous, plain) = (
-            gate.clone(),
-            args.clone(),
-            admin.clone(),
-            anonymous.clone(),
-            plain.clone(),
-        );
+        let anonymous = clients[index / AGENTS_PER_ADDRESS].clone();
+        let (gate, args, admin, plain) = (gate.clone(), args.clone(), admin.clone(), plain.clone());
         let (registrar, verifier) = (server.registrar.clone(), server.verifier.clone());
         setups.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;

@@ -398,8 +398,11 @@ fn create_blocking(
     require_json_api(headers)?;
     let agent_id = agent_id(id)?;
     authenticate(verifier, headers, &agent_id)?;
-    let agent = attesting_agent(verifier, &agent_id)?;
     let now = unix_micros_now();
+    // The latest attestation before the agent's record: a verdict saves the record first and
+    // completes the attestation after, so a record read after a completed attestation holds
+    // that verdict's IMA position. Read the other way round, a verdict landing in between
+    // left the offset asked for one round behind the replay (`invalid_ima_entry_nb`).
     if let Some(latest) = verifier.store.attestation(&agent_id, None).map_err(internal)? {
         if latest.stage == "evaluating_evidence" {
             let mut e = PushError::new(StatusCode::SERVICE_UNAVAILABLE, "verification_in_progress");
@@ -416,6 +419,7 @@ fn create_blocking(
             }
         }
     }
+    let agent = attesting_agent(verifier, &agent_id)?;
     let attributes = attributes(body)?;
     let offered = attributes
         .get("evidence_supported")

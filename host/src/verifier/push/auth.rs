@@ -1,6 +1,6 @@
 //! Bearer tokens of push agents: `Authorization: Bearer <session_id>.<secret>`. The store
-//! keeps only a salted PBKDF2 hash; a token verified once is remembered in memory by its
-//! SHA-256, so only the first request after a start pays for the slow hash.
+//! keeps only a salted HMAC-SHA-256 of it; a token verified once is remembered in memory by
+//! its SHA-256, so later requests need no store read for the hash.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -64,7 +64,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Checks the request's bearer token for `agent_id` (blocking: may read the store and run
-/// the slow hash). Returns the session id. 401 when missing, unknown or expired; 403 when
+/// the hash). Returns the session id. 401 when missing, unknown or expired; 403 when
 /// the token is another agent's.
 pub fn authenticate(verifier: &Verifier, headers: &HeaderMap, agent_id: &str) -> Result<String, PushError> {
     let token = headers
