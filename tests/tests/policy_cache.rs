@@ -12,7 +12,9 @@ use zest::evidence::ima::{ImaPosition, replay};
 use zest::metrics::Metrics;
 use zest::policy::registry::{POLICY_EVICTIONS, POLICY_LOADS};
 use zest::policy::runtime::{ImaEvidence, RuntimePolicy, Verdict};
-use zest::policy::{PolicyError, PolicyLimits, PolicyRegistry, PolicyRuntime, PolicySource, builtin_runtime};
+use zest::policy::{
+    DocumentLoader, PolicyError, PolicyLimits, PolicyRegistry, PolicyRuntime, PolicySource, builtin_runtime,
+};
 use zest_tests::ima::ImaLog;
 use zest_tests::policies::runtime_policy;
 use zest_tests::process::memory_kib;
@@ -55,7 +57,10 @@ fn source<'a>(d: &'a Doc) -> PolicySource<'a> {
 /// One attestation round's policy calls, as the pipeline makes them: the template hash of
 /// the policy, then the evaluation of a list holding the one file the document allows.
 fn attest(registry: &PolicyRegistry, d: &Doc) -> Result<Verdict, PolicyError> {
-    let source = source(d);
+    attest_with(registry, d, source(d))
+}
+
+fn attest_with(registry: &PolicyRegistry, d: &Doc, source: PolicySource<'_>) -> Result<Verdict, PolicyError> {
     let log_hash = registry
         .runtime_log_hash(TENANT, &source)?
         .unwrap_or(HashAlg::Sha1);
@@ -301,4 +306,85 @@ fn the_runtime_never_asks_the_pool_for_more_instances_than_it_holds() {
     assert_eq!(runtime.live_instances(), runtime.instance_capacity());
     drop(held);
     assert_eq!(runtime.live_instances(), 0);
+}
+
+/// A stored document, counting how often it is read.
+struct CountingLoader<'a> {
+    doc: &'a Doc,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl DocumentLoader for CountingLoader<'_> {
+    fn load(&self) -> Result<&[u8], PolicyError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(&self.doc.bytes)
+    }
+}
+
+/// The verifier names a stored runtime policy by module id and checksum and reads its
+/// document only when no instance is loaded for them: rounds on a loaded policy read none
+/// (a 100,000-path document is megabytes), an evicted one is read again.
+#[test]
+fn a_stored_document_is_read_only_when_its_instance_is_not_loaded() {
+    let runtime = Arc::new(PolicyRuntime::new(PolicyLimits::default(), None).unwrap());
+    let registry = PolicyRegistry::new(runtime).with_max_cached(1);
+    let (first, second) = (doc(1), doc(2));
+    let loader = CountingLoader {
+        doc: &first,
+        reads: Default::default(),
+    };
+    let lazy = || PolicySource::lazy("stored", module(), &loader, MODULE_ID, &first.checksum);
+    let reads = || loader.reads.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..3 {
+        let verdict = attest_with(&registry, &first, lazy()).unwrap();
+        assert!(verdict.failures.is_empty());
+    }
+    assert_eq!(
+        reads(),
+        1,
+        "read once for the load, never for the rounds after it"
+    );
+    // Another document takes the only place; the stored one is read again when needed.
+    passes(&registry, &second);
+    attest_with(&registry, &first, lazy()).unwrap();
+    assert_eq!(reads(), 2);
+}
+
+/// `zest policy test` keeps compiled components in the user's cache directory: the second
+/// run of the same check compiles nothing (a policy author iterating on a refstate would
+/// otherwise pay a compilation on every run).
+#[test]
+fn a_second_policy_test_run_compiles_nothing() {
+    let home = tempfile::tempdir().unwrap();
+    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk/testdata");
+    let run = || {
+        let out = std::process::Command::new(zest_tests::process::zest_binary().unwrap())
+            .env("XDG_CACHE_HOME", home.path())
+            .env_remove("ZEST_POLICY_CACHE")
+            .env("RUST_LOG", "zest=debug")
+            .args([
+                "policy",
+                "test",
+                "--runtime",
+                "--module",
+                "builtin:keylime-runtime",
+                "--policy",
+            ])
+            .arg(home.path().join("policy.json"))
+            .arg("--ima-log")
+            .arg(format!("{sdk}/ascii_runtime_measurements"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    std::fs::write(
+        home.path().join("policy.json"),
+        runtime_policy(&[("/usr/bin/nothing", vec![0; 32])]).to_string(),
+    )
+    .unwrap();
+    let first = run();
+    assert!(first.contains("compiling a policy component"), "{first}");
+    let second = run();
+    assert!(!second.contains("compiling a policy component"), "{second}");
+    assert!(home.path().join("zest/policy-cache.key").exists());
 }

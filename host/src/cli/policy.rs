@@ -245,7 +245,7 @@ fn test_runtime(args: TestArgs) -> anyhow::Result<()> {
         None => Vec::new(),
     };
 
-    let runtime = PolicyRuntime::new(PolicyLimits::default(), None)?;
+    let runtime = PolicyRuntime::new(PolicyLimits::default(), user_policy_cache())?;
     let policy = step(
         &format!("compiling {name} and loading {}", args.policy.display()),
         || {
@@ -315,7 +315,7 @@ fn test_measured_boot(args: TestArgs) -> anyhow::Result<()> {
         .map(|(i, v)| (*i, v.clone()))
         .collect();
 
-    let runtime = PolicyRuntime::new(PolicyLimits::default(), None)?;
+    let runtime = PolicyRuntime::new(PolicyLimits::default(), user_policy_cache())?;
     let policy = step(
         &format!("compiling {name} and loading {}", args.policy.display()),
         || {
@@ -495,7 +495,7 @@ fn create_runtime(args: CreateRuntimeArgs) -> anyhow::Result<()> {
     // What we write must load where it is going: Keylime checks its schema here, we load it
     // into the built-in keylime-runtime (schema, exclude regexes, verification keys).
     let (name, component) = component("builtin:keylime-runtime", BUILTIN_RUNTIME, "runtime")?;
-    let runtime = PolicyRuntime::new(PolicyLimits::default(), None)?;
+    let runtime = PolicyRuntime::new(PolicyLimits::default(), user_policy_cache())?;
     RuntimePolicy::load(&runtime, &name, &component, policy.to_string().as_bytes())
         .context("the created policy does not load into keylime-runtime")?;
     if args.show_legacy_allowlist {
@@ -542,6 +542,23 @@ fn create_measured_boot(args: CreateMeasuredBootArgs) -> anyhow::Result<()> {
     let refstate = create::measured_boot_refstate(&log, args.without_secureboot)
         .with_context(|| format!("creating a refstate from {}", args.event_log.display()))?;
     write_document(&refstate, args.output.as_deref())
+}
+
+/// Where the offline tools keep compiled components, so that a second `zest policy test`
+/// compiles nothing: `ZEST_POLICY_CACHE` (empty: no cache), else
+/// `$XDG_CACHE_HOME/zest/policy-cache`, else `~/.cache/zest/policy-cache`.
+pub(crate) fn user_policy_cache() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("ZEST_POLICY_CACHE") {
+        return (!dir.is_empty()).then(|| PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    let dir = base.join("zest");
+    // The cache's key sits beside it: both live in a directory of the user's own.
+    crate::config::create_private_dir(&dir).ok()?;
+    Some(dir.join("policy-cache"))
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC, the shape of Keylime's `meta.timestamp`.

@@ -107,7 +107,7 @@ fn sign_runtime(args: SignRuntimeArgs) -> anyhow::Result<()> {
 fn check_policy(path: &Path, document: &[u8]) -> anyhow::Result<()> {
     let component =
         builtin_runtime("keylime-runtime").context("the built-in keylime-runtime component is missing")?;
-    let runtime = PolicyRuntime::new(PolicyLimits::default(), None)?;
+    let runtime = PolicyRuntime::new(PolicyLimits::default(), super::policy::user_policy_cache())?;
     RuntimePolicy::load(&runtime, "keylime-runtime", component, document).with_context(|| {
         format!(
             "{} is not a valid runtime policy; make sure to provide a valid runtime policy",

@@ -38,7 +38,7 @@ use wasmtime::{
 pub use builtin::{
     BUILTIN_MEASURED_BOOT, BUILTIN_RUNTIME, builtin_measured_boot, builtin_names, builtin_runtime,
 };
-pub use registry::{PolicyRegistry, PolicySource};
+pub use registry::{Document, DocumentLoader, PolicyRegistry, PolicySource};
 
 /// How often the epoch advances; deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -160,6 +160,8 @@ pub enum PolicyError {
     UnknownBuiltin(String),
     #[error("all {capacity} policy instance slots stayed in use for {waited:?}")]
     Busy { capacity: usize, waited: Duration },
+    #[error("reading the policy document: {0}")]
+    Document(String),
 }
 
 /// The host side of the policy sandbox, shared by every evaluation in the process.
@@ -464,13 +466,35 @@ fn cache_key(dir: &std::path::Path) -> std::io::Result<aws_lc_rs::hmac::Key> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let mut secret = vec![0u8; 32];
             aws_lc_rs::rand::fill(&mut secret).map_err(|_| std::io::Error::other("no randomness"))?;
+            // Written whole under a name of its own, then linked into place: of two
+            // processes starting at once, one key wins and both use it.
+            let mut nonce = [0u8; 8];
+            aws_lc_rs::rand::fill(&mut nonce).map_err(|_| std::io::Error::other("no randomness"))?;
+            let tmp = path.with_extension(format!("key.{}.tmp", hex::encode(nonce)));
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)?;
-            file.write_all(&secret)?;
-            secret
+                .open(&tmp)?;
+            let linked = file
+                .write_all(&secret)
+                .and_then(|()| file.sync_all())
+                .and_then(|()| std::fs::hard_link(&tmp, &path));
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => secret,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let theirs = std::fs::read(&path)?;
+                    if theirs.len() != 32 {
+                        return Err(std::io::Error::other(format!(
+                            "{} is not a 32-byte key",
+                            path.display()
+                        )));
+                    }
+                    theirs
+                }
+                Err(e) => return Err(e),
+            }
         }
         Err(e) => return Err(e),
     };

@@ -14,6 +14,28 @@ use super::{PolicyError, PolicyRuntime};
 use crate::evidence::HashAlg;
 use crate::metrics::{self, Family, Metrics};
 
+/// Reads a policy document when it is needed: only when no instance is loaded for it, so a
+/// round whose policy is loaded reads no document (a 100,000-path policy is megabytes).
+pub trait DocumentLoader: Sync {
+    fn load(&self) -> Result<&[u8], PolicyError>;
+}
+
+/// A policy document: its bytes, or a loader for them.
+#[derive(Clone, Copy)]
+pub enum Document<'a> {
+    Bytes(&'a [u8]),
+    Lazy(&'a dyn DocumentLoader),
+}
+
+impl std::fmt::Debug for Document<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bytes(b) => write!(f, "Bytes({} bytes)", b.len()),
+            Self::Lazy(_) => f.write_str("Lazy"),
+        }
+    }
+}
+
 /// A policy to run: its component and document, and their identities when the caller
 /// knows them already (a stored record's module name and document checksum), which spares
 /// hashing a megabyte of component and document on every attestation.
@@ -21,7 +43,7 @@ use crate::metrics::{self, Family, Metrics};
 pub struct PolicySource<'a> {
     pub name: &'a str,
     pub module: &'a [u8],
-    pub document: &'a [u8],
+    pub document: Document<'a>,
     /// (module id such as `builtin:keylime-runtime` or `sha256:…`, SHA-256 hex of `document`)
     pub identity: Option<(&'a str, &'a str)>,
     /// A load that serves one check or round only (an upload check, a `/verify/evidence`
@@ -34,9 +56,36 @@ impl<'a> PolicySource<'a> {
         Self {
             name,
             module,
-            document,
+            document: Document::Bytes(document),
             identity: None,
             one_off: false,
+        }
+    }
+
+    /// A stored policy known by its module id and document checksum, whose document
+    /// `loader` reads only if no instance is loaded for that identity. The loader must
+    /// return the document with exactly that checksum.
+    pub fn lazy(
+        name: &'a str,
+        module: &'a [u8],
+        loader: &'a dyn DocumentLoader,
+        module_id: &'a str,
+        document_sha256: &'a str,
+    ) -> Self {
+        Self {
+            name,
+            module,
+            document: Document::Lazy(loader),
+            identity: Some((module_id, document_sha256)),
+            one_off: false,
+        }
+    }
+
+    /// The document's bytes (read now if lazy).
+    pub fn document(&self) -> Result<&'a [u8], PolicyError> {
+        match self.document {
+            Document::Bytes(bytes) => Ok(bytes),
+            Document::Lazy(loader) => loader.load(),
         }
     }
 
@@ -73,8 +122,8 @@ enum InstanceKey {
 }
 
 impl InstanceKey {
-    fn new(tenant: &str, source: &PolicySource<'_>) -> Self {
-        match source.identity {
+    fn new(tenant: &str, source: &PolicySource<'_>) -> Result<Self, PolicyError> {
+        Ok(match source.identity {
             Some((module, document)) => Self::Ids {
                 tenant: tenant.to_owned(),
                 module: module.to_owned(),
@@ -83,9 +132,9 @@ impl InstanceKey {
             None => Self::Digests {
                 tenant: tenant.to_owned(),
                 module: HashAlg::Sha256.digest(&[source.module]),
-                document: HashAlg::Sha256.digest(&[source.document]),
+                document: HashAlg::Sha256.digest(&[source.document()?]),
             },
-        }
+        })
     }
 }
 
@@ -393,7 +442,7 @@ impl PolicyRegistry {
         load: impl FnOnce() -> Result<P, PolicyError>,
         eval: impl FnOnce(&P) -> Result<R, PolicyError>,
     ) -> Result<R, PolicyError> {
-        let key: CacheKey = (P::KIND, InstanceKey::new(tenant, source));
+        let key: CacheKey = (P::KIND, InstanceKey::new(tenant, source)?);
         let one_off = source.one_off;
         let cached = self.lock()?.hit::<P>(&key, one_off);
         let policy = match cached {
@@ -467,7 +516,7 @@ impl PolicyRegistry {
         self.run(
             tenant,
             source,
-            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document),
+            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document()?),
             |_| Ok(()),
         )
     }
@@ -481,7 +530,7 @@ impl PolicyRegistry {
         self.run(
             tenant,
             source,
-            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document),
+            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document()?),
             |p: &RuntimePolicy| Ok(p.log_hash_alg()),
         )
     }
@@ -496,7 +545,7 @@ impl PolicyRegistry {
         self.run(
             tenant,
             source,
-            || MeasuredBootPolicy::load(&self.runtime, source.name, source.module, source.document),
+            || MeasuredBootPolicy::load(&self.runtime, source.name, source.module, source.document()?),
             |p: &MeasuredBootPolicy| Ok(p.relevant_pcrs().to_vec()),
         )
     }
@@ -512,7 +561,7 @@ impl PolicyRegistry {
         let result = self.run(
             tenant,
             source,
-            || MeasuredBootPolicy::load(&self.runtime, source.name, source.module, source.document),
+            || MeasuredBootPolicy::load(&self.runtime, source.name, source.module, source.document()?),
             |p: &MeasuredBootPolicy| p.evaluate(evidence),
         );
         self.record("measured-boot", source, started, &result);
@@ -530,7 +579,7 @@ impl PolicyRegistry {
         let result = self.run(
             tenant,
             source,
-            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document),
+            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document()?),
             |p: &RuntimePolicy| p.evaluate(evidence),
         );
         self.record("runtime", source, started, &result);

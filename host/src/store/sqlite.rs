@@ -151,6 +151,8 @@ impl SqliteStore {
 
     fn init(mut conn: Connection) -> Result<Self, StoreError> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // Every statement is prepared once and reused (the store has about 40).
+        conn.set_prepared_statement_cache_capacity(64);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -189,37 +191,38 @@ impl RegistrarStore for SqliteStore {
         let stale_before = i64::try_from(stale_before).unwrap_or(i64::MAX);
         // An unactivated registration past its time holds the id no longer: whoever
         // registered it (perhaps with someone else's public EK) loses it.
-        tx.execute(
+        tx.prepare_cached(
             "DELETE FROM registrar_agents WHERE agent_id = ?1 AND active = 0 AND registered_at < ?2",
-            params![r.agent_id, stale_before],
-        )?;
+        )?
+        .execute(params![r.agent_id, stale_before])?;
         let existing: Option<(String, String, Option<String>, bool)> = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT ek_tpm, aik_tpm, ekcert, active FROM registrar_agents WHERE agent_id = ?1",
-                [&r.agent_id],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-            )
+            )?
+            .query_row([&r.agent_id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
             .optional()?;
         let outcome = match existing {
             None => {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT INTO registrar_agents
                         (tenant, agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert, auth_tag_digest,
                          active, regcount, registered_at, updated_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 0, 1, ?10, ?10)",
-                    params![
-                        DEFAULT_TENANT,
-                        r.agent_id,
-                        r.ek_tpm,
-                        r.ekcert,
-                        r.aik_tpm,
-                        r.ip,
-                        r.port,
-                        r.mtls_cert,
-                        r.auth_tag_digest,
-                        now(),
-                    ],
-                )?;
+                )?
+                .execute(params![
+                    DEFAULT_TENANT,
+                    r.agent_id,
+                    r.ek_tpm,
+                    r.ekcert,
+                    r.aik_tpm,
+                    r.ip,
+                    r.port,
+                    r.mtls_cert,
+                    r.auth_tag_digest,
+                    now(),
+                ])?;
                 RegisterOutcome::Created
             }
             Some((ek_tpm, aik_tpm, ekcert, active)) => {
@@ -231,41 +234,41 @@ impl RegistrarStore for SqliteStore {
                 } else if active {
                     // The active record keeps its contact data and stays active: the new
                     // address and certificate wait until the new credential is activated.
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE registrar_agents SET
                             ekcert = COALESCE(ekcert, ?2),
                             pending_ip = ?3, pending_port = ?4, pending_mtls_cert = ?5,
                             pending_auth_tag_digest = ?6, pending_since = ?7, updated_at = ?7
                          WHERE agent_id = ?1",
-                        params![
-                            r.agent_id,
-                            r.ekcert,
-                            r.ip,
-                            r.port,
-                            r.mtls_cert,
-                            r.auth_tag_digest,
-                            now()
-                        ],
-                    )?;
+                    )?
+                    .execute(params![
+                        r.agent_id,
+                        r.ekcert,
+                        r.ip,
+                        r.port,
+                        r.mtls_cert,
+                        r.auth_tag_digest,
+                        now()
+                    ])?;
                     RegisterOutcome::Renewed
                 } else {
-                    tx.execute(
+                    tx.prepare_cached(
                         "UPDATE registrar_agents SET
                             ekcert = COALESCE(ekcert, ?2), ip = ?3, port = ?4, mtls_cert = ?5,
                             auth_tag_digest = ?6, registered_at = ?7, updated_at = ?7,
                             pending_ip = NULL, pending_port = NULL, pending_mtls_cert = NULL,
                             pending_auth_tag_digest = NULL, pending_since = NULL
                          WHERE agent_id = ?1",
-                        params![
-                            r.agent_id,
-                            r.ekcert,
-                            r.ip,
-                            r.port,
-                            r.mtls_cert,
-                            r.auth_tag_digest,
-                            now()
-                        ],
-                    )?;
+                    )?
+                    .execute(params![
+                        r.agent_id,
+                        r.ekcert,
+                        r.ip,
+                        r.port,
+                        r.mtls_cert,
+                        r.auth_tag_digest,
+                        now()
+                    ])?;
                     RegisterOutcome::Renewed
                 }
             }
@@ -277,26 +280,25 @@ impl RegistrarStore for SqliteStore {
     fn registered_agent(&self, agent_id: &str) -> Result<Option<RegisteredAgent>, StoreError> {
         let conn = self.conn()?;
         let agent = conn
-            .query_row(
+            .prepare_cached(
                 "SELECT agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert, active, regcount,
                         auth_tag_digest
                  FROM registrar_agents WHERE agent_id = ?1",
-                [agent_id],
-                |row| {
-                    Ok(RegisteredAgent {
-                        agent_id: row.get(0)?,
-                        ek_tpm: row.get(1)?,
-                        ekcert: row.get(2)?,
-                        aik_tpm: row.get(3)?,
-                        ip: row.get(4)?,
-                        port: row.get(5)?,
-                        mtls_cert: row.get(6)?,
-                        active: row.get(7)?,
-                        regcount: row.get(8)?,
-                        auth_tag_digest: row.get(9)?,
-                    })
-                },
-            )
+            )?
+            .query_row([agent_id], |row| {
+                Ok(RegisteredAgent {
+                    agent_id: row.get(0)?,
+                    ek_tpm: row.get(1)?,
+                    ekcert: row.get(2)?,
+                    aik_tpm: row.get(3)?,
+                    ip: row.get(4)?,
+                    port: row.get(5)?,
+                    mtls_cert: row.get(6)?,
+                    active: row.get(7)?,
+                    regcount: row.get(8)?,
+                    auth_tag_digest: row.get(9)?,
+                })
+            })
             .optional()?;
         Ok(agent)
     }
@@ -310,24 +312,26 @@ impl RegistrarStore for SqliteStore {
         let conn = self.conn()?;
         let stale_before = i64::try_from(stale_before).unwrap_or(i64::MAX);
         // A renewal's credential: its contact data becomes the agent's.
-        let renewed = conn.execute(
-            "UPDATE registrar_agents SET
+        let renewed = conn
+            .prepare_cached(
+                "UPDATE registrar_agents SET
                 ip = pending_ip, port = pending_port, mtls_cert = pending_mtls_cert,
                 auth_tag_digest = pending_auth_tag_digest, active = 1, updated_at = ?3,
                 pending_ip = NULL, pending_port = NULL, pending_mtls_cert = NULL,
                 pending_auth_tag_digest = NULL, pending_since = NULL
              WHERE agent_id = ?1 AND pending_auth_tag_digest = ?2 AND pending_since >= ?4",
-            params![agent_id, auth_tag_digest, now(), stale_before],
-        )?;
+            )?
+            .execute(params![agent_id, auth_tag_digest, now(), stale_before])?;
         if renewed == 1 {
             return Ok(true);
         }
         // The first registration's credential (again, for an agent that is active already).
-        let n = conn.execute(
-            "UPDATE registrar_agents SET active = 1, updated_at = ?3
+        let n = conn
+            .prepare_cached(
+                "UPDATE registrar_agents SET active = 1, updated_at = ?3
              WHERE agent_id = ?1 AND auth_tag_digest = ?2 AND (active = 1 OR registered_at >= ?4)",
-            params![agent_id, auth_tag_digest, now(), stale_before],
-        )?;
+            )?
+            .execute(params![agent_id, auth_tag_digest, now(), stale_before])?;
         Ok(n == 1)
     }
 
@@ -342,7 +346,10 @@ impl RegistrarStore for SqliteStore {
 
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
-        Ok(conn.execute("DELETE FROM registrar_agents WHERE agent_id = ?1", [agent_id])? == 1)
+        Ok(conn
+            .prepare_cached("DELETE FROM registrar_agents WHERE agent_id = ?1")?
+            .execute([agent_id])?
+            == 1)
     }
 }
 

@@ -3,8 +3,8 @@
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::verifier::{
-    EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind, PolicyRecord, PolicyWrite,
-    PushAttestation, PushSession, VerifierAgent, VerifierStore,
+    AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind, PolicyRecord,
+    PolicyWrite, PushAttestation, PushSession, VerifierAgent, VerifierStore,
 };
 use super::{DEFAULT_TENANT, SqliteStore, StoreError};
 
@@ -28,21 +28,19 @@ fn policy_row(kind: PolicyKind, row: &rusqlite::Row<'_>) -> rusqlite::Result<Pol
 }
 
 fn insert_policy(conn: &rusqlite::Connection, kind: PolicyKind, r: &PolicyRecord) -> rusqlite::Result<usize> {
-    conn.execute(
-        &format!(
-            "INSERT INTO {} (tenant, name, module, document, checksum, generator)
+    conn.prepare_cached(&format!(
+        "INSERT INTO {} (tenant, name, module, document, checksum, generator)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant, name) DO NOTHING",
-            kind.table()
-        ),
-        params![
-            DEFAULT_TENANT,
-            r.name,
-            r.module,
-            r.document,
-            r.checksum,
-            r.generator
-        ],
-    )
+        kind.table()
+    ))?
+    .execute(params![
+        DEFAULT_TENANT,
+        r.name,
+        r.module,
+        r.document,
+        r.checksum,
+        r.generator
+    ])
 }
 
 impl VerifierStore for SqliteStore {
@@ -59,21 +57,20 @@ impl VerifierStore for SqliteStore {
                 _ => PolicyWrite::Done,
             });
         }
-        let changed = conn.execute(
-            &format!(
+        let changed = conn
+            .prepare_cached(&format!(
                 "UPDATE {} SET module = ?3, document = ?4, checksum = ?5, generator = ?6
                  WHERE tenant = ?1 AND name = ?2",
                 kind.table()
-            ),
-            params![
+            ))?
+            .execute(params![
                 DEFAULT_TENANT,
                 r.name,
                 r.module,
                 r.document,
                 r.checksum,
                 r.generator
-            ],
-        )?;
+            ])?;
         Ok(if changed == 0 {
             PolicyWrite::NotFound
         } else {
@@ -84,38 +81,33 @@ impl VerifierStore for SqliteStore {
     fn policy(&self, kind: PolicyKind, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
         let conn = self.conn()?;
         Ok(conn
-            .query_row(
-                &format!(
-                    "SELECT name, module, document, checksum, generator FROM {}
+            .prepare_cached(&format!(
+                "SELECT name, module, document, checksum, generator FROM {}
                      WHERE tenant = ?1 AND name = ?2",
-                    kind.table()
-                ),
-                params![DEFAULT_TENANT, name],
-                |row| policy_row(kind, row),
-            )
+                kind.table()
+            ))?
+            .query_row(params![DEFAULT_TENANT, name], |row| policy_row(kind, row))
             .optional()?)
     }
 
     fn policy_info(&self, kind: PolicyKind, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
         let conn = self.conn()?;
+        // length() needs only the record header, not the pages of a megabyte document.
         Ok(conn
-            .query_row(
-                &format!(
-                    "SELECT name, module, document IS NOT NULL, checksum, generator FROM {}
+            .prepare_cached(&format!(
+                "SELECT name, module, length(document) IS NOT NULL, checksum, generator FROM {}
                      WHERE tenant = ?1 AND name = ?2",
-                    kind.table()
-                ),
-                params![DEFAULT_TENANT, name],
-                |row| {
-                    Ok(PolicyRecord {
-                        name: row.get(0)?,
-                        module: row.get(1)?,
-                        document: row.get::<_, bool>(2)?.then(Vec::new),
-                        checksum: row.get(3)?,
-                        generator: row.get(4)?,
-                    })
-                },
-            )
+                kind.table()
+            ))?
+            .query_row(params![DEFAULT_TENANT, name], |row| {
+                Ok(PolicyRecord {
+                    name: row.get(0)?,
+                    module: row.get(1)?,
+                    document: row.get::<_, bool>(2)?.then(Vec::new),
+                    checksum: row.get(3)?,
+                    generator: row.get(4)?,
+                })
+            })
             .optional()?)
     }
 
@@ -135,23 +127,22 @@ impl VerifierStore for SqliteStore {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let in_use = tx
-            .query_row(
-                &format!(
-                    "SELECT 1 FROM verifier_agents WHERE tenant = ?1 AND {} = ?2 LIMIT 1",
-                    kind.agent_column()
-                ),
-                params![DEFAULT_TENANT, name],
-                |_| Ok(()),
-            )
+            .prepare_cached(&format!(
+                "SELECT 1 FROM verifier_agents WHERE tenant = ?1 AND {} = ?2 LIMIT 1",
+                kind.agent_column()
+            ))?
+            .query_row(params![DEFAULT_TENANT, name], |_| Ok(()))
             .optional()?
             .is_some();
         if in_use {
             return Ok(PolicyDelete::InUse);
         }
-        let deleted = tx.execute(
-            &format!("DELETE FROM {} WHERE tenant = ?1 AND name = ?2", kind.table()),
-            params![DEFAULT_TENANT, name],
-        )?;
+        let deleted = tx
+            .prepare_cached(&format!(
+                "DELETE FROM {} WHERE tenant = ?1 AND name = ?2",
+                kind.table()
+            ))?
+            .execute(params![DEFAULT_TENANT, name])?;
         tx.commit()?;
         Ok(if deleted == 0 {
             PolicyDelete::NotFound
@@ -168,11 +159,8 @@ impl VerifierStore for SqliteStore {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists = tx
-            .query_row(
-                "SELECT 1 FROM verifier_agents WHERE agent_id = ?1",
-                [&agent.agent_id],
-                |_| Ok(()),
-            )
+            .prepare_cached("SELECT 1 FROM verifier_agents WHERE agent_id = ?1")?
+            .query_row([&agent.agent_id], |_| Ok(()))
             .optional()?
             .is_some();
         if exists {
@@ -188,28 +176,28 @@ impl VerifierStore for SqliteStore {
             (PolicyKind::MeasuredBoot, &agent.mb_policy),
         ] {
             let found = tx
-                .query_row(
-                    &format!("SELECT 1 FROM {} WHERE tenant = ?1 AND name = ?2", kind.table()),
-                    params![DEFAULT_TENANT, name],
-                    |_| Ok(()),
-                )
+                .prepare_cached(&format!(
+                    "SELECT 1 FROM {} WHERE tenant = ?1 AND name = ?2",
+                    kind.table()
+                ))?
+                .query_row(params![DEFAULT_TENANT, name], |_| Ok(()))
                 .optional()?
                 .is_some();
             if !found {
                 return Ok(EnrolOutcome::PolicyMissing(kind));
             }
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO verifier_agents (tenant, agent_id, runtime_policy, mb_policy, record)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                DEFAULT_TENANT,
-                agent.agent_id,
-                agent.runtime_policy,
-                agent.mb_policy,
-                to_json(agent)?
-            ],
-        )?;
+        )?
+        .execute(params![
+            DEFAULT_TENANT,
+            agent.agent_id,
+            agent.runtime_policy,
+            agent.mb_policy,
+            to_json(agent)?
+        ])?;
         tx.commit()?;
         Ok(EnrolOutcome::Enrolled)
     }
@@ -217,11 +205,8 @@ impl VerifierStore for SqliteStore {
     fn agent(&self, agent_id: &str) -> Result<Option<VerifierAgent>, StoreError> {
         let conn = self.conn()?;
         let text: Option<String> = conn
-            .query_row(
-                "SELECT record FROM verifier_agents WHERE agent_id = ?1",
-                [agent_id],
-                |row| row.get(0),
-            )
+            .prepare_cached("SELECT record FROM verifier_agents WHERE agent_id = ?1")?
+            .query_row([agent_id], |row| row.get(0))
             .optional()?;
         text.as_deref().map(from_json).transpose()
     }
@@ -239,51 +224,55 @@ impl VerifierStore for SqliteStore {
         let conn = self.conn()?;
         // The state guard reads the stored record: a stop or delete that landed meanwhile wins.
         let blocked = serde_json::to_string(unless_states).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let changed = conn.execute(
-            "UPDATE verifier_agents SET record = ?2
+        let changed = conn
+            .prepare_cached(
+                "UPDATE verifier_agents SET record = ?2
              WHERE agent_id = ?1
                AND json_extract(record, '$.operational_state') NOT IN (SELECT value FROM json_each(?3))",
-            params![agent.agent_id, to_json(agent)?, blocked],
-        )?;
+            )?
+            .execute(params![agent.agent_id, to_json(agent)?, blocked])?;
         Ok(changed > 0)
     }
 
     fn save_round(&self, agent: &VerifierAgent, from_state: i64) -> Result<bool, StoreError> {
         let conn = self.conn()?;
-        let changed = conn.execute(
-            "UPDATE verifier_agents SET record = ?2
+        let changed = conn
+            .prepare_cached(
+                "UPDATE verifier_agents SET record = ?2
              WHERE agent_id = ?1
                AND IFNULL(json_extract(record, '$.revision'), 0) = ?3
                AND json_extract(record, '$.operational_state') = ?4",
-            params![
+            )?
+            .execute(params![
                 agent.agent_id,
                 to_json(agent)?,
                 i64::try_from(agent.revision).unwrap_or(-1),
                 from_state
-            ],
-        )?;
+            ])?;
         Ok(changed > 0)
     }
 
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let deleted = tx.execute("DELETE FROM verifier_agents WHERE agent_id = ?1", [agent_id])?;
+        let deleted = tx
+            .prepare_cached("DELETE FROM verifier_agents WHERE agent_id = ?1")?
+            .execute([agent_id])?;
         // A re-enrolled agent starts clean: its old token and attestations go with it.
-        tx.execute("DELETE FROM push_sessions WHERE agent_id = ?1", [agent_id])?;
-        tx.execute("DELETE FROM push_attestations WHERE agent_id = ?1", [agent_id])?;
+        tx.prepare_cached("DELETE FROM push_sessions WHERE agent_id = ?1")?
+            .execute([agent_id])?;
+        tx.prepare_cached("DELETE FROM push_attestations WHERE agent_id = ?1")?
+            .execute([agent_id])?;
         if deleted > 0 {
             // Keylime names an agent's policies after it when no name was given.
             for kind in [PolicyKind::Runtime, PolicyKind::MeasuredBoot] {
-                tx.execute(
-                    &format!(
-                        "DELETE FROM {} WHERE tenant = ?1 AND name = ?2
+                tx.prepare_cached(&format!(
+                    "DELETE FROM {} WHERE tenant = ?1 AND name = ?2
                          AND NOT EXISTS (SELECT 1 FROM verifier_agents WHERE {} = ?2)",
-                        kind.table(),
-                        kind.agent_column()
-                    ),
-                    params![DEFAULT_TENANT, agent_id],
-                )?;
+                    kind.table(),
+                    kind.agent_column()
+                ))?
+                .execute(params![DEFAULT_TENANT, agent_id])?;
             }
         }
         tx.commit()?;
@@ -292,34 +281,34 @@ impl VerifierStore for SqliteStore {
 
     fn put_module(&self, record: &ModuleRecord, bytes: &[u8]) -> Result<bool, StoreError> {
         let conn = self.conn()?;
-        let inserted = conn.execute(
-            "INSERT OR IGNORE INTO policy_modules (tenant, id, kind, bytes, uploaded_at)
+        let inserted = conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO policy_modules (tenant, id, kind, bytes, uploaded_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
+            )?
+            .execute(params![
                 DEFAULT_TENANT,
                 record.id,
                 record.kind.name(),
                 bytes,
                 record.uploaded_at as i64
-            ],
-        )?;
+            ])?;
         Ok(inserted == 1)
     }
 
     fn module(&self, id: &str) -> Result<Option<(ModuleRecord, Vec<u8>)>, StoreError> {
         let conn = self.conn()?;
         let row = conn
-            .query_row(
+            .prepare_cached(
                 "SELECT kind, bytes, uploaded_at FROM policy_modules WHERE tenant = ?1 AND id = ?2",
-                params![DEFAULT_TENANT, id],
-                |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        row.get::<_, Vec<u8>>(1)?,
-                        row.get::<_, i64>(2)?,
-                    ))
-                },
-            )
+            )?
+            .query_row(params![DEFAULT_TENANT, id], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Vec<u8>>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })
             .optional()?;
         row.map(|(kind, bytes, uploaded_at)| {
             let kind = PolicyKind::from_name(&kind)
@@ -381,10 +370,9 @@ impl VerifierStore for SqliteStore {
         if !users.is_empty() {
             return Ok(ModuleDelete::InUse(users));
         }
-        let deleted = tx.execute(
-            "DELETE FROM policy_modules WHERE tenant = ?1 AND id = ?2",
-            params![DEFAULT_TENANT, id],
-        )?;
+        let deleted = tx
+            .prepare_cached("DELETE FROM policy_modules WHERE tenant = ?1 AND id = ?2")?
+            .execute(params![DEFAULT_TENANT, id])?;
         tx.commit()?;
         Ok(if deleted == 0 {
             ModuleDelete::NotFound
@@ -396,22 +384,17 @@ impl VerifierStore for SqliteStore {
     fn put_session(&self, session: &PushSession) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "DELETE FROM push_sessions WHERE tenant = ?1 AND agent_id = ?2",
-            params![DEFAULT_TENANT, session.agent_id],
-        )?;
-        tx.execute(
-            "INSERT INTO push_sessions (session_id, tenant, agent_id, token_salt, token_hash, token_expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
+        tx.prepare_cached("DELETE FROM push_sessions WHERE tenant = ?1 AND agent_id = ?2")?
+            .execute(params![DEFAULT_TENANT, session.agent_id])?;
+        tx.prepare_cached("INSERT INTO push_sessions (session_id, tenant, agent_id, token_salt, token_hash, token_expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
                 session.session_id,
                 DEFAULT_TENANT,
                 session.agent_id,
                 session.token_salt,
                 session.token_hash,
                 session.token_expires_at as i64
-            ],
-        )?;
+            ])?;
         tx.commit()?;
         Ok(())
     }
@@ -419,56 +402,57 @@ impl VerifierStore for SqliteStore {
     fn session(&self, session_id: &str) -> Result<Option<PushSession>, StoreError> {
         let conn = self.conn()?;
         Ok(conn
-            .query_row(
+            .prepare_cached(
                 "SELECT agent_id, token_salt, token_hash, token_expires_at FROM push_sessions
                  WHERE tenant = ?1 AND session_id = ?2",
-                params![DEFAULT_TENANT, session_id],
-                |row| {
-                    Ok(PushSession {
-                        session_id: session_id.to_owned(),
-                        agent_id: row.get(0)?,
-                        token_salt: row.get(1)?,
-                        token_hash: row.get(2)?,
-                        token_expires_at: row.get::<_, i64>(3)?.max(0) as u64,
-                    })
-                },
-            )
+            )?
+            .query_row(params![DEFAULT_TENANT, session_id], |row| {
+                Ok(PushSession {
+                    session_id: session_id.to_owned(),
+                    agent_id: row.get(0)?,
+                    token_salt: row.get(1)?,
+                    token_hash: row.get(2)?,
+                    token_expires_at: row.get::<_, i64>(3)?.max(0) as u64,
+                })
+            })
             .optional()?)
     }
 
     fn extend_session(&self, session_id: &str, token_expires_at: u64) -> Result<(), StoreError> {
-        self.conn()?.execute(
-            "UPDATE push_sessions SET token_expires_at = ?3 WHERE tenant = ?1 AND session_id = ?2",
-            params![DEFAULT_TENANT, session_id, token_expires_at as i64],
-        )?;
+        self.conn()?
+            .prepare_cached(
+                "UPDATE push_sessions SET token_expires_at = ?3 WHERE tenant = ?1 AND session_id = ?2",
+            )?
+            .execute(params![DEFAULT_TENANT, session_id, token_expires_at as i64])?;
         Ok(())
     }
 
     fn add_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<u64, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let next: i64 = tx.query_row(
-            "SELECT coalesce(max(idx) + 1, 0) FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2",
-            params![DEFAULT_TENANT, agent_id],
-            |row| row.get(0),
-        )?;
+        let next: i64 = tx
+            .prepare_cached(
+                "SELECT coalesce(max(idx) + 1, 0) FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2",
+            )?
+            .query_row(params![DEFAULT_TENANT, agent_id], |row| row.get(0))?;
         let mut record = record.clone();
         record.index = next as u64;
         let text = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO push_attestations (tenant, agent_id, idx, record) VALUES (?1, ?2, ?3, ?4)",
-            params![DEFAULT_TENANT, agent_id, next, text],
-        )?;
+        )?
+        .execute(params![DEFAULT_TENANT, agent_id, next, text])?;
         tx.commit()?;
         Ok(next as u64)
     }
 
     fn update_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<(), StoreError> {
         let text = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.conn()?.execute(
-            "UPDATE push_attestations SET record = ?4 WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3",
-            params![DEFAULT_TENANT, agent_id, record.index as i64, text],
-        )?;
+        self.conn()?
+            .prepare_cached(
+                "UPDATE push_attestations SET record = ?4 WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3",
+            )?
+            .execute(params![DEFAULT_TENANT, agent_id, record.index as i64, text])?;
         Ok(())
     }
 
@@ -476,23 +460,56 @@ impl VerifierStore for SqliteStore {
         let conn = self.conn()?;
         let text: Option<String> = match index {
             Some(i) => conn
-                .query_row(
+                .prepare_cached(
                     "SELECT record FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3",
-                    params![DEFAULT_TENANT, agent_id, i as i64],
-                    |row| row.get(0),
-                )
+                )?
+                .query_row(params![DEFAULT_TENANT, agent_id, i as i64], |row| row.get(0))
                 .optional()?,
             None => conn
-                .query_row(
+                .prepare_cached(
                     "SELECT record FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2
                      ORDER BY idx DESC LIMIT 1",
-                    params![DEFAULT_TENANT, agent_id],
-                    |row| row.get(0),
-                )
+                )?
+                .query_row(params![DEFAULT_TENANT, agent_id], |row| row.get(0))
                 .optional()?,
         };
         text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
             .transpose()
+    }
+
+    fn attestation_head(
+        &self,
+        agent_id: &str,
+        index: Option<u64>,
+    ) -> Result<Option<AttestationHead>, StoreError> {
+        let conn = self.conn()?;
+        // json_extract reads the few fields needed without building the evidence.
+        let columns =
+            "idx, json_extract(record, '$.stage'), json_extract(record, '$.capabilities_received_at'),
+                       json_extract(record, '$.evidence_received_at')";
+        let row = |row: &rusqlite::Row<'_>| {
+            Ok(AttestationHead {
+                index: row.get::<_, i64>(0)?.max(0) as u64,
+                stage: row.get(1)?,
+                capabilities_received_at: row.get::<_, i64>(2)?.max(0) as u64,
+                evidence_received_at: row.get::<_, Option<i64>>(3)?.map(|t| t.max(0) as u64),
+            })
+        };
+        Ok(match index {
+            Some(i) => conn
+                .prepare_cached(&format!(
+                    "SELECT {columns} FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3"
+                ))?
+                .query_row(params![DEFAULT_TENANT, agent_id, i as i64], row)
+                .optional()?,
+            None => conn
+                .prepare_cached(&format!(
+                    "SELECT {columns} FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2
+                     ORDER BY idx DESC LIMIT 1"
+                ))?
+                .query_row(params![DEFAULT_TENANT, agent_id], row)
+                .optional()?,
+        })
     }
 
     fn attestations(&self, agent_id: &str) -> Result<Vec<PushAttestation>, StoreError> {

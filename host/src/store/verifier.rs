@@ -350,6 +350,16 @@ pub struct PushAttestation {
     pub verified_at: Option<u64>,
 }
 
+/// What the verifier checks of an attestation before taking the next one: its index,
+/// stage and times, without its evidence (which holds the IMA entries it certified).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestationHead {
+    pub index: u64,
+    pub stage: String,
+    pub capabilities_received_at: u64,
+    pub evidence_received_at: Option<u64>,
+}
+
 /// The verifier's records.
 pub trait VerifierStore: Send + Sync + 'static {
     /// Creates (`create_only`) or replaces a policy.
@@ -422,6 +432,13 @@ pub trait VerifierStore: Send + Sync + 'static {
 
     /// One attestation, or the latest with `None`.
     fn attestation(&self, agent_id: &str, index: Option<u64>) -> Result<Option<PushAttestation>, StoreError>;
+
+    /// [`AttestationHead`] of one attestation, or of the latest with `None`.
+    fn attestation_head(
+        &self,
+        agent_id: &str,
+        index: Option<u64>,
+    ) -> Result<Option<AttestationHead>, StoreError>;
 
     /// An agent's attestations, oldest first.
     fn attestations(&self, agent_id: &str) -> Result<Vec<PushAttestation>, StoreError>;

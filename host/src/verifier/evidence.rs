@@ -148,6 +148,7 @@ fn policy_in_use(
             document: Some(document),
         },
         module: bytes,
+        stored: None,
         one_off: true,
     })
 }

@@ -2,6 +2,7 @@
 //! in one shape whichever way it arrived.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -10,8 +11,8 @@ use super::evaluate::{MEASURED_BOOT_PCRS, parse_tpm_policy};
 use super::failure::Failure;
 use crate::evidence::ima::{ImaPosition, ImaState};
 use crate::evidence::{HashAlg, PublicArea, Quote};
-use crate::policy::PolicySource;
-use crate::store::{DEFAULT_TENANT, PolicyKind, PolicyRecord, VerifierAgent};
+use crate::policy::{DocumentLoader, PolicyError, PolicySource};
+use crate::store::{DEFAULT_TENANT, PolicyKind, PolicyRecord, VerifierAgent, VerifierStore};
 use crate::tpm::AttestationKey;
 use crate::verifier::Verifier;
 use crate::verifier::modules::{ModuleBytes, resolve};
@@ -22,21 +23,67 @@ pub const IMA_PCR: u32 = 10;
 /// PCR 16: the pull agent's NK key binding.
 pub const KEY_PCR: u32 = 16;
 
-/// A policy a round must apply: its record (with document) and its component's bytes.
+/// A policy a round must apply: its record, its component's bytes and, for a stored
+/// runtime policy, the loader of its document (read only when its instance is not loaded).
 pub struct PolicyInUse {
+    /// The record; for a [`StoredDocument`] policy its `document` is a marker, not the bytes.
     pub record: PolicyRecord,
     pub module: ModuleBytes,
     /// Judges one request only (`/verify/evidence`): not worth a place in the cache.
     pub one_off: bool,
+    pub stored: Option<StoredDocument>,
 }
 
 impl PolicyInUse {
     /// The document with its component, known by the record's module and checksum.
     pub fn source(&self) -> Option<PolicySource<'_>> {
-        let document = self.record.document.as_deref()?;
-        let source = PolicySource::new(&self.record.name, &self.module, document)
-            .known_as(&self.record.module, &self.record.checksum);
+        let marker = self.record.document.as_deref()?;
+        let source = match &self.stored {
+            Some(stored) => PolicySource::lazy(
+                &self.record.name,
+                &self.module,
+                stored,
+                &self.record.module,
+                &self.record.checksum,
+            ),
+            None => PolicySource::new(&self.record.name, &self.module, marker)
+                .known_as(&self.record.module, &self.record.checksum),
+        };
         Some(if self.one_off { source.one_off() } else { source })
+    }
+}
+
+/// A stored policy's document, read from the store the first time an instance needs it.
+pub struct StoredDocument {
+    store: Arc<dyn VerifierStore>,
+    kind: PolicyKind,
+    name: String,
+    checksum: String,
+    read: OnceLock<Vec<u8>>,
+}
+
+impl DocumentLoader for StoredDocument {
+    fn load(&self) -> Result<&[u8], PolicyError> {
+        if let Some(document) = self.read.get() {
+            return Ok(document);
+        }
+        let record = self
+            .store
+            .policy(self.kind, &self.name)
+            .map_err(|e| PolicyError::Document(e.to_string()))?
+            .ok_or_else(|| PolicyError::Document(format!("the policy '{}' is gone", self.name)))?;
+        // An instance is cached under the checksum read first: a document replaced since
+        // must not be loaded under it.
+        if record.checksum != self.checksum {
+            return Err(PolicyError::Document(format!(
+                "the policy '{}' changed during the round",
+                self.name
+            )));
+        }
+        let document = record
+            .document
+            .ok_or_else(|| PolicyError::Document(format!("the policy '{}' has no document", self.name)))?;
+        Ok(self.read.get_or_init(|| document))
     }
 }
 
@@ -66,23 +113,48 @@ pub struct Expectations {
 }
 
 fn policy_in_use(verifier: &Verifier, kind: PolicyKind, name: &str) -> Result<Option<PolicyInUse>, Failure> {
-    let record = verifier
-        .store
-        .policy(kind, name)
-        .map_err(|e| Failure::internal("store", format!("reading {} policy '{name}': {e}", kind.name())))?
-        .ok_or_else(|| {
-            Failure::internal(
-                "store",
-                format!("the agent's {} policy '{name}' does not exist", kind.name()),
-            )
-        })?;
-    let applies = match kind {
-        PolicyKind::Runtime => judges_ima(&record),
-        PolicyKind::MeasuredBoot => judges_boot(&record),
+    let missing = || {
+        Failure::internal(
+            "store",
+            format!("the agent's {} policy '{name}' does not exist", kind.name()),
+        )
     };
-    if !applies {
-        return Ok(None);
-    }
+    let read_error = |e: crate::store::StoreError| {
+        Failure::internal("store", format!("reading {} policy '{name}': {e}", kind.name()))
+    };
+    // A runtime policy's document is read only if its instance is not loaded; a refstate's
+    // is read whole, since whether it applies depends on its content (and refstates are small).
+    let (record, stored) = match kind {
+        PolicyKind::Runtime => {
+            let info = verifier
+                .store
+                .policy_info(kind, name)
+                .map_err(read_error)?
+                .ok_or_else(missing)?;
+            if !judges_ima(&info) {
+                return Ok(None);
+            }
+            let stored = StoredDocument {
+                store: verifier.store.clone(),
+                kind,
+                name: name.to_owned(),
+                checksum: info.checksum.clone(),
+                read: OnceLock::new(),
+            };
+            (info, Some(stored))
+        }
+        PolicyKind::MeasuredBoot => {
+            let record = verifier
+                .store
+                .policy(kind, name)
+                .map_err(read_error)?
+                .ok_or_else(missing)?;
+            if !judges_boot(&record) {
+                return Ok(None);
+            }
+            (record, None)
+        }
+    };
     let module = resolve(verifier, kind, &record.module).map_err(|e| {
         Failure::internal(
             "module",
@@ -93,6 +165,7 @@ fn policy_in_use(verifier: &Verifier, kind: PolicyKind, name: &str) -> Result<Op
         record,
         module,
         one_off: false,
+        stored,
     }))
 }
 

@@ -403,7 +403,11 @@ fn create_blocking(
     // completes the attestation after, so a record read after a completed attestation holds
     // that verdict's IMA position. Read the other way round, a verdict landing in between
     // left the offset asked for one round behind the replay (`invalid_ima_entry_nb`).
-    if let Some(latest) = verifier.store.attestation(&agent_id, None).map_err(internal)? {
+    if let Some(latest) = verifier
+        .store
+        .attestation_head(&agent_id, None)
+        .map_err(internal)?
+    {
         if latest.stage == "evaluating_evidence" {
             let mut e = PushError::new(StatusCode::SERVICE_UNAVAILABLE, "verification_in_progress");
             e.retry_after = Some(std::time::Duration::from_secs(1));
@@ -729,7 +733,7 @@ fn conclude(
     // agent was deleted and enrolled again meanwhile).
     let same = verifier
         .store
-        .attestation(&agent_id, Some(record.index))
+        .attestation_head(&agent_id, Some(record.index))
         .ok()
         .flatten()
         .is_some_and(|a| a.capabilities_received_at == record.capabilities_received_at);
