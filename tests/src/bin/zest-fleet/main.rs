@@ -32,9 +32,22 @@ use zest_tests::push_agent::PushAgent;
 use zest_tests::server::{admin_client, anonymous_client_from, send_json};
 use zest_tests::soft_tpm::{SoftAgent, SoftAk, SoftTpm};
 
+mod pull;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// Agents push evidence (API 3.0).
+    Push,
+    /// The verifier polls each agent on its own loopback address.
+    Pull,
+}
+
 #[derive(Debug, Parser)]
 #[command(about = "A simulated fleet of push agents against a real zest serve process")]
 struct Args {
+    /// Push (agents submit evidence) or pull (the verifier polls agents).
+    #[arg(long, value_enum, default_value = "push")]
+    mode: Mode,
     /// Number of agents.
     #[arg(long, default_value_t = 100)]
     agents: usize,
@@ -98,7 +111,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Server {
-    async fn start(zest: &Path, quote_interval: f64, log: Option<&Path>) -> anyhow::Result<Self> {
+    async fn start(zest: &Path, mode: Mode, quote_interval: f64, log: Option<&Path>) -> anyhow::Result<Self> {
         let data = tempfile::Builder::new().prefix("zest-fleet-").tempdir()?;
         let (rport, rtls, vport) = (free_port()?, free_port()?, free_port()?);
         let log = std::fs::File::create(log.map_or_else(|| data.path().join("zest.log"), Path::to_path_buf))?;
@@ -109,7 +122,8 @@ impl Server {
             .args(["--registrar-port", &rport.to_string()])
             .args(["--registrar-tls-port", &rtls.to_string()])
             .args(["--verifier-port", &vport.to_string()])
-            .args(["--mode", "push", "--no-ek-cert-check"])
+            .args(["--mode", if mode == Mode::Push { "push" } else { "pull" }])
+            .arg("--no-ek-cert-check")
             .args(["--quote-interval", &quote_interval.to_string()])
             // The fleet's sessions must outlive the run.
             .args(["--session-lifetime", "86400"])
@@ -269,8 +283,13 @@ async fn main() -> anyhow::Result<()> {
             .context("no directory of this binary")?
             .join("zest"),
     };
-    // Rounds come at the fleet's interval; the verifier takes one as soon as half of it passed.
-    let server = Server::start(&zest, args.interval / 2.0, args.server_log.as_deref()).await?;
+    // Push: rounds come at the fleet's interval, and the verifier takes one as soon as half
+    // of it passed. Pull: the verifier waits the interval between an agent's rounds.
+    let quote_interval = match args.mode {
+        Mode::Push => args.interval / 2.0,
+        Mode::Pull => args.interval,
+    };
+    let server = Server::start(&zest, args.mode, quote_interval, args.server_log.as_deref()).await?;
     let pid = server.child.id();
     let admin = admin_client(server.data.path())?;
     // Agents connect from addresses of their own, AGENTS_PER_ADDRESS to an address (the
@@ -304,6 +323,9 @@ async fn main() -> anyhow::Result<()> {
         status == 201 || status == 200,
         "creating the fleet's policy: {status} {reply}"
     );
+    if args.mode == Mode::Pull {
+        return run_pull(&args, &server, &admin, &plain, rss_idle).await;
+    }
 
     // Register, activate, enrol and authenticate every agent.
     let setup_started = Instant::now();
@@ -495,6 +517,201 @@ async fn main() -> anyhow::Result<()> {
         if args.tamper_every > 0 {
             ensure!(tampered > 0, "the run was too short for any agent to tamper");
         }
+        println!("  check: every verdict as expected");
+    }
+    Ok(())
+}
+
+/// Gaps between polls, in ms: (p50, p99, max, count late by more than half an interval).
+fn poll_gaps(states: &[pull::Handle], interval: f64) -> (f64, f64, f64, u64) {
+    let mut gaps: Vec<f64> = Vec::new();
+    for state in states {
+        if let Ok(s) = state.lock() {
+            gaps.extend(
+                s.polled_at
+                    .windows(2)
+                    .map(|w| (w[1] - w[0]).as_secs_f64() * 1000.0),
+            );
+        }
+    }
+    gaps.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        gaps.get(((gaps.len() as f64 * p) as usize).min(gaps.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let late = gaps.iter().filter(|g| **g > interval * 1500.0).count() as u64;
+    (at(0.5), at(0.99), gaps.last().copied().unwrap_or(0.0), late)
+}
+
+/// The fleet in pull mode: every agent registers, serves its API on its own address and is
+/// enrolled with that address; the verifier polls each every `--interval` seconds.
+async fn run_pull(
+    args: &Arc<Args>,
+    server: &Server,
+    admin: &reqwest::Client,
+    plain: &reqwest::Client,
+    rss_idle: u64,
+) -> anyhow::Result<()> {
+    let pid = server.child.id();
+    let shared = Arc::new(pull::Shared::new(&server.data.path().join("cv_ca/cacert.crt"))?);
+    let verifier_port = server.verifier.rsplit(':').next().unwrap_or("8881").to_owned();
+    let setup_started = Instant::now();
+    let gate = Arc::new(Semaphore::new(args.setup_concurrency.max(1)));
+    let mut setups = Vec::with_capacity(args.agents);
+    for index in 0..args.agents {
+        let (gate, args, admin, plain, shared) = (
+            gate.clone(),
+            args.clone(),
+            admin.clone(),
+            plain.clone(),
+            shared.clone(),
+        );
+        let (registrar, verifier, verifier_port) = (
+            server.registrar.clone(),
+            server.verifier.clone(),
+            verifier_port.clone(),
+        );
+        setups.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await?;
+            let rsa = args.rsa_every > 0 && index % args.rsa_every == args.rsa_every - 1;
+            let kind = if rsa { SoftAk::RsaSsa2048 } else { SoftAk::EcdsaP256 };
+            let tpm = tokio::task::spawn_blocking(move || SoftTpm::new(kind, 10_000_000)).await??;
+            let agent = SoftAgent {
+                uuid: format!("fleet-{index:06}"),
+                tpm,
+            };
+            let ip = pull::address(index).to_string();
+            let body = agent.registration_body(&ip, 9002, Some(&shared.cert_pem));
+            agent.register(&plain, &registrar, "2.2", &body).await?;
+            let (uuid, ak) = (agent.uuid.clone(), B64.encode(&agent.tpm.aik_tpm));
+            let (state, _) = pull::serve(&shared, agent, index).await?;
+            // A first measurement before the first quote, as a booted system has.
+            {
+                let mut s = state.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                let path = policy_path(index % args.policy_paths);
+                let ext = s.log.add_ima_ng(&path, &file_digest(&path));
+                s.agent.tpm.pcr_extend(10, &ext.sha256)?;
+            }
+            let v: [u8; 32] = std::array::from_fn(|i| (i + index) as u8);
+            let enrol = json!({
+                "v": B64.encode(v), "cloudagent_ip": ip, "cloudagent_port": "9002",
+                "verifier_ip": "127.0.0.1", "verifier_port": verifier_port, "tpm_policy": "{}",
+                "runtime_policy": "", "runtime_policy_name": "fleet", "runtime_policy_key": null,
+                "mb_policy": null, "mb_policy_name": "", "ima_sign_verification_keys": "", "metadata": "{}",
+                "revocation_key": "", "accept_tpm_hash_algs": ["sha256"], "accept_tpm_encryption_algs": ["ecc", "rsa"],
+                "accept_tpm_signing_algs": ["ecdsa", "rsassa"], "ak_tpm": ak, "mtls_cert": shared.cert_pem,
+                "supported_version": "2.5",
+            });
+            let (status, reply) =
+                send_json(admin.post(format!("{verifier}/v2.5/agents/{uuid}")).json(&enrol)).await?;
+            ensure!(status == 200, "enrolling {uuid}: {status} {reply}");
+            anyhow::Ok(state)
+        }));
+    }
+    let mut states = Vec::with_capacity(args.agents);
+    for setup in setups {
+        states.push(setup.await??);
+    }
+    let setup_seconds = setup_started.elapsed().as_secs_f64();
+    let rss_enrolled = memory_kib(pid, "VmRSS:");
+
+    let cpu_start = cpu_seconds(pid)?;
+    let own_cpu_start = cpu_seconds(std::process::id())?;
+    let io_start = io_writes(pid);
+    let metrics_page = || async {
+        let page = admin
+            .get(format!("{}/metrics", server.verifier))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let name = "zest_verifier_attestations_total";
+        let passed = metric(&page, name, &["mode=\"pull\"", "result=\"pass\""]) as u64;
+        let failed = metric(&page, name, &["mode=\"pull\"", "result=\"fail\""]) as u64;
+        anyhow::Ok((passed, failed))
+    };
+    let (passed_before, failed_before) = metrics_page().await?;
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(args.seconds);
+    let paths: Vec<String> = (0..args.policy_paths).map(policy_path).collect();
+    let mut tampered = 0u64;
+    for (index, state) in states.iter().enumerate() {
+        let tamperer = args.tamper_every > 0 && index.is_multiple_of(args.tamper_every);
+        let mut mine = paths.clone();
+        mine.rotate_left((index * 7919) % paths.len());
+        if tamperer {
+            // Its third batch holds a file the policy lacks.
+            let at = (2 * args.ima_growth.max(1)) % mine.len();
+            mine.insert(at, "/usr/bin/not-in-policy".into());
+            tampered += 1;
+        }
+        tokio::spawn(pull::grow(
+            state.clone(),
+            args.ima_growth.max(1),
+            mine,
+            Duration::from_secs_f64(args.interval.max(0.1)),
+            until,
+        ));
+    }
+    tokio::time::sleep_until(until.into()).await;
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid)? - cpu_start;
+    let own_cpu = cpu_seconds(std::process::id())? - own_cpu_start;
+    let io_end = io_writes(pid);
+    let rss_end = memory_kib(pid, "VmRSS:");
+    let (passed, failed) = metrics_page().await?;
+    let (passed, failed) = (passed - passed_before, failed - failed_before);
+    let rounds = passed + failed;
+    let (p50, p99, max, late) = poll_gaps(&states, args.interval);
+    let never = states
+        .iter()
+        .filter(|s| s.lock().map(|s| s.polled_at.is_empty()).unwrap_or(true))
+        .count();
+
+    let rsa = args.agents.checked_div(args.rsa_every).unwrap_or(0);
+    println!(
+        "zest-fleet: {} pull agents ({} ECDSA P-256, {rsa} RSA-2048 AKs), quote interval {} s, policy of {} paths, {} IMA entries per interval",
+        args.agents,
+        args.agents - rsa,
+        args.interval,
+        args.policy_paths,
+        args.ima_growth.max(1)
+    );
+    println!("  setup (register, activate, serve, enrol): {setup_seconds:.1} s");
+    println!(
+        "  {rounds} rounds judged in {wall:.1} s: {:.0} rounds/s; verdicts {passed} pass, {failed} fail ({tampered} agents tampered)",
+        rounds as f64 / wall
+    );
+    println!(
+        "  gap between an agent's polls: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; {late} gaps over 1.5 × interval; {never} agents never polled"
+    );
+    println!(
+        "  verifier CPU: {:.3} ms per round ({:.2} cores); simulator CPU {:.3} ms per round ({:.2} cores)",
+        cpu * 1000.0 / rounds.max(1) as f64,
+        cpu / wall,
+        own_cpu * 1000.0 / rounds.max(1) as f64,
+        own_cpu / wall
+    );
+    println!(
+        "  verifier RSS: {} KiB idle, {} KiB enrolled, {} KiB at the end: {:.1} KiB per agent",
+        rss_idle,
+        rss_enrolled,
+        rss_end,
+        rss_end.saturating_sub(rss_idle) as f64 / args.agents as f64
+    );
+    println!(
+        "  verifier writes: {:.0} write syscalls/s, {:.0} KiB/s to storage",
+        (io_end.0 - io_start.0) as f64 / wall,
+        (io_end.1 - io_start.1) as f64 / 1024.0 / wall
+    );
+    if args.check {
+        ensure!(rounds > 0, "no round was judged");
+        ensure!(never == 0, "{never} agents were never polled");
+        ensure!(
+            failed == tampered,
+            "{failed} rounds failed, {tampered} agents tampered"
+        );
         println!("  check: every verdict as expected");
     }
     Ok(())
