@@ -11,8 +11,8 @@ pub mod verifier;
 pub use sqlite::SqliteStore;
 use thiserror::Error;
 pub use verifier::{
-    AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind, PolicyRecord,
-    PolicyWrite, PushAttestation, PushSession, StoredFailure, VerifierAgent, VerifierStore,
+    AgentState, AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind,
+    PolicyRecord, PolicyWrite, PushAttestation, PushSession, StoredFailure, VerifierAgent, VerifierStore,
 };
 
 /// The tenant every record belongs to until multi-tenancy reaches the API.

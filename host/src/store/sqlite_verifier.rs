@@ -3,8 +3,8 @@
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::verifier::{
-    AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind, PolicyRecord,
-    PolicyWrite, PushAttestation, PushSession, VerifierAgent, VerifierStore,
+    AgentState, AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind,
+    PolicyRecord, PolicyWrite, PushAttestation, PushSession, VerifierAgent, VerifierStore,
 };
 use super::{DEFAULT_TENANT, SqliteStore, StoreError};
 
@@ -218,6 +218,25 @@ impl VerifierStore for SqliteStore {
             .query_map([], |row| row.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()?;
         rows.iter().map(|t| from_json(t)).collect()
+    }
+
+    fn agent_states(&self) -> Result<Vec<AgentState>, StoreError> {
+        let conn = self.conn()?;
+        let mut statement = conn.prepare_cached(
+            "SELECT agent_id, json_extract(record, '$.operational_state'),
+                    IFNULL(json_extract(record, '$.push'), 0),
+                    IFNULL(json_extract(record, '$.polls_after_failure'), 0)
+             FROM verifier_agents",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok(AgentState {
+                agent_id: row.get(0)?,
+                operational_state: row.get(1)?,
+                push: row.get::<_, i64>(2)? != 0,
+                polls_after_failure: row.get::<_, i64>(3)? != 0,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     fn update_agent(&self, agent: &VerifierAgent, unless_states: &[i64]) -> Result<bool, StoreError> {

@@ -350,6 +350,15 @@ pub struct PushAttestation {
     pub verified_at: Option<u64>,
 }
 
+/// An agent as the poller's schedule sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentState {
+    pub agent_id: String,
+    pub operational_state: i64,
+    pub push: bool,
+    pub polls_after_failure: bool,
+}
+
 /// What the verifier checks of an attestation before taking the next one: its index,
 /// stage and times, without its evidence (which holds the IMA entries it certified).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -391,6 +400,10 @@ pub trait VerifierStore: Send + Sync + 'static {
     fn agent(&self, agent_id: &str) -> Result<Option<VerifierAgent>, StoreError>;
 
     fn agents(&self) -> Result<Vec<VerifierAgent>, StoreError>;
+
+    /// What the poller needs to know of every agent: whether it is to be polled or
+    /// deleted, without reading whole records.
+    fn agent_states(&self) -> Result<Vec<AgentState>, StoreError>;
 
     /// Replaces an agent's record if the agent still exists (a deleted agent is never
     /// written back) and is not in one of `unless_states`. Returns whether it was written.

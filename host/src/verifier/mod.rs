@@ -172,6 +172,9 @@ pub struct Verifier {
     pub agent_tls: notify::AgentTls,
     /// Pull agents whose round is in flight (a DELETE then waits for it: 202).
     pub rounds: Arc<poller::InFlight>,
+    /// Wakes the poller's schedule when an agent may have to be polled (enrolled,
+    /// reactivated).
+    pub poll_wakeup: Arc<tokio::sync::Notify>,
     /// Permits for `POST /verify/evidence`, a route open to anyone.
     pub stateless_checks: Arc<tokio::sync::Semaphore>,
     /// Where keys that verified a signed runtime policy are kept, by digest (Keylime's
@@ -275,6 +278,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
     };
     let verifier = Verifier {
         rounds: Arc::default(),
+        poll_wakeup: Arc::default(),
         stateless_checks: Arc::new(tokio::sync::Semaphore::new(STATELESS_CHECKS)),
         signing_keys: Arc::new(data_dir.path().join("signing_keys")),
         store,

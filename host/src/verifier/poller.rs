@@ -83,19 +83,28 @@ async fn complete_deletion(verifier: &Verifier, id: &str) {
 /// Whether the pull loop attests this agent: the polling states, and INVALID_QUOTE after a
 /// failure that the severity policy lets polling survive.
 fn polls(agent: &VerifierAgent) -> bool {
-    if agent.push {
+    polled(agent.push, agent.operational_state, agent.polls_after_failure)
+}
+
+fn polled(push: bool, operational_state: i64, polls_after_failure: bool) -> bool {
+    if push {
         return false;
     }
-    match agent.operational_state {
+    match operational_state {
         state::START
         | state::GET_QUOTE
         | state::GET_QUOTE_RETRY
         | state::PROVIDE_V
         | state::PROVIDE_V_RETRY => true,
-        state::INVALID_QUOTE => agent.polls_after_failure,
+        state::INVALID_QUOTE => polls_after_failure,
         _ => false,
     }
 }
+
+/// How often the poller looks for agents to start polling besides being woken
+/// (`Verifier::poll_wakeup`) by this process's enrolments and reactivations: changes made by
+/// another verifier on the same database, or straight in the database.
+const RESCAN: Duration = Duration::from_secs(1);
 
 /// Starts the loop that keeps one polling task per agent in a polling state.
 pub fn spawn(verifier: Verifier, tls: AgentTls, retries: Retries) -> JoinHandle<()> {
@@ -104,7 +113,7 @@ pub fn spawn(verifier: Verifier, tls: AgentTls, retries: Retries) -> JoinHandle<
         loop {
             running.retain(|_, task| !task.is_finished());
             let store = verifier.store.clone();
-            if let Ok(Ok(agents)) = tokio::task::spawn_blocking(move || store.agents()).await {
+            if let Ok(Ok(agents)) = tokio::task::spawn_blocking(move || store.agent_states()).await {
                 for agent in agents {
                     // Marked for deletion while no round runs (its round ended, or the
                     // verifier restarted): finish the DELETE.
@@ -113,7 +122,8 @@ pub fn spawn(verifier: Verifier, tls: AgentTls, retries: Retries) -> JoinHandle<
                         complete_deletion(&verifier, &agent.agent_id).await;
                         continue;
                     }
-                    if polls(&agent) && !running.contains_key(&agent.agent_id) {
+                    let polls = polled(agent.push, agent.operational_state, agent.polls_after_failure);
+                    if polls && !running.contains_key(&agent.agent_id) {
                         let task = tokio::spawn(poll_agent(
                             verifier.clone(),
                             tls.clone(),
@@ -124,7 +134,12 @@ pub fn spawn(verifier: Verifier, tls: AgentTls, retries: Retries) -> JoinHandle<
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Ids and states only: a fleet of 10,000 read whole every 200 ms was 50,000
+            // records parsed a second.
+            tokio::select! {
+                () = verifier.poll_wakeup.notified() => {}
+                () = tokio::time::sleep(RESCAN) => {}
+            }
         }
     })
 }

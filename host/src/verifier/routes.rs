@@ -530,6 +530,7 @@ async fn enrol(
     .await?;
     match outcome {
         EnrolOutcome::Enrolled => {
+            verifier.poll_wakeup.notify_one();
             tracing::info!(agent_id = %id, "agent enrolled");
             Ok(Envelope::empty())
         }
@@ -630,6 +631,7 @@ async fn set_state(verifier: &Verifier, id: &str, to: i64) -> ApiResult {
     })
     .await?;
     if done {
+        verifier.poll_wakeup.notify_one();
         tracing::info!(agent_id = %id, state = to, "agent state set");
         Ok(Envelope::empty())
     } else {

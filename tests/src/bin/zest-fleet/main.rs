@@ -2,8 +2,9 @@
 //! measuring what grows with the fleet. Each agent has a software TPM (`soft_tpm`) whose
 //! structures are byte-for-byte a TPM's: it registers at the registrar (MakeCredential /
 //! ActivateCredential), is enrolled at the verifier as Keylime's tenant enrols it, and
-//! attests in push mode (API 3.0: proof of possession, capabilities, evidence) with an IMA
-//! log that grows into its PCR 10.
+//! attests with an IMA log that grows into its PCR 10: in push mode (API 3.0: proof of
+//! possession, capabilities, evidence), or in pull mode serving its quotes to the verifier
+//! (`pull.rs`).
 //!
 //! It prints attestations/s, evidence→verdict latency (p50/p99/max, from the verifier's
 //! own timestamps), verifier CPU per attestation, verifier RSS (and per agent), the
@@ -272,6 +273,7 @@ fn io_writes(pid: u32) -> (u64, u64) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Arc::new(Args::parse());
+    raise_open_files();
     ensure!(
         args.agents > 0 && args.policy_paths > 0,
         "--agents and --policy-paths must be positive"
@@ -520,6 +522,21 @@ async fn main() -> anyhow::Result<()> {
         println!("  check: every verdict as expected");
     }
     Ok(())
+}
+
+/// Pull mode holds a listener and a connection per agent: take every descriptor allowed.
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the struct passed, nothing else.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Gaps between polls, in ms: (p50, p99, max, count late by more than half an interval).
