@@ -485,25 +485,17 @@ async fn main() -> anyhow::Result<()> {
         ms(latencies.last()),
         latencies.len()
     );
-    println!(
-        "  verifier CPU: {:.3} ms per attestation ({:.2} cores); simulator CPU {:.3} ms per attestation ({:.2} cores)",
-        cpu * 1000.0 / accepted.max(1) as f64,
-        cpu / drained,
-        own_cpu * 1000.0 / accepted.max(1) as f64,
-        own_cpu / drained
-    );
-    println!(
-        "  verifier RSS: {} KiB idle, {} KiB enrolled, {} KiB at the end: {:.1} KiB per agent",
-        rss_idle,
-        rss_enrolled,
-        rss_end,
-        rss_end.saturating_sub(rss_idle) as f64 / args.agents as f64
-    );
-    println!(
-        "  verifier writes: {:.0} write syscalls/s, {:.0} KiB/s to storage",
-        (io_end.0 - io_start.0) as f64 / drained,
-        (io_end.1 - io_start.1) as f64 / 1024.0 / drained
-    );
+    Costs {
+        what: "attestation",
+        count: accepted,
+        seconds: drained,
+        cpu,
+        own_cpu,
+        rss: (rss_idle, rss_enrolled, rss_end),
+        agents: args.agents,
+        writes: (io_end.0 - io_start.0, io_end.1 - io_start.1),
+    }
+    .print();
 
     if args.check {
         ensure!(accepted > 0, "no attestation was accepted");
@@ -522,6 +514,44 @@ async fn main() -> anyhow::Result<()> {
         println!("  check: every verdict as expected");
     }
     Ok(())
+}
+
+/// What the verifier spent on a run, as both modes print it.
+struct Costs {
+    what: &'static str,
+    count: u64,
+    seconds: f64,
+    cpu: f64,
+    own_cpu: f64,
+    /// Verifier VmRSS (KiB): idle, with the fleet enrolled, at the end.
+    rss: (u64, u64, u64),
+    agents: usize,
+    /// Write syscalls and bytes written to storage during the run.
+    writes: (u64, u64),
+}
+
+impl Costs {
+    fn print(&self) {
+        let per = |seconds: f64| seconds * 1000.0 / self.count.max(1) as f64;
+        println!(
+            "  verifier CPU: {:.3} ms per {what} ({:.2} cores); simulator CPU {:.3} ms per {what} ({:.2} cores)",
+            per(self.cpu),
+            self.cpu / self.seconds,
+            per(self.own_cpu),
+            self.own_cpu / self.seconds,
+            what = self.what,
+        );
+        let (idle, enrolled, end) = self.rss;
+        println!(
+            "  verifier RSS: {idle} KiB idle, {enrolled} KiB enrolled, {end} KiB at the end: {:.1} KiB per agent",
+            end.saturating_sub(idle) as f64 / self.agents as f64
+        );
+        println!(
+            "  verifier writes: {:.0} write syscalls/s, {:.0} KiB/s to storage",
+            self.writes.0 as f64 / self.seconds,
+            self.writes.1 as f64 / 1024.0 / self.seconds
+        );
+    }
 }
 
 /// Pull mode holds a listener and a connection per agent: take every descriptor allowed.
@@ -703,25 +733,17 @@ async fn run_pull(
     println!(
         "  gap between an agent's polls: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; {late} gaps over 1.5 × interval; {never} agents never polled"
     );
-    println!(
-        "  verifier CPU: {:.3} ms per round ({:.2} cores); simulator CPU {:.3} ms per round ({:.2} cores)",
-        cpu * 1000.0 / rounds.max(1) as f64,
-        cpu / wall,
-        own_cpu * 1000.0 / rounds.max(1) as f64,
-        own_cpu / wall
-    );
-    println!(
-        "  verifier RSS: {} KiB idle, {} KiB enrolled, {} KiB at the end: {:.1} KiB per agent",
-        rss_idle,
-        rss_enrolled,
-        rss_end,
-        rss_end.saturating_sub(rss_idle) as f64 / args.agents as f64
-    );
-    println!(
-        "  verifier writes: {:.0} write syscalls/s, {:.0} KiB/s to storage",
-        (io_end.0 - io_start.0) as f64 / wall,
-        (io_end.1 - io_start.1) as f64 / 1024.0 / wall
-    );
+    Costs {
+        what: "round",
+        count: rounds,
+        seconds: wall,
+        cpu,
+        own_cpu,
+        rss: (rss_idle, rss_enrolled, rss_end),
+        agents: args.agents,
+        writes: (io_end.0 - io_start.0, io_end.1 - io_start.1),
+    }
+    .print();
     if args.check {
         ensure!(rounds > 0, "no round was judged");
         ensure!(never == 0, "{never} agents were never polled");
