@@ -87,7 +87,7 @@ async fn authenticate(verifier: &TestVerifier, agent: &mut TestAgent) -> (u16, V
 }
 
 #[tokio::test]
-async fn rsa_and_ecc_aks_earn_a_token_stored_only_as_a_slow_hash() {
+async fn rsa_and_ecc_aks_earn_a_token_stored_only_as_a_salted_hash() {
     let verifier = push_verifier(Duration::from_secs(60)).await;
     for (uuid, ak) in [("push-rsa", AkKind::RsaSsa), ("push-ecc", AkKind::EcDsaP256)] {
         let tpm = Swtpm::start().unwrap();

@@ -4,6 +4,7 @@
 //! The traits are synchronous: async callers run them on the blocking pool
 //! (`tokio::task::spawn_blocking`), so a slow disk never stalls the reactor.
 
+mod group_commit;
 mod sqlite;
 mod sqlite_verifier;
 pub mod verifier;
@@ -27,6 +28,8 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("storage lock poisoned by a panicked writer")]
     Poisoned,
+    #[error("database commit failed: {0}")]
+    Commit(String),
     #[error("a stored record cannot be read: {0}")]
     Corrupt(String),
     #[error("the database file: {0}")]

@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+use super::group_commit::WriteQueue;
 use super::{DEFAULT_TENANT, NewRegistration, RegisterOutcome, RegisteredAgent, RegistrarStore, StoreError};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -119,9 +120,11 @@ const MIGRATIONS: &[&str] = &[
 ];
 
 /// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and
-/// callers reach it from the blocking pool.
+/// callers reach it from the blocking pool. The hot writes go through [`WriteQueue`], which
+/// commits the writes of many threads together.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    writes: WriteQueue,
 }
 
 impl SqliteStore {
@@ -169,7 +172,17 @@ impl SqliteStore {
         }
         Ok(Self {
             conn: Mutex::new(conn),
+            writes: WriteQueue::default(),
         })
+    }
+
+    /// Runs `write` in a group commit (see [`WriteQueue`]): its result comes back once the
+    /// batch holding it is committed.
+    pub(super) fn grouped<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.writes.write(&self.conn, write)
     }
 
     pub(super) fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
@@ -477,5 +490,110 @@ mod tests {
             });
         });
         assert_eq!(registrar.list_agents().unwrap().len(), 3000);
+    }
+
+    /// A push verdict is one write: the record only if it is still the round's, the session
+    /// extended only with it, and the attestation replaced only if it is still the one judged.
+    #[test]
+    fn a_push_verdict_lands_only_on_the_records_it_judged() {
+        use crate::store::verifier::{
+            EnrolOutcome, PolicyKind, PolicyRecord, PushAttestation, PushSession, VerifierAgent,
+            VerifierStore,
+        };
+        let store = SqliteStore::open_in_memory().unwrap();
+        let mut agent: VerifierAgent = serde_json::from_value(serde_json::json!({
+            "agent_id": "a", "ip": null, "port": null, "v": null, "tpm_policy": "{}",
+            "runtime_policy": "r", "mb_policy": "m", "ima_sign_verification_keys": "",
+            "revocation_key": "", "meta_data": "{}", "accept_tpm_hash_algs": [],
+            "accept_tpm_encryption_algs": [], "accept_tpm_signing_algs": [], "ak_tpm": "",
+            "mtls_cert": null, "supported_version": "3.0", "operational_state": 3,
+            "revision": 7, "push": true
+        }))
+        .unwrap();
+        let policy = |name: &str| PolicyRecord {
+            name: name.into(),
+            module: "builtin:keylime-runtime".into(),
+            document: Some(b"{}".to_vec()),
+            checksum: String::new(),
+            generator: 3,
+        };
+        let policies = [
+            (PolicyKind::Runtime, policy("r")),
+            (PolicyKind::MeasuredBoot, policy("m")),
+        ];
+        assert!(matches!(
+            store.enrol(&agent, &policies).unwrap(),
+            EnrolOutcome::Enrolled
+        ));
+        store
+            .put_session(&PushSession {
+                session_id: "s".into(),
+                agent_id: "a".into(),
+                token_salt: vec![1],
+                token_hash: vec![2],
+                token_expires_at: 100,
+            })
+            .unwrap();
+        let attestation: PushAttestation = serde_json::from_value(serde_json::json!({
+            "index": 0, "stage": "evaluating_evidence", "evaluation": "pending",
+            "failure_reason": null, "evidence": [], "system_info": {}, "boot_time": 1,
+            "challenge": "", "ima_offset": null, "capabilities_received_at": 11,
+            "challenges_expire_at": 0, "evidence_received_at": null, "verified_at": null
+        }))
+        .unwrap();
+        assert_eq!(store.add_attestation("a", &attestation).unwrap(), 0);
+        let judged = PushAttestation {
+            stage: "verification_complete".into(),
+            evaluation: "pass".into(),
+            ..attestation.clone()
+        };
+        agent.attestation_count = 1;
+        assert!(
+            store
+                .save_push_verdict(&agent, 3, Some(("s", 200)), &judged)
+                .unwrap()
+        );
+        assert_eq!(store.agent("a").unwrap().unwrap().attestation_count, 1);
+        assert_eq!(store.session("s").unwrap().unwrap().token_expires_at, 200);
+        assert_eq!(
+            store.attestation("a", Some(0)).unwrap().unwrap().evaluation,
+            "pass"
+        );
+
+        // The operator changed the record meanwhile (another revision): nothing of the
+        // record or session moves; the attestation at that index is still the judged one.
+        let stale = VerifierAgent {
+            revision: 6,
+            attestation_count: 2,
+            ..agent.clone()
+        };
+        let failed = PushAttestation {
+            evaluation: "fail".into(),
+            ..judged.clone()
+        };
+        assert!(
+            !store
+                .save_push_verdict(&stale, 3, Some(("s", 300)), &failed)
+                .unwrap()
+        );
+        assert_eq!(store.agent("a").unwrap().unwrap().attestation_count, 1);
+        assert_eq!(store.session("s").unwrap().unwrap().token_expires_at, 200);
+        assert_eq!(
+            store.attestation("a", Some(0)).unwrap().unwrap().evaluation,
+            "fail"
+        );
+
+        // The stored attestation at that index is another one (a re-enrolment started
+        // over): it is left alone.
+        let other = PushAttestation {
+            capabilities_received_at: 12,
+            evaluation: "pass".into(),
+            ..judged
+        };
+        store.save_push_verdict(&agent, 3, None, &other).unwrap();
+        assert_eq!(
+            store.attestation("a", Some(0)).unwrap().unwrap().evaluation,
+            "fail"
+        );
     }
 }

@@ -16,6 +16,26 @@ fn from_json(text: &str) -> Result<VerifierAgent, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// The record of a round, unless the stored one moved on since the round read it: another
+/// revision (re-enrolled, updated) or another state (stopped).
+fn save_round(
+    conn: &rusqlite::Connection,
+    agent_id: &str,
+    record: &str,
+    revision: i64,
+    from_state: i64,
+) -> Result<bool, StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE verifier_agents SET record = ?2
+             WHERE agent_id = ?1
+               AND IFNULL(json_extract(record, '$.revision'), 0) = ?3
+               AND json_extract(record, '$.operational_state') = ?4",
+        )?
+        .execute(params![agent_id, record, revision, from_state])?;
+    Ok(changed > 0)
+}
+
 fn policy_row(kind: PolicyKind, row: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRecord> {
     let _ = kind;
     Ok(PolicyRecord {
@@ -240,35 +260,25 @@ impl VerifierStore for SqliteStore {
     }
 
     fn update_agent(&self, agent: &VerifierAgent, unless_states: &[i64]) -> Result<bool, StoreError> {
-        let conn = self.conn()?;
-        // The state guard reads the stored record: a stop or delete that landed meanwhile wins.
         let blocked = serde_json::to_string(unless_states).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let changed = conn
-            .prepare_cached(
-                "UPDATE verifier_agents SET record = ?2
-             WHERE agent_id = ?1
-               AND json_extract(record, '$.operational_state') NOT IN (SELECT value FROM json_each(?3))",
-            )?
-            .execute(params![agent.agent_id, to_json(agent)?, blocked])?;
-        Ok(changed > 0)
+        let (agent_id, record) = (agent.agent_id.clone(), to_json(agent)?);
+        self.grouped(move |conn| {
+            // The state guard reads the stored record: a stop or delete that landed meanwhile wins.
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE verifier_agents SET record = ?2
+                 WHERE agent_id = ?1
+                   AND json_extract(record, '$.operational_state') NOT IN (SELECT value FROM json_each(?3))",
+                )?
+                .execute(params![agent_id, record, blocked])?;
+            Ok(changed > 0)
+        })
     }
 
     fn save_round(&self, agent: &VerifierAgent, from_state: i64) -> Result<bool, StoreError> {
-        let conn = self.conn()?;
-        let changed = conn
-            .prepare_cached(
-                "UPDATE verifier_agents SET record = ?2
-             WHERE agent_id = ?1
-               AND IFNULL(json_extract(record, '$.revision'), 0) = ?3
-               AND json_extract(record, '$.operational_state') = ?4",
-            )?
-            .execute(params![
-                agent.agent_id,
-                to_json(agent)?,
-                i64::try_from(agent.revision).unwrap_or(-1),
-                from_state
-            ])?;
-        Ok(changed > 0)
+        let (agent_id, record) = (agent.agent_id.clone(), to_json(agent)?);
+        let revision = i64::try_from(agent.revision).unwrap_or(-1);
+        self.grouped(move |conn| save_round(conn, &agent_id, &record, revision, from_state))
     }
 
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
@@ -401,12 +411,15 @@ impl VerifierStore for SqliteStore {
     }
 
     fn put_session(&self, session: &PushSession) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.prepare_cached("DELETE FROM push_sessions WHERE tenant = ?1 AND agent_id = ?2")?
-            .execute(params![DEFAULT_TENANT, session.agent_id])?;
-        tx.prepare_cached("INSERT INTO push_sessions (session_id, tenant, agent_id, token_salt, token_hash, token_expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?.execute(params![
+        let session = session.clone();
+        self.grouped(move |conn| {
+            conn.prepare_cached("DELETE FROM push_sessions WHERE tenant = ?1 AND agent_id = ?2")?
+                .execute(params![DEFAULT_TENANT, session.agent_id])?;
+            conn.prepare_cached(
+                "INSERT INTO push_sessions (session_id, tenant, agent_id, token_salt, token_hash, token_expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
                 session.session_id,
                 DEFAULT_TENANT,
                 session.agent_id,
@@ -414,8 +427,8 @@ impl VerifierStore for SqliteStore {
                 session.token_hash,
                 session.token_expires_at as i64
             ])?;
-        tx.commit()?;
-        Ok(())
+            Ok(())
+        })
     }
 
     fn session(&self, session_id: &str) -> Result<Option<PushSession>, StoreError> {
@@ -437,42 +450,67 @@ impl VerifierStore for SqliteStore {
             .optional()?)
     }
 
-    fn extend_session(&self, session_id: &str, token_expires_at: u64) -> Result<(), StoreError> {
-        self.conn()?
-            .prepare_cached(
-                "UPDATE push_sessions SET token_expires_at = ?3 WHERE tenant = ?1 AND session_id = ?2",
-            )?
-            .execute(params![DEFAULT_TENANT, session_id, token_expires_at as i64])?;
-        Ok(())
-    }
-
     fn add_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<u64, StoreError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let next: i64 = tx
-            .prepare_cached(
-                "SELECT coalesce(max(idx) + 1, 0) FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2",
+        let (agent_id, mut record) = (agent_id.to_owned(), record.clone());
+        self.grouped(move |conn| {
+            let next: i64 = conn
+                .prepare_cached(
+                    "SELECT coalesce(max(idx) + 1, 0) FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2",
+                )?
+                .query_row(params![DEFAULT_TENANT, agent_id], |row| row.get(0))?;
+            record.index = next as u64;
+            let text = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            conn.prepare_cached(
+                "INSERT INTO push_attestations (tenant, agent_id, idx, record) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .query_row(params![DEFAULT_TENANT, agent_id], |row| row.get(0))?;
-        let mut record = record.clone();
-        record.index = next as u64;
-        let text = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        tx.prepare_cached(
-            "INSERT INTO push_attestations (tenant, agent_id, idx, record) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![DEFAULT_TENANT, agent_id, next, text])?;
-        tx.commit()?;
-        Ok(next as u64)
+            .execute(params![DEFAULT_TENANT, agent_id, next, text])?;
+            Ok(next as u64)
+        })
     }
 
     fn update_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<(), StoreError> {
         let text = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.conn()?
-            .prepare_cached(
+        let (agent_id, index) = (agent_id.to_owned(), record.index as i64);
+        self.grouped(move |conn| {
+            conn.prepare_cached(
                 "UPDATE push_attestations SET record = ?4 WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3",
             )?
-            .execute(params![DEFAULT_TENANT, agent_id, record.index as i64, text])?;
-        Ok(())
+            .execute(params![DEFAULT_TENANT, agent_id, index, text])?;
+            Ok(())
+        })
+    }
+
+    fn save_push_verdict(
+        &self,
+        agent: &VerifierAgent,
+        from_state: i64,
+        extend_session: Option<(&str, u64)>,
+        attestation: &PushAttestation,
+    ) -> Result<bool, StoreError> {
+        let (agent_id, record) = (agent.agent_id.clone(), to_json(agent)?);
+        let revision = i64::try_from(agent.revision).unwrap_or(-1);
+        let extend_session = extend_session.map(|(id, expires)| (id.to_owned(), expires as i64));
+        let (index, received_at) = (
+            attestation.index as i64,
+            attestation.capabilities_received_at as i64,
+        );
+        let text = serde_json::to_string(attestation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.grouped(move |conn| {
+            let saved = save_round(conn, &agent_id, &record, revision, from_state)?;
+            if saved && let Some((session_id, expires)) = extend_session {
+                conn.prepare_cached(
+                    "UPDATE push_sessions SET token_expires_at = ?3 WHERE tenant = ?1 AND session_id = ?2",
+                )?
+                .execute(params![DEFAULT_TENANT, session_id, expires])?;
+            }
+            conn.prepare_cached(
+                "UPDATE push_attestations SET record = ?4
+                 WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3
+                   AND IFNULL(json_extract(record, '$.capabilities_received_at'), 0) = ?5",
+            )?
+            .execute(params![DEFAULT_TENANT, agent_id, index, text, received_at])?;
+            Ok(saved)
+        })
     }
 
     fn attestation(&self, agent_id: &str, index: Option<u64>) -> Result<Option<PushAttestation>, StoreError> {

@@ -100,7 +100,7 @@ pub enum ModuleDelete {
 }
 
 /// An authenticated push session: the agent's bearer token is `<session_id>.<secret>`, and
-/// only a salted slow hash of it is kept.
+/// only a salted hash of it is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushSession {
     pub session_id: String,
@@ -434,14 +434,24 @@ pub trait VerifierStore: Send + Sync + 'static {
 
     fn session(&self, session_id: &str) -> Result<Option<PushSession>, StoreError>;
 
-    /// Moves a session's token expiry (a passing attestation extends it).
-    fn extend_session(&self, session_id: &str, token_expires_at: u64) -> Result<(), StoreError>;
-
     /// Stores a new attestation under the agent's next index, which it returns.
     fn add_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<u64, StoreError>;
 
     /// Replaces an attestation (same agent and index).
     fn update_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<(), StoreError>;
+
+    /// A push verdict in one transaction: the agent's record as [`Self::save_round`] saves
+    /// it (returning whether it did); then, if it was saved, the session's token expiry
+    /// moved to `extend_session` (a passing attestation extends it); and the attestation
+    /// replaced if the one stored at its index is still the one judged (same
+    /// `capabilities_received_at`: not an attestation of a re-enrolment meanwhile).
+    fn save_push_verdict(
+        &self,
+        agent: &VerifierAgent,
+        from_state: i64,
+        extend_session: Option<(&str, u64)>,
+        attestation: &PushAttestation,
+    ) -> Result<bool, StoreError>;
 
     /// One attestation, or the latest with `None`.
     fn attestation(&self, agent_id: &str, index: Option<u64>) -> Result<Option<PushAttestation>, StoreError>;

@@ -713,32 +713,30 @@ fn conclude(
             }
         }
     }
-    match verifier.store.save_round(&agent, from_state) {
+    // A passing attestation extends the session's token, stored with the verdict.
+    let extension = session_id
+        .filter(|_| matches!(result, RoundResult::Pass))
+        .map(|id| {
+            (
+                id,
+                unix_now().saturating_add(verifier.config.session_lifetime.as_secs()),
+            )
+        });
+    // The attestation is history either way (the store skips it if it is no longer the one
+    // judged: the agent was deleted and enrolled again meanwhile).
+    match verifier
+        .store
+        .save_push_verdict(&agent, from_state, extension, &record)
+    {
         Ok(true) => {
-            if matches!(result, RoundResult::Pass)
-                && let Some(session_id) = session_id
-            {
-                let expires = unix_now().saturating_add(verifier.config.session_lifetime.as_secs());
-                if verifier.store.extend_session(session_id, expires).is_ok() {
-                    verifier.tokens.extend(session_id, expires);
-                }
+            if let Some((session_id, expires)) = extension {
+                verifier.tokens.extend(session_id, expires);
             }
         }
         Ok(false) => {
             tracing::info!(%agent_id, "the agent changed while its evidence was judged: its record keeps the operator's change")
         }
-        Err(e) => tracing::error!(error = %e, "storing a push agent"),
-    }
-    // The attestation is history either way, unless it is no longer the one judged (the
-    // agent was deleted and enrolled again meanwhile).
-    let same = verifier
-        .store
-        .attestation_head(&agent_id, Some(record.index))
-        .ok()
-        .flatten()
-        .is_some_and(|a| a.capabilities_received_at == record.capabilities_received_at);
-    if same && let Err(e) = verifier.store.update_attestation(&agent_id, &record) {
-        tracing::error!(error = %e, "storing a push verdict");
+        Err(e) => tracing::error!(error = %e, "storing a push verdict"),
     }
 }
 

@@ -23,7 +23,7 @@ struct Known {
 pub struct TokenCache(Mutex<HashMap<String, Known>>);
 
 impl TokenCache {
-    /// Remembers a token just issued, so that its first use skips the slow hash.
+    /// Remembers a token just issued, so that its first use skips the stored hash and its database read.
     pub fn issued(&self, session_id: &str, token: &str, agent_id: &str, expires_at: u64) {
         if let Ok(mut known) = self.0.lock() {
             known.retain(|_, k| k.agent_id != agent_id);
