@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use zest::evidence::HashAlg;
 use zest::evidence::ima::{ImaPosition, replay};
-use zest::metrics::Metrics;
-use zest::policy::registry::{POLICY_EVICTIONS, POLICY_LOADS};
+use zest::metrics::{KindLabel, Metrics, counter_value};
 use zest::policy::runtime::{ImaEvidence, RuntimePolicy, Verdict};
 use zest::policy::{
     DocumentLoader, PolicyError, PolicyLimits, PolicyRegistry, PolicyRuntime, PolicySource, builtin_runtime,
@@ -18,6 +17,8 @@ use zest::policy::{
 use zest_tests::ima::ImaLog;
 use zest_tests::policies::runtime_policy;
 use zest_tests::process::memory_kib;
+
+const RUNTIME: KindLabel = KindLabel { kind: "runtime" };
 
 const MODULE_ID: &str = "builtin:keylime-runtime";
 const TENANT: &str = "default";
@@ -152,8 +153,8 @@ fn a_thousand_distinct_policies_load_and_evaluate_in_turn_within_the_bound() {
     let elapsed = started.elapsed();
     let (rss_after, hwm_after) = memory();
 
-    let loads = metrics.counter_value(POLICY_LOADS, &[("kind", "runtime")]);
-    let evictions = metrics.counter_value(POLICY_EVICTIONS, &[("kind", "runtime")]);
+    let loads = counter_value(&metrics.policy_loads, &RUNTIME);
+    let evictions = counter_value(&metrics.policy_evictions, &RUNTIME);
     println!(
         "{DOCUMENTS} documents (+{uploads} upload checks, +{reevaluated} re-evaluations) in \
          {elapsed:.2?} ({:.2?} per document): {loads} loads, {evictions} evictions, {} cached \
@@ -185,7 +186,7 @@ fn the_least_recently_used_is_evicted_and_one_off_loads_never_take_its_room() {
     let metrics = Arc::new(Metrics::default());
     let registry = PolicyRegistry::with_metrics(runtime.clone(), metrics.clone()).with_max_cached(4);
     assert_eq!(registry.max_cached(), 4);
-    let loads = || metrics.counter_value(POLICY_LOADS, &[("kind", "runtime")]);
+    let loads = || counter_value(&metrics.policy_loads, &RUNTIME);
     let d: Vec<Doc> = (0..6).map(doc).collect();
 
     for p in &d[..4] {
@@ -218,7 +219,7 @@ fn the_least_recently_used_is_evicted_and_one_off_loads_never_take_its_room() {
     // A one-off check of a loaded document uses the loaded instance.
     registry.load_runtime(TENANT, &source(&d[3]).one_off()).unwrap();
     assert_eq!(loads(), 9);
-    assert!(metrics.counter_value(POLICY_EVICTIONS, &[("kind", "runtime")]) >= 3);
+    assert!(counter_value(&metrics.policy_evictions, &RUNTIME) >= 3);
     assert_eq!(runtime.live_instances(), registry.cached_instances());
 }
 
@@ -227,7 +228,7 @@ fn one_off_loads_take_free_room_only_and_leave_first() {
     let runtime = Arc::new(PolicyRuntime::new(PolicyLimits::default(), None).unwrap());
     let metrics = Arc::new(Metrics::default());
     let registry = PolicyRegistry::with_metrics(runtime.clone(), metrics.clone()).with_max_cached(8);
-    let loads = || metrics.counter_value(POLICY_LOADS, &[("kind", "runtime")]);
+    let loads = || counter_value(&metrics.policy_loads, &RUNTIME);
     let kept: Vec<Doc> = (0..6).map(doc).collect();
 
     passes(&registry, &kept[0]);

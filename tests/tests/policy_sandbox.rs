@@ -197,7 +197,7 @@ fn the_registry_reuses_instances_per_tenant_and_rebuilds_broken_ones() {
 #[test]
 fn traps_and_timeouts_are_counted_per_module() {
     use std::sync::Arc;
-    use zest::metrics::{Metrics, POLICY_ABORTS, POLICY_SECONDS};
+    use zest::metrics::{KindModuleReason, Metrics, counter_value};
     use zest::policy::PolicyRegistry;
 
     let metrics = Arc::new(Metrics::default());
@@ -230,21 +230,24 @@ fn traps_and_timeouts_are_counted_per_module() {
     registry
         .evaluate_measured_boot("t", &source("ok"), &evidence)
         .unwrap();
-    let labels = |reason| {
-        [
-            ("kind", "measured-boot"),
-            ("module", "sha256:hostile"),
-            ("reason", reason),
-        ]
+    let labels = |reason| KindModuleReason {
+        kind: "measured-boot",
+        module: "sha256:hostile".into(),
+        reason,
     };
-    assert_eq!(metrics.counter_value(POLICY_ABORTS, &labels("trap")), 2);
-    assert_eq!(metrics.counter_value(POLICY_ABORTS, &labels("timeout")), 1);
-    let text = metrics.render(&[]);
+    assert_eq!(counter_value(&metrics.policy_aborts, &labels("trap")), 2);
+    assert_eq!(counter_value(&metrics.policy_aborts, &labels("timeout")), 1);
+    let text = metrics.render(|_| {});
     assert!(
-        text.contains(&format!(
-            "{}_count{{kind=\"measured-boot\",module=\"sha256:hostile\"}} 4\n",
-            POLICY_SECONDS.name
-        )),
+        text.contains(
+            "zest_policy_evaluation_seconds_count{kind=\"measured-boot\",module=\"sha256:hostile\"} 4\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "zest_policy_aborts_total{kind=\"measured-boot\",module=\"sha256:hostile\",reason=\"timeout\"} 1\n"
+        ),
         "{text}"
     );
 }

@@ -12,7 +12,7 @@ use super::measured_boot::{BootEvidence, MeasuredBootPolicy};
 use super::runtime::{ImaEvidence, RuntimePolicy};
 use super::{PolicyError, PolicyRuntime};
 use crate::evidence::HashAlg;
-use crate::metrics::{self, Family, Metrics};
+use crate::metrics::{self, Metrics};
 
 /// Reads a policy document when it is needed: only when no instance is loaded for it, so a
 /// round whose policy is loaded reads no document (a 100,000-path policy is megabytes).
@@ -146,11 +146,12 @@ enum Kind {
 }
 
 impl Kind {
-    fn label(self) -> &'static str {
-        match self {
+    fn metric_label(self) -> metrics::KindLabel {
+        let kind = match self {
             Kind::MeasuredBoot => "measured-boot",
             Kind::Runtime => "runtime",
-        }
+        };
+        metrics::KindLabel { kind }
     }
 }
 
@@ -322,25 +323,6 @@ impl Cache {
     }
 }
 
-/// Policy instances created (cache misses), by kind.
-pub const POLICY_LOADS: Family = Family::counter(
-    "zest_policy_loads_total",
-    "Policy documents loaded into a new component instance (cache misses), by kind.",
-);
-/// Instances evicted from the cache to stay within its bound, by kind.
-pub const POLICY_EVICTIONS: Family = Family::counter(
-    "zest_policy_evictions_total",
-    "Loaded policy instances evicted to keep the cache within its bound, by kind.",
-);
-/// Instances cached and live (cached, loading, or evicted but finishing a call).
-pub const POLICY_INSTANCES: Family = Family::gauge(
-    "zest_policy_instances",
-    "Policy instances by state: cached, live (cached, loading or finishing a call), capacity.",
-);
-
-/// The series of a gauge as [`Metrics::render`] takes them: (labels, value).
-pub type GaugeSeries = Vec<(Vec<(&'static str, String)>, f64)>;
-
 /// The loaded policies of a process.
 ///
 /// At most [`PolicyRegistry::max_cached`] instances stay loaded (by default half of what
@@ -419,17 +401,15 @@ impl PolicyRegistry {
         &self.runtime
     }
 
-    /// The [`POLICY_INSTANCES`] gauge, for [`Metrics::render`].
-    pub fn instance_gauge(&self) -> (Family, GaugeSeries) {
+    /// Sets the instances gauge (cached, live, capacity) in `metrics`, at scrape time.
+    pub fn set_instance_gauge(&self, metrics: &Metrics) {
         let series = [
             ("cached", self.cached_instances()),
             ("live", self.runtime.live_instances()),
             ("capacity", self.runtime.instance_capacity()),
         ]
-        .into_iter()
-        .map(|(state, n)| (metrics::labels(&[("state", state)]), n as f64))
-        .collect::<GaugeSeries>();
-        (POLICY_INSTANCES, series)
+        .map(|(state, n)| (metrics::StateLabel { state }, n as u64));
+        metrics::set_gauges(&metrics.policy_instances, series);
     }
 
     /// Runs `eval` on the instance for `source`, loading it first if needed (and caching
@@ -451,7 +431,7 @@ impl PolicyRegistry {
                 // Loading runs guest code under its deadline; the cache lock is not held
                 // meanwhile.
                 let loaded = Arc::new(load()?);
-                self.metrics.count(POLICY_LOADS, &[("kind", P::KIND.label())]);
+                metrics::count(&self.metrics.policy_loads, &P::KIND.metric_label());
                 let inserted = self.lock()?.insert(&key, loaded, one_off, self.max_cached);
                 match inserted {
                     Inserted::New { policy, evicted } => {
@@ -489,7 +469,7 @@ impl PolicyRegistry {
                 Loaded::Runtime(_) => Kind::Runtime,
             };
             drop(loaded);
-            self.metrics.count(POLICY_EVICTIONS, &[("kind", kind.label())]);
+            metrics::count(&self.metrics.policy_evictions, &kind.metric_label());
         }
     }
 
@@ -594,18 +574,22 @@ impl PolicyRegistry {
         result: &Result<T, PolicyError>,
     ) {
         let module = source.identity.map(|(module, _)| module).unwrap_or("unnamed");
-        let labels = [("kind", kind), ("module", module)];
-        self.metrics
-            .observe(metrics::POLICY_SECONDS, &labels, started.elapsed());
+        let labels = metrics::KindModule {
+            kind,
+            module: module.to_owned(),
+        };
+        metrics::observe(&self.metrics.policy_seconds, &labels, started.elapsed());
         let reason = match result {
             Err(PolicyError::Trap(_)) => "trap",
             Err(PolicyError::Panic(_)) => "panic",
             Err(PolicyError::Timeout(_)) => "timeout",
             _ => return,
         };
-        self.metrics.count(
-            metrics::POLICY_ABORTS,
-            &[("kind", kind), ("module", module), ("reason", reason)],
-        );
+        let labels = metrics::KindModuleReason {
+            kind,
+            module: labels.module,
+            reason,
+        };
+        metrics::count(&self.metrics.policy_aborts, &labels);
     }
 }

@@ -137,11 +137,13 @@ async fn metrics(State(reg): State<Registrar>) -> Result<axum::response::Respons
         Ok(counts)
     })
     .await?;
-    let gauge = |state: &'static str, n: u64| (crate::metrics::labels(&[("state", state)]), n as f64);
-    let text = reg.metrics.render(&[(
-        crate::metrics::REGISTRAR_AGENTS,
-        vec![gauge("active", active), gauge("inactive", inactive)],
-    )]);
+    let text = reg.metrics.render(|m| {
+        let state = |state| crate::metrics::StateLabel { state };
+        crate::metrics::set_gauges(
+            &m.registrar_agents,
+            [(state("active"), active), (state("inactive"), inactive)],
+        );
+    });
     Ok((
         [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         text,
@@ -187,7 +189,10 @@ async fn register(reg: Registrar, id: AgentId, body: Map<String, Value>) -> ApiR
     let metrics = reg.metrics.clone();
     let result = register_checked(reg, id, body).await;
     let outcome = if result.is_ok() { "ok" } else { "refused" };
-    metrics.count(crate::metrics::REGISTRATIONS, &[("result", outcome)]);
+    crate::metrics::count(
+        &metrics.registrations,
+        &crate::metrics::ResultLabel { result: outcome },
+    );
     result
 }
 
@@ -253,7 +258,10 @@ async fn activate(reg: Registrar, id: &str, body: &Bytes) -> ApiResult {
     let metrics = reg.metrics.clone();
     let result = activate_checked(reg, id, body).await;
     let outcome = if result.is_ok() { "ok" } else { "refused" };
-    metrics.count(crate::metrics::ACTIVATIONS, &[("result", outcome)]);
+    crate::metrics::count(
+        &metrics.activations,
+        &crate::metrics::ResultLabel { result: outcome },
+    );
     result
 }
 

@@ -190,17 +190,16 @@ impl Verifier {
         elapsed: std::time::Duration,
         failures: &[pipeline::Failure],
     ) {
-        use crate::metrics::{ATTESTATION_FAILURES, ATTESTATION_SECONDS, ATTESTATIONS};
+        use crate::metrics::{ModeEvent, ModeLabel, ModeResult, count, observe};
         let result = if failures.is_empty() { "pass" } else { "fail" };
-        self.metrics
-            .count(ATTESTATIONS, &[("mode", mode), ("result", result)]);
-        self.metrics
-            .observe(ATTESTATION_SECONDS, &[("mode", mode)], elapsed);
+        count(&self.metrics.attestations, &ModeResult { mode, result });
+        observe(&self.metrics.attestation_seconds, &ModeLabel { mode }, elapsed);
         for failure in failures {
-            self.metrics.count(
-                ATTESTATION_FAILURES,
-                &[("mode", mode), ("event_id", &failure.event_id)],
-            );
+            let labels = ModeEvent {
+                mode,
+                event_id: failure.event_id.clone(),
+            };
+            count(&self.metrics.attestation_failures, &labels);
         }
     }
 }

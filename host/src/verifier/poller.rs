@@ -438,9 +438,12 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
             },
             Answer::Unreachable(why) => {
                 tracing::warn!(agent_id = %id, %why, "agent unreachable");
-                verifier
-                    .metrics
-                    .count(crate::metrics::AGENT_ERRORS, &[("reason", "unreachable")]);
+                crate::metrics::count(
+                    &verifier.metrics.agent_errors,
+                    &crate::metrics::ReasonLabel {
+                        reason: "unreachable",
+                    },
+                );
                 drop(round);
                 if !retry(&verifier, &tls, retries, &mut attempts, agent, round_state).await {
                     return;
@@ -449,9 +452,10 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
             }
             Answer::Refused(why) => {
                 tracing::warn!(agent_id = %id, %why, "quote request refused");
-                verifier
-                    .metrics
-                    .count(crate::metrics::AGENT_ERRORS, &[("reason", "refused")]);
+                crate::metrics::count(
+                    &verifier.metrics.agent_errors,
+                    &crate::metrics::ReasonLabel { reason: "refused" },
+                );
                 give_up(&verifier, &tls, agent, round_state, internal("no_quote", why)).await;
                 return;
             }

@@ -368,7 +368,8 @@ fn attestation_status(agent: &VerifierAgent, config: &super::VerifierConfig) -> 
 async fn metrics(State(verifier): State<Verifier>) -> Result<Response, ApiError> {
     let config = verifier.config.clone();
     let counts = blocking(&verifier, "counting agents", move |store| {
-        let mut counts: std::collections::BTreeMap<(&str, &str, &str), u64> = Default::default();
+        let mut counts: std::collections::BTreeMap<(&'static str, &'static str, &'static str), u64> =
+            Default::default();
         for agent in store.agents()? {
             let mode = if agent.push { "push" } else { "pull" };
             let key = (
@@ -383,19 +384,18 @@ async fn metrics(State(verifier): State<Verifier>) -> Result<Response, ApiError>
     .await?;
     let series = counts
         .into_iter()
-        .map(|((mode, operational, status), n)| {
-            let labels = crate::metrics::labels(&[
-                ("mode", mode),
-                ("operational_state", operational),
-                ("attestation_status", status),
-            ]);
-            (labels, n as f64)
-        })
-        .collect();
-    let text = verifier.metrics.render(&[
-        (crate::metrics::VERIFIER_AGENTS, series),
-        verifier.policies.instance_gauge(),
-    ]);
+        .map(|((mode, operational_state, attestation_status), n)| {
+            let labels = crate::metrics::AgentLabels {
+                mode,
+                operational_state,
+                attestation_status,
+            };
+            (labels, n)
+        });
+    let text = verifier.metrics.render(|m| {
+        crate::metrics::set_gauges(&m.verifier_agents, series);
+        verifier.policies.set_instance_gauge(m);
+    });
     Ok((
         [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         text,
