@@ -1,7 +1,11 @@
-//! Wall-clock dates in UTC, for the few places that print one (Keylime's timestamps), without
-//! a date library.
+//! Wall-clock dates in UTC, for the few places that print or read one (Keylime's
+//! timestamps), with the `time` crate.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 
 /// Seconds since the Unix epoch (0 if the system clock is before it).
 pub fn unix_now() -> u64 {
@@ -19,144 +23,66 @@ pub fn unix_micros_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The UTC time `micros` after the epoch; past the year 9999 (which no real clock reaches),
+/// the last representable microsecond.
+fn utc_micros(micros: u64) -> OffsetDateTime {
+    let last = PrimitiveDateTime::MAX.assume_utc();
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .map(|t| t.min(last))
+        .unwrap_or(last)
+}
+
 /// `2026-11-28T12:46:00.543813+00:00`: RFC 3339 with microseconds, as Keylime's push API
 /// writes timestamps.
 pub fn rfc3339_micros(micros: u64) -> String {
-    let t = Utc::from_unix(micros / 1_000_000);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        t.year,
-        t.month,
-        t.day,
-        t.hour,
-        t.minute,
-        t.second,
-        micros % 1_000_000
-    )
+    let shape =
+        format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]+00:00");
+    utc_micros(micros).format(shape).unwrap_or_default()
 }
 
 /// Unix seconds of an RFC 3339 / ISO 8601 time (`2026-11-28T10:00:00Z`, fractions and
-/// `±HH:MM` offsets allowed). `None` for anything else.
+/// `±HH:MM` offsets allowed, and a space for the `T` as Python's `isoformat(" ")` writes).
+/// `None` for anything else, and for times before the epoch.
 pub fn parse_rfc3339(text: &str) -> Option<u64> {
-    let b = text.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = text.get(r)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let at = |i: usize| b.get(i).copied();
-    if b.len() < 19
-        || at(4) != Some(b'-')
-        || at(7) != Some(b'-')
-        || !matches!(at(10), Some(b'T' | b't' | b' '))
-        || at(13) != Some(b':')
-        || at(16) != Some(b':')
-    {
-        return None;
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let mut rest = &text[19..];
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
+    let normalised;
+    let text = match text.as_bytes().get(10) {
+        Some(b' ') if text.is_char_boundary(10) && text.is_char_boundary(11) => {
+            normalised = format!("{}T{}", &text[..10], &text[11..]);
+            normalised.as_str()
         }
-        rest = &fraction[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && rest.starts_with(['+', '-']) && rest.get(3..4) == Some(":") => {
-            let h: i64 = rest.get(1..3)?.parse().ok()?;
-            let m: i64 = rest.get(4..6)?.parse().ok()?;
-            let sign = if rest.starts_with('-') { -1 } else { 1 };
-            sign * (h * 3600 + m * 60)
-        }
-        _ => return None,
+        _ => text,
     };
-    // Days from the civil date (Howard Hinnant's days_from_civil).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset;
-    u64::try_from(secs).ok()
+    let t = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp()).ok()
 }
 
-/// A UTC calendar time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Utc {
-    pub year: i64,
-    pub month: u32,
-    pub day: u32,
-    pub hour: u32,
-    pub minute: u32,
-    pub second: u32,
-    /// 0 = Monday … 6 = Sunday.
-    pub weekday: u32,
+/// Now in UTC.
+fn now_utc() -> OffsetDateTime {
+    OffsetDateTime::now_utc().to_offset(UtcOffset::UTC)
 }
 
-impl Utc {
-    pub fn now() -> Self {
-        Self::from_unix(unix_now())
-    }
+/// `2026-11-28 12:49:32`, Keylime's `meta.timestamp` shape.
+pub fn timestamp(t: OffsetDateTime) -> String {
+    let shape = format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    t.format(shape).unwrap_or_default()
+}
 
-    /// The calendar date of a Unix time (Howard Hinnant's days-to-civil algorithm).
-    pub fn from_unix(secs: u64) -> Self {
-        let days = (secs / 86_400) as i64;
-        let rem = secs % 86_400;
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-        Self {
-            year: yoe + era * 400 + i64::from(month <= 2),
-            month,
-            day,
-            hour: (rem / 3600) as u32,
-            minute: (rem % 3600 / 60) as u32,
-            second: (rem % 60) as u32,
-            // 1970-01-01 was a Thursday.
-            weekday: ((days + 3).rem_euclid(7)) as u32,
-        }
-    }
+/// `Sat Nov 28 12:49:32 2026`, Python's `time.asctime()`.
+pub fn asctime(t: OffsetDateTime) -> String {
+    let shape = format_description!(
+        "[weekday repr:short] [month repr:short] [day padding:space] [hour]:[minute]:[second] [year]"
+    );
+    t.format(shape).unwrap_or_default()
+}
 
-    /// `2026-11-28 12:49:32`, Keylime's `meta.timestamp` shape.
-    pub fn timestamp(&self) -> String {
-        format!(
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
-            self.year, self.month, self.day, self.hour, self.minute, self.second
-        )
-    }
+/// [`timestamp`] of now.
+pub fn timestamp_now() -> String {
+    timestamp(now_utc())
+}
 
-    /// `Sat Nov 28 12:49:32 2026`, Python's `time.asctime()`.
-    pub fn asctime(&self) -> String {
-        const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-        const MONTHS: [&str; 12] = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ];
-        // Both indices are reduced modulo the table's length, so neither lookup misses.
-        let day = DAYS.get(self.weekday as usize % 7).copied().unwrap_or_default();
-        let month = MONTHS
-            .get((self.month as usize + 11) % 12)
-            .copied()
-            .unwrap_or_default();
-        format!(
-            "{} {} {:2} {:02}:{:02}:{:02} {}",
-            day, month, self.day, self.hour, self.minute, self.second, self.year
-        )
-    }
+/// [`asctime`] of now.
+pub fn asctime_now() -> String {
+    asctime(now_utc())
 }
 
 #[cfg(test)]
@@ -205,11 +131,17 @@ mod tests {
 
     #[test]
     fn known_dates() {
+        let at = |secs: i64| OffsetDateTime::from_unix_timestamp(secs).unwrap();
         // 2026-11-28 12:49:32 UTC, a Saturday.
-        let t = Utc::from_unix(1_795_870_172);
-        assert_eq!(t.timestamp(), "2026-11-28 12:49:32");
-        assert_eq!(t.asctime(), "Sat Nov 28 12:49:32 2026");
-        assert_eq!(Utc::from_unix(0).asctime(), "Thu Jan  1 00:00:00 1970");
-        assert_eq!(Utc::from_unix(951_782_400).timestamp(), "2000-02-29 00:00:00");
+        assert_eq!(timestamp(at(1_795_870_172)), "2026-11-28 12:49:32");
+        assert_eq!(asctime(at(1_795_870_172)), "Sat Nov 28 12:49:32 2026");
+        assert_eq!(asctime(at(0)), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(timestamp(at(951_782_400)), "2000-02-29 00:00:00");
+        assert_eq!(
+            rfc3339_micros(1_795_870_172_000_042),
+            "2026-11-28T12:49:32.000042+00:00"
+        );
+        assert_eq!(parse_rfc3339("2026-11-28 12:49:32.5+00:00"), Some(1_795_870_172));
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), None);
     }
 }

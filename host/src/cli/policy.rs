@@ -563,5 +563,5 @@ pub(crate) fn user_policy_cache() -> Option<PathBuf> {
 
 /// `YYYY-MM-DD HH:MM:SS` in UTC, the shape of Keylime's `meta.timestamp`.
 fn timestamp() -> String {
-    crate::clock::Utc::now().timestamp()
+    crate::clock::timestamp_now()
 }

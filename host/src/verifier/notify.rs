@@ -276,7 +276,7 @@ pub fn revocation(
 
 /// `time.asctime()` of now in UTC, Keylime's `event_time`.
 pub fn asctime_now() -> String {
-    crate::clock::Utc::now().asctime()
+    crate::clock::asctime_now()
 }
 
 #[cfg(test)]
