@@ -275,3 +275,72 @@ fn a_file_that_is_not_a_policy_component_says_what_it_is() {
     let empty = refused(b"\0asm\x0d\0\x01\0");
     assert!(empty.contains("export_measured_boot_policy!"), "{empty}");
 }
+
+/// A call that finds every instance of its document busy gets another instance (up to the
+/// pool's bound) instead of waiting behind the busy one; instances that break leave the pool
+/// one by one, and the document loads afresh afterwards.
+#[test]
+fn a_busy_instance_does_not_serialise_another_call_of_its_policy() {
+    use std::sync::Arc;
+    use zest::metrics::{KindLabel, Metrics, counter_value};
+    use zest::policy::PolicyRegistry;
+
+    let metrics = Arc::new(Metrics::default());
+    let limits = PolicyLimits {
+        deadline: Duration::from_secs(2),
+        ..PolicyLimits::default()
+    };
+    let registry = Arc::new(
+        PolicyRegistry::with_metrics(
+            Arc::new(PolicyRuntime::new(limits, None).unwrap()),
+            metrics.clone(),
+        )
+        .with_max_per_document(2),
+    );
+    let (log, replayed) = fedora_log();
+    let pcrs = every_pcr(&log);
+    let shared = Arc::new((log, replayed, pcrs, test_component("hostile")));
+    let loads = || {
+        counter_value(
+            &metrics.policy_loads,
+            &KindLabel {
+                kind: "measured-boot",
+            },
+        )
+    };
+    let evaluate = {
+        let registry = registry.clone();
+        move |mode: &'static str| {
+            let (log, replayed, pcrs, hostile) = &*shared;
+            let evidence = evidence(log, replayed, pcrs);
+            let source =
+                PolicySource::new("hostile", hostile, mode.as_bytes()).known_as("sha256:hostile", mode);
+            registry.evaluate_measured_boot("t", &source, &evidence)
+        }
+    };
+    // The first call enters its instance and stays there until its deadline.
+    let first = std::thread::spawn({
+        let evaluate = evaluate.clone();
+        move || evaluate("loop")
+    });
+    while registry.busy_instances() == 0 {
+        assert!(
+            !first.is_finished(),
+            "the first call ended before it was seen busy"
+        );
+        std::thread::yield_now();
+    }
+    // The second call of the same document does not wait: it loads a second instance.
+    assert!(matches!(evaluate("loop"), Err(PolicyError::Timeout(_))));
+    assert_eq!(
+        loads(),
+        2,
+        "a second instance was loaded while the first was busy"
+    );
+    assert!(matches!(first.join().unwrap(), Err(PolicyError::Timeout(_))));
+    // Both broke and left the pool; the next call loads the document afresh.
+    assert_eq!(registry.cached_instances(), 0);
+    assert!(evaluate("ok").is_ok());
+    assert_eq!(loads(), 3);
+    assert_eq!(registry.cached_instances(), 1);
+}

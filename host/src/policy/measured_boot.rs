@@ -220,6 +220,12 @@ impl MeasuredBootPolicy {
         &self.name
     }
 
+    /// Whether no call is inside this instance now (a hint for choosing an instance of a
+    /// pool: it may change at once).
+    pub fn is_idle(&self) -> bool {
+        self.inner.try_lock().is_ok()
+    }
+
     /// Evaluates one boot. A trap or timeout poisons this instance: the caller drops it and
     /// loads a fresh one.
     pub fn evaluate(&self, evidence: &BootEvidence<'_>) -> Result<Verdict, PolicyError> {

@@ -1,8 +1,11 @@
-//! Loaded policy instances, one per (tenant, module digest, document digest): a document is
-//! parsed once and then serves every agent of that tenant that uses it. An instance that
-//! traps or times out is dropped and rebuilt on the next use. The instances live in a
-//! bounded cache (least recently used evicted, one-off loads first), so that however many
-//! documents come and go, the pooling allocator's slots are never exhausted.
+//! Loaded policy instances, pooled per (tenant, module digest, document digest): a document
+//! is parsed once and then serves every agent of that tenant that uses it. When every
+//! instance of a document is busy (one call at a time enters an instance), another is loaded
+//! if the cache has room, up to one per worker thread, so agents sharing a policy are not
+//! serialised behind one instance. An instance that traps or times out is dropped and
+//! rebuilt on the next use. The instances live in a bounded cache (least recently used
+//! evicted, one-off loads first), so that however many documents come and go, the pooling
+//! allocator's slots are never exhausted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -155,43 +158,88 @@ impl Kind {
     }
 }
 
-/// A cached instance of either kind.
+/// The pooled instances of one document, of either kind.
 enum Loaded {
-    MeasuredBoot(Arc<MeasuredBootPolicy>),
-    Runtime(Arc<RuntimePolicy>),
+    MeasuredBoot(Vec<Arc<MeasuredBootPolicy>>),
+    Runtime(Vec<Arc<RuntimePolicy>>),
+}
+
+impl Loaded {
+    fn len(&self) -> usize {
+        match self {
+            Loaded::MeasuredBoot(v) => v.len(),
+            Loaded::Runtime(v) => v.len(),
+        }
+    }
+
+    fn busy(&self) -> usize {
+        match self {
+            Loaded::MeasuredBoot(v) => v.iter().filter(|p| !p.is_idle()).count(),
+            Loaded::Runtime(v) => v.iter().filter(|p| !p.is_idle()).count(),
+        }
+    }
 }
 
 /// The two kinds of loaded policy, for the one cache that holds both.
 trait Cached: Sized {
     const KIND: Kind;
     fn into_loaded(policy: Arc<Self>) -> Loaded;
-    fn found_in(loaded: &Loaded) -> Option<&Arc<Self>>;
+    fn found_in(loaded: &Loaded) -> Option<&Vec<Arc<Self>>>;
+    fn found_in_mut(loaded: &mut Loaded) -> Option<&mut Vec<Arc<Self>>>;
+    /// No call is inside the instance now (a hint: it may change at once).
+    fn idle(&self) -> bool;
 }
 
 impl Cached for MeasuredBootPolicy {
     const KIND: Kind = Kind::MeasuredBoot;
     fn into_loaded(policy: Arc<Self>) -> Loaded {
-        Loaded::MeasuredBoot(policy)
+        Loaded::MeasuredBoot(vec![policy])
     }
-    fn found_in(loaded: &Loaded) -> Option<&Arc<Self>> {
+    fn found_in(loaded: &Loaded) -> Option<&Vec<Arc<Self>>> {
         match loaded {
             Loaded::MeasuredBoot(p) => Some(p),
             Loaded::Runtime(_) => None,
         }
+    }
+    fn found_in_mut(loaded: &mut Loaded) -> Option<&mut Vec<Arc<Self>>> {
+        match loaded {
+            Loaded::MeasuredBoot(p) => Some(p),
+            Loaded::Runtime(_) => None,
+        }
+    }
+    fn idle(&self) -> bool {
+        self.is_idle()
     }
 }
 
 impl Cached for RuntimePolicy {
     const KIND: Kind = Kind::Runtime;
     fn into_loaded(policy: Arc<Self>) -> Loaded {
-        Loaded::Runtime(policy)
+        Loaded::Runtime(vec![policy])
     }
-    fn found_in(loaded: &Loaded) -> Option<&Arc<Self>> {
+    fn found_in(loaded: &Loaded) -> Option<&Vec<Arc<Self>>> {
         match loaded {
             Loaded::Runtime(p) => Some(p),
             Loaded::MeasuredBoot(_) => None,
         }
     }
+    fn found_in_mut(loaded: &mut Loaded) -> Option<&mut Vec<Arc<Self>>> {
+        match loaded {
+            Loaded::Runtime(p) => Some(p),
+            Loaded::MeasuredBoot(_) => None,
+        }
+    }
+    fn idle(&self) -> bool {
+        self.is_idle()
+    }
+}
+
+/// An instance the cache offers a call: an idle one if there is one.
+struct Pick<P> {
+    policy: Arc<P>,
+    idle: bool,
+    /// Instances pooled for the document.
+    instances: usize,
 }
 
 type CacheKey = (Kind, InstanceKey);
@@ -233,16 +281,58 @@ impl Cache {
         self.clock
     }
 
-    /// The instance for `key` when loaded. A use that is not one-off makes it the most
-    /// recently used (and no longer one-off); a one-off use refreshes only a one-off entry.
-    fn hit<P: Cached>(&mut self, key: &CacheKey, one_off: bool) -> Option<Arc<P>> {
+    /// An instance for `key` when loaded: an idle one if any, else one to wait for (in
+    /// turn, so waiting calls spread over the pool). A use that is not one-off makes the
+    /// entry the most recently used (and no longer one-off); a one-off use refreshes only a
+    /// one-off entry.
+    fn hit<P: Cached>(&mut self, key: &CacheKey, one_off: bool) -> Option<Pick<P>> {
         let now = self.tick();
         let entry = self.entries.get_mut(key)?;
         if !one_off || entry.one_off {
             entry.last_used = now;
             entry.one_off = one_off;
         }
-        P::found_in(&entry.policy).cloned()
+        let pool = P::found_in(&entry.policy)?;
+        let (policy, idle) = match pool.iter().find(|p| p.idle()) {
+            Some(p) => (p.clone(), true),
+            None => (pool.get(now as usize % pool.len().max(1))?.clone(), false),
+        };
+        Some(Pick {
+            policy,
+            idle,
+            instances: pool.len(),
+        })
+    }
+
+    /// Instances cached, over all entries.
+    fn instances(&self) -> usize {
+        self.entries.values().map(|e| e.policy.len()).sum()
+    }
+
+    /// Adds `policy` to the pool of `key` if the entry is still there with fewer than
+    /// `per_document` instances and the cache has room for one more without evicting;
+    /// otherwise hands it back (to serve one call, then go).
+    fn grow<P: Cached>(
+        &mut self,
+        key: &CacheKey,
+        policy: Arc<P>,
+        max: usize,
+        per_document: usize,
+    ) -> Result<(), Arc<P>> {
+        if self.instances() >= max {
+            return Err(policy);
+        }
+        match self
+            .entries
+            .get_mut(key)
+            .and_then(|e| P::found_in_mut(&mut e.policy))
+        {
+            Some(pool) if pool.len() < per_document => {
+                pool.push(policy);
+                Ok(())
+            }
+            _ => Err(policy),
+        }
     }
 
     /// Caches `loaded` under `key` (unless another thread cached an instance for `key`
@@ -259,9 +349,9 @@ impl Cache {
         one_off: bool,
         max: usize,
     ) -> Inserted<P> {
-        if let Some(policy) = self.hit::<P>(key, one_off) {
+        if let Some(pick) = self.hit::<P>(key, one_off) {
             return Inserted::Raced {
-                policy,
+                policy: pick.policy,
                 unused: loaded,
             };
         }
@@ -275,7 +365,7 @@ impl Cache {
             },
         );
         let mut evicted = Vec::new();
-        while self.entries.len() > max.max(1) || self.one_offs() > ONE_OFF_KEPT {
+        while self.instances() > max.max(1) || self.one_offs() > ONE_OFF_KEPT {
             let victim = match self.victim(key, one_off) {
                 Some(victim) => victim,
                 None if one_off => key.clone(),
@@ -307,19 +397,17 @@ impl Cache {
             .map(|(k, _)| k.clone())
     }
 
-    /// Drops the entry for `key` if it is still `policy` (not a fresh instance another
-    /// thread loaded meanwhile).
-    fn remove_if<P: Cached>(&mut self, key: &CacheKey, policy: &Arc<P>) -> Option<Loaded> {
-        let same = self
-            .entries
-            .get(key)
-            .and_then(|e| P::found_in(&e.policy))
-            .is_some_and(|cached| Arc::ptr_eq(cached, policy));
-        if same {
-            self.entries.remove(key).map(|e| e.policy)
-        } else {
-            None
+    /// Drops `policy` from the pool of `key` if it is there (not already replaced), and
+    /// the entry with its last instance.
+    fn remove_if<P: Cached>(&mut self, key: &CacheKey, policy: &Arc<P>) -> Option<Arc<P>> {
+        let entry = self.entries.get_mut(key)?;
+        let pool = P::found_in_mut(&mut entry.policy)?;
+        let at = pool.iter().position(|cached| Arc::ptr_eq(cached, policy))?;
+        let removed = pool.swap_remove(at);
+        if pool.is_empty() {
+            self.entries.remove(key);
         }
+        Some(removed)
     }
 }
 
@@ -340,6 +428,8 @@ pub struct PolicyRegistry {
     metrics: Arc<Metrics>,
     cache: Mutex<Cache>,
     max_cached: usize,
+    /// Instances pooled for one document at most.
+    max_per_document: usize,
 }
 
 fn poisoned() -> PolicyError {
@@ -362,12 +452,22 @@ impl PolicyRegistry {
     /// A registry that records its calls in `metrics`.
     pub fn with_metrics(runtime: Arc<PolicyRuntime>, metrics: Arc<Metrics>) -> Self {
         let max_cached = Self::default_max_cached(&runtime);
+        // More instances of one document than threads that can evaluate at once would
+        // never all be busy.
+        let max_per_document = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
         Self {
             runtime,
             metrics,
             cache: Mutex::default(),
             max_cached,
+            max_per_document,
         }
+    }
+
+    /// The same registry pooling at most `max` instances per document (at least 1).
+    pub fn with_max_per_document(mut self, max: usize) -> Self {
+        self.max_per_document = max.max(1);
+        self
     }
 
     /// The default bound of the cache: half of the instances the runtime's pool holds (64
@@ -391,9 +491,18 @@ impl PolicyRegistry {
         self.max_cached
     }
 
-    /// Instances currently cached (both kinds); never more than [`Self::max_cached`].
+    /// Instances currently cached (both kinds, every pooled instance); never more than
+    /// [`Self::max_cached`].
     pub fn cached_instances(&self) -> usize {
-        self.cache.lock().map(|c| c.entries.len()).unwrap_or(0)
+        self.cache.lock().map(|c| c.instances()).unwrap_or(0)
+    }
+
+    /// Cached instances a call is inside now.
+    pub fn busy_instances(&self) -> usize {
+        self.cache
+            .lock()
+            .map(|c| c.entries.values().map(|e| e.policy.busy()).sum())
+            .unwrap_or(0)
     }
 
     /// The runtime this registry loads into.
@@ -405,6 +514,7 @@ impl PolicyRegistry {
     pub fn set_instance_gauge(&self, metrics: &Metrics) {
         let series = [
             ("cached", self.cached_instances()),
+            ("busy", self.busy_instances()),
             ("live", self.runtime.live_instances()),
             ("capacity", self.runtime.instance_capacity()),
         ]
@@ -426,7 +536,26 @@ impl PolicyRegistry {
         let one_off = source.one_off;
         let cached = self.lock()?.hit::<P>(&key, one_off);
         let policy = match cached {
-            Some(p) => p,
+            Some(pick) if pick.idle || one_off || pick.instances >= self.max_per_document => pick.policy,
+            // Every instance is busy: another one if the cache has room without evicting,
+            // else wait for one.
+            Some(pick) if self.cached_instances() >= self.max_cached => pick.policy,
+            Some(pick) => match load() {
+                Ok(loaded) => {
+                    metrics::count(&self.metrics.policy_loads, &P::KIND.metric_label());
+                    let loaded = Arc::new(loaded);
+                    let grown =
+                        self.lock()?
+                            .grow(&key, loaded.clone(), self.max_cached, self.max_per_document);
+                    // Not pooled (the cache filled up meanwhile): it serves this call only.
+                    drop(grown);
+                    loaded
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading another instance of a busy policy; waiting for one");
+                    pick.policy
+                }
+            },
             None => {
                 // Loading runs guest code under its deadline; the cache lock is not held
                 // meanwhile.
@@ -449,7 +578,7 @@ impl PolicyRegistry {
         if let Err(e) = &result
             && breaks_instance(e)
         {
-            let removed = self.lock()?.remove_if(&key, &policy);
+            let removed = self.lock()?.remove_if::<P>(&key, &policy);
             // Outside the lock: dropping the last reference drops the Store.
             drop(removed);
         }
@@ -468,8 +597,12 @@ impl PolicyRegistry {
                 Loaded::MeasuredBoot(_) => Kind::MeasuredBoot,
                 Loaded::Runtime(_) => Kind::Runtime,
             };
+            let instances = loaded.len() as u64;
             drop(loaded);
-            metrics::count(&self.metrics.policy_evictions, &kind.metric_label());
+            self.metrics
+                .policy_evictions
+                .get_or_create(&kind.metric_label())
+                .inc_by(instances);
         }
     }
 

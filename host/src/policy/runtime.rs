@@ -146,6 +146,12 @@ impl RuntimePolicy {
         from_wit_hash(self.log_hash)
     }
 
+    /// Whether no call is inside this instance now (a hint for choosing an instance of a
+    /// pool: it may change at once).
+    pub fn is_idle(&self) -> bool {
+        self.inner.try_lock().is_ok()
+    }
+
     /// Evaluates one batch. A trap or timeout poisons this instance.
     pub fn evaluate(&self, evidence: &ImaEvidence<'_>) -> Result<Verdict, PolicyError> {
         let batch = batch(evidence);
