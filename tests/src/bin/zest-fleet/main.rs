@@ -14,6 +14,11 @@
 //!
 //! Run: `cargo build --release -p zest -p zest-tests --bin zest-fleet`, then
 //! `target/release/zest-fleet --agents 10000 --interval 2 --seconds 60`.
+//!
+//! `--verifier URL --data-dir DIR [--registrar URL] [--verifier-pgid PGID]` runs a push
+//! fleet against a verifier that is already running instead, such as Keylime's own: the same
+//! requests, verdicts counted from each agent's `attestation_count`, and the costs of every
+//! process in the verifier's process group.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,6 +91,81 @@ struct Args {
     /// Seconds to wait for the last verdicts after the run.
     #[arg(long, default_value_t = 60.0)]
     drain_timeout: f64,
+    /// Push to this verifier (HTTPS URL), already running, instead of starting `zest serve`:
+    /// for example Keylime's, side by side. Needs --data-dir.
+    #[arg(long, requires = "data_dir")]
+    verifier: Option<String>,
+    /// With --verifier: register agents at this registrar (plain HTTP URL) first.
+    #[arg(long, requires = "verifier")]
+    registrar: Option<String>,
+    /// With --verifier: the directory whose cv_ca/ holds the CA certificate and the client
+    /// certificate and key the verifier trusts.
+    #[arg(long, requires = "verifier")]
+    data_dir: Option<PathBuf>,
+    /// With --verifier: its process group, whose processes' CPU, memory and writes are
+    /// measured.
+    #[arg(long, requires = "verifier")]
+    verifier_pgid: Option<u32>,
+}
+
+/// The verifier a fleet runs against: a `zest serve` of its own, or one already running.
+struct Target {
+    registrar: Option<String>,
+    verifier: String,
+    data: PathBuf,
+    /// The process to measure, or the process group of an external verifier.
+    measured: Measured,
+    server: Option<Server>,
+}
+
+enum Measured {
+    Process(u32),
+    Group(Option<u32>),
+}
+
+impl Target {
+    /// The processes whose costs count: zest's, or every process of the external group.
+    fn pids(&self) -> Vec<u32> {
+        match self.measured {
+            Measured::Process(pid) => vec![pid],
+            Measured::Group(None) => Vec::new(),
+            Measured::Group(Some(group)) => group_members(group),
+        }
+    }
+
+    fn cpu(&self) -> f64 {
+        self.pids().into_iter().filter_map(|p| cpu_seconds(p).ok()).sum()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.pids().into_iter().map(|p| memory_kib(p, "VmRSS:")).sum()
+    }
+
+    fn writes(&self) -> (u64, u64) {
+        self.pids()
+            .into_iter()
+            .map(io_writes)
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    }
+}
+
+/// Processes whose process group is `group` (the fifth field of /proc/PID/stat).
+fn group_members(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = stat.rsplit_once(')')?.1.to_owned();
+                    rest.split_whitespace().nth(2)?.parse::<u32>().ok()
+                })
+                == Some(group)
+        })
+        .collect()
 }
 
 /// A `zest serve` process on free ports with its own data directory; killed on drop.
@@ -249,6 +329,24 @@ fn micros(text: &str) -> Option<u64> {
     Some(seconds * 1_000_000 + fraction)
 }
 
+/// Verdicts of an external verifier, from each agent's record: (passes, failed agents).
+/// Keylime's `attestation_count` counts passing attestations; a failed agent stops there.
+async fn external_verdicts(
+    admin: &reqwest::Client,
+    verifier: &str,
+    agents: usize,
+) -> anyhow::Result<(u64, u64)> {
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for i in 0..agents {
+        let (status, reply) = send_json(admin.get(format!("{verifier}/v2.6/agents/fleet-{i:06}"))).await?;
+        ensure!(status == 200, "reading fleet-{i:06}: {status} {reply}");
+        let results = &reply["results"];
+        passed += results["attestation_count"].as_u64().unwrap_or(0);
+        failed += u64::from(results["attestation_status"] == "FAIL");
+    }
+    Ok((passed, failed))
+}
+
 /// `name{labels} value` from a Prometheus text page, summed over lines that contain every
 /// one of `labels`.
 fn metric(page: &str, name: &str, labels: &[&str]) -> f64 {
@@ -291,19 +389,39 @@ async fn main() -> anyhow::Result<()> {
         Mode::Push => args.interval / 2.0,
         Mode::Pull => args.interval,
     };
-    let server = Server::start(&zest, args.mode, quote_interval, args.server_log.as_deref()).await?;
-    let pid = server.child.id();
-    let admin = admin_client(server.data.path())?;
+    let server = match &args.verifier {
+        Some(verifier) => {
+            ensure!(args.mode == Mode::Push, "--verifier runs push fleets only");
+            Target {
+                registrar: args.registrar.clone(),
+                verifier: verifier.trim_end_matches('/').to_owned(),
+                data: args.data_dir.clone().context("--verifier needs --data-dir")?,
+                measured: Measured::Group(args.verifier_pgid),
+                server: None,
+            }
+        }
+        None => {
+            let server = Server::start(&zest, args.mode, quote_interval, args.server_log.as_deref()).await?;
+            Target {
+                registrar: Some(server.registrar.clone()),
+                verifier: server.verifier.clone(),
+                data: server.data.path().to_owned(),
+                measured: Measured::Process(server.child.id()),
+                server: Some(server),
+            }
+        }
+    };
+    let admin = admin_client(&server.data)?;
     // Agents connect from addresses of their own, AGENTS_PER_ADDRESS to an address (the
     // verifier limits new sessions per client address, as it must for a real fleet).
     let clients = (0..args.agents.div_ceil(AGENTS_PER_ADDRESS))
         .map(|g| {
             let local = std::net::Ipv4Addr::new(127, 1, (g / 256) as u8, (g % 256) as u8);
-            anonymous_client_from(server.data.path(), Some(local.into()))
+            anonymous_client_from(&server.data, Some(local.into()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let plain = reqwest::Client::builder().no_proxy().build()?;
-    let rss_idle = memory_kib(pid, "VmRSS:");
+    let rss_idle = server.rss_kib();
 
     // One named runtime policy for the whole fleet, as a site enrols many agents with one.
     let digests: serde_json::Map<String, Value> = (0..args.policy_paths)
@@ -326,7 +444,11 @@ async fn main() -> anyhow::Result<()> {
         "creating the fleet's policy: {status} {reply}"
     );
     if args.mode == Mode::Pull {
-        return run_pull(&args, &server, &admin, &plain, rss_idle).await;
+        let zest = server
+            .server
+            .as_ref()
+            .context("pull fleets run against their own zest serve")?;
+        return run_pull(&args, zest, &admin, &plain, rss_idle).await;
     }
 
     // Register, activate, enrol and authenticate every agent.
@@ -351,14 +473,16 @@ async fn main() -> anyhow::Result<()> {
                 uuid: format!("fleet-{index:06}"),
                 tpm,
             };
-            agent
-                .register(
-                    &plain,
-                    &registrar,
-                    "2.2",
-                    &agent.registration_body("127.0.0.1", 9002, None),
-                )
-                .await?;
+            if let Some(registrar) = &registrar {
+                agent
+                    .register(
+                        &plain,
+                        registrar,
+                        "2.2",
+                        &agent.registration_body("127.0.0.1", 9002, None),
+                    )
+                    .await?;
+            }
             let body = json!({
                 "v": null, "cloudagent_ip": null, "cloudagent_port": null, "tpm_policy": "{}",
                 "runtime_policy": "", "runtime_policy_name": "fleet", "mb_policy": null, "mb_policy_name": "",
@@ -385,12 +509,12 @@ async fn main() -> anyhow::Result<()> {
         agents.push(setup.await??);
     }
     let setup_seconds = setup_started.elapsed().as_secs_f64();
-    let rss_enrolled = memory_kib(pid, "VmRSS:");
+    let rss_enrolled = server.rss_kib();
 
     // Attest: agents start spread over one interval, as a real fleet's are.
-    let cpu_start = cpu_seconds(pid)?;
+    let cpu_start = server.cpu();
     let own_cpu_start = cpu_seconds(std::process::id())?;
-    let io_start = io_writes(pid);
+    let io_start = server.writes();
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.seconds);
     let refused = Arc::new(AtomicU64::new(0));
@@ -415,30 +539,39 @@ async fn main() -> anyhow::Result<()> {
     // Wait until every accepted attestation has its verdict.
     let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
     let (passed, failed) = loop {
-        let page = admin
-            .get(format!("{}/metrics", server.verifier))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let name = "zest_verifier_attestations_total";
-        let passed = metric(&page, name, &["mode=\"push\"", "result=\"pass\""]) as u64;
-        let failed = metric(&page, name, &["mode=\"push\"", "result=\"fail\""]) as u64;
+        let (passed, failed) = match server.server {
+            Some(_) => {
+                let page = admin
+                    .get(format!("{}/metrics", server.verifier))
+                    .send()
+                    .await?
+                    .text()
+                    .await?;
+                let name = "zest_verifier_attestations_total";
+                let passed = metric(&page, name, &["mode=\"push\"", "result=\"pass\""]) as u64;
+                let failed = metric(&page, name, &["mode=\"push\"", "result=\"fail\""]) as u64;
+                (passed, failed)
+            }
+            None => external_verdicts(&admin, &server.verifier, args.agents).await?,
+        };
         if passed + failed >= accepted || Instant::now() > drain_deadline {
             break (passed, failed);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let drained = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid)? - cpu_start;
+    let cpu = server.cpu() - cpu_start;
     let own_cpu = cpu_seconds(std::process::id())? - own_cpu_start;
-    let io_end = io_writes(pid);
-    let rss_end = memory_kib(pid, "VmRSS:");
+    let io_end = server.writes();
+    let rss_end = server.rss_kib();
 
-    // Latency from the verifier's own timestamps, on up to 200 agents spread over the fleet.
+    // Latency from the verifier's own timestamps, on up to 200 agents spread over the fleet
+    // (Keylime 7.14.3 records no verification time, and lists no attestations but the first
+    // and the latest).
     let mut latencies = Vec::new();
     let step = (args.agents / 200).max(1);
-    for i in (0..args.agents).step_by(step) {
+    let sampled = if server.server.is_some() { args.agents } else { 0 };
+    for i in (0..sampled).step_by(step) {
         let (_, list) = send_json(admin.get(format!(
             "{}/v3.0/agents/fleet-{i:06}/attestations",
             server.verifier
@@ -462,8 +595,13 @@ async fn main() -> anyhow::Result<()> {
 
     let rsa = args.agents.checked_div(args.rsa_every).unwrap_or(0);
     println!(
-        "zest-fleet: {} push agents ({} ECDSA P-256, {rsa} RSA-2048 AKs), interval {} s, policy of {} paths, {} IMA entries per round",
+        "zest-fleet: {} push agents against {} ({} ECDSA P-256, {rsa} RSA-2048 AKs), interval {} s, policy of {} paths, {} IMA entries per round",
         args.agents,
+        if server.server.is_some() {
+            "zest serve"
+        } else {
+            &server.verifier
+        },
         args.agents - rsa,
         args.interval,
         args.policy_paths,
