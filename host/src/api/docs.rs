@@ -46,6 +46,9 @@ pub struct Op<S> {
     /// Needs an operator's client certificate (mTLS); otherwise open or
     /// token-authenticated. Enforced by a layer built from this declaration.
     admin: bool,
+    /// Also callable with a tenant's client certificate, on that tenant's records only: the
+    /// layer hands the handler a [`super::Scope`].
+    tenants: bool,
     /// The largest request body this operation reads (the service's default otherwise).
     body_limit: Option<usize>,
 }
@@ -66,6 +69,7 @@ macro_rules! op_constructor {
                 ok: &[200],
                 reply: Reply::Envelope,
                 admin: true,
+                tenants: false,
                 body_limit: None,
             }
         }
@@ -107,6 +111,12 @@ impl<S: Clone + Send + Sync + 'static> Op<S> {
         self
     }
 
+    /// Callable by tenants too (see [`super::Scope`]), on their own records.
+    pub fn tenants(mut self) -> Self {
+        self.tenants = true;
+        self
+    }
+
     /// The largest request body this operation reads.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = Some(bytes);
@@ -143,12 +153,12 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
             }
             // What the operation declared is what is enforced, for every handler alike.
             if op.admin {
-                let reply = op.reply;
+                let (reply, tenants) = (op.reply, op.tenants);
                 // A `{v}` this service does not serve is not found, whoever asks (Keylime).
                 let versions = path.starts_with("/{v}/").then_some(self.versions);
                 handler = handler.route_layer(axum::middleware::from_fn(
                     move |req: axum::extract::Request, next: axum::middleware::Next| {
-                        require_operator(reply, versions, req, next)
+                        require_access(reply, versions, tenants, req, next)
                     },
                 ));
             }
@@ -201,12 +211,14 @@ impl<S: Clone + Send + Sync + 'static> Routes<S> {
     }
 }
 
-/// Lets the request through only from an operator's client certificate; otherwise answers
-/// in the operation's own error shape.
-async fn require_operator(
+/// Lets the request through only from an operator's client certificate (or a tenant's,
+/// where `tenants` allows: then with its [`super::Scope`] attached); otherwise answers in
+/// the operation's own error shape.
+async fn require_access(
     reply: Reply,
     versions: Option<&'static [&'static str]>,
-    req: axum::extract::Request,
+    tenants: bool,
+    mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -223,13 +235,22 @@ async fn require_operator(
             segment.escape_debug()
         )))
     } else {
-        match req.extensions().get::<super::Caller>() {
-            Some(caller) => caller.require_operator(),
-            None => super::Caller::Plain.require_operator(),
+        let caller = req
+            .extensions()
+            .get::<super::Caller>()
+            .cloned()
+            .unwrap_or(super::Caller::Plain);
+        if tenants {
+            caller.scope()
+        } else {
+            caller.require_operator().map(|()| super::Scope::Operator)
         }
     };
     match (refusal, reply) {
-        (Ok(()), _) => next.run(req).await,
+        (Ok(scope), _) => {
+            req.extensions_mut().insert(scope);
+            next.run(req).await
+        }
         (Err(e), Reply::JsonApi) => (
             e.code,
             axum::Json(json!({"errors": [{
@@ -293,7 +314,12 @@ fn describe<S>(path: &str, op: &Op<S>, versions: &[&str]) -> Value {
     operation.insert("summary".into(), json!(op.summary));
     operation.insert("parameters".into(), Value::Array(parameters));
     operation.insert("responses".into(), Value::Object(responses));
-    if op.admin {
+    if op.admin && op.tenants {
+        operation.insert(
+            "description".into(),
+            json!("Requires an operator's client certificate (mTLS), which reaches every tenant's records (the `tenant` query parameter chooses one), or a tenant's, which reaches its own only: another tenant's record answers 404."),
+        );
+    } else if op.admin {
         operation.insert(
             "description".into(),
             json!("Requires an operator's client certificate (mTLS)."),

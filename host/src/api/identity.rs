@@ -134,7 +134,69 @@ pub enum Caller {
     TlsClient { common_name: String, role: Role },
 }
 
+/// Whose records a request reaches: the operator's reach every tenant's; a tenant's reach
+/// its own only. Set by the access layer of every route that tenants may call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Operator,
+    Tenant(String),
+}
+
+impl Scope {
+    /// Whether records of `tenant` are visible to this caller. Another tenant's record is
+    /// answered as missing (404), never as forbidden, so that its existence does not leak.
+    pub fn sees(&self, tenant: &str) -> bool {
+        match self {
+            Scope::Operator => true,
+            Scope::Tenant(own) => own == tenant,
+        }
+    }
+
+    /// The tenant a request acts in: a tenant's own; for the operator, `requested` (the
+    /// `tenant` query parameter) or the default tenant Keylime's clients work in.
+    pub fn acting_tenant(&self, requested: Option<&str>) -> Result<String, ApiError> {
+        match (self, requested) {
+            (Scope::Tenant(own), None) => Ok(own.clone()),
+            (Scope::Tenant(own), Some(t)) if t == own => Ok(own.clone()),
+            (Scope::Tenant(_), Some(_)) => Err(ApiError::forbidden(
+                "A tenant's certificate acts in its own tenant only: drop the tenant parameter",
+            )),
+            (Scope::Operator, Some(t)) => {
+                AgentId::parse(t).map_err(|_| {
+                    ApiError::bad_request(
+                        "tenant must be 1 to 80 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
+                    )
+                })?;
+                Ok(t.to_owned())
+            }
+            (Scope::Operator, None) => Ok(crate::store::DEFAULT_TENANT.to_owned()),
+        }
+    }
+
+    /// The tenant whose records a listing shows: a tenant's own; for the operator, every
+    /// tenant's (`None`) unless `requested` filters.
+    pub fn listed_tenant(&self, requested: Option<&str>) -> Result<Option<String>, ApiError> {
+        match self {
+            Scope::Operator if requested.is_none() => Ok(None),
+            _ => self.acting_tenant(requested).map(Some),
+        }
+    }
+}
+
 impl Caller {
+    /// The scope of a route open to tenants: an operator's certificate reaches every
+    /// tenant, a tenant's its own; anything else is refused as [`Self::require_operator`]
+    /// refuses it.
+    pub fn scope(&self) -> Result<Scope, ApiError> {
+        match self {
+            Caller::TlsClient {
+                role: Role::Tenant(tenant),
+                ..
+            } => Ok(Scope::Tenant(tenant.clone())),
+            other => other.require_operator().map(|()| Scope::Operator),
+        }
+    }
+
     /// Operator routes need mTLS with an operator's certificate: plain HTTP is refused
     /// outright (as in Keylime), TLS without a client certificate or with another role is
     /// forbidden.

@@ -9,7 +9,7 @@ mod version;
 pub use envelope::{
     ApiError, ApiResult, Envelope, envelope_for_bare_errors, method_not_allowed_fallback, not_found_fallback,
 };
-pub use identity::{AgentId, Caller, ROLE_URI_PREFIX, Role};
+pub use identity::{AgentId, Caller, ROLE_URI_PREFIX, Role, Scope};
 pub use version::{ApiVersion, CURRENT_VERSION, SUPPORTED_VERSIONS, version_document};
 
 /// Parses a request body as a JSON object, whatever the Content-Type (Keylime's tenant

@@ -37,6 +37,10 @@ pub enum CaCommand {
         /// route). Server certificates carry none: they never pass as clients.
         #[arg(long, default_value = "operator", requires = "client")]
         role: String,
+        /// A client certificate of this tenant of a shared server (not `zest tenant`, the
+        /// operator's CLI): it reaches that tenant's enrolments, policies and components only.
+        #[arg(long, requires = "client", conflicts_with = "role")]
+        tenant: Option<String>,
         /// The CA directory (DATA_DIR/cv_ca unless given).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -78,6 +82,7 @@ pub fn run(command: CaCommand, data_dir: Option<&Path>) -> anyhow::Result<()> {
             sans,
             client,
             role,
+            tenant,
             dir,
             out,
         } => {
@@ -90,7 +95,12 @@ pub fn run(command: CaCommand, data_dir: Option<&Path>) -> anyhow::Result<()> {
             }
             let sans = if sans.is_empty() { vec![name.clone()] } else { sans };
             let out = out.unwrap_or_else(|| dir.clone());
-            let usage = if client {
+            let usage = if let Some(tenant) = tenant {
+                match crate::api::Role::from_name(&format!("tenant:{tenant}")) {
+                    r @ crate::api::Role::Tenant(_) => Usage::Client(r),
+                    _ => bail!("--tenant must be 1 to 80 characters of A-Z, a-z, 0-9, '.', '_' or '-'"),
+                }
+            } else if client {
                 match crate::api::Role::from_name(&role) {
                     r @ (crate::api::Role::Operator | crate::api::Role::Agent) => Usage::Client(r),
                     _ => bail!("--role must be operator or agent, not {role:?}"),

@@ -481,9 +481,13 @@ mod tests {
                         checksum: String::new(),
                         generator: 3,
                     };
-                    verifier.put_policy(PolicyKind::Runtime, &record, true).unwrap();
+                    verifier
+                        .put_policy(PolicyKind::Runtime, DEFAULT_TENANT, &record, true)
+                        .unwrap();
                     assert_eq!(
-                        verifier.delete_policy(PolicyKind::Runtime, &record.name).unwrap(),
+                        verifier
+                            .delete_policy(PolicyKind::Runtime, DEFAULT_TENANT, &record.name)
+                            .unwrap(),
                         PolicyDelete::Deleted
                     );
                 }

@@ -47,14 +47,19 @@ fn policy_row(kind: PolicyKind, row: &rusqlite::Row<'_>) -> rusqlite::Result<Pol
     })
 }
 
-fn insert_policy(conn: &rusqlite::Connection, kind: PolicyKind, r: &PolicyRecord) -> rusqlite::Result<usize> {
+fn insert_policy(
+    conn: &rusqlite::Connection,
+    kind: PolicyKind,
+    tenant: &str,
+    r: &PolicyRecord,
+) -> rusqlite::Result<usize> {
     conn.prepare_cached(&format!(
         "INSERT INTO {} (tenant, name, module, document, checksum, generator)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant, name) DO NOTHING",
         kind.table()
     ))?
     .execute(params![
-        DEFAULT_TENANT,
+        tenant,
         r.name,
         r.module,
         r.document,
@@ -67,12 +72,13 @@ impl VerifierStore for SqliteStore {
     fn put_policy(
         &self,
         kind: PolicyKind,
+        tenant: &str,
         r: &PolicyRecord,
         create_only: bool,
     ) -> Result<PolicyWrite, StoreError> {
         let conn = self.conn()?;
         if create_only {
-            return Ok(match insert_policy(&conn, kind, r)? {
+            return Ok(match insert_policy(&conn, kind, tenant, r)? {
                 0 => PolicyWrite::Exists,
                 _ => PolicyWrite::Done,
             });
@@ -84,7 +90,7 @@ impl VerifierStore for SqliteStore {
                 kind.table()
             ))?
             .execute(params![
-                DEFAULT_TENANT,
+                tenant,
                 r.name,
                 r.module,
                 r.document,
@@ -98,7 +104,7 @@ impl VerifierStore for SqliteStore {
         })
     }
 
-    fn policy(&self, kind: PolicyKind, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
+    fn policy(&self, kind: PolicyKind, tenant: &str, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
         let conn = self.conn()?;
         Ok(conn
             .prepare_cached(&format!(
@@ -106,11 +112,16 @@ impl VerifierStore for SqliteStore {
                      WHERE tenant = ?1 AND name = ?2",
                 kind.table()
             ))?
-            .query_row(params![DEFAULT_TENANT, name], |row| policy_row(kind, row))
+            .query_row(params![tenant, name], |row| policy_row(kind, row))
             .optional()?)
     }
 
-    fn policy_info(&self, kind: PolicyKind, name: &str) -> Result<Option<PolicyRecord>, StoreError> {
+    fn policy_info(
+        &self,
+        kind: PolicyKind,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<PolicyRecord>, StoreError> {
         let conn = self.conn()?;
         // length() needs only the record header, not the pages of a megabyte document.
         Ok(conn
@@ -119,7 +130,7 @@ impl VerifierStore for SqliteStore {
                      WHERE tenant = ?1 AND name = ?2",
                 kind.table()
             ))?
-            .query_row(params![DEFAULT_TENANT, name], |row| {
+            .query_row(params![tenant, name], |row| {
                 Ok(PolicyRecord {
                     name: row.get(0)?,
                     module: row.get(1)?,
@@ -131,19 +142,23 @@ impl VerifierStore for SqliteStore {
             .optional()?)
     }
 
-    fn policy_names(&self, kind: PolicyKind) -> Result<Vec<String>, StoreError> {
+    fn policy_names(
+        &self,
+        kind: PolicyKind,
+        tenant: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(&format!(
-            "SELECT name FROM {} WHERE tenant = ?1 ORDER BY name",
+            "SELECT tenant, name FROM {} WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, name",
             kind.table()
         ))?;
         let names = stmt
-            .query_map([DEFAULT_TENANT], |row| row.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
+            .query_map([tenant], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<Vec<(String, String)>, _>>()?;
         Ok(names)
     }
 
-    fn delete_policy(&self, kind: PolicyKind, name: &str) -> Result<PolicyDelete, StoreError> {
+    fn delete_policy(&self, kind: PolicyKind, tenant: &str, name: &str) -> Result<PolicyDelete, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let in_use = tx
@@ -151,7 +166,7 @@ impl VerifierStore for SqliteStore {
                 "SELECT 1 FROM verifier_agents WHERE tenant = ?1 AND {} = ?2 LIMIT 1",
                 kind.agent_column()
             ))?
-            .query_row(params![DEFAULT_TENANT, name], |_| Ok(()))
+            .query_row(params![tenant, name], |_| Ok(()))
             .optional()?
             .is_some();
         if in_use {
@@ -162,7 +177,7 @@ impl VerifierStore for SqliteStore {
                 "DELETE FROM {} WHERE tenant = ?1 AND name = ?2",
                 kind.table()
             ))?
-            .execute(params![DEFAULT_TENANT, name])?;
+            .execute(params![tenant, name])?;
         tx.commit()?;
         Ok(if deleted == 0 {
             PolicyDelete::NotFound
@@ -187,7 +202,7 @@ impl VerifierStore for SqliteStore {
             return Ok(EnrolOutcome::AgentExists);
         }
         for (kind, record) in new_policies {
-            if insert_policy(&tx, *kind, record)? == 0 {
+            if insert_policy(&tx, *kind, &agent.tenant, record)? == 0 {
                 return Ok(EnrolOutcome::PolicyExists(*kind));
             }
         }
@@ -200,7 +215,7 @@ impl VerifierStore for SqliteStore {
                     "SELECT 1 FROM {} WHERE tenant = ?1 AND name = ?2",
                     kind.table()
                 ))?
-                .query_row(params![DEFAULT_TENANT, name], |_| Ok(()))
+                .query_row(params![agent.tenant, name], |_| Ok(()))
                 .optional()?
                 .is_some();
             if !found {
@@ -212,7 +227,7 @@ impl VerifierStore for SqliteStore {
              VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
         .execute(params![
-            DEFAULT_TENANT,
+            agent.tenant,
             agent.agent_id,
             agent.runtime_policy,
             agent.mb_policy,
@@ -284,6 +299,10 @@ impl VerifierStore for SqliteStore {
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tenant: Option<String> = tx
+            .prepare_cached("SELECT tenant FROM verifier_agents WHERE agent_id = ?1")?
+            .query_row([agent_id], |row| row.get(0))
+            .optional()?;
         let deleted = tx
             .prepare_cached("DELETE FROM verifier_agents WHERE agent_id = ?1")?
             .execute([agent_id])?;
@@ -292,23 +311,23 @@ impl VerifierStore for SqliteStore {
             .execute([agent_id])?;
         tx.prepare_cached("DELETE FROM push_attestations WHERE agent_id = ?1")?
             .execute([agent_id])?;
-        if deleted > 0 {
+        if let Some(tenant) = tenant.filter(|_| deleted > 0) {
             // Keylime names an agent's policies after it when no name was given.
             for kind in [PolicyKind::Runtime, PolicyKind::MeasuredBoot] {
                 tx.prepare_cached(&format!(
                     "DELETE FROM {} WHERE tenant = ?1 AND name = ?2
-                         AND NOT EXISTS (SELECT 1 FROM verifier_agents WHERE {} = ?2)",
+                         AND NOT EXISTS (SELECT 1 FROM verifier_agents WHERE tenant = ?1 AND {} = ?2)",
                     kind.table(),
                     kind.agent_column()
                 ))?
-                .execute(params![DEFAULT_TENANT, agent_id])?;
+                .execute(params![tenant, agent_id])?;
             }
         }
         tx.commit()?;
         Ok(deleted > 0)
     }
 
-    fn put_module(&self, record: &ModuleRecord, bytes: &[u8]) -> Result<bool, StoreError> {
+    fn put_module(&self, tenant: &str, record: &ModuleRecord, bytes: &[u8]) -> Result<bool, StoreError> {
         let conn = self.conn()?;
         let inserted = conn
             .prepare_cached(
@@ -316,7 +335,7 @@ impl VerifierStore for SqliteStore {
              VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
-                DEFAULT_TENANT,
+                tenant,
                 record.id,
                 record.kind.name(),
                 bytes,
@@ -325,13 +344,13 @@ impl VerifierStore for SqliteStore {
         Ok(inserted == 1)
     }
 
-    fn module(&self, id: &str) -> Result<Option<(ModuleRecord, Vec<u8>)>, StoreError> {
+    fn module(&self, tenant: &str, id: &str) -> Result<Option<(ModuleRecord, Vec<u8>)>, StoreError> {
         let conn = self.conn()?;
         let row = conn
             .prepare_cached(
                 "SELECT kind, bytes, uploaded_at FROM policy_modules WHERE tenant = ?1 AND id = ?2",
             )?
-            .query_row(params![DEFAULT_TENANT, id], |row| {
+            .query_row(params![tenant, id], |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, Vec<u8>>(1)?,
@@ -355,34 +374,39 @@ impl VerifierStore for SqliteStore {
         .transpose()
     }
 
-    fn modules(&self) -> Result<Vec<ModuleRecord>, StoreError> {
+    fn modules(&self, tenant: Option<&str>) -> Result<Vec<(String, ModuleRecord)>, StoreError> {
         let conn = self.conn()?;
         let mut statement = conn.prepare(
-            "SELECT id, kind, length(bytes), uploaded_at FROM policy_modules WHERE tenant = ?1 ORDER BY id",
+            "SELECT tenant, id, kind, length(bytes), uploaded_at FROM policy_modules
+             WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, id",
         )?;
-        let rows = statement.query_map(params![DEFAULT_TENANT], |row| {
+        let rows = statement.query_map(params![tenant], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
-                row.get::<_, i64>(2)?,
+                row.get::<_, String>(2)?,
                 row.get::<_, i64>(3)?,
+                row.get::<_, i64>(4)?,
             ))
         })?;
         rows.map(|row| {
-            let (id, kind, size, uploaded_at) = row?;
+            let (tenant, id, kind, size, uploaded_at) = row?;
             let kind = PolicyKind::from_name(&kind)
                 .ok_or_else(|| StoreError::Corrupt(format!("module kind {kind}")))?;
-            Ok(ModuleRecord {
-                id,
-                kind,
-                size: size.max(0) as u64,
-                uploaded_at: uploaded_at.max(0) as u64,
-            })
+            Ok((
+                tenant,
+                ModuleRecord {
+                    id,
+                    kind,
+                    size: size.max(0) as u64,
+                    uploaded_at: uploaded_at.max(0) as u64,
+                },
+            ))
         })
         .collect()
     }
 
-    fn delete_module(&self, id: &str) -> Result<ModuleDelete, StoreError> {
+    fn delete_module(&self, tenant: &str, id: &str) -> Result<ModuleDelete, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut users = Vec::new();
@@ -391,7 +415,7 @@ impl VerifierStore for SqliteStore {
                 "SELECT name FROM {} WHERE tenant = ?1 AND module = ?2 ORDER BY name",
                 kind.table()
             ))?;
-            let names = statement.query_map(params![DEFAULT_TENANT, id], |row| row.get::<_, String>(0))?;
+            let names = statement.query_map(params![tenant, id], |row| row.get::<_, String>(0))?;
             for name in names {
                 users.push(format!("{} policy {}", kind.name(), name?));
             }
@@ -401,7 +425,7 @@ impl VerifierStore for SqliteStore {
         }
         let deleted = tx
             .prepare_cached("DELETE FROM policy_modules WHERE tenant = ?1 AND id = ?2")?
-            .execute(params![DEFAULT_TENANT, id])?;
+            .execute(params![tenant, id])?;
         tx.commit()?;
         Ok(if deleted == 0 {
             ModuleDelete::NotFound

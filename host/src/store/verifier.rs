@@ -192,6 +192,10 @@ enum StoredFailureRepr {
     },
 }
 
+fn default_tenant() -> String {
+    super::DEFAULT_TENANT.to_owned()
+}
+
 fn yes() -> bool {
     true
 }
@@ -237,6 +241,9 @@ impl StoredFailure {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerifierAgent {
     pub agent_id: String,
+    /// The tenant that enrolled the agent: its policies are that tenant's.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
     pub ip: Option<String>,
     pub port: Option<u16>,
     /// Base64 V half of the bootstrap key.
@@ -369,28 +376,41 @@ pub struct AttestationHead {
     pub evidence_received_at: Option<u64>,
 }
 
-/// The verifier's records.
+/// The verifier's records. Policies and components belong to a tenant, and their names are
+/// unique per tenant; an agent id is unique across tenants (an agent belongs to one tenant
+/// at a time: [`VerifierAgent::tenant`]), and its sessions and attestations go with it.
 pub trait VerifierStore: Send + Sync + 'static {
-    /// Creates (`create_only`) or replaces a policy.
+    /// Creates (`create_only`) or replaces a policy of `tenant`.
     fn put_policy(
         &self,
         kind: PolicyKind,
+        tenant: &str,
         record: &PolicyRecord,
         create_only: bool,
     ) -> Result<PolicyWrite, StoreError>;
 
-    fn policy(&self, kind: PolicyKind, name: &str) -> Result<Option<PolicyRecord>, StoreError>;
+    fn policy(&self, kind: PolicyKind, tenant: &str, name: &str) -> Result<Option<PolicyRecord>, StoreError>;
 
     /// A policy without its document (which can be megabytes): `document` is `Some(empty)`
     /// when there is one.
-    fn policy_info(&self, kind: PolicyKind, name: &str) -> Result<Option<PolicyRecord>, StoreError>;
+    fn policy_info(
+        &self,
+        kind: PolicyKind,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<PolicyRecord>, StoreError>;
 
-    fn policy_names(&self, kind: PolicyKind) -> Result<Vec<String>, StoreError>;
+    /// The names of `tenant`'s policies, or of every tenant's with `None`: (tenant, name).
+    fn policy_names(
+        &self,
+        kind: PolicyKind,
+        tenant: Option<&str>,
+    ) -> Result<Vec<(String, String)>, StoreError>;
 
-    fn delete_policy(&self, kind: PolicyKind, name: &str) -> Result<PolicyDelete, StoreError>;
+    fn delete_policy(&self, kind: PolicyKind, tenant: &str, name: &str) -> Result<PolicyDelete, StoreError>;
 
-    /// Enrols an agent, creating the policies given as new ones; all or nothing. The agent
-    /// record names its policies; each must exist afterwards.
+    /// Enrols an agent in its tenant, creating the policies given as new ones there; all or
+    /// nothing. The agent record names its policies; each must exist afterwards.
     fn enrol(
         &self,
         agent: &VerifierAgent,
@@ -418,16 +438,17 @@ pub trait VerifierStore: Send + Sync + 'static {
     /// after it that no other agent uses. Returns whether it existed.
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError>;
 
-    /// Stores an uploaded component; returns false when it was there already.
-    fn put_module(&self, record: &ModuleRecord, bytes: &[u8]) -> Result<bool, StoreError>;
+    /// Stores a component uploaded by `tenant`; returns false when it was there already.
+    fn put_module(&self, tenant: &str, record: &ModuleRecord, bytes: &[u8]) -> Result<bool, StoreError>;
 
-    /// A component's record and bytes.
-    fn module(&self, id: &str) -> Result<Option<(ModuleRecord, Vec<u8>)>, StoreError>;
+    /// A component's record and bytes, as `tenant` uploaded it.
+    fn module(&self, tenant: &str, id: &str) -> Result<Option<(ModuleRecord, Vec<u8>)>, StoreError>;
 
-    fn modules(&self) -> Result<Vec<ModuleRecord>, StoreError>;
+    /// `tenant`'s components, or every tenant's with `None`: (tenant, record).
+    fn modules(&self, tenant: Option<&str>) -> Result<Vec<(String, ModuleRecord)>, StoreError>;
 
-    /// Deletes a component no policy names.
-    fn delete_module(&self, id: &str) -> Result<ModuleDelete, StoreError>;
+    /// Deletes a component of `tenant` that none of its policies names.
+    fn delete_module(&self, tenant: &str, id: &str) -> Result<ModuleDelete, StoreError>;
 
     /// Stores a proven session and ends the agent's others (one active session per agent).
     fn put_session(&self, session: &PushSession) -> Result<(), StoreError>;

@@ -103,6 +103,7 @@ fn ip(ip: Option<String>) -> Result<String, ApiError> {
 /// Checks the enrolment body of agent `id`, loading every new policy into its component.
 pub async fn enrolment(
     verifier: &Verifier,
+    tenant: &str,
     id: &AgentId,
     body: &Map<String, Value>,
 ) -> Result<Enrolment, ApiError> {
@@ -182,7 +183,7 @@ pub async fn enrolment(
             check_name(&name)?;
             let document = decode_runtime_policy(Some(&body.runtime_policy), "runtime_policy")?;
             check_signature(verifier, &document, &body.runtime_policy_key).await?;
-            let record = runtime_record(verifier, &name, document, body.module.as_deref()).await?;
+            let record = runtime_record(verifier, tenant, &name, document, body.module.as_deref()).await?;
             new_policies.push((PolicyKind::Runtime, record));
             name
         }
@@ -197,7 +198,7 @@ pub async fn enrolment(
         (name, document) => {
             let name = name.unwrap_or_else(|| id.to_string());
             check_name(&name)?;
-            let record = measured_boot_record(verifier, &name, document, None).await?;
+            let record = measured_boot_record(verifier, tenant, &name, document, None).await?;
             new_policies.push((PolicyKind::MeasuredBoot, record));
             name
         }
@@ -213,6 +214,7 @@ pub async fn enrolment(
 
     let agent = VerifierAgent {
         agent_id: id.to_string(),
+        tenant: tenant.to_owned(),
         ip: if push { None } else { Some(ip(body.cloudagent_ip)?) },
         port,
         v: body.v,

@@ -138,7 +138,8 @@ fn policy_in_use(
     module: &str,
     document: Vec<u8>,
 ) -> Result<PolicyInUse, String> {
-    let bytes = resolve(verifier, kind, module).map_err(|e| e.message)?;
+    // Open to anyone: built-ins, and the default tenant's uploads.
+    let bytes = resolve(verifier, DEFAULT_TENANT, kind, module).map_err(|e| e.message)?;
     Ok(PolicyInUse {
         record: PolicyRecord {
             name: "verify-evidence".into(),

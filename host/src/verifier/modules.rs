@@ -8,20 +8,24 @@
 //! | `POST /{v}/modules?kind=K` | upload a component (201 new, 200 known) |
 //! | `GET /{v}/modules` | built-in and uploaded components |
 //! | `GET /{v}/modules/{id}`, `DELETE /{v}/modules/{id}` | one upload; delete refuses one in use (409) |
+//!
+//! Uploads belong to the tenant that made them: another tenant sees, names and attaches
+//! only its own (the same bytes uploaded by two tenants are two records of one id, compiled
+//! once).
 
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::Verifier;
 use super::routes::version_of;
-use crate::api::{self, ApiError, ApiResult, Envelope};
+use crate::api::{self, ApiError, ApiResult, Envelope, Scope};
 use crate::policy::{BUILTIN_MEASURED_BOOT, BUILTIN_RUNTIME, builtin_measured_boot, builtin_runtime};
 use crate::store::{ModuleDelete, ModuleRecord, PolicyKind};
 
@@ -49,9 +53,10 @@ impl Deref for ModuleBytes {
 /// An uploaded component in memory: its kind and bytes.
 type CachedModule = (PolicyKind, Arc<[u8]>);
 
-/// Uploaded components read so far. Content-addressed, so an entry never goes stale.
+/// Uploaded components read so far, by (tenant, id). Content-addressed, so an entry never
+/// goes stale; it goes when its tenant deletes the upload.
 #[derive(Default)]
-pub struct ModuleCache(Mutex<HashMap<String, CachedModule>>);
+pub struct ModuleCache(Mutex<HashMap<(String, String), CachedModule>>);
 
 fn builtin(kind: PolicyKind, name: &str) -> Option<&'static [u8]> {
     match kind {
@@ -60,9 +65,15 @@ fn builtin(kind: PolicyKind, name: &str) -> Option<&'static [u8]> {
     }
 }
 
-/// The bytes of module `id` (`builtin:NAME` or `sha256:HEX`) of `kind`. Blocking: an upload
-/// not read yet comes from the store.
-pub fn resolve(verifier: &Verifier, kind: PolicyKind, id: &str) -> Result<ModuleBytes, ApiError> {
+/// The bytes of module `id` (`builtin:NAME` or `sha256:HEX`) of `kind`, as `tenant` may use
+/// it: a built-in, or one of its own uploads. Blocking: an upload not read yet comes from
+/// the store.
+pub fn resolve(
+    verifier: &Verifier,
+    tenant: &str,
+    kind: PolicyKind,
+    id: &str,
+) -> Result<ModuleBytes, ApiError> {
     let unknown = || ApiError::bad_request(format!("module: no {} policy component '{id}'", kind.name()));
     if let Some(name) = id.strip_prefix("builtin:") {
         return builtin(kind, name).map(ModuleBytes::Builtin).ok_or_else(unknown);
@@ -75,14 +86,14 @@ pub fn resolve(verifier: &Verifier, kind: PolicyKind, id: &str) -> Result<Module
         .0
         .lock()
         .map_err(|_| ApiError::internal("module cache", "poisoned"))?
-        .get(id)
+        .get(&(tenant.to_owned(), id.to_owned()))
         .cloned();
     let (stored_kind, bytes) = match cached {
         Some(entry) => entry,
         None => {
             let (record, bytes) = verifier
                 .store
-                .module(id)
+                .module(tenant, id)
                 .map_err(|e| ApiError::internal("reading a module", e))?
                 .ok_or_else(unknown)?;
             let entry = (record.kind, Arc::<[u8]>::from(bytes));
@@ -91,7 +102,7 @@ pub fn resolve(verifier: &Verifier, kind: PolicyKind, id: &str) -> Result<Module
                 .0
                 .lock()
                 .map_err(|_| ApiError::internal("module cache", "poisoned"))?
-                .insert(id.to_owned(), entry.clone());
+                .insert((tenant.to_owned(), id.to_owned()), entry.clone());
             entry
         }
     };
@@ -126,16 +137,25 @@ fn describe(record: &ModuleRecord) -> Value {
 #[derive(serde::Deserialize)]
 pub struct UploadQuery {
     kind: Option<String>,
+    tenant: Option<String>,
+}
+
+/// `?tenant=T`: the operator's choice of tenant.
+#[derive(serde::Deserialize)]
+pub struct TenantQuery {
+    tenant: Option<String>,
 }
 
 pub async fn upload(
     State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
     Path(v): Path<String>,
     Query(query): Query<UploadQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     version_of(&v)?;
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -180,15 +200,16 @@ pub async fn upload(
         uploaded_at: crate::clock::unix_now(),
     };
     let stored = record.clone();
+    let owner = tenant.clone();
     let created = api::blocking(verifier.store.clone(), "storing a module", move |s| {
-        s.put_module(&stored, &body)
+        s.put_module(&owner, &stored, &body)
     })
     .await?;
     if !created {
         // Known already: same bytes, so the same id; only its kind can disagree.
-        let id2 = id.clone();
+        let (id2, owner) = (id.clone(), tenant.clone());
         let existing = api::blocking(verifier.store.clone(), "reading a module", move |s| {
-            s.module(&id2)
+            s.module(&owner, &id2)
         })
         .await?;
         if let Some((existing, _)) = existing
@@ -203,7 +224,7 @@ pub async fn upload(
             ));
         }
     }
-    tracing::info!(module = %id, kind = kind.name(), size = record.size, "policy module uploaded");
+    tracing::info!(module = %id, %tenant, kind = kind.name(), size = record.size, "policy module uploaded");
     let code = if created {
         StatusCode::CREATED
     } else {
@@ -218,9 +239,18 @@ pub async fn upload(
         .into_response())
 }
 
-pub async fn list(State(verifier): State<Verifier>, Path(v): Path<String>) -> ApiResult {
+pub async fn list(
+    State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
+    Path(v): Path<String>,
+    Query(query): Query<TenantQuery>,
+) -> ApiResult {
     version_of(&v)?;
-    let uploaded = api::blocking(verifier.store.clone(), "listing modules", |s| s.modules()).await?;
+    let tenant = scope.listed_tenant(query.tenant.as_deref())?;
+    let uploaded = api::blocking(verifier.store.clone(), "listing modules", move |s| {
+        s.modules(tenant.as_deref())
+    })
+    .await?;
     let mut modules: Vec<Value> = Vec::new();
     for (kind, names) in [
         (PolicyKind::Runtime, BUILTIN_RUNTIME),
@@ -235,18 +265,30 @@ pub async fn list(State(verifier): State<Verifier>, Path(v): Path<String>) -> Ap
             }));
         }
     }
-    modules.extend(uploaded.iter().map(describe));
+    modules.extend(uploaded.iter().map(|(tenant, record)| {
+        let mut described = describe(record);
+        if let Value::Object(fields) = &mut described {
+            fields.insert("tenant".into(), json!(tenant));
+        }
+        described
+    }));
     Ok(Envelope::ok(json!({ "modules": modules })))
 }
 
-pub async fn show(State(verifier): State<Verifier>, Path((v, id)): Path<(String, String)>) -> ApiResult {
+pub async fn show(
+    State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
+    Path((v, id)): Path<(String, String)>,
+    Query(query): Query<TenantQuery>,
+) -> ApiResult {
     version_of(&v)?;
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
     if !is_upload_id(&id) {
         return Err(ApiError::not_found(format!("module {id} not found")));
     }
     let key = id.clone();
     match api::blocking(verifier.store.clone(), "reading a module", move |s| {
-        s.module(&key)
+        s.module(&tenant, &key)
     })
     .await?
     {
@@ -257,24 +299,27 @@ pub async fn show(State(verifier): State<Verifier>, Path((v, id)): Path<(String,
 
 pub async fn delete(
     State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
     Path((v, id)): Path<(String, String)>,
+    Query(query): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
     version_of(&v)?;
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
     if id.starts_with("builtin:") {
         return Err(ApiError::bad_request("built-in modules cannot be deleted"));
     }
     if !is_upload_id(&id) {
         return Err(ApiError::not_found(format!("module {id} not found")));
     }
-    let key = id.clone();
+    let (key, owner) = (id.clone(), tenant.clone());
     match api::blocking(verifier.store.clone(), "deleting a module", move |s| {
-        s.delete_module(&key)
+        s.delete_module(&owner, &key)
     })
     .await?
     {
         ModuleDelete::Deleted => {
             if let Ok(mut cache) = verifier.modules.0.lock() {
-                cache.remove(&id);
+                cache.remove(&(tenant, id));
             }
             Ok(StatusCode::NO_CONTENT.into_response())
         }

@@ -12,7 +12,7 @@ use super::Verifier;
 use super::modules::resolve;
 use crate::api::ApiError;
 use crate::policy::{PolicyError, PolicySource};
-use crate::store::{DEFAULT_TENANT, PolicyKind, PolicyRecord};
+use crate::store::{PolicyKind, PolicyRecord};
 
 /// The component for runtime policies when a record names none.
 pub const DEFAULT_RUNTIME_MODULE: &str = "builtin:keylime-runtime";
@@ -78,24 +78,27 @@ fn load_error(kind: PolicyKind, e: PolicyError) -> ApiError {
     }
 }
 
-/// A runtime policy record from a document, checked by its component.
+/// A runtime policy record of `tenant` from a document, checked by its component (a
+/// built-in or one of the tenant's uploads).
 pub async fn runtime_record(
     verifier: &Verifier,
+    tenant: &str,
     name: &str,
     document: Vec<u8>,
     module: Option<&str>,
 ) -> Result<PolicyRecord, ApiError> {
     let module = module.unwrap_or(DEFAULT_RUNTIME_MODULE).to_owned();
-    let (v, n, m, doc) = (
+    let (v, t, n, m, doc) = (
         verifier.clone(),
+        tenant.to_owned(),
         name.to_owned(),
         module.clone(),
         document.clone(),
     );
     tokio::task::spawn_blocking(move || {
-        let bytes = resolve(&v, PolicyKind::Runtime, &m)?;
+        let bytes = resolve(&v, &t, PolicyKind::Runtime, &m)?;
         v.policies
-            .load_runtime(DEFAULT_TENANT, &PolicySource::new(&n, &bytes, &doc).one_off())
+            .load_runtime(&t, &PolicySource::new(&n, &bytes, &doc).one_off())
             .map_err(|e| load_error(PolicyKind::Runtime, e))
     })
     .await
@@ -109,9 +112,11 @@ pub async fn runtime_record(
     })
 }
 
-/// A measured-boot record from a refstate (`None`: Keylime's null, nothing to check).
+/// A measured-boot record of `tenant` from a refstate (`None`: Keylime's null, nothing to
+/// check).
 pub async fn measured_boot_record(
     verifier: &Verifier,
+    tenant: &str,
     name: &str,
     document: Option<Vec<u8>>,
     module: Option<&str>,
@@ -119,18 +124,19 @@ pub async fn measured_boot_record(
     let module = module
         .map(str::to_owned)
         .unwrap_or_else(|| verifier.config.measured_boot_module.clone());
-    let (v, n, m, doc) = (
+    let (v, t, n, m, doc) = (
         verifier.clone(),
+        tenant.to_owned(),
         name.to_owned(),
         module.clone(),
         document.clone(),
     );
     tokio::task::spawn_blocking(move || {
-        let bytes = resolve(&v, PolicyKind::MeasuredBoot, &m)?;
+        let bytes = resolve(&v, &t, PolicyKind::MeasuredBoot, &m)?;
         match doc {
             Some(doc) => v
                 .policies
-                .load_measured_boot(DEFAULT_TENANT, &PolicySource::new(&n, &bytes, &doc).one_off())
+                .load_measured_boot(&t, &PolicySource::new(&n, &bytes, &doc).one_off())
                 .map(|_| ())
                 .map_err(|e| load_error(PolicyKind::MeasuredBoot, e)),
             None => Ok(()),

@@ -15,7 +15,7 @@
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -27,7 +27,7 @@ use super::policies::{
     runtime_record,
 };
 use crate::api::docs::{Body, Op, Reply, Routes};
-use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Envelope};
+use crate::api::{self, AgentId, ApiError, ApiResult, ApiVersion, Envelope, Scope};
 use crate::evidence::{HashAlg, PublicArea, Quote};
 use crate::store::verifier::state;
 use crate::store::{
@@ -41,6 +41,12 @@ const MAX_BODY: usize = 1024 * 1024;
 const MAX_SESSION_BODY: usize = 16 * 1024;
 /// Capabilities offered by a push agent (token-authenticated).
 const MAX_CAPABILITIES_BODY: usize = 64 * 1024;
+
+/// The query parameter of routes tenants may call: the operator's choice of tenant.
+const TENANT_PARAM: &[(&str, &str)] = &[(
+    "tenant",
+    "the operator's choice of tenant (default: default); a tenant's certificate acts in its own",
+)];
 
 /// The `{v}` of the verifier's tenant routes.
 const V2: &[&str] = &["v2", "v2.0", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6"];
@@ -101,77 +107,109 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
             "/{v}/agents",
             true,
             vec![
-                Op::get(list_agents, "Enrolled agents (ids, or every status with bulk)").query(&[
-                    ("bulk", "1 or true: every agent's status"),
-                    ("verifier", "only agents of this verifier id"),
-                ]),
+                Op::get(list_agents, "Enrolled agents (ids, or every status with bulk)")
+                    .query(&[
+                        ("bulk", "1 or true: every agent's status"),
+                        ("verifier", "only agents of this verifier id"),
+                        ("tenant", "the operator's filter: only this tenant's agents"),
+                    ])
+                    .tenants(),
             ],
         )
         .route(
             "/{v}/agents/{id}",
             true,
             vec![
-                Op::get(show_agent, "An agent's attestation status"),
-                Op::post(enrol, "Enrol an agent with its policies")
+                Op::get(show_agent, "An agent's attestation status").tenants(),
+                Op::post(enrol, "Enrol an agent with its policies (in the caller's tenant)")
                     .body(Body::JsonOf("Enrolment"))
-                    .body_limit(upload),
+                    .query(TENANT_PARAM)
+                    .body_limit(upload)
+                    .tenants(),
                 Op::delete(
                     delete_agent,
                     "Stop attesting and forget an agent (202 while its round is in flight)",
                 )
-                .ok(&[200, 202]),
+                .ok(&[200, 202])
+                .tenants(),
             ],
         )
         .route(
             "/{v}/agents/{id}/reactivate",
             true,
-            vec![Op::put(reactivate, "Resume attesting a failed or stopped agent")],
+            vec![Op::put(reactivate, "Resume attesting a failed or stopped agent").tenants()],
         )
         .route(
             "/{v}/agents/{id}/stop",
             true,
-            vec![Op::put(stop, "Stop attesting an agent, keeping its enrolment")],
+            vec![Op::put(stop, "Stop attesting an agent, keeping its enrolment").tenants()],
         )
         .route(
             "/{v}/allowlists",
             true,
-            vec![Op::get(list_runtime, "Names of the stored runtime policies")],
+            vec![
+                Op::get(list_runtime, "Names of the stored runtime policies")
+                    .query(TENANT_PARAM)
+                    .tenants(),
+            ],
         )
         .route(
             "/{v}/allowlists/{name}",
             true,
             vec![
-                Op::get(show_runtime, "A stored runtime policy"),
+                Op::get(show_runtime, "A stored runtime policy")
+                    .query(TENANT_PARAM)
+                    .tenants(),
                 Op::post(create_runtime, "Store a runtime policy")
                     .body(Body::JsonOf("RuntimePolicyUpload"))
+                    .query(TENANT_PARAM)
                     .body_limit(upload)
-                    .ok(&[201]),
+                    .ok(&[201])
+                    .tenants(),
                 Op::put(update_runtime, "Replace a stored runtime policy")
                     .body(Body::JsonOf("RuntimePolicyUpload"))
+                    .query(TENANT_PARAM)
                     .body_limit(upload)
-                    .ok(&[201]),
-                Op::delete(delete_runtime, "Remove a runtime policy no agent uses").ok(&[204]),
+                    .ok(&[201])
+                    .tenants(),
+                Op::delete(delete_runtime, "Remove a runtime policy no agent uses")
+                    .query(TENANT_PARAM)
+                    .ok(&[204])
+                    .tenants(),
             ],
         )
         .route(
             "/{v}/mbpolicies",
             true,
-            vec![Op::get(list_mb, "Names of the stored measured-boot policies")],
+            vec![
+                Op::get(list_mb, "Names of the stored measured-boot policies")
+                    .query(TENANT_PARAM)
+                    .tenants(),
+            ],
         )
         .route(
             "/{v}/mbpolicies/{name}",
             true,
             vec![
-                Op::get(show_mb, "A stored measured-boot policy"),
+                Op::get(show_mb, "A stored measured-boot policy")
+                    .query(TENANT_PARAM)
+                    .tenants(),
                 Op::post(create_mb, "Store a measured-boot policy")
                     .body(Body::JsonOf("MbPolicyUpload"))
+                    .query(TENANT_PARAM)
                     .body_limit(upload)
-                    .ok(&[201]),
+                    .ok(&[201])
+                    .tenants(),
                 Op::put(update_mb, "Replace a stored measured-boot policy")
                     .body(Body::JsonOf("MbPolicyUpload"))
+                    .query(TENANT_PARAM)
                     .body_limit(upload)
-                    .ok(&[201]),
-                Op::delete(delete_mb, "Remove a measured-boot policy no agent uses").ok(&[204]),
+                    .ok(&[201])
+                    .tenants(),
+                Op::delete(delete_mb, "Remove a measured-boot policy no agent uses")
+                    .query(TENANT_PARAM)
+                    .ok(&[204])
+                    .tenants(),
             ],
         )
         .route(
@@ -206,20 +244,31 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
             "/{v}/modules",
             true,
             vec![
-                Op::get(modules::list, "Policy components: built-in and uploaded"),
+                Op::get(modules::list, "Policy components: built-in and uploaded")
+                    .query(TENANT_PARAM)
+                    .tenants(),
                 Op::post(modules::upload, "Upload a policy component (.wasm)")
                     .body(Body::Binary(&["application/wasm", "application/octet-stream"]))
-                    .query(&[("kind", "runtime or measured-boot")])
+                    .query(&[
+                        ("kind", "runtime or measured-boot"),
+                        ("tenant", "the operator's choice of tenant (default: default)"),
+                    ])
                     .body_limit(upload)
-                    .ok(&[201, 200]),
+                    .ok(&[201, 200])
+                    .tenants(),
             ],
         )
         .route(
             "/{v}/modules/{id}",
             true,
             vec![
-                Op::get(modules::show, "A policy component's record"),
-                Op::delete(modules::delete, "Remove an uploaded component no policy uses").ok(&[204]),
+                Op::get(modules::show, "A policy component's record")
+                    .query(TENANT_PARAM)
+                    .tenants(),
+                Op::delete(modules::delete, "Remove an uploaded component no policy uses")
+                    .query(TENANT_PARAM)
+                    .ok(&[204])
+                    .tenants(),
             ],
         );
     for root in ["/v3", "/v3/", "/v3.0", "/v3.0/"] {
@@ -453,8 +502,8 @@ fn agent_status(
     store: &dyn VerifierStore,
     agent: &VerifierAgent,
 ) -> Result<Value, StoreError> {
-    let mb = store.policy(PolicyKind::MeasuredBoot, &agent.mb_policy)?;
-    let runtime = store.policy(PolicyKind::Runtime, &agent.runtime_policy)?;
+    let mb = store.policy(PolicyKind::MeasuredBoot, &agent.tenant, &agent.mb_policy)?;
+    let runtime = store.policy(PolicyKind::Runtime, &agent.tenant, &agent.runtime_policy)?;
     Ok(status(
         verifier,
         agent,
@@ -467,21 +516,33 @@ fn agent_status(
 struct ListQuery {
     bulk: Option<String>,
     verifier: Option<String>,
+    tenant: Option<String>,
+}
+
+/// `?tenant=T`: which tenant the operator acts in or lists (a tenant's own otherwise).
+#[derive(serde::Deserialize)]
+struct TenantQuery {
+    tenant: Option<String>,
 }
 
 async fn list_agents(
     State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
     Path(v): Path<String>,
     Query(query): Query<ListQuery>,
 ) -> ApiResult {
     version_of(&v)?;
+    let tenant = scope.listed_tenant(query.tenant.as_deref())?;
     let ours = query.verifier.is_none_or(|id| id == verifier.config.verifier_id);
     let bulk = query
         .bulk
         .is_some_and(|b| b != "0" && !b.eq_ignore_ascii_case("false"));
     let v2 = verifier.clone();
     let results = blocking(&verifier, "listing agents", move |store| {
-        let agents = if ours { store.agents()? } else { Vec::new() };
+        let mut agents = if ours { store.agents()? } else { Vec::new() };
+        if let Some(tenant) = &tenant {
+            agents.retain(|a| &a.tenant == tenant);
+        }
         if bulk {
             let mut all = Map::new();
             for agent in &agents {
@@ -498,7 +559,11 @@ async fn list_agents(
     Ok(Envelope::ok(results))
 }
 
-async fn show_agent(State(verifier): State<Verifier>, Path((v, id)): Path<(String, String)>) -> ApiResult {
+async fn show_agent(
+    State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
+    Path((v, id)): Path<(String, String)>,
+) -> ApiResult {
     version_of(&v)?;
     let id = AgentId::parse(&id)?;
     let v2 = verifier.clone();
@@ -506,6 +571,7 @@ async fn show_agent(State(verifier): State<Verifier>, Path((v, id)): Path<(Strin
     let found = blocking(&verifier, "reading agent", move |store| {
         store
             .agent(&agent_id)?
+            .filter(|a| scope.sees(&a.tenant))
             .map(|a| agent_status(&v2, store, &a))
             .transpose()
     })
@@ -517,13 +583,16 @@ async fn show_agent(State(verifier): State<Verifier>, Path((v, id)): Path<(Strin
 
 async fn enrol(
     State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
     Path((v, id)): Path<(String, String)>,
+    Query(query): Query<TenantQuery>,
     body: Bytes,
 ) -> ApiResult {
     version_of(&v)?;
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
     let id = AgentId::parse(&id)?;
     let body = json_object(&body)?;
-    let enrolment = enrolment(&verifier, &id, &body).await?;
+    let enrolment = enrolment(&verifier, &tenant, &id, &body).await?;
     let outcome = blocking(&verifier, "enrolling agent", move |store| {
         store.enrol(&enrolment.agent, &enrolment.new_policies)
     })
@@ -531,7 +600,7 @@ async fn enrol(
     match outcome {
         EnrolOutcome::Enrolled => {
             verifier.poll_wakeup.notify_one();
-            tracing::info!(agent_id = %id, "agent enrolled");
+            tracing::info!(agent_id = %id, %tenant, "agent enrolled");
             Ok(Envelope::empty())
         }
         EnrolOutcome::AgentExists => Err(ApiError::new(
@@ -556,7 +625,11 @@ fn kind_name(kind: PolicyKind) -> &'static str {
     }
 }
 
-async fn delete_agent(State(verifier): State<Verifier>, Path((v, id)): Path<(String, String)>) -> ApiResult {
+async fn delete_agent(
+    State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
+    Path((v, id)): Path<(String, String)>,
+) -> ApiResult {
     version_of(&v)?;
     let id = AgentId::parse(&id)?;
     let agent_id = id.to_string();
@@ -565,7 +638,7 @@ async fn delete_agent(State(verifier): State<Verifier>, Path((v, id)): Path<(Str
     // deleted when the round ends; one in a state that is not polled, or between rounds, is
     // deleted at once (200). A round that ends after that finds no record to write back.
     let outcome = blocking(&verifier, "deleting agent", move |store| {
-        let Some(mut agent) = store.agent(&agent_id)? else {
+        let Some(mut agent) = store.agent(&agent_id)?.filter(|a| scope.sees(&a.tenant)) else {
             return Ok(None);
         };
         if agent.operational_state == state::TERMINATED {
@@ -598,11 +671,11 @@ async fn delete_agent(State(verifier): State<Verifier>, Path((v, id)): Path<(Str
 }
 
 /// Sets an agent's operational state (stop, reactivate).
-async fn set_state(verifier: &Verifier, id: &str, to: i64) -> ApiResult {
+async fn set_state(verifier: &Verifier, scope: Scope, id: &str, to: i64) -> ApiResult {
     let id = AgentId::parse(id)?;
     let agent_id = id.to_string();
     let done = blocking(verifier, "updating agent", move |store| {
-        let Some(mut agent) = store.agent(&agent_id)? else {
+        let Some(mut agent) = store.agent(&agent_id)?.filter(|a| scope.sees(&a.tenant)) else {
             return Ok(false);
         };
         // Being deleted: gone as far as the operator is concerned.
@@ -639,30 +712,73 @@ async fn set_state(verifier: &Verifier, id: &str, to: i64) -> ApiResult {
     }
 }
 
-async fn reactivate(State(verifier): State<Verifier>, Path((v, id)): Path<(String, String)>) -> ApiResult {
+async fn reactivate(
+    State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
+    Path((v, id)): Path<(String, String)>,
+) -> ApiResult {
     version_of(&v)?;
-    set_state(&verifier, &id, state::START).await
+    set_state(&verifier, scope, &id, state::START).await
 }
 
-async fn stop(State(verifier): State<Verifier>, Path((v, id)): Path<(String, String)>) -> ApiResult {
+async fn stop(
+    State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
+    Path((v, id)): Path<(String, String)>,
+) -> ApiResult {
     version_of(&v)?;
-    set_state(&verifier, &id, state::TENANT_FAILED).await
+    set_state(&verifier, scope, &id, state::TENANT_FAILED).await
 }
 
-async fn list_policies(verifier: &Verifier, v: &str, kind: PolicyKind) -> ApiResult {
+/// Keylime's list of names, in the tenant the caller acts in; for the operator without a
+/// `tenant` parameter also every tenant's, under `tenants`.
+async fn list_policies(
+    verifier: &Verifier,
+    v: &str,
+    scope: Scope,
+    query: TenantQuery,
+    kind: PolicyKind,
+) -> ApiResult {
     version_of(v)?;
-    let names = blocking(verifier, "listing policies", move |s| s.policy_names(kind)).await?;
+    let acting = scope.acting_tenant(query.tenant.as_deref())?;
+    let listed = scope.listed_tenant(query.tenant.as_deref())?;
+    let names = blocking(verifier, "listing policies", move |s| {
+        s.policy_names(kind, listed.as_deref())
+    })
+    .await?;
     let key = match kind {
         PolicyKind::Runtime => "runtimepolicy names",
         PolicyKind::MeasuredBoot => "mbpolicy names",
     };
-    Ok(Envelope::ok(json!({ key: names })))
+    let own: Vec<&String> = names
+        .iter()
+        .filter(|(t, _)| *t == acting)
+        .map(|(_, n)| n)
+        .collect();
+    let mut results = Map::new();
+    results.insert(key.into(), json!(own));
+    if scope == Scope::Operator && query.tenant.is_none() {
+        let mut tenants = Map::new();
+        for (tenant, name) in &names {
+            if let Value::Array(list) = tenants.entry(tenant.clone()).or_insert_with(|| json!([])) {
+                list.push(json!(name));
+            }
+        }
+        results.insert("tenants".into(), Value::Object(tenants));
+    }
+    Ok(Envelope::ok(Value::Object(results)))
 }
 
-async fn show_policy(verifier: &Verifier, v: &str, name: String, kind: PolicyKind) -> ApiResult {
+async fn show_policy(
+    verifier: &Verifier,
+    v: &str,
+    tenant: String,
+    name: String,
+    kind: PolicyKind,
+) -> ApiResult {
     version_of(v)?;
     let n = name.clone();
-    let record = blocking(verifier, "reading policy", move |s| s.policy(kind, &n))
+    let record = blocking(verifier, "reading policy", move |s| s.policy(kind, &tenant, &n))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("{} {name} not found", kind_name(kind))))?;
     let text = record
@@ -684,6 +800,7 @@ async fn show_policy(verifier: &Verifier, v: &str, name: String, kind: PolicyKin
 async fn write_policy(
     verifier: &Verifier,
     v: &str,
+    tenant: String,
     name: String,
     kind: PolicyKind,
     body: &Bytes,
@@ -701,20 +818,21 @@ async fn write_policy(
             let document = decode_runtime_policy(body.get("runtime_policy"), "runtime_policy")?;
             let key = body.get("runtime_policy_key").cloned().unwrap_or(Value::Null);
             check_signature(verifier, &document, &key).await?;
-            runtime_record(verifier, &name, document, module).await?
+            runtime_record(verifier, &tenant, &name, document, module).await?
         }
         PolicyKind::MeasuredBoot => {
             let document = decode_mb_policy(body.get("mb_policy"), "mb_policy")?;
-            measured_boot_record(verifier, &name, document, module).await?
+            measured_boot_record(verifier, &tenant, &name, document, module).await?
         }
     };
+    let owner = tenant.clone();
     let outcome = blocking(verifier, "storing policy", move |s| {
-        s.put_policy(kind, &record, create)
+        s.put_policy(kind, &owner, &record, create)
     })
     .await?;
     match outcome {
         PolicyWrite::Done => {
-            tracing::info!(policy = %name, ?kind, create, "policy stored");
+            tracing::info!(policy = %name, %tenant, ?kind, create, "policy stored");
             Ok(Envelope::created())
         }
         PolicyWrite::Exists => Err(ApiError::new(
@@ -731,12 +849,17 @@ async fn write_policy(
 async fn delete_policy(
     verifier: &Verifier,
     v: &str,
+    tenant: String,
     name: String,
     kind: PolicyKind,
 ) -> Result<Response, ApiError> {
     version_of(v)?;
     let n = name.clone();
-    match blocking(verifier, "deleting policy", move |s| s.delete_policy(kind, &n)).await? {
+    match blocking(verifier, "deleting policy", move |s| {
+        s.delete_policy(kind, &tenant, &n)
+    })
+    .await?
+    {
         // Keylime answers 204 with no body.
         PolicyDelete::Deleted => Ok(StatusCode::NO_CONTENT.into_response()),
         PolicyDelete::NotFound => Err(ApiError::not_found(format!(
@@ -753,66 +876,106 @@ async fn delete_policy(
     }
 }
 
-async fn list_runtime(State(vf): State<Verifier>, Path(v): Path<String>) -> ApiResult {
-    list_policies(&vf, &v, PolicyKind::Runtime).await
+async fn list_runtime(
+    State(vf): State<Verifier>,
+    Extension(scope): Extension<Scope>,
+    Path(v): Path<String>,
+    Query(query): Query<TenantQuery>,
+) -> ApiResult {
+    list_policies(&vf, &v, scope, query, PolicyKind::Runtime).await
 }
 
-async fn list_mb(State(vf): State<Verifier>, Path(v): Path<String>) -> ApiResult {
-    list_policies(&vf, &v, PolicyKind::MeasuredBoot).await
+async fn list_mb(
+    State(vf): State<Verifier>,
+    Extension(scope): Extension<Scope>,
+    Path(v): Path<String>,
+    Query(query): Query<TenantQuery>,
+) -> ApiResult {
+    list_policies(&vf, &v, scope, query, PolicyKind::MeasuredBoot).await
 }
 
-async fn show_runtime(State(vf): State<Verifier>, Path((v, name)): Path<(String, String)>) -> ApiResult {
-    show_policy(&vf, &v, name, PolicyKind::Runtime).await
+async fn show_runtime(
+    State(vf): State<Verifier>,
+    Extension(scope): Extension<Scope>,
+    Path((v, name)): Path<(String, String)>,
+    Query(query): Query<TenantQuery>,
+) -> ApiResult {
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
+    show_policy(&vf, &v, tenant, name, PolicyKind::Runtime).await
 }
 
-async fn show_mb(State(vf): State<Verifier>, Path((v, name)): Path<(String, String)>) -> ApiResult {
-    show_policy(&vf, &v, name, PolicyKind::MeasuredBoot).await
+async fn show_mb(
+    State(vf): State<Verifier>,
+    Extension(scope): Extension<Scope>,
+    Path((v, name)): Path<(String, String)>,
+    Query(query): Query<TenantQuery>,
+) -> ApiResult {
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
+    show_policy(&vf, &v, tenant, name, PolicyKind::MeasuredBoot).await
 }
 
 async fn create_runtime(
     State(vf): State<Verifier>,
+    Extension(scope): Extension<Scope>,
     Path((v, name)): Path<(String, String)>,
+    Query(query): Query<TenantQuery>,
     body: Bytes,
 ) -> ApiResult {
-    write_policy(&vf, &v, name, PolicyKind::Runtime, &body, true).await
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
+    write_policy(&vf, &v, tenant, name, PolicyKind::Runtime, &body, true).await
 }
 
 async fn update_runtime(
     State(vf): State<Verifier>,
+    Extension(scope): Extension<Scope>,
     Path((v, name)): Path<(String, String)>,
+    Query(query): Query<TenantQuery>,
     body: Bytes,
 ) -> ApiResult {
-    write_policy(&vf, &v, name, PolicyKind::Runtime, &body, false).await
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
+    write_policy(&vf, &v, tenant, name, PolicyKind::Runtime, &body, false).await
 }
 
 async fn create_mb(
     State(vf): State<Verifier>,
+    Extension(scope): Extension<Scope>,
     Path((v, name)): Path<(String, String)>,
+    Query(query): Query<TenantQuery>,
     body: Bytes,
 ) -> ApiResult {
-    write_policy(&vf, &v, name, PolicyKind::MeasuredBoot, &body, true).await
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
+    write_policy(&vf, &v, tenant, name, PolicyKind::MeasuredBoot, &body, true).await
 }
 
 async fn update_mb(
     State(vf): State<Verifier>,
+    Extension(scope): Extension<Scope>,
     Path((v, name)): Path<(String, String)>,
+    Query(query): Query<TenantQuery>,
     body: Bytes,
 ) -> ApiResult {
-    write_policy(&vf, &v, name, PolicyKind::MeasuredBoot, &body, false).await
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
+    write_policy(&vf, &v, tenant, name, PolicyKind::MeasuredBoot, &body, false).await
 }
 
 async fn delete_runtime(
     State(vf): State<Verifier>,
+    Extension(scope): Extension<Scope>,
     Path((v, name)): Path<(String, String)>,
+    Query(query): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    delete_policy(&vf, &v, name, PolicyKind::Runtime).await
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
+    delete_policy(&vf, &v, tenant, name, PolicyKind::Runtime).await
 }
 
 async fn delete_mb(
     State(vf): State<Verifier>,
+    Extension(scope): Extension<Scope>,
     Path((v, name)): Path<(String, String)>,
+    Query(query): Query<TenantQuery>,
 ) -> Result<Response, ApiError> {
-    delete_policy(&vf, &v, name, PolicyKind::MeasuredBoot).await
+    let tenant = scope.acting_tenant(query.tenant.as_deref())?;
+    delete_policy(&vf, &v, tenant, name, PolicyKind::MeasuredBoot).await
 }
 
 #[derive(serde::Deserialize)]

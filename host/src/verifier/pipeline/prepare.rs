@@ -12,7 +12,7 @@ use super::failure::Failure;
 use crate::evidence::ima::{ImaPosition, ImaState};
 use crate::evidence::{HashAlg, PublicArea, Quote};
 use crate::policy::{DocumentLoader, PolicyError, PolicySource};
-use crate::store::{DEFAULT_TENANT, PolicyKind, PolicyRecord, VerifierAgent, VerifierStore};
+use crate::store::{PolicyKind, PolicyRecord, VerifierAgent, VerifierStore};
 use crate::tpm::AttestationKey;
 use crate::verifier::Verifier;
 use crate::verifier::modules::{ModuleBytes, resolve};
@@ -57,6 +57,7 @@ impl PolicyInUse {
 pub struct StoredDocument {
     store: Arc<dyn VerifierStore>,
     kind: PolicyKind,
+    tenant: String,
     name: String,
     checksum: String,
     read: OnceLock<Vec<u8>>,
@@ -69,7 +70,7 @@ impl DocumentLoader for StoredDocument {
         }
         let record = self
             .store
-            .policy(self.kind, &self.name)
+            .policy(self.kind, &self.tenant, &self.name)
             .map_err(|e| PolicyError::Document(e.to_string()))?
             .ok_or_else(|| PolicyError::Document(format!("the policy '{}' is gone", self.name)))?;
         // An instance is cached under the checksum read first: a document replaced since
@@ -112,7 +113,12 @@ pub struct Expectations {
     pub first_attestation: bool,
 }
 
-fn policy_in_use(verifier: &Verifier, kind: PolicyKind, name: &str) -> Result<Option<PolicyInUse>, Failure> {
+fn policy_in_use(
+    verifier: &Verifier,
+    tenant: &str,
+    kind: PolicyKind,
+    name: &str,
+) -> Result<Option<PolicyInUse>, Failure> {
     let missing = || {
         Failure::internal(
             "store",
@@ -128,7 +134,7 @@ fn policy_in_use(verifier: &Verifier, kind: PolicyKind, name: &str) -> Result<Op
         PolicyKind::Runtime => {
             let info = verifier
                 .store
-                .policy_info(kind, name)
+                .policy_info(kind, tenant, name)
                 .map_err(read_error)?
                 .ok_or_else(missing)?;
             if !judges_ima(&info) {
@@ -137,6 +143,7 @@ fn policy_in_use(verifier: &Verifier, kind: PolicyKind, name: &str) -> Result<Op
             let stored = StoredDocument {
                 store: verifier.store.clone(),
                 kind,
+                tenant: tenant.to_owned(),
                 name: name.to_owned(),
                 checksum: info.checksum.clone(),
                 read: OnceLock::new(),
@@ -146,7 +153,7 @@ fn policy_in_use(verifier: &Verifier, kind: PolicyKind, name: &str) -> Result<Op
         PolicyKind::MeasuredBoot => {
             let record = verifier
                 .store
-                .policy(kind, name)
+                .policy(kind, tenant, name)
                 .map_err(read_error)?
                 .ok_or_else(missing)?;
             if !judges_boot(&record) {
@@ -155,7 +162,7 @@ fn policy_in_use(verifier: &Verifier, kind: PolicyKind, name: &str) -> Result<Op
             (record, None)
         }
     };
-    let module = resolve(verifier, kind, &record.module).map_err(|e| {
+    let module = resolve(verifier, tenant, kind, &record.module).map_err(|e| {
         Failure::internal(
             "module",
             format!("the {} component '{}': {}", kind.name(), record.module, e.message),
@@ -212,11 +219,21 @@ impl Expectations {
             _ => None,
         };
         Ok(Self {
-            tenant: DEFAULT_TENANT.to_owned(),
+            tenant: agent.tenant.clone(),
             ak,
             tpm_policy,
-            runtime: policy_in_use(verifier, PolicyKind::Runtime, &agent.runtime_policy)?,
-            measured_boot: policy_in_use(verifier, PolicyKind::MeasuredBoot, &agent.mb_policy)?,
+            runtime: policy_in_use(
+                verifier,
+                &agent.tenant,
+                PolicyKind::Runtime,
+                &agent.runtime_policy,
+            )?,
+            measured_boot: policy_in_use(
+                verifier,
+                &agent.tenant,
+                PolicyKind::MeasuredBoot,
+                &agent.mb_policy,
+            )?,
             bind_key: !agent.push,
             known_key: agent.public_key.clone(),
             ima,

@@ -149,9 +149,9 @@ fn policies(
 ) -> Result<(Option<PolicyRecord>, Option<PolicyRecord>), PushError> {
     let read = |kind, name: &str| {
         if with_documents {
-            verifier.store.policy(kind, name)
+            verifier.store.policy(kind, &agent.tenant, name)
         } else {
-            verifier.store.policy_info(kind, name)
+            verifier.store.policy_info(kind, &agent.tenant, name)
         }
     };
     let runtime = read(PolicyKind::Runtime, &agent.runtime_policy)

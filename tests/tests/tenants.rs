@@ -1,0 +1,248 @@
+//! Tenants of one verifier: a client certificate issued with `zest ca issue --tenant T`
+//! reaches T's enrolments, runtime policies, refstates and uploaded components only. Another
+//! tenant's record answers 404 and is left as it was; names are unique per tenant; the
+//! operator's certificate sees every tenant and chooses one with `?tenant=`; an agent is
+//! judged by the policies of the tenant that enrolled it.
+
+use std::path::Path;
+use std::process::Command;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use zest_tests::process::zest_binary;
+use zest_tests::push_env::{config, digest, enrol_body, policy_for, push_agent, round, verifier_with};
+use zest_tests::server::TestVerifier;
+use zest_tests::{AkKind, Swtpm};
+
+/// `zest ca issue --name NAME --client --tenant TENANT`, then an HTTPS client presenting it.
+fn tenant_client(verifier: &TestVerifier, tenant: &str) -> reqwest::Client {
+    let ca_dir = verifier.data.path().join("cv_ca");
+    let out = tempfile::tempdir().unwrap();
+    let issued = Command::new(zest_binary().unwrap())
+        .args(["ca", "issue", "--name", tenant, "--client", "--tenant", tenant])
+        .arg("--dir")
+        .arg(&ca_dir)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    client(
+        &ca_dir,
+        &out.path().join(format!("{tenant}-cert.crt")),
+        &out.path().join(format!("{tenant}-private.pem")),
+    )
+}
+
+fn client(ca_dir: &Path, cert: &Path, key: &Path) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_dir.join("cacert.crt")).unwrap()).unwrap();
+    let mut identity = std::fs::read(cert).unwrap();
+    identity.extend(std::fs::read(key).unwrap());
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([ca])
+        .identity(reqwest::Identity::from_pem(&identity).unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn call(client: &reqwest::Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
+    let mut request = client.request(method.parse().unwrap(), url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let code = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    // 204 has no body.
+    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn policy_body(paths: &[String]) -> Value {
+    json!({"runtime_policy": B64.encode(policy_for(paths).to_string())})
+}
+
+/// Everything tenant `a` owns, as `a` reads it: compared before and after `b`'s attempts.
+async fn snapshot(verifier: &TestVerifier, a: &reqwest::Client, module: &str) -> Vec<(u16, Value)> {
+    let mut seen = Vec::new();
+    for path in [
+        "agents/tenant-agent-a".to_owned(),
+        "allowlists/only-a".into(),
+        "allowlists/shared".into(),
+        "mbpolicies/mb-a".into(),
+        format!("modules/{module}"),
+    ] {
+        let (code, mut body) = call(a, "GET", verifier.url("2.6", &path), None).await;
+        // What moves by itself: the clock.
+        body["results"]["last_received_quote"] = Value::Null;
+        seen.push((code, body));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn tenants_see_and_change_only_their_own_records() {
+    let verifier = verifier_with(config()).await;
+    let (a, b) = (tenant_client(&verifier, "a"), tenant_client(&verifier, "b"));
+    let operator = verifier.admin_client().unwrap();
+    let url = |path: &str| verifier.url("2.6", path);
+    let tool = vec!["/usr/bin/tool".to_string()];
+
+    // Tenant a: two runtime policies, a refstate, a component and an agent.
+    for (name, paths) in [("only-a", &tool), ("shared", &tool)] {
+        let (code, body) = call(
+            &a,
+            "POST",
+            url(&format!("allowlists/{name}")),
+            Some(policy_body(paths)),
+        )
+        .await;
+        assert_eq!(code, 201, "{body}");
+    }
+    let (code, body) = call(
+        &a,
+        "POST",
+        url("mbpolicies/mb-a"),
+        Some(json!({"mb_policy": null})),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let component = zest::policy::builtin_runtime("keylime-runtime").unwrap().to_vec();
+    let uploaded = a
+        .post(url("modules?kind=runtime"))
+        .header("content-type", "application/wasm")
+        .body(component.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
+    let module = uploaded.json::<Value>().await.unwrap()["results"]["module"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = push_agent(&verifier, &tpm, "tenant-agent-a", AkKind::EcDsaP256).await;
+    agent.measure(&tool[0], &digest(&tool[0])).unwrap();
+    let mut enrolment = enrol_body(&agent.agent, "{}", None);
+    enrolment["runtime_policy_name"] = json!("shared");
+    let (code, body) = call(&a, "POST", url("agents/tenant-agent-a"), Some(enrolment.clone())).await;
+    assert_eq!(code, 200, "{body}");
+
+    // Tenant b: a policy of the same name, which allows nothing a's agent measured.
+    let (code, body) = call(
+        &b,
+        "POST",
+        url("allowlists/shared"),
+        Some(policy_body(&["/other".into()])),
+    )
+    .await;
+    assert_eq!(code, 201, "names are unique per tenant: {body}");
+
+    // a's agent is judged by a's `shared`, not b's.
+    agent.authenticate().await.unwrap();
+    let (_, _, judged) = round(&verifier, &mut agent).await;
+    assert_eq!(judged["evaluation"], "pass", "{judged}");
+
+    let before = snapshot(&verifier, &a, &module).await;
+    assert!(before.iter().all(|(code, _)| *code == 200), "{before:?}");
+
+    // Every route b may call, on a's records: 404, never 403.
+    let not_found = [
+        ("GET", "agents/tenant-agent-a", None),
+        ("DELETE", "agents/tenant-agent-a", None),
+        ("PUT", "agents/tenant-agent-a/reactivate", None),
+        ("PUT", "agents/tenant-agent-a/stop", None),
+        ("GET", "allowlists/only-a", None),
+        ("PUT", "allowlists/only-a", Some(policy_body(&tool))),
+        ("DELETE", "allowlists/only-a", None),
+        ("GET", "mbpolicies/mb-a", None),
+        ("PUT", "mbpolicies/mb-a", Some(json!({"mb_policy": null}))),
+        ("DELETE", "mbpolicies/mb-a", None),
+        ("GET", &format!("modules/{module}") as &str, None),
+        ("DELETE", &format!("modules/{module}"), None),
+    ];
+    for (method, path, body) in not_found {
+        let (code, reply) = call(&b, method, url(path), body).await;
+        assert_eq!(code, 404, "{method} {path} as b: {reply}");
+    }
+    // b cannot act in a's name, nor attach a's component, nor enrol a's agent again.
+    let (code, reply) = call(&b, "GET", url("allowlists/only-a?tenant=a"), None).await;
+    assert_eq!(code, 403, "{reply}");
+    let mut foreign = policy_body(&tool);
+    foreign["module"] = json!(module);
+    let (code, reply) = call(&b, "POST", url("allowlists/b-with-a-module"), Some(foreign)).await;
+    assert_eq!(code, 400, "a's component is not b's to attach: {reply}");
+    let (code, reply) = call(&b, "POST", url("agents/tenant-agent-a"), Some(enrolment)).await;
+    assert_eq!(code, 409, "an agent belongs to one tenant at a time: {reply}");
+
+    // b's listings hold b's records only.
+    let (_, agents) = call(&b, "GET", url("agents"), None).await;
+    assert_eq!(agents["results"]["uuids"], json!([]), "{agents}");
+    let (_, names) = call(&b, "GET", url("allowlists"), None).await;
+    assert_eq!(
+        names["results"]["runtimepolicy names"],
+        json!(["shared"]),
+        "{names}"
+    );
+    assert!(names["results"].get("tenants").is_none(), "{names}");
+    let (_, modules) = call(&b, "GET", url("modules"), None).await;
+    assert!(!modules.to_string().contains(&module), "{modules}");
+
+    // Nothing of a's changed.
+    assert_eq!(snapshot(&verifier, &a, &module).await, before);
+
+    // The operator sees every tenant, and picks one with ?tenant=.
+    let (_, agents) = call(&operator, "GET", url("agents"), None).await;
+    assert_eq!(
+        agents["results"]["uuids"],
+        json!([["tenant-agent-a"]]),
+        "{agents}"
+    );
+    let (_, agents) = call(&operator, "GET", url("agents?tenant=b"), None).await;
+    assert_eq!(agents["results"]["uuids"], json!([]), "{agents}");
+    let (_, names) = call(&operator, "GET", url("allowlists"), None).await;
+    assert_eq!(
+        names["results"]["tenants"],
+        json!({"a": ["only-a", "shared"], "b": ["shared"]}),
+        "{names}"
+    );
+    let (code, reply) = call(&operator, "GET", url("allowlists/only-a"), None).await;
+    assert_eq!(code, 404, "the operator's default is the default tenant: {reply}");
+    let (code, reply) = call(&operator, "GET", url("allowlists/only-a?tenant=a"), None).await;
+    assert_eq!(code, 200, "{reply}");
+    let (code, reply) = call(&operator, "GET", url("agents/tenant-agent-a"), None).await;
+    assert_eq!(code, 200, "{reply}");
+
+    // a deletes its own records; b's `shared` stays.
+    let (code, reply) = call(&a, "DELETE", url("agents/tenant-agent-a"), None).await;
+    assert_eq!(code, 200, "{reply}");
+    let (code, _) = call(&a, "DELETE", url("allowlists/shared"), None).await;
+    assert_eq!(code, 204);
+    let (code, reply) = call(&b, "GET", url("allowlists/shared"), None).await;
+    assert_eq!(code, 200, "{reply}");
+}
+
+/// A tenant's certificate reaches no operator-only route (the registrar's records, metrics,
+/// push attestation records), and the registrar's routes are the operator's alone.
+#[tokio::test]
+async fn a_tenant_certificate_reaches_no_operator_only_route() {
+    let verifier = verifier_with(config()).await;
+    let a = tenant_client(&verifier, "a");
+    for path in ["/metrics", "/v3.0/agents/some-agent/attestations"] {
+        let (code, reply) = call(&a, "GET", format!("{}{path}", verifier.https), None).await;
+        assert_eq!(code, 403, "{path}: {reply}");
+    }
+    let bad = Command::new(zest_binary().unwrap())
+        .args(["ca", "issue", "--name", "x", "--client", "--tenant", "a/b"])
+        .arg("--dir")
+        .arg(verifier.data.path().join("cv_ca"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--tenant must be"));
+}
