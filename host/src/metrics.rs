@@ -89,6 +89,13 @@ pub struct AgentLabels {
     pub attestation_status: &'static str,
 }
 
+/// A tenant of a shared server and one of its quotas (bounded: tenants are the operator's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TenantQuotaLabels {
+    pub tenant: String,
+    pub quota: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
@@ -123,6 +130,8 @@ pub struct Metrics {
     pub registrar_agents: Family<StateLabel, Gauge>,
     pub registrations: Family<ResultLabel, Counter>,
     pub activations: Family<ResultLabel, Counter>,
+    /// Requests refused because a tenant's quota would be exceeded.
+    pub quota_refusals: Family<TenantQuotaLabels, Counter>,
     /// Two scrapes at once would interleave setting and reading the gauges.
     scrape: Mutex<()>,
 }
@@ -149,6 +158,7 @@ impl Default for Metrics {
         let registrar_agents = Family::<StateLabel, Gauge>::default();
         let registrations = Family::<ResultLabel, Counter>::default();
         let activations = Family::<ResultLabel, Counter>::default();
+        let quota_refusals = Family::<TenantQuotaLabels, Counter>::default();
         registry.register(
             "zest_verifier_attestations",
             "Attestations judged, by mode (pull, push) and result (pass, fail)",
@@ -214,6 +224,11 @@ impl Default for Metrics {
             "Activation requests by result (ok, refused)",
             activations.clone(),
         );
+        registry.register(
+            "zest_tenant_quota_refusals",
+            "Requests refused because a tenant's quota would be exceeded, by tenant and quota",
+            quota_refusals.clone(),
+        );
         Self {
             registry,
             attestations,
@@ -229,6 +244,7 @@ impl Default for Metrics {
             registrar_agents,
             registrations,
             activations,
+            quota_refusals,
             scrape: Mutex::new(()),
         }
     }

@@ -149,6 +149,18 @@ pub fn admin_client(data_dir: &Path) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// HTTPS client trusting the CA in `ca_dir` (`cacert.crt`) and presenting `cert`/`key`.
+pub fn client_presenting(ca_dir: &Path, cert: &Path, key: &Path) -> anyhow::Result<reqwest::Client> {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_dir.join(TlsMaterial::CA_CERT))?)?;
+    let mut identity = std::fs::read(cert)?;
+    identity.extend(std::fs::read(key)?);
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([ca])
+        .identity(reqwest::Identity::from_pem(&identity)?)
+        .build()?)
+}
+
 /// A verifier on a free loopback port with its own data directory; stops when dropped.
 pub struct TestVerifier {
     pub data: TempDir,

@@ -1135,6 +1135,8 @@ async fn cve_2025_1057_rows_written_under_an_older_schema_still_load_after_an_up
         ] {
             downgrade.push_str(&format!("ALTER TABLE registrar_agents DROP COLUMN {column};"));
         }
+        // Migration 8's table.
+        downgrade.push_str("DROP TABLE tenant_quotas;");
         tx.execute_batch(&downgrade).unwrap();
         tx.execute(
             "INSERT INTO verifier_agents (tenant, agent_id, runtime_policy, mb_policy, record)

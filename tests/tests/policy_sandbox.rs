@@ -344,3 +344,44 @@ fn a_busy_instance_does_not_serialise_another_call_of_its_policy() {
     assert_eq!(loads(), 3);
     assert_eq!(registry.cached_instances(), 1);
 }
+
+/// A tenant's quota limits its own instances (here the evaluation deadline), not another
+/// tenant's; changing it reloads the tenant's instances under the new limit.
+#[test]
+fn a_tenants_deadline_quota_bounds_its_calls_only() {
+    use std::sync::Arc;
+    use zest::policy::PolicyRegistry;
+
+    let limits = PolicyLimits {
+        deadline: Duration::from_millis(600),
+        ..PolicyLimits::default()
+    };
+    let registry = PolicyRegistry::new(Arc::new(PolicyRuntime::new(limits, None).unwrap()));
+    let (log, replayed) = fedora_log();
+    let pcrs = every_pcr(&log);
+    let evidence = evidence(&log, &replayed, &pcrs);
+    let hostile = test_component("hostile");
+    let source = PolicySource::new("hostile", &hostile, b"loop").known_as("sha256:hostile", "loop");
+    let timeout = |tenant: &str| match registry.evaluate_measured_boot(tenant, &source, &evidence) {
+        Err(PolicyError::Timeout(after)) => after,
+        other => panic!("{tenant}: {other:?}"),
+    };
+    registry.set_tenant_limits(
+        "tight",
+        Some(PolicyLimits {
+            deadline: Duration::from_millis(100),
+            ..limits
+        }),
+    );
+    assert_eq!(timeout("tight"), Duration::from_millis(100));
+    assert_eq!(timeout("roomy"), Duration::from_millis(600));
+    // A quota above the server's limit is held to the server's.
+    registry.set_tenant_limits(
+        "tight",
+        Some(PolicyLimits {
+            deadline: Duration::from_secs(60),
+            ..limits
+        }),
+    );
+    assert_eq!(timeout("tight"), Duration::from_millis(600));
+}

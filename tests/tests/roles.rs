@@ -11,15 +11,7 @@ use zest_tests::server::{RegistrarOptions, TestVerifier, send_json};
 
 /// An HTTPS client trusting the CA in `ca_dir` and presenting `cert`/`key`.
 fn client(ca_dir: &Path, cert: &Path, key: &Path) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_dir.join("cacert.crt")).unwrap()).unwrap();
-    let mut identity = std::fs::read(cert).unwrap();
-    identity.extend(std::fs::read(key).unwrap());
-    reqwest::Client::builder()
-        .no_proxy()
-        .tls_certs_only([ca])
-        .identity(reqwest::Identity::from_pem(&identity).unwrap())
-        .build()
-        .unwrap()
+    zest_tests::server::client_presenting(ca_dir, cert, key).unwrap()
 }
 
 /// A certificate of this CA without any role of ours, as Keylime's own CA issues them

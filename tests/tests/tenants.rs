@@ -40,15 +40,7 @@ fn tenant_client(verifier: &TestVerifier, tenant: &str) -> reqwest::Client {
 }
 
 fn client(ca_dir: &Path, cert: &Path, key: &Path) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_dir.join("cacert.crt")).unwrap()).unwrap();
-    let mut identity = std::fs::read(cert).unwrap();
-    identity.extend(std::fs::read(key).unwrap());
-    reqwest::Client::builder()
-        .no_proxy()
-        .tls_certs_only([ca])
-        .identity(reqwest::Identity::from_pem(&identity).unwrap())
-        .build()
-        .unwrap()
+    zest_tests::server::client_presenting(ca_dir, cert, key).unwrap()
 }
 
 async fn call(client: &reqwest::Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
@@ -245,4 +237,142 @@ async fn a_tenant_certificate_reaches_no_operator_only_route() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--tenant must be"));
+}
+
+/// Quotas per tenant: the operator sets them (here with `zest quota set`); each refusal is
+/// a 4xx naming the quota, counted per tenant, and stores nothing; a tenant reads its own
+/// quota only and sets none.
+// Multi-threaded: the zest CLI runs as a blocking child process while the verifier serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn quotas_bound_a_tenant_and_name_the_quota_exceeded() {
+    let verifier = verifier_with(config()).await;
+    let q = tenant_client(&verifier, "q");
+    let other = tenant_client(&verifier, "other");
+    let operator = verifier.admin_client().unwrap();
+    let url = |path: &str| verifier.url("2.6", path);
+    let port = verifier.https.rsplit(':').next().unwrap().to_owned();
+    let quota = |args: &[&str]| {
+        let out = Command::new(zest_binary().unwrap())
+            .arg("quota")
+            .args(["--verifier", &format!("127.0.0.1:{port}")])
+            .arg("--tls-dir")
+            .arg(verifier.data.path().join("cv_ca"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let tool = vec!["/usr/bin/tool".to_string()];
+    // Room for a one-path policy, not for a twenty-path one.
+    let document_bytes = (policy_for(&tool).to_string().len() + 100).to_string();
+    let set = quota(&[
+        "set",
+        "--tenant",
+        "q",
+        "--agents",
+        "1",
+        "--policies",
+        "2",
+        "--components",
+        "1",
+        "--document-bytes",
+        &document_bytes,
+    ]);
+    assert!(set.contains("policies") && set.contains("0 used of 2"), "{set}");
+
+    // Policies (runtime and refstates together): two fit, the third is refused and not
+    // stored.
+    let (code, body) = call(&q, "POST", url("allowlists/p1"), Some(policy_body(&tool))).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = call(&q, "POST", url("mbpolicies/mb"), Some(json!({"mb_policy": null}))).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = call(&q, "POST", url("allowlists/p3"), Some(policy_body(&tool))).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["status"].as_str().unwrap().contains("'policies' (2)"),
+        "{body}"
+    );
+    let (code, _) = call(&q, "GET", url("allowlists/p3"), None).await;
+    assert_eq!(code, 404);
+    // A document over its size quota: 413, whatever the count.
+    let big: Vec<String> = (0..20).map(|i| format!("/usr/lib/long/path/{i}")).collect();
+    let (code, body) = call(&q, "PUT", url("allowlists/p1"), Some(policy_body(&big))).await;
+    assert_eq!(code, 413, "{body}");
+    assert!(
+        body["status"].as_str().unwrap().contains("document_bytes"),
+        "{body}"
+    );
+
+    // Components: one fits, a second is refused.
+    let upload = |bytes: Vec<u8>, kind: &'static str| {
+        q.post(url(&format!("modules?kind={kind}")))
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+    };
+    let first = upload(
+        zest::policy::builtin_runtime("keylime-runtime").unwrap().to_vec(),
+        "runtime",
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status(), 201);
+    let second = upload(zest_tests::policies::test_component("hostile"), "measured-boot")
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 403);
+    assert!(second.text().await.unwrap().contains("'components' (1)"));
+
+    // Agents: one fits (with a named policy), a second is refused.
+    let tpm = Swtpm::start().unwrap();
+    for (i, expected) in [(1, 200), (2, 403)] {
+        let agent = push_agent(&verifier, &tpm, &format!("quota-agent-{i}"), AkKind::EcDsaP256).await;
+        let mut enrolment = enrol_body(&agent.agent, "{}", None);
+        enrolment["runtime_policy_name"] = json!("p1");
+        enrolment["mb_policy_name"] = json!("mb");
+        let (code, body) = call(
+            &q,
+            "POST",
+            url(&format!("agents/quota-agent-{i}")),
+            Some(enrolment),
+        )
+        .await;
+        assert_eq!(code, expected, "{body}");
+    }
+    let (_, agents) = call(&q, "GET", url("agents"), None).await;
+    assert_eq!(agents["results"]["uuids"], json!([["quota-agent-1"]]), "{agents}");
+
+    // Every refusal is counted by tenant and quota.
+    let metrics = operator
+        .get(format!("{}/metrics", verifier.https))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for which in ["policies", "document_bytes", "components", "agents"] {
+        let line = format!("zest_tenant_quota_refusals_total{{tenant=\"q\",quota=\"{which}\"}} 1\n");
+        assert!(metrics.contains(&line), "{line} missing from\n{metrics}");
+    }
+
+    // A tenant reads its own quota, not another's, and sets none.
+    let (code, body) = call(&q, "GET", url("quotas/q"), None).await;
+    assert_eq!(
+        (code, &body["results"]["usage"]["agents"]),
+        (200, &json!(1)),
+        "{body}"
+    );
+    let (code, _) = call(&other, "GET", url("quotas/q"), None).await;
+    assert_eq!(code, 404);
+    let (code, _) = call(&q, "PUT", url("quotas/q"), Some(json!({"agents": 100}))).await;
+    assert_eq!(code, 403);
+    let (code, body) = call(&operator, "PUT", url("quotas/q"), Some(json!({"agents": "many"}))).await;
+    assert_eq!(code, 400, "{body}");
+    // Back to the defaults: the third policy fits now.
+    let reset = quota(&["reset", "--tenant", "q"]);
+    assert!(reset.contains("100"), "{reset}");
+    let (code, body) = call(&q, "POST", url("allowlists/p3"), Some(policy_body(&tool))).await;
+    assert_eq!(code, 201, "{body}");
 }

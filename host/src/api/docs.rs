@@ -374,7 +374,22 @@ fn names() -> Value {
 }
 
 fn schemas() -> Value {
+    let count = || json!({"type": "integer", "minimum": 0});
     json!({
+        // A tenant's quotas (zest's own): any subset of the fields; the rest keep their value.
+        "TenantQuota": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "agents": count(),
+                "policies": count(),
+                "components": count(),
+                "component_bytes": count(),
+                "document_bytes": count(),
+                "instance_memory_bytes": count(),
+                "evaluation_ms": count(),
+            },
+        },
         // What Keylime's tenant POSTs to enrol an agent (keylime-api.md §4.3).
         "Enrolment": {
             "type": "object",

@@ -19,6 +19,15 @@ use crate::config::keylime::{Effective, Service};
 
 #[derive(Debug, Args)]
 pub struct TenantArgs {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    #[command(subcommand)]
+    command: TenantCommand,
+}
+
+/// Where the verifier and registrar are, and the operator's certificate for them.
+#[derive(Debug, Args)]
+pub struct ConnectionArgs {
     /// The verifier, HOST:PORT (tenant.conf `verifier_ip`, `verifier_port`; default 127.0.0.1:8881).
     #[arg(long, env = "ZEST_TENANT_VERIFIER")]
     verifier: Option<String>,
@@ -30,8 +39,6 @@ pub struct TenantArgs {
     /// DIR/cv_ca with `--data-dir DIR`, else tenant.conf `tls_dir`, else /var/lib/zest/cv_ca).
     #[arg(long, env = "ZEST_TENANT_TLS_DIR")]
     tls_dir: Option<PathBuf>,
-    #[command(subcommand)]
-    command: TenantCommand,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,7 +232,7 @@ pub struct Accept {
 
 impl Connection {
     /// The tenant's settings: tenant.conf, then `--data-dir`, then the flags.
-    fn resolve(args: &TenantArgs, data_dir: Option<&Path>, config_dir: &Path) -> anyhow::Result<Self> {
+    fn resolve(args: &ConnectionArgs, data_dir: Option<&Path>, config_dir: &Path) -> anyhow::Result<Self> {
         let conf = Effective::load(Service::Tenant, config_dir)?;
         let get = |key: &str| conf.value(key).map(str::to_owned);
         let host_port = |ip: Option<String>, port: Option<String>, default_port: u16| {
@@ -523,7 +530,7 @@ impl Tenant {
 }
 
 pub async fn run(args: TenantArgs, data_dir: Option<&Path>, config_dir: &Path) -> anyhow::Result<()> {
-    let conn = Connection::resolve(&args, data_dir, config_dir)?;
+    let conn = Connection::resolve(&args.connection, data_dir, config_dir)?;
     let tenant = Tenant {
         http: conn.client()?,
         conn,
@@ -1512,4 +1519,127 @@ mod tests {
         assert!(tpm_policy("{\"x\": []}", false, false).is_err());
         assert!(tpm_policy("[]", false, false).is_err());
     }
+}
+
+/// `zest quota`: the quotas of a tenant of a shared server (zest's own API), set by the
+/// operator. Not to be confused with `zest tenant`, the operator's client itself.
+#[derive(Debug, Args)]
+pub struct QuotaArgs {
+    #[command(flatten)]
+    connection: ConnectionArgs,
+    #[command(subcommand)]
+    command: QuotaCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum QuotaCommand {
+    /// A tenant's quotas and what it holds now.
+    Show {
+        /// The tenant of the shared server (as in `zest ca issue --tenant`).
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Set some of a tenant's quotas; the others keep their value.
+    Set(QuotaSetArgs),
+    /// Return a tenant's quotas to the defaults.
+    Reset {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct QuotaSetArgs {
+    /// The tenant of the shared server (as in `zest ca issue --tenant`).
+    #[arg(long)]
+    tenant: String,
+    /// Enrolled agents.
+    #[arg(long)]
+    agents: Option<u64>,
+    /// Runtime policies and refstates together.
+    #[arg(long)]
+    policies: Option<u64>,
+    /// Uploaded components.
+    #[arg(long)]
+    components: Option<u64>,
+    /// Bytes of one uploaded component.
+    #[arg(long)]
+    component_bytes: Option<u64>,
+    /// Bytes of one policy document.
+    #[arg(long)]
+    document_bytes: Option<u64>,
+    /// Linear memory of one policy instance, bytes (0: the server's limit).
+    #[arg(long)]
+    instance_memory_bytes: Option<u64>,
+    /// Milliseconds of one policy call (0: the server's deadline).
+    #[arg(long)]
+    evaluation_ms: Option<u64>,
+}
+
+pub async fn run_quota(args: QuotaArgs, data_dir: Option<&Path>, config_dir: &Path) -> anyhow::Result<()> {
+    let conn = Connection::resolve(&args.connection, data_dir, config_dir)?;
+    let tenant = Tenant {
+        http: conn.client()?,
+        conn,
+        versions: Default::default(),
+    };
+    let (name, request) = match &args.command {
+        QuotaCommand::Show { tenant: name } => {
+            let url = tenant.url(Server::Verifier, &format!("quotas/{name}")).await?;
+            (name, tenant.http.get(url))
+        }
+        QuotaCommand::Reset { tenant: name } => {
+            let url = tenant.url(Server::Verifier, &format!("quotas/{name}")).await?;
+            (name, tenant.http.delete(url))
+        }
+        QuotaCommand::Set(set) => {
+            let mut body = serde_json::Map::new();
+            for (field, value) in [
+                ("agents", set.agents),
+                ("policies", set.policies),
+                ("components", set.components),
+                ("component_bytes", set.component_bytes),
+                ("document_bytes", set.document_bytes),
+                ("instance_memory_bytes", set.instance_memory_bytes),
+                ("evaluation_ms", set.evaluation_ms),
+            ] {
+                if let Some(value) = value {
+                    body.insert(field.into(), value.into());
+                }
+            }
+            if body.is_empty() {
+                bail!("name at least one quota to set (--agents, --policies, …)");
+            }
+            let url = tenant
+                .url(Server::Verifier, &format!("quotas/{}", set.tenant))
+                .await?;
+            (&set.tenant, tenant.http.put(url).json(&Value::Object(body)))
+        }
+    };
+    let reply = tenant
+        .expect(Server::Verifier, request, &format!("the quotas of tenant {name}"))
+        .await?;
+    let results = reply.results();
+    println!("tenant {name}");
+    for field in [
+        "agents",
+        "policies",
+        "components",
+        "component_bytes",
+        "document_bytes",
+        "instance_memory_bytes",
+        "evaluation_ms",
+    ] {
+        let used = results
+            .get("usage")
+            .and_then(|u| u.get(field))
+            .map(|u| format!("{u} used of "))
+            .unwrap_or_default();
+        let limit = results
+            .get("quota")
+            .and_then(|q| q.get(field))
+            .unwrap_or(&Value::Null);
+        println!("  {field:<22} {used}{limit}");
+    }
+    Ok(())
 }

@@ -332,10 +332,10 @@ impl PolicyRuntime {
     }
 
     /// Store data with this runtime's memory cap.
-    pub(crate) fn store_state(&self, policy: &str) -> HostState {
+    pub(crate) fn store_state(&self, policy: &str, limits: PolicyLimits) -> HostState {
         HostState {
             limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
+                .memory_size(limits.memory_bytes.min(self.limits.memory_bytes))
                 .instances(POOL.core_instances_per_policy as usize)
                 .trap_on_grow_failure(false)
                 .build(),
@@ -344,9 +344,9 @@ impl PolicyRuntime {
         }
     }
 
-    /// Deadline in epoch ticks for one call.
-    pub(crate) fn deadline_ticks(&self) -> u64 {
-        (self.limits.deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
+    /// `deadline` in epoch ticks, for one call.
+    pub(crate) fn deadline_ticks(&self, deadline: Duration) -> u64 {
+        (deadline.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use super::measured_boot::{BootEvidence, MeasuredBootPolicy};
 use super::runtime::{ImaEvidence, RuntimePolicy};
-use super::{PolicyError, PolicyRuntime};
+use super::{PolicyError, PolicyLimits, PolicyRuntime};
 use crate::evidence::HashAlg;
 use crate::metrics::{self, Metrics};
 
@@ -382,6 +382,22 @@ impl Cache {
         }
     }
 
+    /// Takes every entry of `tenant` out of the cache (to be dropped outside the lock).
+    fn remove_tenant(&mut self, tenant: &str) -> Vec<Loaded> {
+        let keys: Vec<CacheKey> = self
+            .entries
+            .keys()
+            .filter(|(_, key)| match key {
+                InstanceKey::Digests { tenant: t, .. } | InstanceKey::Ids { tenant: t, .. } => t == tenant,
+            })
+            .cloned()
+            .collect();
+        keys.iter()
+            .filter_map(|key| self.entries.remove(key))
+            .map(|entry| entry.policy)
+            .collect()
+    }
+
     fn one_offs(&self) -> usize {
         self.entries.values().filter(|e| e.one_off).count()
     }
@@ -430,6 +446,8 @@ pub struct PolicyRegistry {
     max_cached: usize,
     /// Instances pooled for one document at most.
     max_per_document: usize,
+    /// Tenants whose quotas limit their instances below the runtime's limits.
+    tenant_limits: std::sync::RwLock<HashMap<String, PolicyLimits>>,
 }
 
 fn poisoned() -> PolicyError {
@@ -461,7 +479,36 @@ impl PolicyRegistry {
             cache: Mutex::default(),
             max_cached,
             max_per_document,
+            tenant_limits: Default::default(),
         }
+    }
+
+    /// Limits `tenant`'s instances (memory, deadline) from now on, or lifts that with
+    /// `None`. Its cached instances are dropped, so the next call loads under the new
+    /// limits.
+    pub fn set_tenant_limits(&self, tenant: &str, limits: Option<PolicyLimits>) {
+        if let Ok(mut all) = self.tenant_limits.write() {
+            match limits {
+                Some(limits) => all.insert(tenant.to_owned(), limits),
+                None => all.remove(tenant),
+            };
+        }
+        let evicted = self
+            .cache
+            .lock()
+            .map(|mut cache| cache.remove_tenant(tenant))
+            .unwrap_or_default();
+        // Outside the lock: dropping the last reference drops the Store.
+        drop(evicted);
+    }
+
+    /// The limits of `tenant`'s instances.
+    fn limits_for(&self, tenant: &str) -> PolicyLimits {
+        self.tenant_limits
+            .read()
+            .ok()
+            .and_then(|all| all.get(tenant).copied())
+            .unwrap_or_else(|| self.runtime.limits())
     }
 
     /// The same registry pooling at most `max` instances per document (at least 1).
@@ -629,7 +676,15 @@ impl PolicyRegistry {
         self.run(
             tenant,
             source,
-            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document()?),
+            || {
+                RuntimePolicy::load_limited(
+                    &self.runtime,
+                    self.limits_for(tenant),
+                    source.name,
+                    source.module,
+                    source.document()?,
+                )
+            },
             |_| Ok(()),
         )
     }
@@ -643,7 +698,15 @@ impl PolicyRegistry {
         self.run(
             tenant,
             source,
-            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document()?),
+            || {
+                RuntimePolicy::load_limited(
+                    &self.runtime,
+                    self.limits_for(tenant),
+                    source.name,
+                    source.module,
+                    source.document()?,
+                )
+            },
             |p: &RuntimePolicy| Ok(p.log_hash_alg()),
         )
     }
@@ -658,7 +721,15 @@ impl PolicyRegistry {
         self.run(
             tenant,
             source,
-            || MeasuredBootPolicy::load(&self.runtime, source.name, source.module, source.document()?),
+            || {
+                MeasuredBootPolicy::load_limited(
+                    &self.runtime,
+                    self.limits_for(tenant),
+                    source.name,
+                    source.module,
+                    source.document()?,
+                )
+            },
             |p: &MeasuredBootPolicy| Ok(p.relevant_pcrs().to_vec()),
         )
     }
@@ -674,7 +745,15 @@ impl PolicyRegistry {
         let result = self.run(
             tenant,
             source,
-            || MeasuredBootPolicy::load(&self.runtime, source.name, source.module, source.document()?),
+            || {
+                MeasuredBootPolicy::load_limited(
+                    &self.runtime,
+                    self.limits_for(tenant),
+                    source.name,
+                    source.module,
+                    source.document()?,
+                )
+            },
             |p: &MeasuredBootPolicy| p.evaluate(evidence),
         );
         self.record("measured-boot", source, started, &result);
@@ -692,7 +771,15 @@ impl PolicyRegistry {
         let result = self.run(
             tenant,
             source,
-            || RuntimePolicy::load(&self.runtime, source.name, source.module, source.document()?),
+            || {
+                RuntimePolicy::load_limited(
+                    &self.runtime,
+                    self.limits_for(tenant),
+                    source.name,
+                    source.module,
+                    source.document()?,
+                )
+            },
             |p: &RuntimePolicy| p.evaluate(evidence),
         );
         self.record("runtime", source, started, &result);

@@ -97,14 +97,25 @@ impl RuntimePolicy {
         component_bytes: &[u8],
         document: &[u8],
     ) -> Result<Self, PolicyError> {
+        Self::load_limited(runtime, runtime.limits(), name, component_bytes, document)
+    }
+
+    /// [`Self::load`] under `limits` (a tenant's quota; never above the runtime's).
+    pub fn load_limited(
+        runtime: &PolicyRuntime,
+        limits: super::PolicyLimits,
+        name: &str,
+        component_bytes: &[u8],
+        document: &[u8],
+    ) -> Result<Self, PolicyError> {
         let pre = Self::instance_pre(runtime, component_bytes)?;
         // Before the Store, so that on an error the Store is dropped first.
         let slot = runtime.acquire_slot()?;
-        let mut store = Store::new(runtime.engine(), runtime.store_state(name));
+        let mut store = Store::new(runtime.engine(), runtime.store_state(name, limits));
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        let deadline = runtime.limits().deadline;
-        let ticks = runtime.deadline_ticks();
+        let deadline = limits.deadline.min(runtime.limits().deadline);
+        let ticks = runtime.deadline_ticks(deadline);
         store.set_epoch_deadline(ticks);
         let instance = match &pre {
             InstancePre::V0_2(pre) => pre.instantiate(&mut store).map(Instance::V0_2),

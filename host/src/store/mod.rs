@@ -12,8 +12,9 @@ pub mod verifier;
 pub use sqlite::SqliteStore;
 use thiserror::Error;
 pub use verifier::{
-    AgentState, AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind,
-    PolicyRecord, PolicyWrite, PushAttestation, PushSession, StoredFailure, VerifierAgent, VerifierStore,
+    AgentState, AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, ModuleWrite, PolicyDelete,
+    PolicyKind, PolicyRecord, PolicyWrite, PushAttestation, PushSession, StoredFailure, TenantQuota,
+    TenantUsage, VerifierAgent, VerifierStore,
 };
 
 /// The tenant every record belongs to until multi-tenancy reaches the API.

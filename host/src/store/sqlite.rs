@@ -117,6 +117,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE registrar_agents ADD COLUMN pending_mtls_cert TEXT;
     ALTER TABLE registrar_agents ADD COLUMN pending_auth_tag_digest BLOB;
     ALTER TABLE registrar_agents ADD COLUMN pending_since INTEGER;",
+    // 8: quotas the operator set per tenant (JSON of `TenantQuota`); absent: the defaults.
+    "CREATE TABLE tenant_quotas (
+        tenant TEXT NOT NULL PRIMARY KEY,
+        quota  TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and
@@ -482,7 +487,13 @@ mod tests {
                         generator: 3,
                     };
                     verifier
-                        .put_policy(PolicyKind::Runtime, DEFAULT_TENANT, &record, true)
+                        .put_policy(
+                            PolicyKind::Runtime,
+                            DEFAULT_TENANT,
+                            &record,
+                            true,
+                            &Default::default(),
+                        )
                         .unwrap();
                     assert_eq!(
                         verifier
@@ -526,7 +537,7 @@ mod tests {
             (PolicyKind::MeasuredBoot, policy("m")),
         ];
         assert!(matches!(
-            store.enrol(&agent, &policies).unwrap(),
+            store.enrol(&agent, &policies, &Default::default()).unwrap(),
             EnrolOutcome::Enrolled
         ));
         store

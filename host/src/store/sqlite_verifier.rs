@@ -3,8 +3,9 @@
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::verifier::{
-    AgentState, AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, PolicyDelete, PolicyKind,
-    PolicyRecord, PolicyWrite, PushAttestation, PushSession, VerifierAgent, VerifierStore,
+    AgentState, AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, ModuleWrite, PolicyDelete,
+    PolicyKind, PolicyRecord, PolicyWrite, PushAttestation, PushSession, TenantQuota, TenantUsage,
+    VerifierAgent, VerifierStore,
 };
 use super::{DEFAULT_TENANT, SqliteStore, StoreError};
 
@@ -34,6 +35,21 @@ fn save_round(
         )?
         .execute(params![agent_id, record, revision, from_state])?;
     Ok(changed > 0)
+}
+
+/// A tenant's holdings, read inside the caller's transaction (so a quota check and the
+/// write it guards see the same counts).
+fn usage(conn: &rusqlite::Connection, tenant: &str) -> Result<TenantUsage, StoreError> {
+    let count = |sql: &str| -> Result<u64, StoreError> {
+        let n: i64 = conn.prepare_cached(sql)?.query_row([tenant], |row| row.get(0))?;
+        Ok(n.max(0) as u64)
+    };
+    Ok(TenantUsage {
+        agents: count("SELECT count(*) FROM verifier_agents WHERE tenant = ?1")?,
+        policies: count("SELECT count(*) FROM runtime_policies WHERE tenant = ?1")?
+            + count("SELECT count(*) FROM mb_policies WHERE tenant = ?1")?,
+        components: count("SELECT count(*) FROM policy_modules WHERE tenant = ?1")?,
+    })
 }
 
 fn policy_row(kind: PolicyKind, row: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRecord> {
@@ -75,13 +91,31 @@ impl VerifierStore for SqliteStore {
         tenant: &str,
         r: &PolicyRecord,
         create_only: bool,
+        quota: &TenantQuota,
     ) -> Result<PolicyWrite, StoreError> {
-        let conn = self.conn()?;
+        let mut conn = self.conn()?;
         if create_only {
-            return Ok(match insert_policy(&conn, kind, tenant, r)? {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let exists = tx
+                .prepare_cached(&format!(
+                    "SELECT 1 FROM {} WHERE tenant = ?1 AND name = ?2",
+                    kind.table()
+                ))?
+                .query_row(params![tenant, r.name], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if exists {
+                return Ok(PolicyWrite::Exists);
+            }
+            if usage(&tx, tenant)?.policies >= quota.policies {
+                return Ok(PolicyWrite::QuotaExceeded);
+            }
+            let written = match insert_policy(&tx, kind, tenant, r)? {
                 0 => PolicyWrite::Exists,
                 _ => PolicyWrite::Done,
-            });
+            };
+            tx.commit()?;
+            return Ok(written);
         }
         let changed = conn
             .prepare_cached(&format!(
@@ -190,6 +224,7 @@ impl VerifierStore for SqliteStore {
         &self,
         agent: &VerifierAgent,
         new_policies: &[(PolicyKind, PolicyRecord)],
+        quota: &TenantQuota,
     ) -> Result<EnrolOutcome, StoreError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -200,6 +235,13 @@ impl VerifierStore for SqliteStore {
             .is_some();
         if exists {
             return Ok(EnrolOutcome::AgentExists);
+        }
+        let held = usage(&tx, &agent.tenant)?;
+        if held.agents >= quota.agents {
+            return Ok(EnrolOutcome::QuotaExceeded("agents"));
+        }
+        if held.policies + new_policies.len() as u64 > quota.policies {
+            return Ok(EnrolOutcome::QuotaExceeded("policies"));
         }
         for (kind, record) in new_policies {
             if insert_policy(&tx, *kind, &agent.tenant, record)? == 0 {
@@ -327,9 +369,27 @@ impl VerifierStore for SqliteStore {
         Ok(deleted > 0)
     }
 
-    fn put_module(&self, tenant: &str, record: &ModuleRecord, bytes: &[u8]) -> Result<bool, StoreError> {
-        let conn = self.conn()?;
-        let inserted = conn
+    fn put_module(
+        &self,
+        tenant: &str,
+        record: &ModuleRecord,
+        bytes: &[u8],
+        quota: &TenantQuota,
+    ) -> Result<ModuleWrite, StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = tx
+            .prepare_cached("SELECT 1 FROM policy_modules WHERE tenant = ?1 AND id = ?2")?
+            .query_row(params![tenant, record.id], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if exists {
+            return Ok(ModuleWrite::Exists);
+        }
+        if usage(&tx, tenant)?.components >= quota.components {
+            return Ok(ModuleWrite::QuotaExceeded);
+        }
+        let inserted = tx
             .prepare_cached(
                 "INSERT OR IGNORE INTO policy_modules (tenant, id, kind, bytes, uploaded_at)
              VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -341,7 +401,63 @@ impl VerifierStore for SqliteStore {
                 bytes,
                 record.uploaded_at as i64
             ])?;
-        Ok(inserted == 1)
+        tx.commit()?;
+        Ok(if inserted == 1 {
+            ModuleWrite::Created
+        } else {
+            ModuleWrite::Exists
+        })
+    }
+
+    fn quota(&self, tenant: &str) -> Result<Option<TenantQuota>, StoreError> {
+        let text: Option<String> = self
+            .conn()?
+            .prepare_cached("SELECT quota FROM tenant_quotas WHERE tenant = ?1")?
+            .query_row([tenant], |row| row.get(0))
+            .optional()?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(format!("quota of {tenant}: {e}")))
+        })
+        .transpose()
+    }
+
+    fn quotas(&self) -> Result<Vec<(String, TenantQuota)>, StoreError> {
+        let conn = self.conn()?;
+        let mut statement = conn.prepare("SELECT tenant, quota FROM tenant_quotas ORDER BY tenant")?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(tenant, text)| {
+                let quota = serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("quota of {tenant}: {e}")))?;
+                Ok((tenant, quota))
+            })
+            .collect()
+    }
+
+    fn put_quota(&self, tenant: &str, quota: Option<&TenantQuota>) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        match quota {
+            Some(quota) => {
+                let text = serde_json::to_string(quota).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                conn.prepare_cached(
+                    "INSERT INTO tenant_quotas (tenant, quota) VALUES (?1, ?2)
+                     ON CONFLICT (tenant) DO UPDATE SET quota = excluded.quota",
+                )?
+                .execute(params![tenant, text])?;
+            }
+            None => {
+                conn.prepare_cached("DELETE FROM tenant_quotas WHERE tenant = ?1")?
+                    .execute([tenant])?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage, StoreError> {
+        let conn = self.conn()?;
+        usage(&conn, tenant)
     }
 
     fn module(&self, tenant: &str, id: &str) -> Result<Option<(ModuleRecord, Vec<u8>)>, StoreError> {

@@ -69,6 +69,64 @@ pub enum PolicyWrite {
     Exists,
     /// Update: there is no such policy.
     NotFound,
+    /// Create: the tenant holds as many policies as its quota allows.
+    QuotaExceeded,
+}
+
+/// What storing an uploaded component did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModuleWrite {
+    Created,
+    /// The tenant had uploaded it already.
+    Exists,
+    /// The tenant holds as many components as its quota allows.
+    QuotaExceeded,
+}
+
+/// A tenant's quotas. Every field has a default (see [`TenantQuota::default`]); the
+/// operator sets any of them (`PUT /v2.x/quotas/{tenant}`, `zest quota set`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantQuota {
+    /// Enrolled agents.
+    pub agents: u64,
+    /// Runtime policies and refstates together.
+    pub policies: u64,
+    /// Uploaded components.
+    pub components: u64,
+    /// Bytes of one uploaded component.
+    pub component_bytes: u64,
+    /// Bytes of one policy document (runtime policy or refstate).
+    pub document_bytes: u64,
+    /// Linear memory of one policy instance, in bytes (never above the server's limit;
+    /// 0: the server's).
+    pub instance_memory_bytes: u64,
+    /// Milliseconds of one policy call (the epoch deadline; never above the server's; 0:
+    /// the server's).
+    pub evaluation_ms: u64,
+}
+
+impl Default for TenantQuota {
+    /// The documented defaults (README, "Tenants of a shared server").
+    fn default() -> Self {
+        Self {
+            agents: 1000,
+            policies: 100,
+            components: 10,
+            component_bytes: 32 << 20,
+            document_bytes: 16 << 20,
+            instance_memory_bytes: 0,
+            evaluation_ms: 0,
+        }
+    }
+}
+
+/// What a tenant holds now, against its quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct TenantUsage {
+    pub agents: u64,
+    pub policies: u64,
+    pub components: u64,
 }
 
 /// What a policy delete did.
@@ -115,6 +173,8 @@ pub struct PushSession {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnrolOutcome {
     Enrolled,
+    /// The tenant's quota of agents or policies (named) is used up: nothing changed.
+    QuotaExceeded(&'static str),
     AgentExists,
     /// A policy to create under a name that is taken.
     PolicyExists(PolicyKind),
@@ -380,13 +440,14 @@ pub struct AttestationHead {
 /// unique per tenant; an agent id is unique across tenants (an agent belongs to one tenant
 /// at a time: [`VerifierAgent::tenant`]), and its sessions and attestations go with it.
 pub trait VerifierStore: Send + Sync + 'static {
-    /// Creates (`create_only`) or replaces a policy of `tenant`.
+    /// Creates (`create_only`, within `quota`'s policies) or replaces a policy of `tenant`.
     fn put_policy(
         &self,
         kind: PolicyKind,
         tenant: &str,
         record: &PolicyRecord,
         create_only: bool,
+        quota: &TenantQuota,
     ) -> Result<PolicyWrite, StoreError>;
 
     fn policy(&self, kind: PolicyKind, tenant: &str, name: &str) -> Result<Option<PolicyRecord>, StoreError>;
@@ -411,10 +472,12 @@ pub trait VerifierStore: Send + Sync + 'static {
 
     /// Enrols an agent in its tenant, creating the policies given as new ones there; all or
     /// nothing. The agent record names its policies; each must exist afterwards.
+    /// `quota` bounds the tenant's agents and policies, checked in the same transaction.
     fn enrol(
         &self,
         agent: &VerifierAgent,
         new_policies: &[(PolicyKind, PolicyRecord)],
+        quota: &TenantQuota,
     ) -> Result<EnrolOutcome, StoreError>;
 
     fn agent(&self, agent_id: &str) -> Result<Option<VerifierAgent>, StoreError>;
@@ -438,8 +501,26 @@ pub trait VerifierStore: Send + Sync + 'static {
     /// after it that no other agent uses. Returns whether it existed.
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError>;
 
-    /// Stores a component uploaded by `tenant`; returns false when it was there already.
-    fn put_module(&self, tenant: &str, record: &ModuleRecord, bytes: &[u8]) -> Result<bool, StoreError>;
+    /// Stores a component uploaded by `tenant`, within `quota`'s components.
+    fn put_module(
+        &self,
+        tenant: &str,
+        record: &ModuleRecord,
+        bytes: &[u8],
+        quota: &TenantQuota,
+    ) -> Result<ModuleWrite, StoreError>;
+
+    /// A tenant's quota as the operator set it (`None`: the defaults).
+    fn quota(&self, tenant: &str) -> Result<Option<TenantQuota>, StoreError>;
+
+    /// Every quota the operator set.
+    fn quotas(&self) -> Result<Vec<(String, TenantQuota)>, StoreError>;
+
+    /// Sets a tenant's quota, or returns it to the defaults with `None`.
+    fn put_quota(&self, tenant: &str, quota: Option<&TenantQuota>) -> Result<(), StoreError>;
+
+    /// What a tenant holds now.
+    fn tenant_usage(&self, tenant: &str) -> Result<TenantUsage, StoreError>;
 
     /// A component's record and bytes, as `tenant` uploaded it.
     fn module(&self, tenant: &str, id: &str) -> Result<Option<(ModuleRecord, Vec<u8>)>, StoreError>;

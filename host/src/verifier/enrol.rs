@@ -104,6 +104,7 @@ fn ip(ip: Option<String>) -> Result<String, ApiError> {
 pub async fn enrolment(
     verifier: &Verifier,
     tenant: &str,
+    quota: &crate::store::TenantQuota,
     id: &AgentId,
     body: &Map<String, Value>,
 ) -> Result<Enrolment, ApiError> {
@@ -182,6 +183,8 @@ pub async fn enrolment(
             let name = name.unwrap_or_else(|| id.to_string());
             check_name(&name)?;
             let document = decode_runtime_policy(Some(&body.runtime_policy), "runtime_policy")?;
+            let limit = quota.document_bytes;
+            super::quotas::check_size(verifier, tenant, "document_bytes", limit, document.len())?;
             check_signature(verifier, &document, &body.runtime_policy_key).await?;
             let record = runtime_record(verifier, tenant, &name, document, body.module.as_deref()).await?;
             new_policies.push((PolicyKind::Runtime, record));
@@ -198,6 +201,8 @@ pub async fn enrolment(
         (name, document) => {
             let name = name.unwrap_or_else(|| id.to_string());
             check_name(&name)?;
+            let size = document.as_ref().map_or(0, Vec::len);
+            super::quotas::check_size(verifier, tenant, "document_bytes", quota.document_bytes, size)?;
             let record = measured_boot_record(verifier, tenant, &name, document, None).await?;
             new_policies.push((PolicyKind::MeasuredBoot, record));
             name

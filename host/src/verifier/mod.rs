@@ -12,6 +12,7 @@ pub mod pipeline;
 mod policies;
 mod poller;
 pub mod push;
+mod quotas;
 mod routes;
 pub mod severity;
 mod wire;
@@ -290,6 +291,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         agent_tls: agent_tls.clone(),
     };
     push::attestations::fail_interrupted(&verifier);
+    quotas::apply_stored(&verifier)?;
     let poller = poller::spawn(
         verifier.clone(),
         agent_tls,

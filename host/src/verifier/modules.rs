@@ -27,7 +27,7 @@ use super::Verifier;
 use super::routes::version_of;
 use crate::api::{self, ApiError, ApiResult, Envelope, Scope};
 use crate::policy::{BUILTIN_MEASURED_BOOT, BUILTIN_RUNTIME, builtin_measured_boot, builtin_runtime};
-use crate::store::{ModuleDelete, ModuleRecord, PolicyKind};
+use crate::store::{ModuleDelete, ModuleRecord, ModuleWrite, PolicyKind};
 
 /// Largest component accepted (the built-ins are about 1 MB).
 pub const MAX_MODULE: usize = 32 * 1024 * 1024;
@@ -180,6 +180,14 @@ pub async fn upload(
             format!("a module is at most {MAX_MODULE} bytes"),
         ));
     }
+    let quota = super::quotas::quota(&verifier, &tenant).await?;
+    super::quotas::check_size(
+        &verifier,
+        &tenant,
+        "component_bytes",
+        quota.component_bytes,
+        body.len(),
+    )?;
     let id = format!(
         "sha256:{}",
         hex::encode(crate::evidence::HashAlg::Sha256.digest(&[&body]))
@@ -201,10 +209,19 @@ pub async fn upload(
     };
     let stored = record.clone();
     let owner = tenant.clone();
-    let created = api::blocking(verifier.store.clone(), "storing a module", move |s| {
-        s.put_module(&owner, &stored, &body)
+    let written = api::blocking(verifier.store.clone(), "storing a module", move |s| {
+        s.put_module(&owner, &stored, &body, &quota)
     })
     .await?;
+    if written == ModuleWrite::QuotaExceeded {
+        return Err(super::quotas::exceeded(
+            &verifier,
+            &tenant,
+            "components",
+            quota.components,
+        ));
+    }
+    let created = written == ModuleWrite::Created;
     if !created {
         // Known already: same bytes, so the same id; only its kind can disagree.
         let (id2, owner) = (id.clone(), tenant.clone());

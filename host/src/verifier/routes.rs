@@ -259,6 +259,23 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
             ],
         )
         .route(
+            "/{v}/quotas/{tenant}",
+            true,
+            vec![
+                Op::get(
+                    super::quotas::show,
+                    "A tenant's quota and what it holds (zest's own)",
+                )
+                .tenants(),
+                Op::put(super::quotas::set, "Set any of a tenant's quotas (zest's own)")
+                    .body(Body::JsonOf("TenantQuota")),
+                Op::delete(
+                    super::quotas::reset,
+                    "Return a tenant's quotas to the defaults (zest's own)",
+                ),
+            ],
+        )
+        .route(
             "/{v}/modules/{id}",
             true,
             vec![
@@ -592,9 +609,10 @@ async fn enrol(
     let tenant = scope.acting_tenant(query.tenant.as_deref())?;
     let id = AgentId::parse(&id)?;
     let body = json_object(&body)?;
-    let enrolment = enrolment(&verifier, &tenant, &id, &body).await?;
+    let quota = super::quotas::quota(&verifier, &tenant).await?;
+    let enrolment = enrolment(&verifier, &tenant, &quota, &id, &body).await?;
     let outcome = blocking(&verifier, "enrolling agent", move |store| {
-        store.enrol(&enrolment.agent, &enrolment.new_policies)
+        store.enrol(&enrolment.agent, &enrolment.new_policies, &quota)
     })
     .await?;
     match outcome {
@@ -602,6 +620,13 @@ async fn enrol(
             verifier.poll_wakeup.notify_one();
             tracing::info!(agent_id = %id, %tenant, "agent enrolled");
             Ok(Envelope::empty())
+        }
+        EnrolOutcome::QuotaExceeded(which) => {
+            let limit = match which {
+                "agents" => quota.agents,
+                _ => quota.policies,
+            };
+            Err(super::quotas::exceeded(&verifier, &tenant, which, limit))
         }
         EnrolOutcome::AgentExists => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -813,21 +838,31 @@ async fn write_policy(
     }
     let body = json_object(body)?;
     let module = module_field(&body)?;
+    let quota = super::quotas::quota(verifier, &tenant).await?;
     let record = match kind {
         PolicyKind::Runtime => {
             let document = decode_runtime_policy(body.get("runtime_policy"), "runtime_policy")?;
+            super::quotas::check_size(
+                verifier,
+                &tenant,
+                "document_bytes",
+                quota.document_bytes,
+                document.len(),
+            )?;
             let key = body.get("runtime_policy_key").cloned().unwrap_or(Value::Null);
             check_signature(verifier, &document, &key).await?;
             runtime_record(verifier, &tenant, &name, document, module).await?
         }
         PolicyKind::MeasuredBoot => {
             let document = decode_mb_policy(body.get("mb_policy"), "mb_policy")?;
+            let size = document.as_ref().map_or(0, Vec::len);
+            super::quotas::check_size(verifier, &tenant, "document_bytes", quota.document_bytes, size)?;
             measured_boot_record(verifier, &tenant, &name, document, module).await?
         }
     };
     let owner = tenant.clone();
     let outcome = blocking(verifier, "storing policy", move |s| {
-        s.put_policy(kind, &owner, &record, create)
+        s.put_policy(kind, &owner, &record, create, &quota)
     })
     .await?;
     match outcome {
@@ -835,6 +870,12 @@ async fn write_policy(
             tracing::info!(policy = %name, %tenant, ?kind, create, "policy stored");
             Ok(Envelope::created())
         }
+        PolicyWrite::QuotaExceeded => Err(super::quotas::exceeded(
+            verifier,
+            &tenant,
+            "policies",
+            quota.policies,
+        )),
         PolicyWrite::Exists => Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("{} with name {name} already exists", kind_name(kind)),
