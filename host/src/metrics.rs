@@ -89,6 +89,13 @@ pub struct AgentLabels {
     pub attestation_status: &'static str,
 }
 
+/// A tenant of a shared server and a verdict's result (bounded: tenants are the operator's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TenantResult {
+    pub tenant: String,
+    pub result: &'static str,
+}
+
 /// A tenant of a shared server and one of its quotas (bounded: tenants are the operator's).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TenantQuotaLabels {
@@ -130,6 +137,8 @@ pub struct Metrics {
     pub registrar_agents: Family<StateLabel, Gauge>,
     pub registrations: Family<ResultLabel, Counter>,
     pub activations: Family<ResultLabel, Counter>,
+    /// Verdicts by tenant and result.
+    pub tenant_attestations: Family<TenantResult, Counter>,
     /// Requests refused because a tenant's quota would be exceeded.
     pub quota_refusals: Family<TenantQuotaLabels, Counter>,
     /// Two scrapes at once would interleave setting and reading the gauges.
@@ -159,6 +168,12 @@ impl Default for Metrics {
         let registrations = Family::<ResultLabel, Counter>::default();
         let activations = Family::<ResultLabel, Counter>::default();
         let quota_refusals = Family::<TenantQuotaLabels, Counter>::default();
+        let tenant_attestations = Family::<TenantResult, Counter>::default();
+        registry.register(
+            "zest_tenant_attestations",
+            "Attestations judged, by tenant of a shared server and result (pass, fail)",
+            tenant_attestations.clone(),
+        );
         registry.register(
             "zest_verifier_attestations",
             "Attestations judged, by mode (pull, push) and result (pass, fail)",
@@ -245,6 +260,7 @@ impl Default for Metrics {
             registrations,
             activations,
             quota_refusals,
+            tenant_attestations,
             scrape: Mutex::new(()),
         }
     }

@@ -139,6 +139,18 @@ async fn tenants_see_and_change_only_their_own_records() {
     agent.authenticate().await.unwrap();
     let (_, _, judged) = round(&verifier, &mut agent).await;
     assert_eq!(judged["evaluation"], "pass", "{judged}");
+    let metrics = operator
+        .get(format!("{}/metrics", verifier.https))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("zest_tenant_attestations_total{tenant=\"a\",result=\"pass\"} 1\n"),
+        "{metrics}"
+    );
 
     let before = snapshot(&verifier, &a, &module).await;
     assert!(before.iter().all(|(code, _)| *code == 200), "{before:?}");

@@ -184,16 +184,22 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Counts a verdict and its latency (`mode` is pull or push).
+    /// Counts a verdict of an agent of `tenant` and its latency (`mode` is pull or push).
     pub(crate) fn record_verdict(
         &self,
         mode: &'static str,
+        tenant: &str,
         elapsed: std::time::Duration,
         failures: &[pipeline::Failure],
     ) {
-        use crate::metrics::{ModeEvent, ModeLabel, ModeResult, count, observe};
+        use crate::metrics::{ModeEvent, ModeLabel, ModeResult, TenantResult, count, observe};
         let result = if failures.is_empty() { "pass" } else { "fail" };
         count(&self.metrics.attestations, &ModeResult { mode, result });
+        let by_tenant = TenantResult {
+            tenant: tenant.to_owned(),
+            result,
+        };
+        count(&self.metrics.tenant_attestations, &by_tenant);
         observe(&self.metrics.attestation_seconds, &ModeLabel { mode }, elapsed);
         for failure in failures {
             let labels = ModeEvent {

@@ -499,7 +499,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
             RoundResult::Fail { failures, .. } => failures.as_slice(),
             _ => &[],
         };
-        verifier.record_verdict("pull", started.elapsed(), failures);
+        verifier.record_verdict("pull", &agent.tenant, started.elapsed(), failures);
         let mut agent = agent;
         match result {
             RoundResult::Pass => {
@@ -539,8 +539,8 @@ async fn fail_round(
     round_state: i64,
     failures: Vec<Failure>,
 ) -> bool {
-    tracing::warn!(agent_id = %agent.agent_id, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "round not judged");
-    verifier.record_verdict("pull", Duration::ZERO, &failures);
+    tracing::warn!(agent_id = %agent.agent_id, tenant = %agent.tenant, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "round not judged");
+    verifier.record_verdict("pull", &agent.tenant, Duration::ZERO, &failures);
     let outcome = Outcome {
         failures,
         ..Outcome::default()

@@ -676,14 +676,19 @@ fn conclude(
         RoundResult::Fail { failures, .. } => failures.as_slice(),
         _ => &[],
     };
-    verifier.record_verdict("push", std::time::Duration::from_micros(waited), failures);
+    verifier.record_verdict(
+        "push",
+        &agent.tenant,
+        std::time::Duration::from_micros(waited),
+        failures,
+    );
     match &result {
         RoundResult::Pass | RoundResult::Rebooted => {
             record.evaluation = "pass".into();
             record.ima_entries = agent.next_ima_ml_entry.saturating_sub(ima_offset);
         }
         RoundResult::Fail { failures, notify, .. } => {
-            tracing::warn!(%agent_id, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "push attestation failed");
+            tracing::warn!(%agent_id, tenant = %agent.tenant, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "push attestation failed");
             record.evaluation = "fail".into();
             let broken = failures.iter().any(|f| {
                 f.event_id.starts_with("qoute_validation.")
