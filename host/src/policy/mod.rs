@@ -18,6 +18,7 @@
 mod builtin;
 pub mod create;
 pub mod create_inputs;
+pub mod fairness;
 pub mod measured_boot;
 pub mod registry;
 pub mod runtime;
@@ -160,6 +161,8 @@ pub enum PolicyError {
     UnknownBuiltin(String),
     #[error("all {capacity} policy instance slots stayed in use for {waited:?}")]
     Busy { capacity: usize, waited: Duration },
+    #[error("this tenant's {share} concurrent policy calls stayed busy for {waited:?}")]
+    TenantBusy { share: usize, waited: Duration },
     #[error("reading the policy document: {0}")]
     Document(String),
 }

@@ -448,6 +448,8 @@ pub struct PolicyRegistry {
     max_per_document: usize,
     /// Tenants whose quotas limit their instances below the runtime's limits.
     tenant_limits: std::sync::RwLock<HashMap<String, PolicyLimits>>,
+    /// Each tenant's share of concurrent calls (see [`super::fairness`]).
+    shares: super::fairness::TenantShares,
 }
 
 fn poisoned() -> PolicyError {
@@ -480,7 +482,23 @@ impl PolicyRegistry {
             max_cached,
             max_per_document,
             tenant_limits: Default::default(),
+            shares: super::fairness::TenantShares::new(
+                super::fairness::TenantShares::default_share(),
+                super::fairness::TenantShares::default_capacity(),
+            ),
         }
+    }
+
+    /// The same registry giving each tenant `share` calls at once, and more while fewer
+    /// than `capacity` run in all (see [`super::fairness`]).
+    pub fn with_tenant_share(mut self, share: usize, capacity: usize) -> Self {
+        self.shares = super::fairness::TenantShares::new(share, capacity);
+        self
+    }
+
+    /// Calls of `tenant` running (or loading) now.
+    pub fn tenant_calls(&self, tenant: &str) -> usize {
+        self.shares.in_flight(tenant)
     }
 
     /// Limits `tenant`'s instances (memory, deadline) from now on, or lifts that with
@@ -579,6 +597,8 @@ impl PolicyRegistry {
         load: impl FnOnce() -> Result<P, PolicyError>,
         eval: impl FnOnce(&P) -> Result<R, PolicyError>,
     ) -> Result<R, PolicyError> {
+        // A tenant's calls beyond its share wait for its own, never for another tenant's.
+        let _share = self.shares.enter(tenant, self.limits_for(tenant).deadline)?;
         let key: CacheKey = (P::KIND, InstanceKey::new(tenant, source)?);
         let one_off = source.one_off;
         let cached = self.lock()?.hit::<P>(&key, one_off);
