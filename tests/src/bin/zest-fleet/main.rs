@@ -64,7 +64,13 @@ struct Args {
     /// verifier takes them).
     #[arg(long, default_value_t = 2.0)]
     interval: f64,
-    /// Paths in the runtime policy all agents share.
+    /// Tenants of a shared server the agents are spread over (1: all in the default tenant).
+    #[arg(long, default_value_t = 1)]
+    tenants: usize,
+    /// Runtime policies per tenant, each its own document (agents spread over them).
+    #[arg(long, default_value_t = 1)]
+    policies_per_tenant: usize,
+    /// Paths in each runtime policy.
     #[arg(long, default_value_t = 1000)]
     policy_paths: usize,
     /// IMA entries each agent adds before each attestation.
@@ -238,6 +244,22 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The name of policy `p` of tenant `t`, and the query that picks the tenant (none when the
+/// fleet is one tenant's: Keylime's own requests).
+fn fleet_policy(args: &Args, t: usize, p: usize) -> (String, String) {
+    let name = if args.policies_per_tenant == 1 {
+        "fleet".to_owned()
+    } else {
+        format!("fleet-{p}")
+    };
+    let query = if args.tenants == 1 {
+        String::new()
+    } else {
+        format!("?tenant=t{t:03}")
+    };
+    (name, query)
 }
 
 fn policy_path(n: usize) -> String {
@@ -423,27 +445,55 @@ async fn main() -> anyhow::Result<()> {
     let plain = reqwest::Client::builder().no_proxy().build()?;
     let rss_idle = server.rss_kib();
 
-    // One named runtime policy for the whole fleet, as a site enrols many agents with one.
+    // Named runtime policies, as a site enrols many agents with one: by default one for the
+    // whole fleet; with --tenants and --policies-per-tenant, documents of their own (an
+    // exclude apiece) in each tenant, enrolled by the operator with ?tenant=.
+    ensure!(
+        args.tenants > 0 && args.policies_per_tenant > 0,
+        "--tenants and --policies-per-tenant must be positive"
+    );
     let digests: serde_json::Map<String, Value> = (0..args.policy_paths)
         .map(|n| {
             let path = policy_path(n);
             (path.clone(), json!([hex::encode(file_digest(&path))]))
         })
         .collect();
-    let policy = json!({"meta": {"version": 1, "generator": 3}, "release": 0, "digests": digests,
-        "excludes": [], "keyrings": {}, "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null},
-        "ima-buf": {}, "verification-keys": ""});
-    let (status, reply) = send_json(
-        admin
-            .post(format!("{}/v2.6/allowlists/fleet", server.verifier))
-            .json(&json!({"runtime_policy": B64.encode(policy.to_string())})),
-    )
-    .await?;
-    ensure!(
-        status == 201 || status == 200,
-        "creating the fleet's policy: {status} {reply}"
-    );
+    for t in 0..args.tenants {
+        if args.tenants > 1 {
+            // Room for the tenant's agents and their policies: each enrolment without a
+            // refstate stores an empty one named after the agent, as Keylime's does.
+            let agents = args.agents.div_ceil(args.tenants);
+            let (status, reply) = send_json(
+                admin
+                    .put(format!("{}/v2.6/quotas/t{t:03}", server.verifier))
+                    .json(&json!({"agents": agents, "policies": agents + args.policies_per_tenant})),
+            )
+            .await?;
+            ensure!(status == 200, "setting tenant t{t:03}'s quota: {status} {reply}");
+        }
+        for p in 0..args.policies_per_tenant {
+            let (name, query) = fleet_policy(&args, t, p);
+            let policy = json!({"meta": {"version": 1, "generator": 3}, "release": 0, "digests": digests,
+                "excludes": [format!("^/nonexistent/{t}/{p}$")], "keyrings": {},
+                "ima": {"ignored_keyrings": [], "log_hash_alg": "sha1", "dm_policy": null},
+                "ima-buf": {}, "verification-keys": ""});
+            let (status, reply) = send_json(
+                admin
+                    .post(format!("{}/v2.6/allowlists/{name}{query}", server.verifier))
+                    .json(&json!({"runtime_policy": B64.encode(policy.to_string())})),
+            )
+            .await?;
+            ensure!(
+                status == 201 || status == 200,
+                "creating the fleet's policy {name}{query}: {status} {reply}"
+            );
+        }
+    }
     if args.mode == Mode::Pull {
+        ensure!(
+            args.tenants == 1 && args.policies_per_tenant == 1,
+            "--tenants and --policies-per-tenant are for push fleets"
+        );
         let zest = server
             .server
             .as_ref()
@@ -483,9 +533,14 @@ async fn main() -> anyhow::Result<()> {
                     )
                     .await?;
             }
+            let (policy, query) = fleet_policy(
+                &args,
+                index % args.tenants,
+                (index / args.tenants) % args.policies_per_tenant,
+            );
             let body = json!({
                 "v": null, "cloudagent_ip": null, "cloudagent_port": null, "tpm_policy": "{}",
-                "runtime_policy": "", "runtime_policy_name": "fleet", "mb_policy": null, "mb_policy_name": "",
+                "runtime_policy": "", "runtime_policy_name": policy, "mb_policy": null, "mb_policy_name": "",
                 "ima_sign_verification_keys": "", "metadata": "{}", "revocation_key": "",
                 "accept_tpm_hash_algs": ["sha256"], "accept_tpm_encryption_algs": ["ecc", "rsa"],
                 "accept_tpm_signing_algs": ["ecdsa", "rsassa"], "ak_tpm": B64.encode(&agent.tpm.aik_tpm),
@@ -493,7 +548,7 @@ async fn main() -> anyhow::Result<()> {
             });
             let (status, reply) = send_json(
                 admin
-                    .post(format!("{verifier}/v2.6/agents/{}", agent.uuid))
+                    .post(format!("{verifier}/v2.6/agents/{}{query}", agent.uuid))
                     .json(&body),
             )
             .await?;
@@ -607,6 +662,15 @@ async fn main() -> anyhow::Result<()> {
         args.policy_paths,
         args.ima_growth
     );
+    if args.tenants > 1 || args.policies_per_tenant > 1 {
+        println!(
+            "  {} tenants × {} policies of their own ({} documents), {:.1} agents per document",
+            args.tenants,
+            args.policies_per_tenant,
+            args.tenants * args.policies_per_tenant,
+            args.agents as f64 / (args.tenants * args.policies_per_tenant) as f64
+        );
+    }
     println!("  setup (register, activate, enrol, authenticate): {setup_seconds:.1} s");
     println!(
         "  {accepted} attestations in {wall:.1} s: {:.0} attestations/s; {} refused as early or busy; {late} rounds started late",
