@@ -13,12 +13,13 @@
     clippy::indexing_slicing
 )]
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use zest::evidence::HashAlg;
-use zest::evidence::uefi::EventLog;
+use zest::evidence::uefi::{EventLog, PcrBanks};
 use zest::policy::measured_boot::BootEvidence;
 use zest::policy::registry::PolicyRegistry;
 use zest::policy::{PolicyLimits, PolicyRuntime, PolicySource};
@@ -35,12 +36,7 @@ fn run(registry: Arc<PolicyRegistry>, hostile: bool) -> (Duration, Duration, Dur
         .map(|i| {
             let (registry, component, stop) = (registry.clone(), component.clone(), stop.clone());
             std::thread::spawn(move || {
-                let log = EventLog::parse(&fixture(
-                    "keylime/test/data/create-mb-policy/binary_bios_measurements",
-                ))
-                .unwrap();
-                let replayed = log.replay();
-                let pcrs = log.events.iter().map(|e| e.pcr).collect();
+                let (log, replayed, pcrs) = fedora();
                 let evidence = evidence(&log, &replayed, &pcrs);
                 // A document of its own per thread: instances of one document are pooled, and
                 // A wants every thread busy.
@@ -59,12 +55,7 @@ fn run(registry: Arc<PolicyRegistry>, hostile: bool) -> (Duration, Duration, Dur
             std::thread::yield_now();
         }
     }
-    let log = EventLog::parse(&fixture(
-        "keylime/test/data/create-mb-policy/binary_bios_measurements",
-    ))
-    .unwrap();
-    let replayed = log.replay();
-    let pcrs = log.events.iter().map(|e| e.pcr).collect();
+    let (log, replayed, pcrs) = fedora();
     let evidence = evidence(&log, &replayed, &pcrs);
     let source = PolicySource::new("hostile", &component, b"ok").known_as("sha256:hostile", "ok");
     let mut latencies = Vec::with_capacity(CALLS);
@@ -84,11 +75,18 @@ fn run(registry: Arc<PolicyRegistry>, hostile: bool) -> (Duration, Duration, Dur
     (at(0.5), at(0.99), latencies[latencies.len() - 1])
 }
 
-fn evidence<'a>(
-    log: &'a EventLog,
-    replayed: &'a zest::evidence::uefi::PcrBanks,
-    pcrs: &'a std::collections::BTreeSet<u32>,
-) -> BootEvidence<'a> {
+/// Keylime's Fedora boot log, its replay and every PCR it extends.
+fn fedora() -> (EventLog, PcrBanks, BTreeSet<u32>) {
+    let log = EventLog::parse(&fixture(
+        "keylime/test/data/create-mb-policy/binary_bios_measurements",
+    ))
+    .unwrap();
+    let replayed = log.replay();
+    let pcrs = log.events.iter().map(|e| e.pcr).collect();
+    (log, replayed, pcrs)
+}
+
+fn evidence<'a>(log: &'a EventLog, replayed: &'a PcrBanks, pcrs: &'a BTreeSet<u32>) -> BootEvidence<'a> {
     BootEvidence {
         log,
         replayed,
