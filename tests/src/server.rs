@@ -161,6 +161,11 @@ pub fn client_presenting(ca_dir: &Path, cert: &Path, key: &Path) -> anyhow::Resu
         .build()?)
 }
 
+/// The `/metrics` page of the service at `base` (`https://host:port`), as `client` reads it.
+pub async fn metrics_page(client: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(client.get(format!("{base}/metrics")).send().await?.text().await?)
+}
+
 /// A verifier on a free loopback port with its own data directory; stops when dropped.
 pub struct TestVerifier {
     pub data: TempDir,

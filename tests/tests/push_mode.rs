@@ -193,12 +193,7 @@ async fn a_file_outside_the_policy_fails_the_agent_until_it_is_reactivated() {
     );
 
     // Every verdict is counted, with its latency and the failures' event ids.
-    let metrics = admin
-        .get(format!("{}/metrics", verifier.https))
-        .send()
-        .await
-        .unwrap()
-        .text()
+    let metrics = zest_tests::server::metrics_page(&admin, &verifier.https)
         .await
         .unwrap();
     for line in [

@@ -139,12 +139,7 @@ async fn tenants_see_and_change_only_their_own_records() {
     agent.authenticate().await.unwrap();
     let (_, _, judged) = round(&verifier, &mut agent).await;
     assert_eq!(judged["evaluation"], "pass", "{judged}");
-    let metrics = operator
-        .get(format!("{}/metrics", verifier.https))
-        .send()
-        .await
-        .unwrap()
-        .text()
+    let metrics = zest_tests::server::metrics_page(&operator, &verifier.https)
         .await
         .unwrap();
     assert!(
@@ -356,12 +351,7 @@ async fn quotas_bound_a_tenant_and_name_the_quota_exceeded() {
     assert_eq!(agents["results"]["uuids"], json!([["quota-agent-1"]]), "{agents}");
 
     // Every refusal is counted by tenant and quota.
-    let metrics = operator
-        .get(format!("{}/metrics", verifier.https))
-        .send()
-        .await
-        .unwrap()
-        .text()
+    let metrics = zest_tests::server::metrics_page(&operator, &verifier.https)
         .await
         .unwrap();
     for which in ["policies", "document_bytes", "components", "agents"] {
