@@ -190,49 +190,35 @@ trait Cached: Sized {
     fn idle(&self) -> bool;
 }
 
-impl Cached for MeasuredBootPolicy {
-    const KIND: Kind = Kind::MeasuredBoot;
-    fn into_loaded(policy: Arc<Self>) -> Loaded {
-        Loaded::MeasuredBoot(vec![policy])
-    }
-    fn found_in(loaded: &Loaded) -> Option<&Vec<Arc<Self>>> {
-        match loaded {
-            Loaded::MeasuredBoot(p) => Some(p),
-            Loaded::Runtime(_) => None,
+/// `Cached` for a policy type held in variant `$variant` of [`Loaded`] (of kind `$variant`).
+macro_rules! cached {
+    ($policy:ty, $variant:ident) => {
+        impl Cached for $policy {
+            const KIND: Kind = Kind::$variant;
+            fn into_loaded(policy: Arc<Self>) -> Loaded {
+                Loaded::$variant(vec![policy])
+            }
+            fn found_in(loaded: &Loaded) -> Option<&Vec<Arc<Self>>> {
+                match loaded {
+                    Loaded::$variant(p) => Some(p),
+                    _ => None,
+                }
+            }
+            fn found_in_mut(loaded: &mut Loaded) -> Option<&mut Vec<Arc<Self>>> {
+                match loaded {
+                    Loaded::$variant(p) => Some(p),
+                    _ => None,
+                }
+            }
+            fn idle(&self) -> bool {
+                self.is_idle()
+            }
         }
-    }
-    fn found_in_mut(loaded: &mut Loaded) -> Option<&mut Vec<Arc<Self>>> {
-        match loaded {
-            Loaded::MeasuredBoot(p) => Some(p),
-            Loaded::Runtime(_) => None,
-        }
-    }
-    fn idle(&self) -> bool {
-        self.is_idle()
-    }
+    };
 }
 
-impl Cached for RuntimePolicy {
-    const KIND: Kind = Kind::Runtime;
-    fn into_loaded(policy: Arc<Self>) -> Loaded {
-        Loaded::Runtime(vec![policy])
-    }
-    fn found_in(loaded: &Loaded) -> Option<&Vec<Arc<Self>>> {
-        match loaded {
-            Loaded::Runtime(p) => Some(p),
-            Loaded::MeasuredBoot(_) => None,
-        }
-    }
-    fn found_in_mut(loaded: &mut Loaded) -> Option<&mut Vec<Arc<Self>>> {
-        match loaded {
-            Loaded::Runtime(p) => Some(p),
-            Loaded::MeasuredBoot(_) => None,
-        }
-    }
-    fn idle(&self) -> bool {
-        self.is_idle()
-    }
-}
+cached!(MeasuredBootPolicy, MeasuredBoot);
+cached!(RuntimePolicy, Runtime);
 
 /// An instance the cache offers a call: an idle one if there is one.
 struct Pick<P> {
