@@ -675,24 +675,39 @@ impl PolicyRegistry {
         self.cached_instances()
     }
 
+    /// A new runtime instance of `source` under `tenant`'s limits.
+    fn new_runtime(&self, tenant: &str, source: &PolicySource<'_>) -> Result<RuntimePolicy, PolicyError> {
+        let limits = self.limits_for(tenant);
+        RuntimePolicy::load_limited(
+            &self.runtime,
+            limits,
+            source.name,
+            source.module,
+            source.document()?,
+        )
+    }
+
+    /// A new measured-boot instance of `source` under `tenant`'s limits.
+    fn new_measured_boot(
+        &self,
+        tenant: &str,
+        source: &PolicySource<'_>,
+    ) -> Result<MeasuredBootPolicy, PolicyError> {
+        let limits = self.limits_for(tenant);
+        MeasuredBootPolicy::load_limited(
+            &self.runtime,
+            limits,
+            source.name,
+            source.module,
+            source.document()?,
+        )
+    }
+
     /// Loads `document` into the runtime `module` for `tenant` (or finds it loaded): the
     /// check a policy upload gets (with a [`PolicySource::one_off`] source), and the
     /// instance later evaluations use.
     pub fn load_runtime(&self, tenant: &str, source: &PolicySource<'_>) -> Result<(), PolicyError> {
-        self.run(
-            tenant,
-            source,
-            || {
-                RuntimePolicy::load_limited(
-                    &self.runtime,
-                    self.limits_for(tenant),
-                    source.name,
-                    source.module,
-                    source.document()?,
-                )
-            },
-            |_| Ok(()),
-        )
+        self.run(tenant, source, || self.new_runtime(tenant, source), |_| Ok(()))
     }
 
     /// The template-hash algorithm a loaded runtime policy expects (`ima.log_hash_alg`).
@@ -704,15 +719,7 @@ impl PolicyRegistry {
         self.run(
             tenant,
             source,
-            || {
-                RuntimePolicy::load_limited(
-                    &self.runtime,
-                    self.limits_for(tenant),
-                    source.name,
-                    source.module,
-                    source.document()?,
-                )
-            },
+            || self.new_runtime(tenant, source),
             |p: &RuntimePolicy| Ok(p.log_hash_alg()),
         )
     }
@@ -727,15 +734,7 @@ impl PolicyRegistry {
         self.run(
             tenant,
             source,
-            || {
-                MeasuredBootPolicy::load_limited(
-                    &self.runtime,
-                    self.limits_for(tenant),
-                    source.name,
-                    source.module,
-                    source.document()?,
-                )
-            },
+            || self.new_measured_boot(tenant, source),
             |p: &MeasuredBootPolicy| Ok(p.relevant_pcrs().to_vec()),
         )
     }
@@ -751,15 +750,7 @@ impl PolicyRegistry {
         let result = self.run(
             tenant,
             source,
-            || {
-                MeasuredBootPolicy::load_limited(
-                    &self.runtime,
-                    self.limits_for(tenant),
-                    source.name,
-                    source.module,
-                    source.document()?,
-                )
-            },
+            || self.new_measured_boot(tenant, source),
             |p: &MeasuredBootPolicy| p.evaluate(evidence),
         );
         self.record("measured-boot", source, started, &result);
@@ -777,15 +768,7 @@ impl PolicyRegistry {
         let result = self.run(
             tenant,
             source,
-            || {
-                RuntimePolicy::load_limited(
-                    &self.runtime,
-                    self.limits_for(tenant),
-                    source.name,
-                    source.module,
-                    source.document()?,
-                )
-            },
+            || self.new_runtime(tenant, source),
             |p: &RuntimePolicy| p.evaluate(evidence),
         );
         self.record("runtime", source, started, &result);

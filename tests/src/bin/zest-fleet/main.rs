@@ -369,6 +369,16 @@ async fn external_verdicts(
     Ok((passed, failed))
 }
 
+/// (passed, failed) verdicts of `mode` (push, pull) on a zest verifier's `/metrics`.
+async fn verdict_counts(admin: &reqwest::Client, verifier: &str, mode: &str) -> anyhow::Result<(u64, u64)> {
+    let page = zest_tests::server::metrics_page(admin, verifier).await?;
+    let name = "zest_verifier_attestations_total";
+    let mode = format!("mode=\"{mode}\"");
+    let passed = metric(&page, name, &[&mode, "result=\"pass\""]) as u64;
+    let failed = metric(&page, name, &[&mode, "result=\"fail\""]) as u64;
+    Ok((passed, failed))
+}
+
 /// `name{labels} value` from a Prometheus text page, summed over lines that contain every
 /// one of `labels`.
 fn metric(page: &str, name: &str, labels: &[&str]) -> f64 {
@@ -595,18 +605,7 @@ async fn main() -> anyhow::Result<()> {
     let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
     let (passed, failed) = loop {
         let (passed, failed) = match server.server {
-            Some(_) => {
-                let page = admin
-                    .get(format!("{}/metrics", server.verifier))
-                    .send()
-                    .await?
-                    .text()
-                    .await?;
-                let name = "zest_verifier_attestations_total";
-                let passed = metric(&page, name, &["mode=\"push\"", "result=\"pass\""]) as u64;
-                let failed = metric(&page, name, &["mode=\"push\"", "result=\"fail\""]) as u64;
-                (passed, failed)
-            }
+            Some(_) => verdict_counts(&admin, &server.verifier, "push").await?,
             None => external_verdicts(&admin, &server.verifier, args.agents).await?,
         };
         if passed + failed >= accepted || Instant::now() > drain_deadline {
@@ -868,18 +867,7 @@ async fn run_pull(
     let cpu_start = cpu_seconds(pid)?;
     let own_cpu_start = cpu_seconds(std::process::id())?;
     let io_start = io_writes(pid);
-    let metrics_page = || async {
-        let page = admin
-            .get(format!("{}/metrics", server.verifier))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let name = "zest_verifier_attestations_total";
-        let passed = metric(&page, name, &["mode=\"pull\"", "result=\"pass\""]) as u64;
-        let failed = metric(&page, name, &["mode=\"pull\"", "result=\"fail\""]) as u64;
-        anyhow::Ok((passed, failed))
-    };
+    let metrics_page = || verdict_counts(admin, &server.verifier, "pull");
     let (passed_before, failed_before) = metrics_page().await?;
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.seconds);
