@@ -150,23 +150,9 @@ async fn tenants_see_and_change_only_their_own_records() {
     let before = snapshot(&verifier, &a, &module).await;
     assert!(before.iter().all(|(code, _)| *code == 200), "{before:?}");
 
-    // Every route b may call, on a's records: 404, never 403.
-    let not_found = [
-        ("GET", "agents/tenant-agent-a", None),
-        ("DELETE", "agents/tenant-agent-a", None),
-        ("PUT", "agents/tenant-agent-a/reactivate", None),
-        ("PUT", "agents/tenant-agent-a/stop", None),
-        ("GET", "allowlists/only-a", None),
-        ("PUT", "allowlists/only-a", Some(policy_body(&tool))),
-        ("DELETE", "allowlists/only-a", None),
-        ("GET", "mbpolicies/mb-a", None),
-        ("PUT", "mbpolicies/mb-a", Some(json!({"mb_policy": null}))),
-        ("DELETE", "mbpolicies/mb-a", None),
-        ("GET", &format!("modules/{module}") as &str, None),
-        ("DELETE", &format!("modules/{module}"), None),
-    ];
-    for (method, path, body) in not_found {
-        let (code, reply) = call(&b, method, url(path), body).await;
+    // Every route b may call on a's records answers 404: see the isolation matrix below.
+    for (method, path) in [("GET", "agents/tenant-agent-a"), ("GET", "allowlists/only-a")] {
+        let (code, reply) = call(&b, method, url(path), None).await;
         assert_eq!(code, 404, "{method} {path} as b: {reply}");
     }
     // b cannot act in a's name, nor attach a's component, nor enrol a's agent again.
@@ -226,13 +212,13 @@ async fn tenants_see_and_change_only_their_own_records() {
     assert_eq!(code, 200, "{reply}");
 }
 
-/// A tenant's certificate reaches no operator-only route (the registrar's records, metrics,
-/// push attestation records), and the registrar's routes are the operator's alone.
+/// A tenant's certificate reaches no operator-only route (metrics, quotas), and a tenant
+/// name that could not be a path segment is refused at issue.
 #[tokio::test]
 async fn a_tenant_certificate_reaches_no_operator_only_route() {
     let verifier = verifier_with(config()).await;
     let a = tenant_client(&verifier, "a");
-    for path in ["/metrics", "/v3.0/agents/some-agent/attestations"] {
+    for path in ["/metrics"] {
         let (code, reply) = call(&a, "GET", format!("{}{path}", verifier.https), None).await;
         assert_eq!(code, 403, "{path}: {reply}");
     }
@@ -377,4 +363,236 @@ async fn quotas_bound_a_tenant_and_name_the_quota_exceeded() {
     assert!(reset.contains("100"), "{reset}");
     let (code, body) = call(&q, "POST", url("allowlists/p3"), Some(policy_body(&tool))).await;
     assert_eq!(code, 201, "{body}");
+}
+
+/// What tenant `a` holds in the isolation matrix, as `a` reads it.
+struct Holdings {
+    agent: &'static str,
+    runtime: &'static str,
+    mb: &'static str,
+    module: String,
+}
+
+impl Holdings {
+    /// `a`'s record that fills `{param}` in `path`; none for a route the matrix does not know.
+    fn fill(&self, path: &str, version: &str) -> Option<String> {
+        let mut filled = Vec::new();
+        let mut previous = "";
+        for segment in path.split('/') {
+            let value = match (previous, segment) {
+                (_, "{v}") => version.to_owned(),
+                ("agents", "{id}") => self.agent.to_owned(),
+                ("allowlists", "{name}") => self.runtime.to_owned(),
+                ("mbpolicies", "{name}") => self.mb.to_owned(),
+                ("modules", "{id}") => self.module.clone(),
+                ("quotas", "{tenant}") => "a".to_owned(),
+                ("attestations", "{which}") => "latest".to_owned(),
+                (_, s) if s.starts_with('{') => return None,
+                (_, s) => s.to_owned(),
+            };
+            filled.push(value);
+            previous = segment;
+        }
+        Some(filled.join("/"))
+    }
+
+    /// Everything of `a`'s, as `a` reads it: compared before and after `b`'s calls.
+    async fn snapshot(&self, verifier: &TestVerifier, a: &reqwest::Client) -> Vec<(u16, Value)> {
+        let mut seen = Vec::new();
+        for path in [
+            format!("/v2.6/agents/{}", self.agent),
+            format!("/v2.6/allowlists/{}", self.runtime),
+            format!("/v2.6/mbpolicies/{}", self.mb),
+            format!("/v2.6/modules/{}", self.module),
+            "/v2.6/quotas/a".into(),
+            format!("/v3/agents/{}/attestations", self.agent),
+        ] {
+            let (code, mut body) = call(a, "GET", format!("{}{path}", verifier.https), None).await;
+            body["results"]["last_received_quote"] = Value::Null;
+            seen.push((code, body));
+        }
+        seen
+    }
+}
+
+/// The isolation matrix, generated from `/openapi.json`: every operation a tenant may call
+/// (`x-zest-access: tenant`), called by tenant `b` on each of tenant `a`'s records in every
+/// API version, answers 404, or for a create, makes `b`'s own record (or refuses a's agent
+/// with 409); a listing shows none of `a`'s names; every operator-only operation answers
+/// 403. Nothing of `a`'s changes. A new route the matrix cannot fill fails this test.
+#[tokio::test]
+async fn isolation_matrix_every_tenant_route_hides_another_tenants_records() {
+    let verifier = verifier_with(config()).await;
+    let (a, b) = (tenant_client(&verifier, "a"), tenant_client(&verifier, "b"));
+    let url = |path: &str| verifier.url("2.6", path);
+    let tool = vec!["/usr/bin/tool".to_string()];
+
+    let component = zest::policy::builtin_runtime("keylime-runtime").unwrap().to_vec();
+    let uploaded = a
+        .post(url("modules?kind=runtime"))
+        .header("content-type", "application/wasm")
+        .body(component.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 201);
+    let holdings = Holdings {
+        agent: "matrix-agent-a",
+        runtime: "policy-of-a",
+        mb: "mb-of-a",
+        module: uploaded.json::<Value>().await.unwrap()["results"]["module"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    };
+    let (code, body) = call(
+        &a,
+        "POST",
+        url("allowlists/policy-of-a"),
+        Some(policy_body(&tool)),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = call(
+        &a,
+        "POST",
+        url("mbpolicies/mb-of-a"),
+        Some(json!({"mb_policy": null})),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let tpm = Swtpm::start().unwrap();
+    let mut agent = push_agent(&verifier, &tpm, holdings.agent, AkKind::EcDsaP256).await;
+    agent.measure(&tool[0], &digest(&tool[0])).unwrap();
+    let mut enrolment = enrol_body(&agent.agent, "{}", None);
+    enrolment["runtime_policy_name"] = json!(holdings.runtime);
+    let (code, body) = call(
+        &a,
+        "POST",
+        url(&format!("agents/{}", holdings.agent)),
+        Some(enrolment.clone()),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    agent.authenticate().await.unwrap();
+    let (_, _, judged) = round(&verifier, &mut agent).await;
+    assert_eq!(judged["evaluation"], "pass", "{judged}");
+    let before = holdings.snapshot(&verifier, &a).await;
+    assert!(before.iter().all(|(code, _)| *code == 200), "{before:?}");
+    let (_, own) = call(
+        &a,
+        "GET",
+        format!("{}/v3/agents/{}/attestations", verifier.https, holdings.agent),
+        None,
+    )
+    .await;
+    assert_eq!(
+        own["data"].as_array().map(Vec::len),
+        Some(1),
+        "a reads its agent's attestations: {own}"
+    );
+
+    let (code, spec) = call(&a, "GET", format!("{}/openapi.json", verifier.https), None).await;
+    assert_eq!(code, 200, "{spec}");
+    let a_names = [holdings.agent, holdings.runtime, holdings.mb, &holdings.module];
+    let (mut walked, mut creates) = (Vec::new(), Vec::new());
+    for (path, operations) in spec["paths"].as_object().unwrap() {
+        let versions: Vec<String> = operations
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|op| op["parameters"].as_array().cloned().unwrap_or_default())
+            .find(|p| p["name"] == "v")
+            .map(|p| serde_json::from_value(p["schema"]["enum"].clone()).unwrap())
+            .unwrap_or_else(|| vec![String::new()]);
+        for (method, op) in operations.as_object().unwrap() {
+            let method = method.to_uppercase();
+            let access = op["x-zest-access"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path}: no x-zest-access"));
+            if access == "open" {
+                continue;
+            }
+            let on_record = path.split('/').any(|s| s.starts_with('{') && s != "{v}");
+            for version in &versions {
+                let Some(filled) = holdings.fill(path, version) else {
+                    panic!(
+                        "{method} {path}: the matrix has no record of a's for this route; add one to Holdings::fill"
+                    );
+                };
+                let target = format!("{}{filled}", verifier.https);
+                match access {
+                    "operator" => {
+                        let (code, reply) = call(&b, &method, target, None).await;
+                        assert_eq!(code, 403, "{method} {filled} as b (operator only): {reply}");
+                    }
+                    _ if method == "POST" => creates.push((filled.clone(), target)),
+                    _ if !on_record => {}
+                    _ => {
+                        let body = match (method.as_str(), path.contains("mbpolicies")) {
+                            ("PUT", true) => Some(json!({"mb_policy": null})),
+                            ("PUT", false) => Some(policy_body(&tool)),
+                            _ => None,
+                        };
+                        let (code, reply) = call(&b, &method, target, body).await;
+                        assert_eq!(code, 404, "{method} {filled} as b: {reply}");
+                    }
+                }
+                if access == "tenant" && method == "GET" && !on_record {
+                    // A listing: none of a's names.
+                    let (code, reply) = call(&b, "GET", format!("{}{filled}", verifier.https), None).await;
+                    let text = reply.to_string();
+                    assert!(
+                        code == 404 || !a_names.iter().any(|n| text.contains(n)),
+                        "GET {filled} as b shows a's records: {reply}"
+                    );
+                }
+                walked.push(format!("{method} {path}"));
+            }
+        }
+    }
+    // Creates last: b's own records of the same names must not shadow a's for the calls above.
+    for (filled, target) in creates {
+        let (code, reply) = if filled.contains("/agents/") {
+            call(&b, "POST", target, Some(enrolment.clone())).await
+        } else if filled.ends_with("/modules") {
+            let response = b
+                .post(format!("{target}?kind=runtime"))
+                .header("content-type", "application/wasm")
+                .body(component.clone())
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), Value::Null)
+        } else if filled.contains("/mbpolicies/") {
+            call(&b, "POST", target, Some(json!({"mb_policy": null}))).await
+        } else {
+            call(&b, "POST", target, Some(policy_body(&["/other".into()]))).await
+        };
+        let expected: &[u16] = if filled.contains("/agents/") {
+            &[409]
+        } else {
+            &[200, 201, 409]
+        };
+        assert!(expected.contains(&code), "POST {filled} as b: {code} {reply}");
+    }
+    walked.sort();
+    walked.dedup();
+    for must in [
+        "GET /{v}/agents/{id}",
+        "DELETE /{v}/modules/{id}",
+        "GET /v3/agents/{id}/attestations",
+        "GET /v3.0/agents/{id}/attestations/{which}",
+        "GET /metrics",
+    ] {
+        assert!(walked.iter().any(|w| w == must), "{must} not walked: {walked:?}");
+    }
+    assert_eq!(
+        holdings.snapshot(&verifier, &a).await,
+        before,
+        "b changed a's records"
+    );
+    // a's agent is still judged by a's policy.
+    let (_, _, judged) = round(&verifier, &mut agent).await;
+    assert_eq!(judged["evaluation"], "pass", "{judged}");
 }

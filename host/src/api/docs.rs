@@ -314,6 +314,13 @@ fn describe<S>(path: &str, op: &Op<S>, versions: &[&str]) -> Value {
     operation.insert("summary".into(), json!(op.summary));
     operation.insert("parameters".into(), Value::Array(parameters));
     operation.insert("responses".into(), Value::Object(responses));
+    // Who may call it, for tools (zest's isolation tests walk every `tenant` operation).
+    let access = match (op.admin, op.tenants) {
+        (false, _) => "open",
+        (true, true) => "tenant",
+        (true, false) => "operator",
+    };
+    operation.insert("x-zest-access".into(), json!(access));
     if op.admin && op.tenants {
         operation.insert(
             "description".into(),

@@ -122,6 +122,12 @@ const MIGRATIONS: &[&str] = &[
         tenant TEXT NOT NULL PRIMARY KEY,
         quota  TEXT NOT NULL
     ) STRICT;",
+    // 9: push sessions and attestations are their agent's tenant's (they were all written
+    // as the default tenant's before).
+    "UPDATE push_sessions SET tenant = coalesce(
+        (SELECT tenant FROM verifier_agents WHERE verifier_agents.agent_id = push_sessions.agent_id), tenant);
+    UPDATE push_attestations SET tenant = coalesce(
+        (SELECT tenant FROM verifier_agents WHERE verifier_agents.agent_id = push_attestations.agent_id), tenant);",
 ];
 
 /// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and
@@ -522,7 +528,7 @@ mod tests {
             "revocation_key": "", "meta_data": "{}", "accept_tpm_hash_algs": [],
             "accept_tpm_encryption_algs": [], "accept_tpm_signing_algs": [], "ak_tpm": "",
             "mtls_cert": null, "supported_version": "3.0", "operational_state": 3,
-            "revision": 7, "push": true
+            "revision": 7, "push": true, "tenant": "t"
         }))
         .unwrap();
         let policy = |name: &str| PolicyRecord {
@@ -543,6 +549,7 @@ mod tests {
         store
             .put_session(&PushSession {
                 session_id: "s".into(),
+                tenant: "t".into(),
                 agent_id: "a".into(),
                 token_salt: vec![1],
                 token_hash: vec![2],
@@ -556,7 +563,7 @@ mod tests {
             "challenges_expire_at": 0, "evidence_received_at": null, "verified_at": null
         }))
         .unwrap();
-        assert_eq!(store.add_attestation("a", &attestation).unwrap(), 0);
+        assert_eq!(store.add_attestation("t", "a", &attestation).unwrap(), 0);
         let judged = PushAttestation {
             stage: "verification_complete".into(),
             evaluation: "pass".into(),
@@ -571,9 +578,11 @@ mod tests {
         assert_eq!(store.agent("a").unwrap().unwrap().attestation_count, 1);
         assert_eq!(store.session("s").unwrap().unwrap().token_expires_at, 200);
         assert_eq!(
-            store.attestation("a", Some(0)).unwrap().unwrap().evaluation,
+            store.attestation("t", "a", Some(0)).unwrap().unwrap().evaluation,
             "pass"
         );
+        // Another tenant has no attestation of that agent.
+        assert!(store.attestation("default", "a", Some(0)).unwrap().is_none());
 
         // The operator changed the record meanwhile (another revision): nothing of the
         // record or session moves; the attestation at that index is still the judged one.
@@ -594,7 +603,7 @@ mod tests {
         assert_eq!(store.agent("a").unwrap().unwrap().attestation_count, 1);
         assert_eq!(store.session("s").unwrap().unwrap().token_expires_at, 200);
         assert_eq!(
-            store.attestation("a", Some(0)).unwrap().unwrap().evaluation,
+            store.attestation("t", "a", Some(0)).unwrap().unwrap().evaluation,
             "fail"
         );
 
@@ -607,7 +616,7 @@ mod tests {
         };
         store.save_push_verdict(&agent, 3, None, &other).unwrap();
         assert_eq!(
-            store.attestation("a", Some(0)).unwrap().unwrap().evaluation,
+            store.attestation("t", "a", Some(0)).unwrap().unwrap().evaluation,
             "fail"
         );
     }

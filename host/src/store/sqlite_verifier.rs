@@ -7,7 +7,7 @@ use super::verifier::{
     PolicyKind, PolicyRecord, PolicyWrite, PushAttestation, PushSession, TenantQuota, TenantUsage,
     VerifierAgent, VerifierStore,
 };
-use super::{DEFAULT_TENANT, SqliteStore, StoreError};
+use super::{SqliteStore, StoreError};
 
 fn to_json(agent: &VerifierAgent) -> Result<String, StoreError> {
     serde_json::to_string(agent).map_err(|e| StoreError::Corrupt(e.to_string()))
@@ -553,15 +553,16 @@ impl VerifierStore for SqliteStore {
     fn put_session(&self, session: &PushSession) -> Result<(), StoreError> {
         let session = session.clone();
         self.grouped(move |conn| {
-            conn.prepare_cached("DELETE FROM push_sessions WHERE tenant = ?1 AND agent_id = ?2")?
-                .execute(params![DEFAULT_TENANT, session.agent_id])?;
+            // One session per agent, whichever tenant an older one was of.
+            conn.prepare_cached("DELETE FROM push_sessions WHERE agent_id = ?1")?
+                .execute(params![session.agent_id])?;
             conn.prepare_cached(
                 "INSERT INTO push_sessions (session_id, tenant, agent_id, token_salt, token_hash, token_expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![
                 session.session_id,
-                DEFAULT_TENANT,
+                session.tenant,
                 session.agent_id,
                 session.token_salt,
                 session.token_hash,
@@ -575,47 +576,58 @@ impl VerifierStore for SqliteStore {
         let conn = self.conn()?;
         Ok(conn
             .prepare_cached(
-                "SELECT agent_id, token_salt, token_hash, token_expires_at FROM push_sessions
-                 WHERE tenant = ?1 AND session_id = ?2",
+                "SELECT agent_id, token_salt, token_hash, token_expires_at, tenant FROM push_sessions
+                 WHERE session_id = ?1",
             )?
-            .query_row(params![DEFAULT_TENANT, session_id], |row| {
+            .query_row(params![session_id], |row| {
                 Ok(PushSession {
                     session_id: session_id.to_owned(),
                     agent_id: row.get(0)?,
                     token_salt: row.get(1)?,
                     token_hash: row.get(2)?,
                     token_expires_at: row.get::<_, i64>(3)?.max(0) as u64,
+                    tenant: row.get(4)?,
                 })
             })
             .optional()?)
     }
 
-    fn add_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<u64, StoreError> {
-        let (agent_id, mut record) = (agent_id.to_owned(), record.clone());
+    fn add_attestation(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        record: &PushAttestation,
+    ) -> Result<u64, StoreError> {
+        let (tenant, agent_id, mut record) = (tenant.to_owned(), agent_id.to_owned(), record.clone());
         self.grouped(move |conn| {
             let next: i64 = conn
                 .prepare_cached(
                     "SELECT coalesce(max(idx) + 1, 0) FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2",
                 )?
-                .query_row(params![DEFAULT_TENANT, agent_id], |row| row.get(0))?;
+                .query_row(params![tenant, agent_id], |row| row.get(0))?;
             record.index = next as u64;
             let text = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             conn.prepare_cached(
                 "INSERT INTO push_attestations (tenant, agent_id, idx, record) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![DEFAULT_TENANT, agent_id, next, text])?;
+            .execute(params![tenant, agent_id, next, text])?;
             Ok(next as u64)
         })
     }
 
-    fn update_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<(), StoreError> {
+    fn update_attestation(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        record: &PushAttestation,
+    ) -> Result<(), StoreError> {
         let text = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (agent_id, index) = (agent_id.to_owned(), record.index as i64);
+        let (tenant, agent_id, index) = (tenant.to_owned(), agent_id.to_owned(), record.index as i64);
         self.grouped(move |conn| {
             conn.prepare_cached(
                 "UPDATE push_attestations SET record = ?4 WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3",
             )?
-            .execute(params![DEFAULT_TENANT, agent_id, index, text])?;
+            .execute(params![tenant, agent_id, index, text])?;
             Ok(())
         })
     }
@@ -627,7 +639,7 @@ impl VerifierStore for SqliteStore {
         extend_session: Option<(&str, u64)>,
         attestation: &PushAttestation,
     ) -> Result<bool, StoreError> {
-        let (agent_id, record) = (agent.agent_id.clone(), to_json(agent)?);
+        let (tenant, agent_id, record) = (agent.tenant.clone(), agent.agent_id.clone(), to_json(agent)?);
         let revision = i64::try_from(agent.revision).unwrap_or(-1);
         let extend_session = extend_session.map(|(id, expires)| (id.to_owned(), expires as i64));
         let (index, received_at) = (
@@ -641,33 +653,38 @@ impl VerifierStore for SqliteStore {
                 conn.prepare_cached(
                     "UPDATE push_sessions SET token_expires_at = ?3 WHERE tenant = ?1 AND session_id = ?2",
                 )?
-                .execute(params![DEFAULT_TENANT, session_id, expires])?;
+                .execute(params![tenant, session_id, expires])?;
             }
             conn.prepare_cached(
                 "UPDATE push_attestations SET record = ?4
                  WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3
                    AND IFNULL(json_extract(record, '$.capabilities_received_at'), 0) = ?5",
             )?
-            .execute(params![DEFAULT_TENANT, agent_id, index, text, received_at])?;
+            .execute(params![tenant, agent_id, index, text, received_at])?;
             Ok(saved)
         })
     }
 
-    fn attestation(&self, agent_id: &str, index: Option<u64>) -> Result<Option<PushAttestation>, StoreError> {
+    fn attestation(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        index: Option<u64>,
+    ) -> Result<Option<PushAttestation>, StoreError> {
         let conn = self.conn()?;
         let text: Option<String> = match index {
             Some(i) => conn
                 .prepare_cached(
                     "SELECT record FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3",
                 )?
-                .query_row(params![DEFAULT_TENANT, agent_id, i as i64], |row| row.get(0))
+                .query_row(params![tenant, agent_id, i as i64], |row| row.get(0))
                 .optional()?,
             None => conn
                 .prepare_cached(
                     "SELECT record FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2
                      ORDER BY idx DESC LIMIT 1",
                 )?
-                .query_row(params![DEFAULT_TENANT, agent_id], |row| row.get(0))
+                .query_row(params![tenant, agent_id], |row| row.get(0))
                 .optional()?,
         };
         text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Corrupt(e.to_string())))
@@ -676,6 +693,7 @@ impl VerifierStore for SqliteStore {
 
     fn attestation_head(
         &self,
+        tenant: &str,
         agent_id: &str,
         index: Option<u64>,
     ) -> Result<Option<AttestationHead>, StoreError> {
@@ -697,24 +715,24 @@ impl VerifierStore for SqliteStore {
                 .prepare_cached(&format!(
                     "SELECT {columns} FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2 AND idx = ?3"
                 ))?
-                .query_row(params![DEFAULT_TENANT, agent_id, i as i64], row)
+                .query_row(params![tenant, agent_id, i as i64], row)
                 .optional()?,
             None => conn
                 .prepare_cached(&format!(
                     "SELECT {columns} FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2
                      ORDER BY idx DESC LIMIT 1"
                 ))?
-                .query_row(params![DEFAULT_TENANT, agent_id], row)
+                .query_row(params![tenant, agent_id], row)
                 .optional()?,
         })
     }
 
-    fn attestations(&self, agent_id: &str) -> Result<Vec<PushAttestation>, StoreError> {
+    fn attestations(&self, tenant: &str, agent_id: &str) -> Result<Vec<PushAttestation>, StoreError> {
         let conn = self.conn()?;
         let mut statement = conn.prepare(
             "SELECT record FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2 ORDER BY idx",
         )?;
-        let rows = statement.query_map(params![DEFAULT_TENANT, agent_id], |row| row.get::<_, String>(0))?;
+        let rows = statement.query_map(params![tenant, agent_id], |row| row.get::<_, String>(0))?;
         rows.map(|text| serde_json::from_str(&text?).map_err(|e| StoreError::Corrupt(e.to_string())))
             .collect()
     }

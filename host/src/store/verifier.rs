@@ -162,6 +162,8 @@ pub enum ModuleDelete {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushSession {
     pub session_id: String,
+    /// The tenant of the agent when the session began: its attestations are that tenant's.
+    pub tenant: String,
     pub agent_id: String,
     pub token_salt: Vec<u8>,
     pub token_hash: Vec<u8>,
@@ -534,17 +536,29 @@ pub trait VerifierStore: Send + Sync + 'static {
     /// Stores a proven session and ends the agent's others (one active session per agent).
     fn put_session(&self, session: &PushSession) -> Result<(), StoreError>;
 
+    /// A session by its id (ids are unique across tenants), with its tenant.
     fn session(&self, session_id: &str) -> Result<Option<PushSession>, StoreError>;
 
-    /// Stores a new attestation under the agent's next index, which it returns.
-    fn add_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<u64, StoreError>;
+    /// Stores a new attestation of `tenant`'s agent under its next index, which it returns.
+    fn add_attestation(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        record: &PushAttestation,
+    ) -> Result<u64, StoreError>;
 
-    /// Replaces an attestation (same agent and index).
-    fn update_attestation(&self, agent_id: &str, record: &PushAttestation) -> Result<(), StoreError>;
+    /// Replaces an attestation (same tenant, agent and index).
+    fn update_attestation(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        record: &PushAttestation,
+    ) -> Result<(), StoreError>;
 
     /// A push verdict in one transaction: the agent's record as [`Self::save_round`] saves
     /// it (returning whether it did); then, if it was saved, the session's token expiry
-    /// moved to `extend_session` (a passing attestation extends it); and the attestation
+    /// moved to `extend_session` (a passing attestation extends it); and the attestation (of
+    /// the agent's tenant)
     /// replaced if the one stored at its index is still the one judged (same
     /// `capabilities_received_at`: not an attestation of a re-enrolment meanwhile).
     fn save_push_verdict(
@@ -555,16 +569,22 @@ pub trait VerifierStore: Send + Sync + 'static {
         attestation: &PushAttestation,
     ) -> Result<bool, StoreError>;
 
-    /// One attestation, or the latest with `None`.
-    fn attestation(&self, agent_id: &str, index: Option<u64>) -> Result<Option<PushAttestation>, StoreError>;
+    /// One attestation of `tenant`'s agent, or the latest with `None`.
+    fn attestation(
+        &self,
+        tenant: &str,
+        agent_id: &str,
+        index: Option<u64>,
+    ) -> Result<Option<PushAttestation>, StoreError>;
 
     /// [`AttestationHead`] of one attestation, or of the latest with `None`.
     fn attestation_head(
         &self,
+        tenant: &str,
         agent_id: &str,
         index: Option<u64>,
     ) -> Result<Option<AttestationHead>, StoreError>;
 
-    /// An agent's attestations, oldest first.
-    fn attestations(&self, agent_id: &str) -> Result<Vec<PushAttestation>, StoreError>;
+    /// The attestations of `tenant`'s agent, oldest first.
+    fn attestations(&self, tenant: &str, agent_id: &str) -> Result<Vec<PushAttestation>, StoreError>;
 }

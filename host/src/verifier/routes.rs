@@ -320,7 +320,9 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
                 &format!("{prefix}/agents/{{id}}/attestations"),
                 false,
                 vec![
-                    Op::get(attestations::list, "An agent's attestations").reply(Reply::JsonApi),
+                    Op::get(attestations::list, "An agent's attestations")
+                        .reply(Reply::JsonApi)
+                        .tenants(),
                     Op::post(
                         attestations::create,
                         "Offer capabilities; get evidence requested (token)",
@@ -336,7 +338,9 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
                 &format!("{prefix}/agents/{{id}}/attestations/{{which}}"),
                 false,
                 vec![
-                    Op::get(attestations::show, "One attestation (index or latest)").reply(Reply::JsonApi),
+                    Op::get(attestations::show, "One attestation (index or latest)")
+                        .reply(Reply::JsonApi)
+                        .tenants(),
                     Op::patch(attestations::submit, "Submit the evidence requested (token)")
                         .body(Body::Json)
                         .body_limit(evidence)

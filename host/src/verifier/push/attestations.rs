@@ -8,7 +8,7 @@
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -18,7 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::PushError;
 use super::auth::authenticate;
-use crate::api::AgentId;
+use crate::api::{AgentId, Scope};
 use crate::clock::{parse_rfc3339, rfc3339_micros, unix_micros_now, unix_now};
 use crate::evidence::{HashAlg, KeyParams, PublicArea};
 use crate::store::verifier::state;
@@ -397,7 +397,7 @@ fn create_blocking(
 ) -> Result<Response, PushError> {
     require_json_api(headers)?;
     let agent_id = agent_id(id)?;
-    authenticate(verifier, headers, &agent_id)?;
+    let session = authenticate(verifier, headers, &agent_id)?;
     let now = unix_micros_now();
     // The latest attestation before the agent's record: a verdict saves the record first and
     // completes the attestation after, so a record read after a completed attestation holds
@@ -405,7 +405,7 @@ fn create_blocking(
     // left the offset asked for one round behind the replay (`invalid_ima_entry_nb`).
     if let Some(latest) = verifier
         .store
-        .attestation_head(&agent_id, None)
+        .attestation_head(&session.tenant, &agent_id, None)
         .map_err(internal)?
     {
         if latest.stage == "evaluating_evidence" {
@@ -423,7 +423,7 @@ fn create_blocking(
             }
         }
     }
-    let agent = attesting_agent(verifier, &agent_id)?;
+    let agent = attesting_agent(verifier, &agent_id, &session.tenant)?;
     let attributes = attributes(body)?;
     let offered = attributes
         .get("evidence_supported")
@@ -463,7 +463,7 @@ fn create_blocking(
     };
     let index = verifier
         .store
-        .add_attestation(&agent_id, &record)
+        .add_attestation(&agent.tenant, &agent_id, &record)
         .map_err(internal)?;
     let record = PushAttestation { index, ..record };
     let location = format!("{prefix}/agents/{agent_id}/attestations/{index}");
@@ -474,15 +474,19 @@ fn create_blocking(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(body)).into_response())
 }
 
-/// The enrolled push agent `agent_id`, unless the operator stopped it (`PUT …/stop`): a
-/// stopped agent is not attested until reactivated.
-fn attesting_agent(verifier: &Verifier, agent_id: &str) -> Result<VerifierAgent, PushError> {
+/// The enrolled push agent `agent_id` of the session's `tenant`, unless the operator
+/// stopped it (`PUT …/stop`): a stopped agent is not attested until reactivated.
+fn attesting_agent(verifier: &Verifier, agent_id: &str, tenant: &str) -> Result<VerifierAgent, PushError> {
     let agent = verifier
         .store
         .agent(agent_id)
         .map_err(internal)?
         .filter(|a| a.push)
         .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "agent not found"))?;
+    // Deleted and enrolled again by another tenant: a session of the old enrolment is over.
+    if agent.tenant != tenant {
+        return Err(PushError::new(StatusCode::UNAUTHORIZED, "the session has ended"));
+    }
     if matches!(agent.operational_state, state::TENANT_FAILED | state::TERMINATED) {
         return Err(PushError::new(
             StatusCode::FORBIDDEN,
@@ -530,13 +534,13 @@ fn submit_blocking(
 ) -> Result<(VerifierAgent, String, PushAttestation), PushError> {
     require_json_api(headers)?;
     let agent_id = agent_id(id)?;
-    let session_id = authenticate(verifier, headers, &agent_id)?;
+    let session = authenticate(verifier, headers, &agent_id)?;
     // The verdict is written back only to this record of the agent (see `verify`).
-    let agent = attesting_agent(verifier, &agent_id)?;
+    let agent = attesting_agent(verifier, &agent_id, &session.tenant)?;
     let not_found = || PushError::new(StatusCode::NOT_FOUND, "attestation not found");
     let latest = verifier
         .store
-        .attestation(&agent_id, None)
+        .attestation(&agent.tenant, &agent_id, None)
         .map_err(internal)?
         .ok_or_else(not_found)?;
     if which != "latest" {
@@ -627,9 +631,9 @@ fn submit_blocking(
     record.evidence_received_at = Some(now);
     verifier
         .store
-        .update_attestation(&agent_id, &record)
+        .update_attestation(&agent.tenant, &agent_id, &record)
         .map_err(internal)?;
-    Ok((agent, session_id, record))
+    Ok((agent, session.session_id, record))
 }
 
 /// Judges submitted evidence and records the verdict on the attestation and on the agent
@@ -753,7 +757,7 @@ pub fn fail_interrupted(verifier: &Verifier) {
         return;
     };
     for agent in agents.into_iter().filter(|a| a.push) {
-        let Ok(Some(record)) = verifier.store.attestation(&agent.agent_id, None) else {
+        let Ok(Some(record)) = verifier.store.attestation(&agent.tenant, &agent.agent_id, None) else {
             continue;
         };
         if record.stage != "evaluating_evidence" {
@@ -832,18 +836,23 @@ fn judge(verifier: &Verifier, agent: &VerifierAgent, record: &PushAttestation) -
     }
 }
 
-/// Admin reads: `GET …/attestations`, `…/latest`, `…/{n}`.
-pub async fn list(State(verifier): State<Verifier>, Path(id): Path<String>, uri: Uri) -> Response {
+/// Reads of the operator and of the agent's tenant: `GET …/attestations`, `…/latest`,
+/// `…/{n}`. Another tenant's agent answers 404, as a missing one does.
+pub async fn list(
+    State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Response {
     let prefix = prefix(&uri);
     let outcome = tokio::task::spawn_blocking(move || -> Result<Value, PushError> {
-        let agent_id = agent_id(&id)?;
-        verifier
+        let agent = visible_agent(&verifier, &scope, &id)?;
+        let agent_id = &agent.agent_id;
+        let all = verifier
             .store
-            .agent(&agent_id)
-            .map_err(internal)?
-            .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "agent not found"))?;
-        let all = verifier.store.attestations(&agent_id).map_err(internal)?;
-        let data: Vec<Value> = all.iter().map(|a| resource(prefix, &agent_id, a)).collect();
+            .attestations(&agent.tenant, agent_id)
+            .map_err(internal)?;
+        let data: Vec<Value> = all.iter().map(|a| resource(prefix, agent_id, a)).collect();
         Ok(document(
             json!(data),
             &format!("{prefix}/agents/{agent_id}/attestations"),
@@ -857,15 +866,28 @@ pub async fn list(State(verifier): State<Verifier>, Path(id): Path<String>, uri:
     }
 }
 
+/// The enrolled agent `id` if `scope` sees its tenant; 404 otherwise.
+fn visible_agent(verifier: &Verifier, scope: &Scope, id: &str) -> Result<VerifierAgent, PushError> {
+    let agent_id = agent_id(id)?;
+    verifier
+        .store
+        .agent(&agent_id)
+        .map_err(internal)?
+        .filter(|a| scope.sees(&a.tenant))
+        .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "agent not found"))
+}
+
 pub async fn show(
     State(verifier): State<Verifier>,
+    Extension(scope): Extension<Scope>,
     Path((id, which)): Path<(String, String)>,
     uri: Uri,
 ) -> Response {
     let prefix = prefix(&uri);
     let path = uri.path().to_owned();
     let outcome = tokio::task::spawn_blocking(move || -> Result<Value, PushError> {
-        let agent_id = agent_id(&id)?;
+        let agent = visible_agent(&verifier, &scope, &id)?;
+        let agent_id = agent.agent_id;
         let index = match which.as_str() {
             "latest" => None,
             n => Some(
@@ -875,7 +897,7 @@ pub async fn show(
         };
         let record = verifier
             .store
-            .attestation(&agent_id, index)
+            .attestation(&agent.tenant, &agent_id, index)
             .map_err(internal)?
             .ok_or_else(|| PushError::new(StatusCode::NOT_FOUND, "attestation not found"))?;
         Ok(document(resource(prefix, &agent_id, &record), &path))

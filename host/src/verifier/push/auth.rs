@@ -15,6 +15,7 @@ use crate::verifier::Verifier;
 struct Known {
     digest: Vec<u8>,
     agent_id: String,
+    tenant: String,
     expires_at: u64,
 }
 
@@ -24,15 +25,17 @@ pub struct TokenCache(Mutex<HashMap<String, Known>>);
 
 impl TokenCache {
     /// Remembers a token just issued, so that its first use skips the stored hash and its database read.
-    pub fn issued(&self, session_id: &str, token: &str, agent_id: &str, expires_at: u64) {
+    pub fn issued(&self, session: &crate::store::PushSession, token: &str) {
+        let (session_id, agent_id) = (&session.session_id, &session.agent_id);
         if let Ok(mut known) = self.0.lock() {
-            known.retain(|_, k| k.agent_id != agent_id);
+            known.retain(|_, k| k.agent_id != *agent_id);
             known.insert(
                 session_id.to_owned(),
                 Known {
                     digest: crate::evidence::HashAlg::Sha256.digest(&[token.as_bytes()]),
                     agent_id: agent_id.to_owned(),
-                    expires_at,
+                    tenant: session.tenant.clone(),
+                    expires_at: session.token_expires_at,
                 },
             );
         }
@@ -63,10 +66,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A request's proven session.
+pub struct Authenticated {
+    pub session_id: String,
+    /// The agent's tenant: its attestations are this tenant's.
+    pub tenant: String,
+}
+
 /// Checks the request's bearer token for `agent_id` (blocking: may read the store and run
-/// the hash). Returns the session id. 401 when missing, unknown or expired; 403 when
-/// the token is another agent's.
-pub fn authenticate(verifier: &Verifier, headers: &HeaderMap, agent_id: &str) -> Result<String, PushError> {
+/// the hash). 401 when missing, unknown or expired; 403 when the token is another agent's.
+pub fn authenticate(
+    verifier: &Verifier,
+    headers: &HeaderMap,
+    agent_id: &str,
+) -> Result<Authenticated, PushError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -103,6 +116,7 @@ pub fn authenticate(verifier: &Verifier, headers: &HeaderMap, agent_id: &str) ->
             let known = Known {
                 digest,
                 agent_id: session.agent_id,
+                tenant: session.tenant,
                 expires_at: session.token_expires_at,
             };
             if let Ok(mut cache) = verifier.tokens.0.lock() {
@@ -128,5 +142,8 @@ pub fn authenticate(verifier: &Verifier, headers: &HeaderMap, agent_id: &str) ->
     if known.agent_id != agent_id {
         return Err(PushError::new(StatusCode::FORBIDDEN, "ownership required"));
     }
-    Ok(session_id.to_owned())
+    Ok(Authenticated {
+        session_id: session_id.to_owned(),
+        tenant: known.tenant,
+    })
 }

@@ -367,16 +367,16 @@ pub async fn prove(
         let salt: [u8; 16] = random().map_err(|_| "no randomness".to_owned())?;
         let token = format!("{sid}.{}", URL_SAFE_NO_PAD.encode(secret));
         let expires_at = crate::clock::unix_now() + lifetime.as_secs();
-        v.store
-            .put_session(&PushSession {
-                session_id: sid.clone(),
-                agent_id: id.clone(),
-                token_salt: salt.to_vec(),
-                token_hash: token_hash(&salt, &token).to_vec(),
-                token_expires_at: expires_at,
-            })
-            .map_err(|e| e.to_string())?;
-        v.tokens.issued(&sid, &token, &id, expires_at);
+        let session = PushSession {
+            session_id: sid.clone(),
+            tenant: agent.tenant.clone(),
+            agent_id: id.clone(),
+            token_salt: salt.to_vec(),
+            token_hash: token_hash(&salt, &token).to_vec(),
+            token_expires_at: expires_at,
+        };
+        v.store.put_session(&session).map_err(|e| e.to_string())?;
+        v.tokens.issued(&session, &token);
         Ok(Some((token, expires_at)))
     })
     .await;
