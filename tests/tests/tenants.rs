@@ -596,3 +596,88 @@ async fn isolation_matrix_every_tenant_route_hides_another_tenants_records() {
     let (_, _, judged) = round(&verifier, &mut agent).await;
     assert_eq!(judged["evaluation"], "pass", "{judged}");
 }
+
+/// Every line the verifier logs while this test binary runs, as JSON objects.
+fn captured_logs() -> &'static std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || SharedWriter(sink.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        buffer
+    })
+}
+
+struct SharedWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The captured line whose message is `message` about `agent_id`, with the tenant its
+/// fields or spans name.
+fn logged(message: &str, agent_id: &str) -> Option<(Value, Vec<String>)> {
+    let bytes = captured_logs().lock().unwrap().clone();
+    String::from_utf8_lossy(&bytes)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["fields"]["message"] == message)
+        .map(|l| {
+            let mut scopes = vec![l["fields"].clone()];
+            scopes.extend(l["spans"].as_array().cloned().unwrap_or_default());
+            let names = |key: &str| {
+                scopes
+                    .iter()
+                    .filter_map(|s| s[key].as_str().map(str::to_owned))
+                    .collect::<Vec<_>>()
+            };
+            (l.clone(), names("agent_id"), names("tenant"))
+        })
+        .find(|(_, agents, _)| agents.iter().any(|a| a == agent_id))
+        .map(|(line, _, tenants)| (line, tenants))
+}
+
+#[tokio::test]
+async fn logs_name_the_tenant_of_the_agent_and_of_the_caller() {
+    captured_logs();
+    let verifier = verifier_with(config()).await;
+    let a = tenant_client(&verifier, "a");
+    let url = |path: &str| verifier.url("2.6", path);
+    let tpm = Swtpm::start().unwrap();
+    let uuid = "logged-agent-a";
+    let mut agent = push_agent(&verifier, &tpm, uuid, AkKind::EcDsaP256).await;
+    // Measured but not allowed: the round fails, and says so in the log.
+    agent
+        .measure("/usr/bin/unlisted", &digest("/usr/bin/unlisted"))
+        .unwrap();
+    let policy = policy_for(&["/usr/bin/tool".to_string()]);
+    let enrolment = enrol_body(&agent.agent, "{}", Some(&policy));
+    let (code, body) = call(&a, "POST", url(&format!("agents/{uuid}")), Some(enrolment)).await;
+    assert_eq!(code, 200, "{body}");
+    agent.authenticate().await.unwrap();
+    let (_, _, judged) = round(&verifier, &mut agent).await;
+    assert_eq!(judged["evaluation"], "fail", "{judged}");
+    let (code, body) = call(&a, "DELETE", url(&format!("agents/{uuid}")), None).await;
+    assert_eq!(code, 200, "{body}");
+
+    for message in [
+        "push session authenticated",
+        "push attestation failed",
+        "agent deleted",
+    ] {
+        let (line, tenants) =
+            logged(message, uuid).unwrap_or_else(|| panic!("no {message:?} line about {uuid}"));
+        assert!(!tenants.is_empty() && tenants.iter().all(|t| t == "a"), "{line}");
+    }
+}

@@ -248,8 +248,13 @@ async fn require_access(
     };
     match (refusal, reply) {
         (Ok(scope), _) => {
+            // A tenant's requests log under its name; the operator's name none.
+            let span = match &scope {
+                super::Scope::Tenant(tenant) => tracing::info_span!("request", %tenant),
+                super::Scope::Operator => tracing::Span::none(),
+            };
             req.extensions_mut().insert(scope);
-            next.run(req).await
+            tracing::Instrument::instrument(next.run(req), span).await
         }
         (Err(e), Reply::JsonApi) => (
             e.code,

@@ -302,7 +302,7 @@ impl VerifierStore for SqliteStore {
         let mut statement = conn.prepare_cached(
             "SELECT agent_id, json_extract(record, '$.operational_state'),
                     IFNULL(json_extract(record, '$.push'), 0),
-                    IFNULL(json_extract(record, '$.polls_after_failure'), 0)
+                    IFNULL(json_extract(record, '$.polls_after_failure'), 0), tenant
              FROM verifier_agents",
         )?;
         let rows = statement.query_map([], |row| {
@@ -311,6 +311,7 @@ impl VerifierStore for SqliteStore {
                 operational_state: row.get(1)?,
                 push: row.get::<_, i64>(2)? != 0,
                 polls_after_failure: row.get::<_, i64>(3)? != 0,
+                tenant: row.get(4)?,
             })
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)

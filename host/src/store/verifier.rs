@@ -423,6 +423,7 @@ pub struct PushAttestation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentState {
     pub agent_id: String,
+    pub tenant: String,
     pub operational_state: i64,
     pub push: bool,
     pub polls_after_failure: bool,

@@ -211,6 +211,11 @@ impl Verifier {
     }
 }
 
+/// The span every log line about one agent runs in, so operators can filter by tenant.
+pub(crate) fn agent_span(agent_id: &str, tenant: &str) -> tracing::Span {
+    tracing::info_span!("agent", agent_id, tenant)
+}
+
 /// Why the verifier could not start.
 #[derive(Debug, Error)]
 pub enum StartError {

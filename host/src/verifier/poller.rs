@@ -11,6 +11,7 @@ use std::time::Duration;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::Verifier;
 use super::notify::{self, AgentTls};
@@ -124,12 +125,10 @@ pub fn spawn(verifier: Verifier, tls: AgentTls, retries: Retries) -> JoinHandle<
                     }
                     let polls = polled(agent.push, agent.operational_state, agent.polls_after_failure);
                     if polls && !running.contains_key(&agent.agent_id) {
-                        let task = tokio::spawn(poll_agent(
-                            verifier.clone(),
-                            tls.clone(),
-                            retries,
-                            agent.agent_id.clone(),
-                        ));
+                        let task = tokio::spawn(
+                            poll_agent(verifier.clone(), tls.clone(), retries, agent.agent_id.clone())
+                                .instrument(super::agent_span(&agent.agent_id, &agent.tenant)),
+                        );
                         running.insert(agent.agent_id, task);
                     }
                 }
@@ -474,7 +473,10 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
         };
         // Evaluate, then apply to the record this round started from.
         let v = verifier.clone();
+        // The policies' own log lines carry the agent and its tenant.
+        let span = tracing::Span::current();
         let judged = tokio::task::spawn_blocking(move || {
+            let _span = span.enter();
             let outcome = match reply_evidence(&agent, &body, &nonce) {
                 Ok((evidence, algorithms)) => {
                     let outcome = evaluate(&v.policies, &expect, &evidence);

@@ -671,28 +671,28 @@ async fn delete_agent(
             return Ok(None);
         };
         if agent.operational_state == state::TERMINATED {
-            return Ok(Some(false));
+            return Ok(Some((false, agent.tenant)));
         }
         let at_rest = matches!(
             agent.operational_state,
             state::SAVED | state::FAILED | state::INVALID_QUOTE | state::TENANT_FAILED
         );
         if agent.push || at_rest || !rounds.busy(&agent_id) {
-            return Ok(store.delete_agent(&agent_id)?.then_some(true));
+            return Ok(store.delete_agent(&agent_id)?.then_some((true, agent.tenant)));
         }
         agent.operational_state = state::TERMINATED;
         agent.revision = crate::store::verifier::new_revision();
-        Ok(store.update_agent(&agent, &[])?.then_some(false))
+        Ok(store.update_agent(&agent, &[])?.then_some((false, agent.tenant)))
     })
     .await?;
     match outcome {
-        Some(true) => {
+        Some((true, tenant)) => {
             verifier.tokens.forget_agent(id.as_str());
-            tracing::info!(agent_id = %id, "agent deleted");
+            tracing::info!(agent_id = %id, %tenant, "agent deleted");
             Ok(Envelope::empty())
         }
-        Some(false) => {
-            tracing::info!(agent_id = %id, "agent marked for deletion after its round");
+        Some((false, tenant)) => {
+            tracing::info!(agent_id = %id, %tenant, "agent marked for deletion after its round");
             Ok(Envelope::accepted())
         }
         None => Err(ApiError::not_found("agent id not found")),
@@ -705,11 +705,11 @@ async fn set_state(verifier: &Verifier, scope: Scope, id: &str, to: i64) -> ApiR
     let agent_id = id.to_string();
     let done = blocking(verifier, "updating agent", move |store| {
         let Some(mut agent) = store.agent(&agent_id)?.filter(|a| scope.sees(&a.tenant)) else {
-            return Ok(false);
+            return Ok(None);
         };
         // Being deleted: gone as far as the operator is concerned.
         if agent.operational_state == state::TERMINATED {
-            return Ok(false);
+            return Ok(None);
         }
         // A push agent is never polled: reactivation only clears its failures, and it shows
         // PENDING until its next attestation passes.
@@ -729,12 +729,12 @@ async fn set_state(verifier: &Verifier, scope: Scope, id: &str, to: i64) -> ApiR
         }
         // A round judged meanwhile must not undo this.
         agent.revision = crate::store::verifier::new_revision();
-        store.update_agent(&agent, &[])
+        Ok(store.update_agent(&agent, &[])?.then_some(agent.tenant))
     })
     .await?;
-    if done {
+    if let Some(tenant) = done {
         verifier.poll_wakeup.notify_one();
-        tracing::info!(agent_id = %id, state = to, "agent state set");
+        tracing::info!(agent_id = %id, %tenant, state = to, "agent state set");
         Ok(Envelope::empty())
     } else {
         Err(ApiError::not_found("agent id not found"))

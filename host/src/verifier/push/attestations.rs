@@ -640,6 +640,8 @@ fn submit_blocking(
 /// as it was when the evidence came (`agent`): a stop, delete or re-enrolment meanwhile
 /// wins. A panic while judging is a failure, never an attestation left evaluating.
 fn verify(verifier: &Verifier, agent: VerifierAgent, session_id: &str, record: PushAttestation) {
+    // The policies' own log lines and the verdict's carry the agent and its tenant.
+    let _span = crate::verifier::agent_span(&agent.agent_id, &agent.tenant).entered();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(verifier, &agent, &record)))
         .unwrap_or_else(|_| Outcome {
             failures: vec![Failure::internal("panic", "evaluating the evidence panicked")],
@@ -692,7 +694,7 @@ fn conclude(
             record.ima_entries = agent.next_ima_ml_entry.saturating_sub(ima_offset);
         }
         RoundResult::Fail { failures, notify, .. } => {
-            tracing::warn!(%agent_id, tenant = %agent.tenant, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "push attestation failed");
+            tracing::warn!(failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "push attestation failed");
             record.evaluation = "fail".into();
             let broken = failures.iter().any(|f| {
                 f.event_id.starts_with("qoute_validation.")
@@ -763,7 +765,7 @@ pub fn fail_interrupted(verifier: &Verifier) {
         if record.stage != "evaluating_evidence" {
             continue;
         }
-        tracing::warn!(agent_id = %agent.agent_id, index = record.index, "failing an attestation interrupted by a stop of the verifier");
+        tracing::warn!(agent_id = %agent.agent_id, tenant = %agent.tenant, index = record.index, "failing an attestation interrupted by a stop of the verifier");
         let outcome = Outcome {
             failures: vec![Failure::internal(
                 "interrupted",

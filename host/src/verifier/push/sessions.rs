@@ -350,6 +350,7 @@ pub async fn prove(
         let Some(agent) = v.store.agent(&id).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
+        let _span = crate::verifier::agent_span(&id, &agent.tenant).entered();
         let ak = B64
             .decode(&agent.ak_tpm)
             .ok()
@@ -358,7 +359,7 @@ pub async fn prove(
             return Ok(None);
         };
         if let Err(why) = check_proof(&ak, &pending.challenge, &message, &signature) {
-            tracing::info!(agent_id = %id, %why, "proof of possession refused");
+            tracing::info!(%why, "proof of possession refused");
             // Counted for this agent from this address only.
             let _ = v.sessions.failed_proofs.check(&proof_key(&id, &pending.address));
             return Ok(None);
@@ -377,12 +378,12 @@ pub async fn prove(
         };
         v.store.put_session(&session).map_err(|e| e.to_string())?;
         v.tokens.issued(&session, &token);
+        tracing::info!("push session authenticated");
         Ok(Some((token, expires_at)))
     })
     .await;
     match outcome {
         Ok(Ok(Some((token, expires_at)))) => {
-            tracing::info!(%agent_id, "push session authenticated");
             if let Some(map) = attributes.as_object_mut() {
                 map.insert("evaluation".into(), json!("pass"));
                 map.insert("token".into(), json!(token));
