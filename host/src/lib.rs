@@ -14,6 +14,7 @@
 //! - [`dsse`]: signed runtime policies (DSSE envelopes, as Keylime signs them).
 //! - [`config`] and [`cli`]: the operator's edge.
 
+pub mod agent_client;
 pub mod api;
 pub mod bootstrap;
 pub mod cli;

@@ -20,6 +20,7 @@ mod evidence;
 mod policy;
 mod policy_new;
 mod policy_sign;
+mod quota;
 mod tenant;
 
 #[derive(Debug, Parser)]
@@ -56,7 +57,7 @@ enum Command {
     Tenant(tenant::TenantArgs),
     /// The quotas of a tenant of a shared server (agents, policies, components, sizes,
     /// instance memory, evaluation time); the operator's.
-    Quota(tenant::QuotaArgs),
+    Quota(quota::QuotaArgs),
     /// Certificates for an installation: CA, server and client certificates.
     #[command(subcommand)]
     Ca(ca::CaCommand),
@@ -443,7 +444,7 @@ async fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         Command::Evidence(command) => evidence::run(command),
         Command::Policy(command) => policy::run(command),
         Command::Tenant(args) => tenant::run(args, data_dir.as_deref(), &config_dir).await,
-        Command::Quota(args) => tenant::run_quota(args, data_dir.as_deref(), &config_dir).await,
+        Command::Quota(args) => quota::run(args, data_dir.as_deref(), &config_dir).await,
         Command::Ca(command) => ca::run(command, data_dir.as_deref()),
         Command::Config(ConfigCommand::Show { service }) => {
             let service = Service::from_name(&service).unwrap_or(Service::Verifier);

@@ -3,7 +3,6 @@
 //! messages when an attestation fails (keylime-api.md §5.4 and §8).
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::rsa::{OAEP_SHA1_MGF1SHA1, OaepPublicEncryptingKey, PublicEncryptingKey};
 use aws_lc_rs::signature::{RSA_PSS_SHA256, RsaKeyPair, RsaPssSaltLength, RsaSignatureEncoding};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -12,8 +11,10 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::poller::agent_base;
 use super::severity::Verdict;
 use super::{Verifier, VerifierConfig};
+use crate::agent_client::{AgentClient, CURRENT_AGENT_VERSION};
 use crate::store::VerifierAgent;
 
 /// Keylime's `crypto.rsa_sign`: RSA-PSS, MGF1-SHA256, with the longest salt the key allows
@@ -134,15 +135,14 @@ pub fn agent_client(
     tls: &AgentTls,
     config: &VerifierConfig,
     agent: &VerifierAgent,
-) -> Result<reqwest::Client, String> {
+) -> Result<AgentClient, String> {
     let pem = agent.mtls_cert.as_deref().ok_or("no mtls_cert enrolled")?;
-    crate::net::pinned::agent_client(pem, &tls.identity_pem, config.request_timeout)
-        .map_err(|e| e.to_string())
+    let (ip, port) = agent_base(agent);
+    AgentClient::connect(ip, port, pem, &tls.identity_pem, config.request_timeout).map_err(|e| e.to_string())
 }
 
-use super::poller::{CURRENT_AGENT_VERSION, base_url};
-
-/// if one is set.
+/// Signs a revocation (or `comm_error`) message for the failed agent and sends it to every
+/// agent and to the webhook, if one is set.
 pub async fn send(
     verifier: Verifier,
     tls: AgentTls,
@@ -198,10 +198,10 @@ pub async fn send(
             .supported_version
             .as_deref()
             .unwrap_or(CURRENT_AGENT_VERSION);
-        let url = format!("{}/v{version}/notifications/revocation", base_url(&agent));
+        let url = client.url(version, "notifications/revocation");
         let message = message.clone();
         deliveries.spawn(async move {
-            if let Err(e) = client.post(url).json(&message).send().await {
+            if let Err(e) = client.http().post(url).json(&message).send().await {
                 tracing::warn!(agent_id = %agent.agent_id, error = %e, "revocation not delivered");
             }
         });
@@ -224,19 +224,6 @@ fn pem_der(pem: &str) -> Option<Vec<u8>> {
     x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .ok()
         .map(|(_, p)| p.contents)
-}
-
-/// `{"encrypted_key": b64(RSA-OAEP-SHA1(NK, V))}` for `POST /keys/vkey`.
-pub fn vkey_body(nk_pem: &str, v_b64: &str) -> Result<Value, String> {
-    let v = B64.decode(v_b64).map_err(|e| format!("stored V: {e}"))?;
-    let der = pem_der(nk_pem).ok_or("the agent's public key is not PEM")?;
-    let key = PublicEncryptingKey::from_der(&der).map_err(|e| format!("the agent's public key: {e}"))?;
-    let key = OaepPublicEncryptingKey::new(key).map_err(|_| "the agent's public key is not an RSA key")?;
-    let mut out = vec![0u8; key.ciphertext_size()];
-    let encrypted = key
-        .encrypt(&OAEP_SHA1_MGF1SHA1, &v, &mut out, None)
-        .map_err(|_| "RSA-OAEP encryption of V failed")?;
-    Ok(json!({"encrypted_key": B64.encode(encrypted)}))
 }
 
 /// A revocation (or `comm_error`) message: `{"msg": <JSON text>, "signature": b64(RSA-PSS-SHA256(msg))}`,

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -19,6 +18,7 @@ use super::pipeline::{
     Evidence, Expectations, Failure, Outcome, RoundResult, apply, evaluate, record_failures,
 };
 use super::wire::QuoteReply;
+use crate::agent_client::{AgentClient, KeyHalf, accepted, base_url, random_text, version_key, vkey_body};
 use crate::evidence::HashAlg;
 use crate::store::VerifierAgent;
 use crate::store::verifier::state;
@@ -172,72 +172,15 @@ async fn save(verifier: &Verifier, agent: VerifierAgent, round_state: i64) -> bo
 /// A fresh nonce; `None` when the system RNG fails (the round then fails: a constant nonce
 /// would let old quotes replay).
 fn nonce() -> Option<String> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = [0u8; 20];
-    SystemRandom::new().fill(&mut bytes).ok()?;
-    Some(
-        bytes
-            .iter()
-            .filter_map(|b| {
-                ALPHABET
-                    .get(usize::from(*b) % ALPHABET.len())
-                    .copied()
-                    .map(char::from)
-            })
-            .collect(),
+    random_text(20)
+}
+
+/// Where a pull agent listens, as enrolled.
+pub(super) fn agent_base(agent: &VerifierAgent) -> (&str, u16) {
+    (
+        agent.ip.as_deref().unwrap_or("127.0.0.1"),
+        agent.port.unwrap_or(9002),
     )
-}
-
-/// Agent API versions the verifier speaks to pull agents (Keylime's agents serve 2.1–2.6).
-const AGENT_VERSIONS: [&str; 6] = ["2.1", "2.2", "2.3", "2.4", "2.5", "2.6"];
-pub(super) const CURRENT_AGENT_VERSION: &str = "2.6";
-
-fn version_key(version: &str) -> Option<(u32, u32)> {
-    let (major, minor) = version.split_once('.')?;
-    Some((major.parse().ok()?, minor.parse().ok()?))
-}
-
-/// `https://ip:port` of a pull agent; an IPv6 address is bracketed.
-pub(super) fn base_url(agent: &VerifierAgent) -> String {
-    let ip = agent.ip.as_deref().unwrap_or("127.0.0.1");
-    let port = agent.port.unwrap_or(9002);
-    if ip.contains(':') && !ip.starts_with('[') {
-        format!("https://[{ip}]:{port}")
-    } else {
-        format!("https://{ip}:{port}")
-    }
-}
-
-/// Asks the agent's `GET /version` and picks the newest API version both sides speak
-/// (`supported_versions`, or the single `supported_version` of older agents).
-async fn negotiate(client: &reqwest::Client, agent: &VerifierAgent) -> Result<String, String> {
-    let answer = client
-        .get(format!("{}/version", base_url(agent)))
-        .send()
-        .await
-        .map_err(|e| format!("GET /version: {e}"))?;
-    if !answer.status().is_success() {
-        return Err(format!("GET /version answered {}", answer.status()));
-    }
-    let body: Value = answer.json().await.map_err(|e| format!("GET /version: {e}"))?;
-    let offered: Vec<&str> = match body
-        .pointer("/results/supported_versions")
-        .and_then(Value::as_array)
-    {
-        Some(list) => list.iter().filter_map(Value::as_str).collect(),
-        None => body
-            .pointer("/results/supported_version")
-            .and_then(Value::as_str)
-            .into_iter()
-            .collect(),
-    };
-    offered
-        .iter()
-        .copied()
-        .filter(|v| AGENT_VERSIONS.contains(v))
-        .max_by_key(|v| version_key(v))
-        .map(str::to_owned)
-        .ok_or_else(|| format!("the agent offers no API version we speak: {offered:?}"))
 }
 
 /// Whether to move from the `refused` version (empty: none yet) to the agent's `chosen`
@@ -322,7 +265,7 @@ fn internal(event: &str, message: impl Into<String>) -> Failure {
 
 async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: String) {
     let mut attempts = 0u32;
-    let mut connection: Option<(Option<String>, reqwest::Client)> = None;
+    let mut connection: Option<(Option<String>, AgentClient)> = None;
     loop {
         let round = verifier.rounds.begin(&id);
         let Some(agent) = load(&verifier, &id).await else {
@@ -341,7 +284,13 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
         // One client per agent while its certificate stays: its connection is kept alive
         // between rounds instead of a TLS handshake per quote.
         let client = match &connection {
-            Some((cert, client)) if *cert == agent.mtls_cert => client.clone(),
+            // ...and while it listens where it did.
+            Some((cert, client))
+                if *cert == agent.mtls_cert
+                    && client.base() == base_url(agent_base(&agent).0, agent_base(&agent).1) =>
+            {
+                client.clone()
+            }
             _ => match notify::agent_client(&tls, &verifier.config, &agent) {
                 Ok(c) => {
                     connection = Some((agent.mtls_cert.clone(), c.clone()));
@@ -387,13 +336,15 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
                     agent.public_key.is_some()
                         && matches!(round_state, state::GET_QUOTE | state::INVALID_QUOTE),
                 );
-                let url = format!(
-                    "{}/v{version}/quotes/integrity?nonce={nonce}&mask={mask}&partial={partial}&ima_ml_entry={}",
-                    base_url(&agent),
-                    agent.next_ima_ml_entry
+                let url = client.url(
+                    &version,
+                    &format!(
+                        "quotes/integrity?nonce={nonce}&mask={mask}&partial={partial}&ima_ml_entry={}",
+                        agent.next_ima_ml_entry
+                    ),
                 );
                 (
-                    request(&client, &url, verifier.config.max_evidence_size).await,
+                    request(client.http(), &url, verifier.config.max_evidence_size).await,
                     version,
                 )
             }
@@ -404,7 +355,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
         let body = match answer {
             Answer::Quote(body) => Ok(body),
             Answer::TooLarge(why) => Err(Failure::quote("invalid_data", why)),
-            Answer::VersionNotSupported => match negotiate(&client, &agent).await {
+            Answer::VersionNotSupported => match client.negotiate().await {
                 Ok(chosen) => match switch_version(&version, &chosen, agent.attestation_count > 0) {
                     Ok(()) => {
                         tracing::info!(agent_id = %id, version = %chosen, "agent API version negotiated");
@@ -652,46 +603,25 @@ fn reply_evidence(
     Ok((reply.into_evidence(hash, nonce)?, algorithms))
 }
 
-/// Keylime's algorithm acceptance: exact, or equal after the agent's aliases (`rsa` is
-/// `rsa2048`, `ecc` is `ecc256`; agents say the latter from API 2.5 on).
-fn accepted(algorithm: &str, accept: &[String]) -> bool {
-    fn normalise(a: &str) -> &str {
-        match a {
-            "rsa" => "rsa2048",
-            "ecc" => "ecc256",
-            other => other,
-        }
-    }
-    !algorithm.is_empty()
-        && accept
-            .iter()
-            .any(|a| a == algorithm || normalise(a) == normalise(algorithm))
-}
-
 /// Delivers V after a good quote (PROVIDE_V); true when done or when there is no V.
-async fn deliver_v(client: &reqwest::Client, agent: &VerifierAgent, version: &str) -> bool {
+async fn deliver_v(client: &AgentClient, agent: &VerifierAgent, version: &str) -> bool {
     let (Some(v), Some(pubkey)) = (&agent.v, &agent.public_key) else {
         return true;
     };
-    let body = match notify::vkey_body(pubkey, v) {
+    let body = match vkey_body(pubkey, v) {
         Ok(b) => b,
         Err(why) => {
             tracing::warn!(agent_id = %agent.agent_id, %why, "cannot prepare V");
             return false;
         }
     };
-    let url = format!("{}/v{version}/keys/vkey", base_url(agent));
-    match client.post(url).json(&body).send().await {
-        Ok(r) if r.status().is_success() => {
+    match client.deliver_key(version, KeyHalf::V, &body).await {
+        Ok(()) => {
             tracing::info!(agent_id = %agent.agent_id, "V delivered");
             true
         }
-        Ok(r) => {
-            tracing::warn!(agent_id = %agent.agent_id, status = %r.status(), "V delivery refused");
-            false
-        }
-        Err(e) => {
-            tracing::warn!(agent_id = %agent.agent_id, error = %e, "V delivery failed");
+        Err(why) => {
+            tracing::warn!(agent_id = %agent.agent_id, %why, "V delivery failed");
             false
         }
     }
@@ -726,52 +656,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn algorithm_aliases_are_accepted_both_ways() {
-        let accept = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert!(accepted("rsa2048", &accept(&["ecc", "rsa"])));
-        assert!(accepted("rsa", &accept(&["rsa2048"])));
-        assert!(accepted("ecc256", &accept(&["ecc"])));
-        assert!(!accepted("ecc384", &accept(&["ecc"])));
-        assert!(!accepted("rsassa", &accept(&["ecschnorr"])));
-        assert!(!accepted("", &accept(&[""])));
-    }
-
-    #[test]
     fn a_version_switch_never_repeats_nor_downgrades_an_attested_agent() {
         assert_eq!(switch_version("", "2.6", false), Ok(()));
         assert_eq!(switch_version("2.6", "2.3", false), Ok(()));
         assert!(switch_version("2.6", "2.3", true).is_err());
         assert!(switch_version("2.3", "2.3", false).is_err());
         assert_eq!(switch_version("2.3", "2.6", true), Ok(()));
-    }
-
-    #[test]
-    fn ipv6_agent_addresses_are_bracketed() {
-        let agent = |ip: &str| VerifierAgent {
-            ip: Some(ip.into()),
-            port: Some(9002),
-            ..serde_json::from_value(serde_json::json!({
-                "agent_id": "a", "ip": null, "port": null, "v": null, "tpm_policy": "{}",
-                "runtime_policy": "a", "mb_policy": "a", "ima_sign_verification_keys": "",
-                "revocation_key": "", "meta_data": "{}", "accept_tpm_hash_algs": [],
-                "accept_tpm_encryption_algs": [], "accept_tpm_signing_algs": [], "ak_tpm": "",
-                "mtls_cert": null, "supported_version": null, "operational_state": 3
-            }))
-            .unwrap()
-        };
-        assert_eq!(base_url(&agent("::1")), "https://[::1]:9002");
-        assert_eq!(base_url(&agent("127.0.0.1")), "https://127.0.0.1:9002");
-        assert_eq!(base_url(&agent("agent.example")), "https://agent.example:9002");
-    }
-
-    #[test]
-    fn the_newest_common_version_is_chosen() {
-        let mut offered = ["2.1", "2.10", "2.6", "3.0"]
-            .into_iter()
-            .filter(|v| AGENT_VERSIONS.contains(v))
-            .collect::<Vec<_>>();
-        offered.sort_by_key(|v| version_key(v));
-        assert_eq!(offered.last(), Some(&"2.6"));
-        assert!(version_key("2.10") > version_key("2.9"));
     }
 }
