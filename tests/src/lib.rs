@@ -8,6 +8,7 @@ pub mod forge;
 pub mod ima;
 pub mod keylime_cert;
 pub mod policies;
+pub mod postgres;
 pub mod process;
 pub mod pull_agent;
 pub mod pull_env;
@@ -28,4 +29,12 @@ pub fn fixture(path: &str) -> Vec<u8> {
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures").to_owned());
     let full = std::path::Path::new(&root).join(path);
     std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
+}
+
+/// A loopback TCP port free right now (for a server a test starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
 }

@@ -119,13 +119,7 @@ fn run_bounded(command: &mut Command) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use zest_tests::free_port;
 
 fn mode(path: &Path) -> u32 {
     std::fs::symlink_metadata(path)

@@ -13,13 +13,7 @@ use zest_tests::pull_agent::PullAgent;
 use zest_tests::server::admin_client;
 use zest_tests::{AkKind, EkCa, EkKind, Swtpm, TestAgent};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use zest_tests::free_port;
 
 fn zest(args: &[&str]) -> Output {
     zest_env(args, &[])

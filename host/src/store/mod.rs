@@ -1,14 +1,17 @@
-//! Storage behind a narrow interface. SQLite (embedded, one file) is the default; a
-//! PostgreSQL backend for several verifiers will implement the same traits.
+//! Storage behind a narrow interface. SQLite (embedded, one file) is the default; PostgreSQL
+//! (Keylime's `database_url`) serves several verifiers and registrars on one database.
 //!
 //! The traits are synchronous: async callers run them on the blocking pool
 //! (`tokio::task::spawn_blocking`), so a slow disk never stalls the reactor.
 
 mod group_commit;
+mod postgres;
+mod postgres_verifier;
 mod sqlite;
 mod sqlite_verifier;
 pub mod verifier;
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 use thiserror::Error;
 pub use verifier::{
@@ -25,6 +28,10 @@ pub const DEFAULT_TENANT: &str = "default";
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    #[error("{0}")]
+    Config(String),
     #[error("database schema version {found} is newer than this zest understands ({known})")]
     SchemaTooNew { found: i64, known: i64 },
     #[error("storage lock poisoned by a panicked writer")]

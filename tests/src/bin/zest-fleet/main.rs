@@ -193,14 +193,14 @@ impl Drop for Server {
 /// address and minute.
 const AGENTS_PER_ADDRESS: usize = 40;
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 impl Server {
     async fn start(zest: &Path, mode: Mode, quote_interval: f64, log: Option<&Path>) -> anyhow::Result<Self> {
         let data = tempfile::Builder::new().prefix("zest-fleet-").tempdir()?;
-        let (rport, rtls, vport) = (free_port()?, free_port()?, free_port()?);
+        let (rport, rtls, vport) = (
+            zest_tests::free_port(),
+            zest_tests::free_port(),
+            zest_tests::free_port(),
+        );
         let log = std::fs::File::create(log.map_or_else(|| data.path().join("zest.log"), Path::to_path_buf))?;
         let child = Command::new(zest)
             .arg("serve")

@@ -1,0 +1,588 @@
+//! The store's contract, run against both backends: the embedded SQLite file and a real
+//! PostgreSQL cluster (Debian's, started here as an unprivileged process in a temp dir).
+//! Every case gets a fresh database. Beside the contract: several stores on one PostgreSQL
+//! database (several verifiers) keep quotas and numbering, and every schema zest has
+//! shipped opens with the current code.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use zest::store::verifier::state;
+use zest::store::{
+    EnrolOutcome, ModuleDelete, ModuleRecord, ModuleWrite, NewRegistration, PgStore, PolicyDelete,
+    PolicyKind, PolicyRecord, PolicyWrite, PushAttestation, PushSession, RegisterOutcome, RegistrarStore,
+    SqliteStore, TenantQuota, VerifierAgent, VerifierStore,
+};
+use zest_tests::postgres::Postgres;
+
+trait Store: VerifierStore + RegistrarStore {}
+impl<T: VerifierStore + RegistrarStore> Store for T {}
+
+fn registration(id: &str, ak: &str, tag: u8) -> NewRegistration {
+    NewRegistration {
+        agent_id: id.into(),
+        ek_tpm: "ek".into(),
+        ekcert: Some("cert".into()),
+        aik_tpm: ak.into(),
+        ip: Some("127.0.0.1".into()),
+        port: Some(9002),
+        mtls_cert: Some("disabled".into()),
+        auth_tag_digest: vec![tag; 32],
+    }
+}
+
+fn agent(id: &str, tenant: &str, runtime: &str, mb: &str) -> VerifierAgent {
+    serde_json::from_value(json!({
+        "agent_id": id, "ip": "127.0.0.1", "port": 9002, "v": null, "tpm_policy": "{}",
+        "runtime_policy": runtime, "mb_policy": mb, "ima_sign_verification_keys": "",
+        "revocation_key": "", "meta_data": "{}", "accept_tpm_hash_algs": ["sha256"],
+        "accept_tpm_encryption_algs": [], "accept_tpm_signing_algs": [], "ak_tpm": "ak",
+        "mtls_cert": null, "supported_version": "2.6", "operational_state": state::GET_QUOTE,
+        "revision": 7, "push": false, "tenant": tenant
+    }))
+    .unwrap()
+}
+
+fn policy(name: &str) -> PolicyRecord {
+    PolicyRecord {
+        name: name.into(),
+        module: "builtin:keylime-runtime".into(),
+        document: Some(format!("{{\"name\": \"{name}\"}}").into_bytes()),
+        checksum: "c".into(),
+        generator: 3,
+    }
+}
+
+fn attestation(received: u64) -> PushAttestation {
+    serde_json::from_value(json!({
+        "index": 0, "stage": "awaiting_evidence", "evaluation": "pending",
+        "failure_reason": null, "evidence": [], "system_info": {}, "boot_time": 1,
+        "challenge": "", "ima_offset": null, "capabilities_received_at": received,
+        "challenges_expire_at": 0, "evidence_received_at": null, "verified_at": null
+    }))
+    .unwrap()
+}
+
+fn unlimited() -> TenantQuota {
+    TenantQuota {
+        agents: 1000,
+        policies: 1000,
+        components: 1000,
+        ..TenantQuota::default()
+    }
+}
+
+fn registrar_contract(store: &dyn Store) {
+    assert_eq!(
+        store.register(&registration("a", "ak1", 1), 0).unwrap(),
+        RegisterOutcome::Created
+    );
+    assert!(store.activate("a", &[1; 32], 0).unwrap());
+    let mut again = registration("a", "ak1", 2);
+    again.port = Some(9003);
+    assert_eq!(store.register(&again, 0).unwrap(), RegisterOutcome::Renewed);
+    assert_eq!(
+        store.register(&registration("a", "ak2", 3), u64::MAX).unwrap(),
+        RegisterOutcome::IdentityConflict,
+        "an active agent never expires"
+    );
+    // The renewal waits for its credential.
+    let stored = store.registered_agent("a").unwrap().unwrap();
+    assert_eq!(
+        (stored.aik_tpm.as_str(), stored.port, stored.active),
+        ("ak1", Some(9002), true)
+    );
+    assert!(!store.activate("a", &[3; 32], 0).unwrap());
+    assert!(store.activate("a", &[2; 32], 0).unwrap());
+    let stored = store.registered_agent("a").unwrap().unwrap();
+    assert_eq!((stored.port, stored.auth_tag_digest), (Some(9003), vec![2; 32]));
+    assert!(
+        !store.activate("a", &[1; 32], 0).unwrap(),
+        "the old tag no longer activates"
+    );
+
+    // An unactivated registration expires.
+    store.register(&registration("c", "ak1", 1), 0).unwrap();
+    assert_eq!(
+        store.register(&registration("c", "ak2", 1), 0).unwrap(),
+        RegisterOutcome::IdentityConflict
+    );
+    let later = zest::clock::unix_now() + 10;
+    assert!(!store.activate("c", &[1; 32], later).unwrap());
+    assert_eq!(
+        store.register(&registration("c", "ak2", 1), later).unwrap(),
+        RegisterOutcome::Created
+    );
+    assert_eq!(store.list_agents().unwrap(), ["a", "c"]);
+    assert!(RegistrarStore::delete_agent(store, "c").unwrap());
+    assert!(!RegistrarStore::delete_agent(store, "c").unwrap());
+    assert!(store.registered_agent("c").unwrap().is_none());
+}
+
+fn policy_contract(store: &dyn Store) {
+    let quota = TenantQuota {
+        policies: 2,
+        ..unlimited()
+    };
+    let put = |tenant: &str, name: &str, create: bool| {
+        store
+            .put_policy(PolicyKind::Runtime, tenant, &policy(name), create, &quota)
+            .unwrap()
+    };
+    assert_eq!(put("t", "p", true), PolicyWrite::Done);
+    assert_eq!(put("t", "p", true), PolicyWrite::Exists);
+    assert_eq!(put("u", "p", true), PolicyWrite::Done, "names are per tenant");
+    assert_eq!(put("t", "q", false), PolicyWrite::NotFound);
+    // Refstates count against the same quota.
+    assert_eq!(
+        store
+            .put_policy(PolicyKind::MeasuredBoot, "t", &policy("m"), true, &quota)
+            .unwrap(),
+        PolicyWrite::Done
+    );
+    assert_eq!(put("t", "q", true), PolicyWrite::QuotaExceeded);
+    let mut changed = policy("p");
+    changed.document = None;
+    assert_eq!(
+        store
+            .put_policy(PolicyKind::Runtime, "t", &changed, false, &quota)
+            .unwrap(),
+        PolicyWrite::Done
+    );
+    assert_eq!(
+        store.policy(PolicyKind::Runtime, "t", "p").unwrap(),
+        Some(changed)
+    );
+    assert_eq!(
+        store.policy(PolicyKind::Runtime, "u", "p").unwrap(),
+        Some(policy("p")),
+        "the other tenant's is untouched"
+    );
+    let info = store.policy_info(PolicyKind::Runtime, "u", "p").unwrap().unwrap();
+    assert_eq!(info.document, Some(Vec::new()), "present, without its bytes");
+    assert_eq!(
+        store
+            .policy_info(PolicyKind::Runtime, "t", "p")
+            .unwrap()
+            .unwrap()
+            .document,
+        None
+    );
+    assert_eq!(
+        store.policy_names(PolicyKind::Runtime, None).unwrap(),
+        [("t".to_owned(), "p".to_owned()), ("u".to_owned(), "p".to_owned())]
+    );
+    assert_eq!(
+        store.policy_names(PolicyKind::Runtime, Some("u")).unwrap(),
+        [("u".to_owned(), "p".to_owned())]
+    );
+    assert_eq!(store.tenant_usage("t").unwrap().policies, 2);
+    assert_eq!(
+        store.delete_policy(PolicyKind::Runtime, "t", "p").unwrap(),
+        PolicyDelete::Deleted
+    );
+    assert_eq!(
+        store.delete_policy(PolicyKind::Runtime, "t", "p").unwrap(),
+        PolicyDelete::NotFound
+    );
+}
+
+fn enrolment_contract(store: &dyn Store) {
+    let quota = TenantQuota {
+        agents: 2,
+        policies: 4,
+        ..unlimited()
+    };
+    let tight = TenantQuota { policies: 3, ..quota };
+    let brought = [
+        (PolicyKind::Runtime, policy("a1")),
+        (PolicyKind::MeasuredBoot, policy("a1")),
+    ];
+    assert_eq!(
+        store
+            .enrol(&agent("a1", "t", "a1", "a1"), &brought, &quota)
+            .unwrap(),
+        EnrolOutcome::Enrolled
+    );
+    assert_eq!(
+        store.enrol(&agent("a1", "u", "x", "y"), &[], &quota).unwrap(),
+        EnrolOutcome::AgentExists,
+        "an agent belongs to one tenant at a time"
+    );
+    // A policy that must be created but exists, or must exist but does not: nothing stays.
+    assert_eq!(
+        store
+            .enrol(
+                &agent("a2", "t", "new", "a1"),
+                &[
+                    (PolicyKind::Runtime, policy("new")),
+                    (PolicyKind::MeasuredBoot, policy("a1"))
+                ],
+                &quota
+            )
+            .unwrap(),
+        EnrolOutcome::PolicyExists(PolicyKind::MeasuredBoot)
+    );
+    assert!(store.policy(PolicyKind::Runtime, "t", "new").unwrap().is_none());
+    assert_eq!(
+        store.enrol(&agent("a2", "t", "a1", "none"), &[], &quota).unwrap(),
+        EnrolOutcome::PolicyMissing(PolicyKind::MeasuredBoot)
+    );
+    assert_eq!(
+        store
+            .enrol(
+                &agent("a2", "t", "r2", "a1"),
+                &[
+                    (PolicyKind::Runtime, policy("r2")),
+                    (PolicyKind::MeasuredBoot, policy("m2"))
+                ],
+                &tight
+            )
+            .unwrap(),
+        EnrolOutcome::QuotaExceeded("policies")
+    );
+    assert!(store.agent("a2").unwrap().is_none());
+    assert_eq!(
+        store.enrol(&agent("a2", "t", "a1", "a1"), &[], &quota).unwrap(),
+        EnrolOutcome::Enrolled
+    );
+    assert_eq!(
+        store.enrol(&agent("a3", "t", "a1", "a1"), &[], &quota).unwrap(),
+        EnrolOutcome::QuotaExceeded("agents")
+    );
+    assert_eq!(store.tenant_usage("t").unwrap().agents, 2);
+    assert_eq!(store.agent("a1").unwrap().unwrap(), agent("a1", "t", "a1", "a1"));
+    assert_eq!(
+        store
+            .agents()
+            .unwrap()
+            .iter()
+            .map(|a| a.agent_id.as_str())
+            .collect::<Vec<_>>(),
+        ["a1", "a2"]
+    );
+    let states = store.agent_states().unwrap();
+    assert_eq!(states.len(), 2);
+    assert!(
+        states
+            .iter()
+            .all(|s| s.tenant == "t" && s.operational_state == state::GET_QUOTE && !s.push)
+    );
+    assert_eq!(
+        store.delete_policy(PolicyKind::Runtime, "t", "a1").unwrap(),
+        PolicyDelete::InUse
+    );
+
+    // A round's write lands only on the record it started from.
+    let mut round = agent("a1", "t", "a1", "a1");
+    round.attestation_count = 5;
+    assert!(store.save_round(&round, state::GET_QUOTE).unwrap());
+    assert!(!store.save_round(&round, state::START).unwrap(), "another state");
+    let stale = VerifierAgent {
+        revision: 8,
+        ..round.clone()
+    };
+    assert!(
+        !store.save_round(&stale, state::GET_QUOTE).unwrap(),
+        "another revision"
+    );
+    assert_eq!(store.agent("a1").unwrap().unwrap().attestation_count, 5);
+    // An operator's update, unless the stored state is one it must not override.
+    let mut stopped = round.clone();
+    stopped.operational_state = state::TENANT_FAILED;
+    assert!(store.update_agent(&stopped, &[state::TERMINATED]).unwrap());
+    assert!(!store.update_agent(&round, &[state::TENANT_FAILED]).unwrap());
+    assert_eq!(
+        store.agent("a1").unwrap().unwrap().operational_state,
+        state::TENANT_FAILED
+    );
+
+    // Deleting an agent takes the policies named after it once nobody uses them.
+    assert!(VerifierStore::delete_agent(store, "a2").unwrap());
+    assert!(
+        store.policy(PolicyKind::Runtime, "t", "a1").unwrap().is_some(),
+        "a1 still uses it"
+    );
+    assert!(VerifierStore::delete_agent(store, "a1").unwrap());
+    assert!(store.policy(PolicyKind::Runtime, "t", "a1").unwrap().is_none());
+    assert!(
+        store
+            .policy(PolicyKind::MeasuredBoot, "t", "a1")
+            .unwrap()
+            .is_none()
+    );
+    assert!(!VerifierStore::delete_agent(store, "a1").unwrap());
+}
+
+fn module_contract(store: &dyn Store) {
+    let quota = TenantQuota {
+        components: 1,
+        ..unlimited()
+    };
+    let record = |id: &str| ModuleRecord {
+        id: id.into(),
+        kind: PolicyKind::Runtime,
+        size: 3,
+        uploaded_at: 1_700_000_000,
+    };
+    assert_eq!(
+        store
+            .put_module("t", &record("sha256:aa"), b"abc", &quota)
+            .unwrap(),
+        ModuleWrite::Created
+    );
+    assert_eq!(
+        store
+            .put_module("t", &record("sha256:aa"), b"abc", &quota)
+            .unwrap(),
+        ModuleWrite::Exists
+    );
+    assert_eq!(
+        store
+            .put_module("t", &record("sha256:bb"), b"abc", &quota)
+            .unwrap(),
+        ModuleWrite::QuotaExceeded
+    );
+    assert_eq!(
+        store
+            .put_module("u", &record("sha256:aa"), b"abc", &quota)
+            .unwrap(),
+        ModuleWrite::Created
+    );
+    assert_eq!(
+        store.module("t", "sha256:aa").unwrap(),
+        Some((record("sha256:aa"), b"abc".to_vec()))
+    );
+    assert!(store.module("v", "sha256:aa").unwrap().is_none());
+    assert_eq!(
+        store.modules(Some("u")).unwrap(),
+        [("u".to_owned(), record("sha256:aa"))]
+    );
+    assert_eq!(store.modules(None).unwrap().len(), 2);
+    let mut uses = policy("p");
+    uses.module = "sha256:aa".into();
+    store
+        .put_policy(PolicyKind::Runtime, "t", &uses, true, &unlimited())
+        .unwrap();
+    assert_eq!(
+        store.delete_module("t", "sha256:aa").unwrap(),
+        ModuleDelete::InUse(vec!["runtime policy p".into()])
+    );
+    assert_eq!(
+        store.delete_module("u", "sha256:aa").unwrap(),
+        ModuleDelete::Deleted
+    );
+    assert_eq!(
+        store.delete_module("u", "sha256:aa").unwrap(),
+        ModuleDelete::NotFound
+    );
+
+    // Quotas the operator set; none set is the defaults.
+    assert!(store.quota("t").unwrap().is_none());
+    store.put_quota("t", Some(&quota)).unwrap();
+    store.put_quota("t", Some(&unlimited())).unwrap();
+    assert_eq!(store.quota("t").unwrap(), Some(unlimited()));
+    assert_eq!(store.quotas().unwrap(), [("t".to_owned(), unlimited())]);
+    store.put_quota("t", None).unwrap();
+    assert!(store.quotas().unwrap().is_empty());
+}
+
+fn push_contract(store: &dyn Store) {
+    let mut pushed = agent("p1", "t", "p1", "p1");
+    pushed.push = true;
+    let policies = [
+        (PolicyKind::Runtime, policy("p1")),
+        (PolicyKind::MeasuredBoot, policy("p1")),
+    ];
+    assert_eq!(
+        store.enrol(&pushed, &policies, &unlimited()).unwrap(),
+        EnrolOutcome::Enrolled
+    );
+    let session = |id: &str, tenant: &str| PushSession {
+        session_id: id.into(),
+        tenant: tenant.into(),
+        agent_id: "p1".into(),
+        token_salt: vec![1],
+        token_hash: vec![2],
+        token_expires_at: 100,
+    };
+    store.put_session(&session("s1", "t")).unwrap();
+    store.put_session(&session("s2", "t")).unwrap();
+    assert!(store.session("s1").unwrap().is_none(), "one session per agent");
+    assert_eq!(store.session("s2").unwrap(), Some(session("s2", "t")));
+
+    assert_eq!(store.add_attestation("t", "p1", &attestation(10)).unwrap(), 0);
+    assert_eq!(store.add_attestation("t", "p1", &attestation(20)).unwrap(), 1);
+    assert!(
+        store.attestation("u", "p1", None).unwrap().is_none(),
+        "another tenant has none"
+    );
+    let latest = store.attestation("t", "p1", None).unwrap().unwrap();
+    assert_eq!((latest.index, latest.capabilities_received_at), (1, 20));
+    let head = store.attestation_head("t", "p1", Some(0)).unwrap().unwrap();
+    assert_eq!(
+        (head.index, head.stage.as_str(), head.capabilities_received_at),
+        (0, "awaiting_evidence", 10)
+    );
+    assert_eq!(head.evidence_received_at, None);
+    let mut received = latest.clone();
+    received.stage = "evaluating_evidence".into();
+    received.evidence_received_at = Some(25);
+    store.update_attestation("t", "p1", &received).unwrap();
+    let head = store.attestation_head("t", "p1", None).unwrap().unwrap();
+    assert_eq!(
+        (head.stage.as_str(), head.evidence_received_at),
+        ("evaluating_evidence", Some(25))
+    );
+
+    // The verdict: record, session and attestation in one write, each only if still current.
+    let judged = PushAttestation {
+        stage: "verification_complete".into(),
+        evaluation: "pass".into(),
+        ..received.clone()
+    };
+    pushed.attestation_count = 1;
+    assert!(
+        store
+            .save_push_verdict(&pushed, state::GET_QUOTE, Some(("s2", 200)), &judged)
+            .unwrap()
+    );
+    assert_eq!(store.agent("p1").unwrap().unwrap().attestation_count, 1);
+    assert_eq!(store.session("s2").unwrap().unwrap().token_expires_at, 200);
+    assert_eq!(
+        store.attestation("t", "p1", Some(1)).unwrap().unwrap().evaluation,
+        "pass"
+    );
+    let stale = VerifierAgent {
+        revision: 1,
+        attestation_count: 9,
+        ..pushed.clone()
+    };
+    assert!(
+        !store
+            .save_push_verdict(&stale, state::GET_QUOTE, Some(("s2", 300)), &judged)
+            .unwrap()
+    );
+    assert_eq!(store.session("s2").unwrap().unwrap().token_expires_at, 200);
+    let other_round = PushAttestation {
+        capabilities_received_at: 99,
+        evaluation: "fail".into(),
+        ..judged.clone()
+    };
+    store
+        .save_push_verdict(&pushed, state::GET_QUOTE, None, &other_round)
+        .unwrap();
+    assert_eq!(
+        store.attestation("t", "p1", Some(1)).unwrap().unwrap().evaluation,
+        "pass",
+        "another attestation at that index is left alone"
+    );
+    assert_eq!(
+        store
+            .attestations("t", "p1")
+            .unwrap()
+            .iter()
+            .map(|a| a.index)
+            .collect::<Vec<_>>(),
+        [0, 1]
+    );
+    // Deleting the agent takes its session and attestations.
+    assert!(VerifierStore::delete_agent(store, "p1").unwrap());
+    assert!(store.session("s2").unwrap().is_none());
+    assert!(store.attestations("t", "p1").unwrap().is_empty());
+}
+
+type Case = fn(&dyn Store);
+
+/// Every case, each on a fresh store from `open`.
+fn contract(open: &dyn Fn(&str) -> Box<dyn Store>) {
+    let cases: [(&str, Case); 5] = [
+        ("registrar", registrar_contract),
+        ("policies", policy_contract),
+        ("enrolment", enrolment_contract),
+        ("modules", module_contract),
+        ("push", push_contract),
+    ];
+    for (name, case) in cases {
+        eprintln!("store contract: {name}");
+        case(open(name).as_ref());
+    }
+}
+
+#[test]
+fn the_sqlite_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    contract(&|name| Box::new(SqliteStore::open(&dir.path().join(format!("{name}.sqlite"))).unwrap()));
+}
+
+#[test]
+fn the_postgres_store_keeps_the_contract() {
+    let pg = Postgres::start().unwrap();
+    contract(&|name| Box::new(PgStore::open(&pg.create_database(name).unwrap()).unwrap()));
+}
+
+/// Two verifiers on one database: quotas hold across them, and an agent's attestations are
+/// numbered without a gap or a duplicate.
+#[test]
+fn stores_sharing_one_postgres_database_keep_quotas_and_numbering() {
+    let pg = Postgres::start().unwrap();
+    let url = pg.create_database("shared").unwrap();
+    let stores: Vec<Arc<PgStore>> = (0..2).map(|_| Arc::new(PgStore::open(&url).unwrap())).collect();
+    let quota = TenantQuota {
+        agents: 25,
+        ..unlimited()
+    };
+    stores[0]
+        .put_policy(PolicyKind::Runtime, "t", &policy("shared"), true, &quota)
+        .unwrap();
+    stores[0]
+        .put_policy(PolicyKind::MeasuredBoot, "t", &policy("shared"), true, &quota)
+        .unwrap();
+    let mut pushed = agent("numbered", "t", "shared", "shared");
+    pushed.push = true;
+    stores[0].enrol(&pushed, &[], &quota).unwrap();
+    std::thread::scope(|scope| {
+        for (i, store) in stores.iter().enumerate() {
+            scope.spawn(move || {
+                for n in 0..40 {
+                    let id = format!("agent-{i}-{n}");
+                    store
+                        .enrol(&agent(&id, "t", "shared", "shared"), &[], &quota)
+                        .unwrap();
+                    store.add_attestation("t", "numbered", &attestation(n)).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(
+        stores[1].tenant_usage("t").unwrap().agents,
+        25,
+        "no verifier went past the quota"
+    );
+    let indexes: Vec<u64> = stores[1]
+        .attestations("t", "numbered")
+        .unwrap()
+        .iter()
+        .map(|a| a.index)
+        .collect();
+    assert_eq!(indexes, (0..80).collect::<Vec<u64>>());
+}
+
+/// A store opened twice migrates once; a schema newer than this zest is refused, not used.
+#[test]
+fn a_postgres_schema_is_migrated_once_and_a_newer_one_refused() {
+    let pg = Postgres::start().unwrap();
+    let url = pg.create_database("schema").unwrap();
+    let first = PgStore::open(&url).unwrap();
+    first.register(&registration("kept", "ak", 1), 0).unwrap();
+    drop(first);
+    let again = PgStore::open(&url).unwrap();
+    assert_eq!(again.list_agents().unwrap(), ["kept"]);
+    drop(again);
+    let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    client
+        .batch_execute("UPDATE zest_schema SET version = version + 1")
+        .unwrap();
+    let refused = PgStore::open(&url).err().unwrap().to_string();
+    assert!(refused.contains("newer than this zest"), "{refused}");
+}
