@@ -119,8 +119,10 @@ impl Postgres {
 
     /// Creates an empty database and returns its URL.
     pub fn create_database(&self, name: &str) -> anyhow::Result<String> {
-        let mut client = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)?;
-        client.batch_execute(&format!("CREATE DATABASE \"{name}\""))?;
+        let sql = format!("CREATE DATABASE \"{name}\"");
+        with_client(&self.url("postgres"), move |client| {
+            Ok(client.batch_execute(&sql)?)
+        })?;
         Ok(self.url(name))
     }
 
@@ -138,4 +140,21 @@ impl Drop for Postgres {
             .args(["-m", "immediate", "-w", "stop"])
             .output();
     }
+}
+
+/// Runs `work` with a connection to `url`, on a thread of its own: the `postgres` client
+/// blocks on a runtime of its own, which an async test's thread must not do.
+pub fn with_client<T: Send>(
+    url: &str,
+    work: impl FnOnce(&mut postgres::Client) -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+                work(&mut client)
+            })
+            .join()
+            .unwrap_or_else(|_| bail!("a database call panicked"))
+    })
 }

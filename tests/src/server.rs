@@ -24,6 +24,8 @@ pub struct RegistrarOptions {
     pub registration_timeout: std::time::Duration,
     /// Connection, request and body limits of both listeners.
     pub serve_limits: zest::net::ServeLimits,
+    /// `database_url`: the embedded file by default.
+    pub database: zest::store::Database,
 }
 
 impl Default for RegistrarOptions {
@@ -33,6 +35,7 @@ impl Default for RegistrarOptions {
             trusted_ek_cas: Vec::new(),
             registration_timeout: std::time::Duration::from_secs(600),
             serve_limits: zest::net::ServeLimits::default(),
+            database: zest::store::Database::default(),
         }
     }
 }
@@ -69,6 +72,7 @@ impl TestRegistrar {
         config.require_ek_cert = options.require_ek_cert;
         config.registration_timeout = options.registration_timeout;
         config.serve_limits = options.serve_limits;
+        config.database = options.database;
         std::fs::create_dir_all(&config.tpm_cert_store)?;
         for (i, ca) in options.trusted_ek_cas.iter().enumerate() {
             std::fs::copy(ca, config.tpm_cert_store.join(format!("ca{i}.pem")))

@@ -157,6 +157,10 @@ fn seconds(value: &str) -> Result<std::time::Duration, String> {
         .ok_or_else(|| "must be a number of seconds, 0 or more".into())
 }
 
+fn database(value: &str) -> Result<crate::store::Database, String> {
+    crate::store::Database::from_url(value).map_err(|e| e.to_string())
+}
+
 fn number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
     value.trim().parse().map_err(|_| "not a valid number".into())
 }
@@ -168,6 +172,7 @@ fn verifier_config(eff: &Effective) -> anyhow::Result<VerifierConfig> {
     config.ip = eff.parsed(v, "ip", number)?;
     config.port = eff.parsed(v, "port", number)?;
     config.verifier_id = eff.parsed(v, "uuid", |s| Ok(s.to_owned()))?;
+    config.database = eff.parsed(v, "database_url", database)?;
     config.quote_interval = eff.parsed(v, "quote_interval", |s| {
         number::<f64>(s)
             .ok()
@@ -275,6 +280,7 @@ fn registrar_config(eff: &Effective, data_dir: &DataDir) -> anyhow::Result<Regis
     config.ip = eff.parsed(r, "ip", number)?;
     config.port = eff.parsed(r, "port", number)?;
     config.tls_port = eff.parsed(r, "tls_port", number)?;
+    config.database = eff.parsed(r, "database_url", database)?;
     if let Some(store) = eff.get("zest", "tpm_cert_store").filter(|s| !s.is_empty()) {
         config.tpm_cert_store = PathBuf::from(store);
     }

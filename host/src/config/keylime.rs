@@ -93,17 +93,6 @@ const fn ignored(
     }
 }
 
-const fn secret(section: &'static str, key: &'static str, why: &'static str) -> OptionSpec {
-    OptionSpec {
-        section,
-        key,
-        flag: None,
-        default: "",
-        secret: true,
-        usage: Use::Ignored(why),
-    }
-}
-
 /// A password zest uses: refused in group- or world-readable files like every secret.
 const fn used_secret(section: &'static str, key: &'static str) -> OptionSpec {
     OptionSpec {
@@ -115,8 +104,6 @@ const fn used_secret(section: &'static str, key: &'static str) -> OptionSpec {
         usage: Use::Used,
     }
 }
-
-const SQLITE_IN_DATA_DIR: &str = "zest's database is DATA_DIR/zest.sqlite";
 
 /// Keylime's default severity labels and policy (everything is an emergency).
 pub const DEFAULT_SEVERITY_LABELS: &str =
@@ -173,7 +160,7 @@ pub const VERIFIER_OPTIONS: &[OptionSpec] = &[
     used_secret("verifier", "client_key_password"),
     opt("verifier", "client_cert", None, "default"),
     opt("verifier", "trusted_server_ca", None, "default"),
-    secret("verifier", "database_url", SQLITE_IN_DATA_DIR),
+    used_secret("verifier", "database_url"),
     ignored(
         "verifier",
         "num_workers",
@@ -223,7 +210,7 @@ pub const REGISTRAR_OPTIONS: &[OptionSpec] = &[
     used_secret("registrar", "server_key_password"),
     opt("registrar", "server_cert", None, "default"),
     opt("registrar", "trusted_client_ca", None, "default"),
-    secret("registrar", "database_url", SQLITE_IN_DATA_DIR),
+    used_secret("registrar", "database_url"),
     opt("zest", "data_dir", Some("data_dir"), super::DEFAULT_DATA_DIR),
     opt("zest", "tpm_cert_store", Some("tpm_cert_store"), ""),
     opt("zest", "require_ek_cert", Some("no_ek_cert_check"), "True"),

@@ -80,6 +80,8 @@ pub struct RegistrarConfig {
     pub serve_limits: crate::net::ServeLimits,
     /// Keylime's TLS options (`tls_dir`, `server_cert`, `server_key`, …).
     pub tls: crate::net::TlsOptions,
+    /// `database_url`: the embedded SQLite file, or a PostgreSQL database.
+    pub database: crate::store::Database,
 }
 
 impl RegistrarConfig {
@@ -94,6 +96,7 @@ impl RegistrarConfig {
             registration_timeout: std::time::Duration::from_secs(600),
             serve_limits: crate::net::ServeLimits::default(),
             tls: crate::net::TlsOptions::default(),
+            database: crate::store::Database::default(),
         }
     }
 }

@@ -17,7 +17,7 @@ pub use routes::router;
 
 use crate::config::{DataDir, RegistrarConfig};
 use crate::net::{self, ClientAuth};
-use crate::store::{RegistrarStore, SqliteStore};
+use crate::store::RegistrarStore;
 use crate::tpm::TrustStore;
 
 /// Shared state of the registrar's handlers.
@@ -91,7 +91,7 @@ pub async fn start(data_dir: &DataDir, config: &RegistrarConfig) -> Result<Regis
         source,
     })?;
     let tls = net::ServiceTls::resolve("registrar", &config.tls, data_dir, &[config.ip.to_string()])?;
-    let store = Arc::new(SqliteStore::open(&data_dir.database())?);
+    let store = config.database.open_registrar(&data_dir.database())?;
     let ek_trust = if config.require_ek_cert {
         crate::config::create_private_dir(&config.tpm_cert_store).map_err(|source| {
             StartError::CertStore {

@@ -20,6 +20,96 @@ pub use verifier::{
     TenantUsage, VerifierAgent, VerifierStore,
 };
 
+/// Where a service keeps its records: Keylime's `database_url`.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub enum Database {
+    /// The embedded SQLite file, `DATA_DIR/zest.sqlite`.
+    #[default]
+    Sqlite,
+    /// The SQLite file a `sqlite:///PATH` URL names.
+    SqliteFile(std::path::PathBuf),
+    /// A PostgreSQL URL (`postgresql://user:password@host:port/db`), shared by several
+    /// verifiers and registrars.
+    Postgres(String),
+}
+
+impl Database {
+    /// Keylime's `database_url`: empty or `sqlite` is the embedded default; SQLAlchemy's
+    /// `sqlite:///relative` and `sqlite:////absolute` name a file; `postgresql://`,
+    /// `postgres://` and `postgresql+DRIVER://` (Keylime's `+psycopg2`) are PostgreSQL.
+    pub fn from_url(url: &str) -> Result<Self, StoreError> {
+        let url = url.trim();
+        if url.is_empty() || url == "sqlite" {
+            return Ok(Self::Sqlite);
+        }
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(StoreError::Config(format!(
+                "database_url: {:?} is neither sqlite nor a URL (postgresql://…)",
+                redact(url)
+            )));
+        };
+        let dialect = scheme.split('+').next().unwrap_or(scheme);
+        match dialect {
+            "sqlite" => match rest.strip_prefix('/') {
+                Some(path) if !path.is_empty() => Ok(Self::SqliteFile(path.into())),
+                _ => Ok(Self::Sqlite),
+            },
+            "postgresql" | "postgres" => Ok(Self::Postgres(format!("postgresql://{rest}"))),
+            other => Err(StoreError::Config(format!(
+                "database_url: zest stores in SQLite or PostgreSQL, not {other}"
+            ))),
+        }
+    }
+
+    /// Opens the verifier's store; `embedded` is the default SQLite file.
+    pub fn open_verifier(
+        &self,
+        embedded: &std::path::Path,
+    ) -> Result<std::sync::Arc<dyn VerifierStore>, StoreError> {
+        Ok(match self {
+            Self::Postgres(url) => std::sync::Arc::new(PgStore::open(url)?),
+            Self::Sqlite => std::sync::Arc::new(SqliteStore::open(embedded)?),
+            Self::SqliteFile(path) => std::sync::Arc::new(SqliteStore::open(path)?),
+        })
+    }
+
+    /// Opens the registrar's store; `embedded` is the default SQLite file.
+    pub fn open_registrar(
+        &self,
+        embedded: &std::path::Path,
+    ) -> Result<std::sync::Arc<dyn RegistrarStore>, StoreError> {
+        Ok(match self {
+            Self::Postgres(url) => std::sync::Arc::new(PgStore::open(url)?),
+            Self::Sqlite => std::sync::Arc::new(SqliteStore::open(embedded)?),
+            Self::SqliteFile(path) => std::sync::Arc::new(SqliteStore::open(path)?),
+        })
+    }
+}
+
+/// A URL without its password, for logs and errors.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite => f.write_str("Sqlite(DATA_DIR/zest.sqlite)"),
+            Self::SqliteFile(path) => write!(f, "Sqlite({})", path.display()),
+            Self::Postgres(url) => write!(f, "Postgres({})", redact(url)),
+        }
+    }
+}
+
 /// The tenant every record belongs to until multi-tenancy reaches the API.
 pub const DEFAULT_TENANT: &str = "default";
 

@@ -29,7 +29,7 @@ pub use routes::router;
 use crate::config::DataDir;
 use crate::net::{self, ClientAuth};
 use crate::policy::{PolicyLimits, PolicyRegistry, PolicyRuntime};
-use crate::store::{SqliteStore, VerifierStore};
+use crate::store::VerifierStore;
 
 /// Which agents the verifier serves (Keylime `[verifier] mode`; `both` is ours: the mode is
 /// chosen per agent at enrolment, push when the tenant gives no `cloudagent_ip`).
@@ -63,6 +63,8 @@ pub struct VerifierConfig {
     pub quote_interval: f64,
     /// `uuid`: this verifier's id in agent records.
     pub verifier_id: String,
+    /// `database_url`: the embedded SQLite file, or a PostgreSQL database.
+    pub database: crate::store::Database,
     /// Limits of every policy call.
     pub policy_limits: PolicyLimits,
     /// The measured-boot component of refstates that name none (Keylime's global
@@ -120,6 +122,7 @@ impl VerifierConfig {
             port: 8881,
             quote_interval: 2.0,
             verifier_id: "default".into(),
+            database: crate::store::Database::default(),
             policy_limits: PolicyLimits::default(),
             measured_boot_module: "builtin:accept-all".into(),
             max_retries: 5,
@@ -265,7 +268,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         source,
     })?;
     let tls = net::ServiceTls::resolve("verifier", &config.tls, data_dir, &[config.ip.to_string()])?;
-    let store = Arc::new(SqliteStore::open(&data_dir.database())?);
+    let store = config.database.open_verifier(&data_dir.database())?;
     let runtime = Arc::new(PolicyRuntime::new(
         config.policy_limits,
         Some(data_dir.path().join("policy-cache")),
