@@ -394,6 +394,132 @@ mod tests {
         }
     }
 
+    /// Every schema zest has shipped (each `user_version`), holding rows as the code of its
+    /// time wrote them, opens with this code: migrations run, nothing is lost or misread
+    /// (the CVE-2025-1057 class: an upgrade that crashes on old rows).
+    #[test]
+    fn every_shipped_schema_opens_with_its_rows() {
+        use crate::store::verifier::{PolicyKind, VerifierStore};
+        for version in 0..=MIGRATIONS.len() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("old.sqlite");
+            let old = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..version] {
+                old.execute_batch(sql).unwrap();
+            }
+            old.pragma_update(None, "user_version", version as i64).unwrap();
+            // Multi-tenant enrolments came with quotas (8); before, every agent was the
+            // default tenant's. Push rows were written as the default tenant's until 9.
+            let tenant = if version >= 8 { "t" } else { DEFAULT_TENANT };
+            let pushed_as = if version >= 9 { tenant } else { DEFAULT_TENANT };
+            if version >= 1 {
+                old.execute(
+                    "INSERT INTO registrar_agents (agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert,
+                        auth_tag_digest, active, regcount, registered_at, updated_at)
+                     VALUES ('r', 'ek', NULL, 'ak', '10.0.0.1', 9002, 'disabled', x'01', 1, 2, 1, 1)",
+                    [],
+                )
+                .unwrap();
+            }
+            if version >= 2 {
+                for table in ["runtime_policies", "mb_policies"] {
+                    old.execute(
+                        &format!(
+                            "INSERT INTO {table} (tenant, name, module, document, checksum, generator)
+                             VALUES (?1, 'a', 'builtin:keylime-runtime', x'7b7d', 'c', 3)"
+                        ),
+                        [tenant],
+                    )
+                    .unwrap();
+                }
+                // Keylime's fields only: zest's own came later and default.
+                let mut record = serde_json::json!({
+                    "agent_id": "a", "ip": "10.0.0.2", "port": 9002, "v": null, "tpm_policy": "{}",
+                    "runtime_policy": "a", "mb_policy": "a", "ima_sign_verification_keys": "",
+                    "revocation_key": "", "meta_data": "{}", "accept_tpm_hash_algs": ["sha256"],
+                    "accept_tpm_encryption_algs": ["rsa"], "accept_tpm_signing_algs": ["rsassa"],
+                    "ak_tpm": "ak", "mtls_cert": null, "supported_version": "2.1",
+                    "operational_state": 3
+                });
+                if version >= 8 {
+                    record["tenant"] = tenant.into();
+                }
+                old.execute(
+                    "INSERT INTO verifier_agents (tenant, agent_id, runtime_policy, mb_policy, record)
+                     VALUES (?1, 'a', 'a', 'a', ?2)",
+                    params![tenant, record.to_string()],
+                )
+                .unwrap();
+            }
+            if version >= 3 {
+                old.execute(
+                    "INSERT INTO policy_modules (tenant, id, kind, bytes, uploaded_at)
+                     VALUES (?1, 'sha256:00', 'runtime', x'0061736d', 5)",
+                    [tenant],
+                )
+                .unwrap();
+            }
+            if version >= 4 {
+                old.execute(
+                    "INSERT INTO push_sessions (session_id, tenant, agent_id, token_salt, token_hash, token_expires_at)
+                     VALUES ('s', ?1, 'a', x'01', x'02', 100)",
+                    [pushed_as],
+                )
+                .unwrap();
+            }
+            if version >= 5 {
+                let attestation = serde_json::json!({
+                    "index": 0, "stage": "verification_complete", "evaluation": "pass",
+                    "failure_reason": null, "evidence": [], "system_info": {}, "boot_time": 1,
+                    "challenge": "", "ima_offset": null, "capabilities_received_at": 11,
+                    "challenges_expire_at": 0, "evidence_received_at": 12, "verified_at": 13
+                });
+                old.execute(
+                    "INSERT INTO push_attestations (tenant, agent_id, idx, record) VALUES (?1, 'a', 0, ?2)",
+                    [pushed_as, &attestation.to_string()],
+                )
+                .unwrap();
+            }
+            drop(old);
+
+            let store = SqliteStore::open(&path).unwrap_or_else(|e| panic!("schema {version}: {e}"));
+            let at = |what: &str| format!("schema {version}: {what}");
+            if version >= 1 {
+                let r = store.registered_agent("r").unwrap().expect(&at("registrar row"));
+                assert_eq!(
+                    (r.active, r.regcount, r.port),
+                    (true, 2, Some(9002)),
+                    "{}",
+                    at("registrar row")
+                );
+            }
+            if version >= 2 {
+                let agent = store.agent("a").unwrap().expect(&at("agent"));
+                assert_eq!(agent.tenant, tenant, "{}", at("agent's tenant"));
+                assert_eq!(agent.ip.as_deref(), Some("10.0.0.2"));
+                let policy = store.policy(PolicyKind::MeasuredBoot, tenant, "a").unwrap();
+                assert_eq!(policy.expect(&at("refstate")).document, Some(b"{}".to_vec()));
+                assert_eq!(store.agent_states().unwrap().len(), 1, "{}", at("states"));
+            }
+            if version >= 3 {
+                assert_eq!(store.modules(Some(tenant)).unwrap().len(), 1, "{}", at("module"));
+            }
+            if version >= 4 {
+                let session = store.session("s").unwrap().expect(&at("session"));
+                assert_eq!(
+                    session.tenant,
+                    tenant,
+                    "{}",
+                    at("the session is its agent's tenant's")
+                );
+            }
+            if version >= 5 {
+                let attestation = store.attestation(tenant, "a", Some(0)).unwrap();
+                assert_eq!(attestation.expect(&at("attestation")).evaluation, "pass");
+            }
+        }
+    }
+
     #[test]
     fn identity_is_immutable_and_a_renewal_waits_for_its_activation() {
         let dir = tempfile::tempdir().unwrap();
