@@ -485,7 +485,10 @@ mod tests {
             let store = SqliteStore::open(&path).unwrap_or_else(|e| panic!("schema {version}: {e}"));
             let at = |what: &str| format!("schema {version}: {what}");
             if version >= 1 {
-                let r = store.registered_agent("r").unwrap().expect(&at("registrar row"));
+                let r = store
+                    .registered_agent("r")
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{}", at("registrar row")));
                 assert_eq!(
                     (r.active, r.regcount, r.port),
                     (true, 2, Some(9002)),
@@ -494,18 +497,27 @@ mod tests {
                 );
             }
             if version >= 2 {
-                let agent = store.agent("a").unwrap().expect(&at("agent"));
+                let agent = store
+                    .agent("a")
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{}", at("agent")));
                 assert_eq!(agent.tenant, tenant, "{}", at("agent's tenant"));
                 assert_eq!(agent.ip.as_deref(), Some("10.0.0.2"));
                 let policy = store.policy(PolicyKind::MeasuredBoot, tenant, "a").unwrap();
-                assert_eq!(policy.expect(&at("refstate")).document, Some(b"{}".to_vec()));
+                assert_eq!(
+                    policy.unwrap_or_else(|| panic!("{}", at("refstate"))).document,
+                    Some(b"{}".to_vec())
+                );
                 assert_eq!(store.agent_states().unwrap().len(), 1, "{}", at("states"));
             }
             if version >= 3 {
                 assert_eq!(store.modules(Some(tenant)).unwrap().len(), 1, "{}", at("module"));
             }
             if version >= 4 {
-                let session = store.session("s").unwrap().expect(&at("session"));
+                let session = store
+                    .session("s")
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{}", at("session")));
                 assert_eq!(
                     session.tenant,
                     tenant,
@@ -515,7 +527,12 @@ mod tests {
             }
             if version >= 5 {
                 let attestation = store.attestation(tenant, "a", Some(0)).unwrap();
-                assert_eq!(attestation.expect(&at("attestation")).evaluation, "pass");
+                assert_eq!(
+                    attestation
+                        .unwrap_or_else(|| panic!("{}", at("attestation")))
+                        .evaluation,
+                    "pass"
+                );
             }
         }
     }
