@@ -492,16 +492,92 @@ fn push_contract(store: &dyn Store) {
     assert!(store.attestations("t", "p1").unwrap().is_empty());
 }
 
+/// Verifiers sharing a database: one lease renewal per verifier covers its agents; an agent
+/// goes to one verifier, and to another only once its holder stopped renewing; a round read
+/// under a lease that was taken over writes nothing.
+fn lease_contract(store: &dyn Store) {
+    let policies = [
+        (PolicyKind::Runtime, policy("shared")),
+        (PolicyKind::MeasuredBoot, policy("shared")),
+    ];
+    store
+        .enrol(&agent("a", "t", "shared", "shared"), &policies, &unlimited())
+        .unwrap();
+    for id in ["b", "c"] {
+        store
+            .enrol(&agent(id, "t", "shared", "shared"), &[], &unlimited())
+            .unwrap();
+    }
+    let mut pushed = agent("p", "t", "shared", "shared");
+    pushed.push = true;
+    store.enrol(&pushed, &[], &unlimited()).unwrap();
+    let owners = |states: Vec<zest::store::AgentState>| {
+        let mut owners: Vec<(String, Option<String>)> =
+            states.into_iter().map(|s| (s.agent_id, s.lease_owner)).collect();
+        owners.sort();
+        owners
+    };
+    let held = |by: &str| {
+        ["a", "b", "c"]
+            .iter()
+            .map(|id| (id.to_string(), Some(by.to_owned())))
+            .chain([("p".to_owned(), None)])
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        owners(store.lease_agents("v1", 1_000, 100, u64::MAX).unwrap()),
+        held("v1")
+    );
+    assert_eq!(
+        owners(store.lease_agents("v2", 1_050, 100, u64::MAX).unwrap()),
+        held("v1"),
+        "v1's lease is live: v2 takes nothing"
+    );
+    let read_by_v1 = store.agent("a").unwrap().unwrap();
+    assert_eq!(read_by_v1.lease_owner.as_deref(), Some("v1"));
+    // v1 renews once for all its agents; v2 still takes nothing.
+    store.lease_agents("v1", 1_090, 100, u64::MAX).unwrap();
+    assert_eq!(
+        owners(store.lease_agents("v2", 1_150, 100, u64::MAX).unwrap()),
+        held("v1")
+    );
+    // v1 stopped renewing: past its lease, v2 takes its agents, a few at a time if asked.
+    let partial = owners(store.lease_agents("v2", 1_200, 100, 2).unwrap());
+    assert_eq!(
+        partial.iter().filter(|(_, o)| o.as_deref() == Some("v2")).count(),
+        2
+    );
+    assert_eq!(
+        owners(store.lease_agents("v2", 1_210, 100, u64::MAX).unwrap()),
+        held("v2")
+    );
+    // v1 comes back: its renewal takes nothing back, and its round read before is refused.
+    assert_eq!(
+        owners(store.lease_agents("v1", 1_220, 100, u64::MAX).unwrap()),
+        held("v2")
+    );
+    assert!(!store.save_round(&read_by_v1, state::GET_QUOTE).unwrap());
+    let read_by_v2 = store.agent("a").unwrap().unwrap();
+    assert!(store.save_round(&read_by_v2, state::GET_QUOTE).unwrap());
+    // Operator writes do not move leases.
+    assert!(store.update_agent(&read_by_v2, &[]).unwrap());
+    assert_eq!(
+        store.agent("a").unwrap().unwrap().lease_owner.as_deref(),
+        Some("v2")
+    );
+}
+
 type Case = fn(&dyn Store);
 
 /// Every case, each on a fresh store from `open`.
 fn contract(open: &dyn Fn(&str) -> Box<dyn Store>) {
-    let cases: [(&str, Case); 5] = [
+    let cases: [(&str, Case); 6] = [
         ("registrar", registrar_contract),
         ("policies", policy_contract),
         ("enrolment", enrolment_contract),
         ("modules", module_contract),
         ("push", push_contract),
+        ("leases", lease_contract),
     ];
     for (name, case) in cases {
         eprintln!("store contract: {name}");

@@ -173,6 +173,15 @@ fn verifier_config(eff: &Effective) -> anyhow::Result<VerifierConfig> {
     config.port = eff.parsed(v, "port", number)?;
     config.verifier_id = eff.parsed(v, "uuid", |s| Ok(s.to_owned()))?;
     config.database = eff.parsed(v, "database_url", database)?;
+    config.lease_period = eff.parsed("zest", "lease_period", |s| {
+        let period = seconds(s)?;
+        let allowed = std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(3600);
+        if allowed.contains(&period) {
+            Ok(period)
+        } else {
+            Err("must be between 0.1 and 3600 seconds".to_owned())
+        }
+    })?;
     config.quote_interval = eff.parsed(v, "quote_interval", |s| {
         number::<f64>(s)
             .ok()

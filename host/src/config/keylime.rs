@@ -198,6 +198,7 @@ pub const VERIFIER_OPTIONS: &[OptionSpec] = &[
     opt("zest", "idle_timeout", None, "60"),
     opt("zest", "max_evidence_size", None, "67108864"),
     opt("zest", "policy_timeout", None, "2"),
+    opt("zest", "lease_period", None, "10"),
     opt("zest", "policy_memory", None, "268435456"),
 ];
 

@@ -16,7 +16,7 @@ use postgres::{Client, NoTls, Transaction};
 use super::{DEFAULT_TENANT, NewRegistration, RegisterOutcome, RegisteredAgent, RegistrarStore, StoreError};
 
 /// Schema migrations, applied in order; `zest_schema.version` records how many ran. The
-/// first is the schema SQLite reached at its migration 9.
+/// first is the schema SQLite reached at its migration 10.
 pub(super) const MIGRATIONS: &[&str] = &[
     // 1: every table of the SQLite store, in PostgreSQL's types.
     "CREATE TABLE registrar_agents (
@@ -62,8 +62,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
         agent_id       TEXT  NOT NULL PRIMARY KEY,
         runtime_policy TEXT  NOT NULL,
         mb_policy      TEXT  NOT NULL,
-        record         JSONB NOT NULL
+        record         JSONB NOT NULL,
+        lease_owner    TEXT
     );
+    CREATE INDEX verifier_agents_lease ON verifier_agents (lease_owner);
     CREATE INDEX verifier_agents_runtime_policy ON verifier_agents (tenant, runtime_policy);
     CREATE INDEX verifier_agents_mb_policy ON verifier_agents (tenant, mb_policy);
     CREATE TABLE policy_modules (
@@ -93,6 +95,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE TABLE tenant_quotas (
         tenant TEXT NOT NULL PRIMARY KEY,
         quota  TEXT NOT NULL
+    );
+    CREATE TABLE verifier_leases (
+        verifier_id TEXT   NOT NULL PRIMARY KEY,
+        alive_until BIGINT NOT NULL
     );",
 ];
 

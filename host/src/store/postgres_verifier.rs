@@ -19,6 +19,38 @@ fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// An agent row (`record::text, lease_owner`).
+fn agent_row(row: &Row) -> Result<VerifierAgent, StoreError> {
+    Ok(VerifierAgent {
+        lease_owner: row.try_get(1)?,
+        ..from_json(&row.try_get::<_, String>(0)?)?
+    })
+}
+
+/// Every agent's schedule: ids, states and lease owners, without whole records.
+fn states(client: &mut impl GenericClient) -> Result<Vec<AgentState>, StoreError> {
+    client
+        .query(
+            "SELECT agent_id, (record->>'operational_state')::bigint,
+                    COALESCE((record->>'push')::boolean, false),
+                    COALESCE((record->>'polls_after_failure')::boolean, false), tenant, lease_owner
+             FROM verifier_agents",
+            &[],
+        )?
+        .iter()
+        .map(|row| {
+            Ok(AgentState {
+                agent_id: row.try_get(0)?,
+                operational_state: row.try_get(1)?,
+                push: row.try_get(2)?,
+                polls_after_failure: row.try_get(3)?,
+                tenant: row.try_get(4)?,
+                lease_owner: row.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
 fn unsigned(n: i64) -> u64 {
     n.max(0) as u64
 }
@@ -35,13 +67,15 @@ fn save_round(
     record: &str,
     revision: i64,
     from_state: i64,
+    lease_owner: Option<&str>,
 ) -> Result<bool, StoreError> {
     let changed = client.execute(
         "UPDATE verifier_agents SET record = ($2::text)::jsonb
          WHERE agent_id = $1
            AND COALESCE((record->>'revision')::bigint, 0) = $3
-           AND (record->>'operational_state')::bigint = $4",
-        &[&agent_id, &record, &revision, &from_state],
+           AND (record->>'operational_state')::bigint = $4
+           AND lease_owner IS NOT DISTINCT FROM $5",
+        &[&agent_id, &record, &revision, &from_state, &lease_owner],
     )?;
     Ok(changed > 0)
 }
@@ -315,10 +349,11 @@ impl VerifierStore for PgStore {
         self.run(move |client| {
             client
                 .query_opt(
-                    "SELECT record::text FROM verifier_agents WHERE agent_id = $1",
+                    "SELECT record::text, lease_owner FROM verifier_agents WHERE agent_id = $1",
                     &[&agent_id],
                 )?
-                .map(|row| from_json(&row.try_get::<_, String>(0)?))
+                .as_ref()
+                .map(agent_row)
                 .transpose()
         })
     }
@@ -326,34 +361,53 @@ impl VerifierStore for PgStore {
     fn agents(&self) -> Result<Vec<VerifierAgent>, StoreError> {
         self.run(|client| {
             client
-                .query("SELECT record::text FROM verifier_agents ORDER BY agent_id", &[])?
+                .query(
+                    "SELECT record::text, lease_owner FROM verifier_agents ORDER BY agent_id",
+                    &[],
+                )?
                 .iter()
-                .map(|row| from_json(&row.try_get::<_, String>(0)?))
+                .map(agent_row)
                 .collect()
         })
     }
 
     fn agent_states(&self) -> Result<Vec<AgentState>, StoreError> {
-        self.run(|client| {
-            client
-                .query(
-                    "SELECT agent_id, (record->>'operational_state')::bigint,
-                            COALESCE((record->>'push')::boolean, false),
-                            COALESCE((record->>'polls_after_failure')::boolean, false), tenant
-                     FROM verifier_agents",
-                    &[],
-                )?
-                .iter()
-                .map(|row| {
-                    Ok(AgentState {
-                        agent_id: row.try_get(0)?,
-                        operational_state: row.try_get(1)?,
-                        push: row.try_get(2)?,
-                        polls_after_failure: row.try_get(3)?,
-                        tenant: row.try_get(4)?,
-                    })
-                })
-                .collect()
+        self.run(states)
+    }
+
+    fn lease_agents(
+        &self,
+        me: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        take: u64,
+    ) -> Result<Vec<AgentState>, StoreError> {
+        let (me, now, until) = (
+            me.to_owned(),
+            signed(now_ms),
+            signed(now_ms.saturating_add(lease_ms)),
+        );
+        let take = signed(take);
+        self.transaction(move |tx| {
+            tx.execute(
+                "INSERT INTO verifier_leases (verifier_id, alive_until) VALUES ($1, $2)
+                 ON CONFLICT (verifier_id) DO UPDATE SET alive_until = excluded.alive_until",
+                &[&me, &until],
+            )?;
+            // Rows another verifier is taking right now are skipped, not waited for: each
+            // agent goes to one verifier.
+            tx.execute(
+                "UPDATE verifier_agents SET lease_owner = $1
+                 WHERE agent_id IN (
+                     SELECT agent_id FROM verifier_agents
+                     WHERE NOT COALESCE((record->>'push')::boolean, false)
+                       AND (lease_owner IS NULL OR lease_owner NOT IN
+                            (SELECT verifier_id FROM verifier_leases WHERE alive_until > $2))
+                     ORDER BY agent_id LIMIT $3
+                     FOR UPDATE SKIP LOCKED)",
+                &[&me, &now, &take],
+            )?;
+            states(tx)
         })
     }
 
@@ -373,7 +427,8 @@ impl VerifierStore for PgStore {
     fn save_round(&self, agent: &VerifierAgent, from_state: i64) -> Result<bool, StoreError> {
         let (agent_id, record) = (agent.agent_id.clone(), to_json(agent)?);
         let revision = i64::try_from(agent.revision).unwrap_or(-1);
-        self.run(move |client| save_round(client, &agent_id, &record, revision, from_state))
+        let owner = agent.lease_owner.clone();
+        self.run(move |client| save_round(client, &agent_id, &record, revision, from_state, owner.as_deref()))
     }
 
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
@@ -686,6 +741,7 @@ impl VerifierStore for PgStore {
     ) -> Result<bool, StoreError> {
         let (tenant, agent_id, record) = (agent.tenant.clone(), agent.agent_id.clone(), to_json(agent)?);
         let revision = i64::try_from(agent.revision).unwrap_or(-1);
+        let owner = agent.lease_owner.clone();
         let extend_session = extend_session.map(|(id, expires)| (id.to_owned(), signed(expires)));
         let (index, received_at) = (
             signed(attestation.index),
@@ -693,7 +749,7 @@ impl VerifierStore for PgStore {
         );
         let text = attestation_json(attestation)?;
         self.transaction(move |tx| {
-            let saved = save_round(tx, &agent_id, &record, revision, from_state)?;
+            let saved = save_round(tx, &agent_id, &record, revision, from_state, owner.as_deref())?;
             if saved && let Some((session_id, expires)) = extend_session {
                 tx.execute(
                     "UPDATE push_sessions SET token_expires_at = $3 WHERE tenant = $1 AND session_id = $2",

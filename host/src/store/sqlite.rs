@@ -128,6 +128,14 @@ const MIGRATIONS: &[&str] = &[
         (SELECT tenant FROM verifier_agents WHERE verifier_agents.agent_id = push_sessions.agent_id), tenant);
     UPDATE push_attestations SET tenant = coalesce(
         (SELECT tenant FROM verifier_agents WHERE verifier_agents.agent_id = push_attestations.agent_id), tenant);",
+    // 10: which verifier polls a pull agent, and until when each verifier's leases last
+    // (Unix milliseconds; renewed while it runs): verifiers sharing a database take over
+    // the agents of one that stopped renewing.
+    "ALTER TABLE verifier_agents ADD COLUMN lease_owner TEXT;
+    CREATE TABLE verifier_leases (
+        verifier_id TEXT    NOT NULL PRIMARY KEY,
+        alive_until INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and

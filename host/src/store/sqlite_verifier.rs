@@ -17,6 +17,14 @@ fn from_json(text: &str) -> Result<VerifierAgent, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// A stored record with the lease owner its row holds.
+fn from_row(text: &str, lease_owner: Option<String>) -> Result<VerifierAgent, StoreError> {
+    Ok(VerifierAgent {
+        lease_owner,
+        ..from_json(text)?
+    })
+}
+
 /// The record of a round, unless the stored one moved on since the round read it: another
 /// revision (re-enrolled, updated) or another state (stopped).
 fn save_round(
@@ -25,16 +33,43 @@ fn save_round(
     record: &str,
     revision: i64,
     from_state: i64,
+    lease_owner: Option<&str>,
 ) -> Result<bool, StoreError> {
     let changed = conn
         .prepare_cached(
             "UPDATE verifier_agents SET record = ?2
              WHERE agent_id = ?1
                AND IFNULL(json_extract(record, '$.revision'), 0) = ?3
-               AND json_extract(record, '$.operational_state') = ?4",
+               AND json_extract(record, '$.operational_state') = ?4
+               AND lease_owner IS ?5",
         )?
-        .execute(params![agent_id, record, revision, from_state])?;
+        .execute(params![agent_id, record, revision, from_state, lease_owner])?;
     Ok(changed > 0)
+}
+
+fn signed(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Every agent's schedule: ids, states and lease owners, without whole records.
+fn states(conn: &rusqlite::Connection) -> Result<Vec<AgentState>, StoreError> {
+    let mut statement = conn.prepare_cached(
+        "SELECT agent_id, json_extract(record, '$.operational_state'),
+                IFNULL(json_extract(record, '$.push'), 0),
+                IFNULL(json_extract(record, '$.polls_after_failure'), 0), tenant, lease_owner
+         FROM verifier_agents",
+    )?;
+    let rows = statement.query_map([], |row| {
+        Ok(AgentState {
+            agent_id: row.get(0)?,
+            operational_state: row.get(1)?,
+            push: row.get::<_, i64>(2)? != 0,
+            polls_after_failure: row.get::<_, i64>(3)? != 0,
+            tenant: row.get(4)?,
+            lease_owner: row.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 /// A tenant's holdings, read inside the caller's transaction (so a quota check and the
@@ -281,40 +316,58 @@ impl VerifierStore for SqliteStore {
 
     fn agent(&self, agent_id: &str) -> Result<Option<VerifierAgent>, StoreError> {
         let conn = self.conn()?;
-        let text: Option<String> = conn
-            .prepare_cached("SELECT record FROM verifier_agents WHERE agent_id = ?1")?
-            .query_row([agent_id], |row| row.get(0))
+        let row: Option<(String, Option<String>)> = conn
+            .prepare_cached("SELECT record, lease_owner FROM verifier_agents WHERE agent_id = ?1")?
+            .query_row([agent_id], |row| Ok((row.get(0)?, row.get(1)?)))
             .optional()?;
-        text.as_deref().map(from_json).transpose()
+        row.map(|(text, owner)| from_row(&text, owner)).transpose()
     }
 
     fn agents(&self) -> Result<Vec<VerifierAgent>, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT record FROM verifier_agents ORDER BY agent_id")?;
+        let mut stmt = conn.prepare("SELECT record, lease_owner FROM verifier_agents ORDER BY agent_id")?;
         let rows = stmt
-            .query_map([], |row| row.get::<_, String>(0))?
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
-        rows.iter().map(|t| from_json(t)).collect()
+        rows.into_iter().map(|(t, owner)| from_row(&t, owner)).collect()
     }
 
     fn agent_states(&self) -> Result<Vec<AgentState>, StoreError> {
         let conn = self.conn()?;
-        let mut statement = conn.prepare_cached(
-            "SELECT agent_id, json_extract(record, '$.operational_state'),
-                    IFNULL(json_extract(record, '$.push'), 0),
-                    IFNULL(json_extract(record, '$.polls_after_failure'), 0), tenant
-             FROM verifier_agents",
-        )?;
-        let rows = statement.query_map([], |row| {
-            Ok(AgentState {
-                agent_id: row.get(0)?,
-                operational_state: row.get(1)?,
-                push: row.get::<_, i64>(2)? != 0,
-                polls_after_failure: row.get::<_, i64>(3)? != 0,
-                tenant: row.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        states(&conn)
+    }
+
+    fn lease_agents(
+        &self,
+        me: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        take: u64,
+    ) -> Result<Vec<AgentState>, StoreError> {
+        let (me, now, until) = (
+            me.to_owned(),
+            signed(now_ms),
+            signed(now_ms.saturating_add(lease_ms)),
+        );
+        let take = signed(take);
+        self.grouped(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO verifier_leases (verifier_id, alive_until) VALUES (?1, ?2)
+                 ON CONFLICT (verifier_id) DO UPDATE SET alive_until = excluded.alive_until",
+            )?
+            .execute(params![me, until])?;
+            conn.prepare_cached(
+                "UPDATE verifier_agents SET lease_owner = ?1
+                 WHERE agent_id IN (
+                     SELECT agent_id FROM verifier_agents
+                     WHERE NOT IFNULL(json_extract(record, '$.push'), 0)
+                       AND (lease_owner IS NULL OR lease_owner NOT IN
+                            (SELECT verifier_id FROM verifier_leases WHERE alive_until > ?2))
+                     ORDER BY agent_id LIMIT ?3)",
+            )?
+            .execute(params![me, now, take])?;
+            states(conn)
+        })
     }
 
     fn update_agent(&self, agent: &VerifierAgent, unless_states: &[i64]) -> Result<bool, StoreError> {
@@ -336,7 +389,8 @@ impl VerifierStore for SqliteStore {
     fn save_round(&self, agent: &VerifierAgent, from_state: i64) -> Result<bool, StoreError> {
         let (agent_id, record) = (agent.agent_id.clone(), to_json(agent)?);
         let revision = i64::try_from(agent.revision).unwrap_or(-1);
-        self.grouped(move |conn| save_round(conn, &agent_id, &record, revision, from_state))
+        let owner = agent.lease_owner.clone();
+        self.grouped(move |conn| save_round(conn, &agent_id, &record, revision, from_state, owner.as_deref()))
     }
 
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
@@ -642,6 +696,7 @@ impl VerifierStore for SqliteStore {
     ) -> Result<bool, StoreError> {
         let (tenant, agent_id, record) = (agent.tenant.clone(), agent.agent_id.clone(), to_json(agent)?);
         let revision = i64::try_from(agent.revision).unwrap_or(-1);
+        let owner = agent.lease_owner.clone();
         let extend_session = extend_session.map(|(id, expires)| (id.to_owned(), expires as i64));
         let (index, received_at) = (
             attestation.index as i64,
@@ -649,7 +704,7 @@ impl VerifierStore for SqliteStore {
         );
         let text = serde_json::to_string(attestation).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.grouped(move |conn| {
-            let saved = save_round(conn, &agent_id, &record, revision, from_state)?;
+            let saved = save_round(conn, &agent_id, &record, revision, from_state, owner.as_deref())?;
             if saved && let Some((session_id, expires)) = extend_session {
                 conn.prepare_cached(
                     "UPDATE push_sessions SET token_expires_at = ?3 WHERE tenant = ?1 AND session_id = ?2",

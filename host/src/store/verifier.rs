@@ -303,6 +303,11 @@ impl StoredFailure {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerifierAgent {
     pub agent_id: String,
+    /// The verifier whose lease on this pull agent was current when the record was read
+    /// (Keylime's `verifier_id`); a column, not part of the record: a round writes back
+    /// only while the lease it read is still held.
+    #[serde(skip)]
+    pub lease_owner: Option<String>,
     /// The tenant that enrolled the agent: its policies are that tenant's.
     #[serde(default = "default_tenant")]
     pub tenant: String,
@@ -424,6 +429,8 @@ pub struct PushAttestation {
 pub struct AgentState {
     pub agent_id: String,
     pub tenant: String,
+    /// The verifier that polls it (pull agents); `None` until one takes it.
+    pub lease_owner: Option<String>,
     pub operational_state: i64,
     pub push: bool,
     pub polls_after_failure: bool,
@@ -491,13 +498,26 @@ pub trait VerifierStore: Send + Sync + 'static {
     /// deleted, without reading whole records.
     fn agent_states(&self) -> Result<Vec<AgentState>, StoreError>;
 
+    /// The pull loop's turn for verifier `me` on a database other verifiers may share:
+    /// renews `me`'s lease until `now_ms + lease_ms`, takes at most `take` pull agents that
+    /// no verifier with a live lease holds, and returns every agent's state with its lease
+    /// owner. One renewal covers all of `me`'s agents. Times are Unix milliseconds.
+    fn lease_agents(
+        &self,
+        me: &str,
+        now_ms: u64,
+        lease_ms: u64,
+        take: u64,
+    ) -> Result<Vec<AgentState>, StoreError>;
+
     /// Replaces an agent's record if the agent still exists (a deleted agent is never
     /// written back) and is not in one of `unless_states`. Returns whether it was written.
     fn update_agent(&self, agent: &VerifierAgent, unless_states: &[i64]) -> Result<bool, StoreError>;
 
     /// Writes a round's outcome back only if the stored record is still the one the round
-    /// started from: same `revision` (no operator write meanwhile) and operational state
-    /// `from_state`. A deleted agent is never written back. Returns whether it was written.
+    /// started from: same `revision` (no operator write meanwhile), operational state
+    /// `from_state`, and lease owner (no other verifier took the agent over). A deleted
+    /// agent is never written back. Returns whether it was written.
     fn save_round(&self, agent: &VerifierAgent, from_state: i64) -> Result<bool, StoreError>;
 
     /// Deletes an agent with its push sessions and attestations, and the policies named

@@ -218,6 +218,7 @@ pub async fn enrolment(
     };
 
     let agent = VerifierAgent {
+        lease_owner: None,
         agent_id: id.to_string(),
         tenant: tenant.to_owned(),
         ip: if push { None } else { Some(ip(body.cloudagent_ip)?) },

@@ -65,6 +65,9 @@ pub struct VerifierConfig {
     pub verifier_id: String,
     /// `database_url`: the embedded SQLite file, or a PostgreSQL database.
     pub database: crate::store::Database,
+    /// `[zest] lease_period`: how long this verifier's claim on a pull agent lasts without
+    /// renewal. Verifiers sharing a database take over a dead one's agents within two.
+    pub lease_period: std::time::Duration,
     /// Limits of every policy call.
     pub policy_limits: PolicyLimits,
     /// The measured-boot component of refstates that name none (Keylime's global
@@ -123,6 +126,7 @@ impl VerifierConfig {
             quote_interval: 2.0,
             verifier_id: "default".into(),
             database: crate::store::Database::default(),
+            lease_period: std::time::Duration::from_secs(10),
             policy_limits: PolicyLimits::default(),
             measured_boot_module: "builtin:accept-all".into(),
             max_retries: 5,

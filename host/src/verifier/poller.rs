@@ -107,37 +107,70 @@ fn polled(push: bool, operational_state: i64, polls_after_failure: bool) -> bool
 /// another verifier on the same database, or straight in the database.
 const RESCAN: Duration = Duration::from_secs(1);
 
-/// Starts the loop that keeps one polling task per agent in a polling state.
+/// Starts the loop that keeps one polling task per agent in a polling state whose lease
+/// this verifier holds. Verifiers sharing a database each poll the agents they lease; one
+/// that stops renewing (it died) loses its agents to the others when the leases run out.
 pub fn spawn(verifier: Verifier, tls: AgentTls, retries: Retries) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let me = verifier.config.verifier_id.clone();
+        let lease_ms = u64::try_from(verifier.config.lease_period.as_millis()).unwrap_or(u64::MAX);
+        // Renewed well before it runs out; never less often than RESCAN.
+        let rescan = RESCAN.min(verifier.config.lease_period / 3);
         loop {
             running.retain(|_, task| !task.is_finished());
             let store = verifier.store.clone();
-            if let Ok(Ok(agents)) = tokio::task::spawn_blocking(move || store.agent_states()).await {
-                for agent in agents {
-                    // Marked for deletion while no round runs (its round ended, or the
-                    // verifier restarted): finish the DELETE.
-                    if agent.operational_state == state::TERMINATED && !running.contains_key(&agent.agent_id)
-                    {
-                        complete_deletion(&verifier, &agent.agent_id).await;
-                        continue;
-                    }
-                    let polls = polled(agent.push, agent.operational_state, agent.polls_after_failure);
-                    if polls && !running.contains_key(&agent.agent_id) {
-                        let task = tokio::spawn(
-                            poll_agent(verifier.clone(), tls.clone(), retries, agent.agent_id.clone())
-                                .instrument(super::agent_span(&agent.agent_id, &agent.tenant)),
-                        );
-                        running.insert(agent.agent_id, task);
+            let owner = me.clone();
+            let leased = tokio::task::spawn_blocking(move || {
+                store.lease_agents(&owner, crate::clock::unix_micros_now() / 1000, lease_ms, u64::MAX)
+            })
+            .await;
+            match leased {
+                Ok(Ok(agents)) => {
+                    let ours = |a: &crate::store::AgentState| a.lease_owner.as_deref() == Some(me.as_str());
+                    // Taken over by another verifier (this one stalled past its lease), or
+                    // deleted: its polling stops here.
+                    let held: std::collections::HashSet<&str> = agents
+                        .iter()
+                        .filter(|a| ours(a))
+                        .map(|a| a.agent_id.as_str())
+                        .collect();
+                    running.retain(|id, task| {
+                        let keep = held.contains(id.as_str());
+                        if !keep {
+                            task.abort();
+                        }
+                        keep
+                    });
+                    for agent in &agents {
+                        let mine = ours(agent) || (agent.push && agent.lease_owner.is_none());
+                        // Marked for deletion while no round runs (its round ended, or the
+                        // verifier restarted): finish the DELETE.
+                        if agent.operational_state == state::TERMINATED
+                            && mine
+                            && !running.contains_key(&agent.agent_id)
+                        {
+                            complete_deletion(&verifier, &agent.agent_id).await;
+                            continue;
+                        }
+                        let polls = polled(agent.push, agent.operational_state, agent.polls_after_failure);
+                        if polls && ours(agent) && !running.contains_key(&agent.agent_id) {
+                            let task = tokio::spawn(
+                                poll_agent(verifier.clone(), tls.clone(), retries, agent.agent_id.clone())
+                                    .instrument(super::agent_span(&agent.agent_id, &agent.tenant)),
+                            );
+                            running.insert(agent.agent_id.clone(), task);
+                        }
                     }
                 }
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot renew or take agent leases"),
+                Err(e) => tracing::error!(error = %e, "cannot renew or take agent leases"),
             }
             // Ids and states only: a fleet of 10,000 read whole every 200 ms was 50,000
             // records parsed a second.
             tokio::select! {
                 () = verifier.poll_wakeup.notified() => {}
-                () = tokio::time::sleep(RESCAN) => {}
+                () = tokio::time::sleep(rescan) => {}
             }
         }
     })

@@ -496,7 +496,8 @@ fn status(
         "hash_alg": agent.hash_alg,
         "enc_alg": agent.enc_alg,
         "sign_alg": agent.sign_alg,
-        "verifier_id": verifier.config.verifier_id,
+        // The verifier that polls it (several may share a database); this one otherwise.
+        "verifier_id": agent.lease_owner.as_deref().unwrap_or(&verifier.config.verifier_id),
         "verifier_ip": verifier.config.ip.to_string(),
         "verifier_port": verifier.config.port,
         "severity_level": agent.severity_level,
@@ -554,15 +555,19 @@ async fn list_agents(
 ) -> ApiResult {
     version_of(&v)?;
     let tenant = scope.listed_tenant(query.tenant.as_deref())?;
-    let ours = query.verifier.is_none_or(|id| id == verifier.config.verifier_id);
+    let me = verifier.config.verifier_id.clone();
     let bulk = query
         .bulk
         .is_some_and(|b| b != "0" && !b.eq_ignore_ascii_case("false"));
     let v2 = verifier.clone();
     let results = blocking(&verifier, "listing agents", move |store| {
-        let mut agents = if ours { store.agents()? } else { Vec::new() };
+        let mut agents = store.agents()?;
         if let Some(tenant) = &tenant {
             agents.retain(|a| &a.tenant == tenant);
+        }
+        // Keylime's `?verifier=ID`: the agents that verifier attests.
+        if let Some(id) = &query.verifier {
+            agents.retain(|a| a.lease_owner.as_deref().unwrap_or(&me) == id);
         }
         if bulk {
             let mut all = Map::new();
