@@ -69,6 +69,9 @@ pub struct PullState {
     pub quote_gate: Option<Arc<tokio::sync::Semaphore>>,
     /// Quote requests waiting at the gate now.
     pub quotes_waiting: u32,
+    /// Who asked for each quote answered, in order: the verifier's address and port (one
+    /// connection per verifier while it lives).
+    pub quote_peers: Vec<SocketAddr>,
 }
 
 /// How the pull agent presents itself.
@@ -225,6 +228,7 @@ impl PullAgent {
             huge_reply: None,
             quote_gate: None,
             quotes_waiting: 0,
+            quote_peers: Vec::new(),
         }));
         let app = Router::new()
             .route("/version", get(version))
@@ -466,6 +470,7 @@ where
 
 async fn integrity(
     State(state): State<Arc<Mutex<PullState>>>,
+    peer: Option<axum::Extension<zest::net::Peer>>,
     UrlPath(v): UrlPath<String>,
     Query(q): Query<IntegrityQuery>,
 ) -> axum::response::Response {
@@ -501,6 +506,9 @@ async fn integrity(
             .clone()
             .unwrap_or_else(|| q.nonce.as_bytes().to_vec());
         let quote = s.agent.quote(&nonce, &[(HashingAlgorithm::Sha256, &pcrs)])?;
+        if let Some(axum::Extension(zest::net::Peer(peer))) = peer {
+            s.quote_peers.push(peer);
+        }
         let from = q.ima_ml_entry.unwrap_or(0);
         s.requested_offsets.push(from);
         // An offset past the end of the list is answered from the start, as the agent does.

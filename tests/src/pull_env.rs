@@ -144,7 +144,30 @@ pub async fn enrol_with(
     policy: &Value,
     extra: Value,
 ) {
-    let ak = agent.state.lock().unwrap().agent.aik_tpm.clone();
+    let admin = verifier.admin_client().unwrap();
+    let (status, reply) = enrol_at(&admin, &verifier.https, agent, uuid, policy, extra)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{reply}");
+}
+
+/// `POST {base}/v2.6/agents/{uuid}` with the body Keylime's tenant sends for `agent`, `extra`
+/// fields replacing the defaults; the status and reply.
+pub async fn enrol_at(
+    admin: &reqwest::Client,
+    base: &str,
+    agent: &PullAgent,
+    uuid: &str,
+    policy: &Value,
+    extra: Value,
+) -> anyhow::Result<(u16, Value)> {
+    let ak = agent
+        .state
+        .lock()
+        .map_err(|_| anyhow::anyhow!("agent state poisoned"))?
+        .agent
+        .aik_tpm
+        .clone();
     let mut body = json!({
         "v": null,
         "cloudagent_ip": "127.0.0.1",
@@ -164,18 +187,12 @@ pub async fn enrol_with(
         "mtls_cert": agent.cert_pem,
         "supported_version": "2.2",
     });
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
+    if let Some(extra) = extra.as_object() {
+        for (k, v) in extra {
+            body[k] = v.clone();
+        }
     }
-    let admin = verifier.admin_client().unwrap();
-    let (status, reply) = send_json(
-        admin
-            .post(verifier.url("2.6", &format!("agents/{uuid}")))
-            .json(&body),
-    )
-    .await
-    .unwrap();
-    assert_eq!(status, 200, "{reply}");
+    send_json(admin.post(format!("{base}/v2.6/agents/{uuid}")).json(&body)).await
 }
 
 pub async fn status(verifier: &TestVerifier, uuid: &str) -> Value {
