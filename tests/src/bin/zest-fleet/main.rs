@@ -112,6 +112,14 @@ struct Args {
     /// measured.
     #[arg(long, requires = "verifier")]
     verifier_pgid: Option<u32>,
+    /// Store in a PostgreSQL cluster of Debian's packages, started for the run (instead of
+    /// the embedded SQLite file).
+    #[arg(long, conflicts_with = "verifier")]
+    postgres: bool,
+    /// Verifier processes on the one database: `zest serve` and N-1 `zest verifier`s. Push
+    /// agents are spread over them; pull agents go by the verifiers' leases.
+    #[arg(long, default_value_t = 1, requires = "postgres")]
+    verifiers: usize,
 }
 
 /// The verifier a fleet runs against: a `zest serve` of its own, or one already running.
@@ -125,7 +133,7 @@ struct Target {
 }
 
 enum Measured {
-    Process(u32),
+    Processes(Vec<u32>),
     Group(Option<u32>),
 }
 
@@ -133,7 +141,7 @@ impl Target {
     /// The processes whose costs count: zest's, or every process of the external group.
     fn pids(&self) -> Vec<u32> {
         match self.measured {
-            Measured::Process(pid) => vec![pid],
+            Measured::Processes(ref pids) => pids.clone(),
             Measured::Group(None) => Vec::new(),
             Measured::Group(Some(group)) => group_members(group),
         }
@@ -174,19 +182,68 @@ fn group_members(group: u32) -> Vec<u32> {
         .collect()
 }
 
-/// A `zest serve` process on free ports with its own data directory; killed on drop.
+/// A `zest serve` process on free ports with its own data directory, and with
+/// `--verifiers N` more `zest verifier` processes on the same database; killed on drop,
+/// before the database they use stops.
 struct Server {
     child: Child,
     data: tempfile::TempDir,
     registrar: String,
     verifier: String,
+    /// Every verifier's URL, `verifier` first.
+    verifiers: Vec<String>,
+    more: Vec<(Child, tempfile::TempDir)>,
+    postgres: Option<zest_tests::postgres::Postgres>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in std::iter::once(&mut self.child).chain(self.more.iter_mut().map(|(c, _)| c)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        drop(self.postgres.take());
     }
+}
+
+impl Server {
+    fn print_store(&self) {
+        let store = if self.postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        };
+        println!("  store: {store}, {} verifier process(es)", self.verifiers.len());
+    }
+
+    /// Every zest process of the run.
+    fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.child.id())
+            .chain(self.more.iter().map(|(c, _)| c.id()))
+            .collect()
+    }
+}
+
+/// `KEYLIME_*` settings of verifier `index` (v1, v2, …) on the database `url`.
+fn database_env(command: &mut Command, url: Option<&str>, index: usize) {
+    command.env("KEYLIME_VERIFIER_UUID", format!("v{}", index + 1));
+    if let Some(url) = url {
+        command
+            .env("KEYLIME_VERIFIER_DATABASE_URL", url)
+            .env("KEYLIME_REGISTRAR_DATABASE_URL", url);
+    }
+}
+
+async fn wait_for_port(port: u16, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "{what} did not start (see --server-log)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// Agents sharing one source address: fewer than the verifier's 50 new sessions per
@@ -194,7 +251,17 @@ impl Drop for Server {
 const AGENTS_PER_ADDRESS: usize = 40;
 
 impl Server {
-    async fn start(zest: &Path, mode: Mode, quote_interval: f64, log: Option<&Path>) -> anyhow::Result<Self> {
+    async fn start(zest: &Path, args: &Args, quote_interval: f64) -> anyhow::Result<Self> {
+        let (mode, log) = (args.mode, args.server_log.as_deref());
+        let postgres = if args.postgres {
+            Some(zest_tests::postgres::Postgres::start()?)
+        } else {
+            None
+        };
+        let url = match &postgres {
+            Some(pg) => Some(pg.create_database("fleet")?),
+            None => None,
+        };
         let data = tempfile::Builder::new().prefix("zest-fleet-").tempdir()?;
         let (rport, rtls, vport) = (
             zest_tests::free_port(),
@@ -202,7 +269,9 @@ impl Server {
             zest_tests::free_port(),
         );
         let log = std::fs::File::create(log.map_or_else(|| data.path().join("zest.log"), Path::to_path_buf))?;
-        let child = Command::new(zest)
+        let mut command = Command::new(zest);
+        database_env(&mut command, url.as_deref(), 0);
+        let child = command
             .arg("serve")
             .arg("--data-dir")
             .arg(data.path())
@@ -222,27 +291,53 @@ impl Server {
             .stderr(Stdio::from(log))
             .spawn()
             .with_context(|| format!("starting {}", zest.display()))?;
-        let server = Self {
+        let verifier = format!("https://localhost:{vport}");
+        let mut server = Self {
             child,
             registrar: format!("http://127.0.0.1:{rport}"),
-            verifier: format!("https://localhost:{vport}"),
+            verifiers: vec![verifier.clone()],
+            verifier,
             data,
+            more: Vec::new(),
+            postgres,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
         let ca = server.data.path().join("cv_ca/client-private.pem");
-        loop {
-            let up = ca.exists()
-                && tokio::net::TcpStream::connect(("127.0.0.1", rport)).await.is_ok()
-                && tokio::net::TcpStream::connect(("127.0.0.1", vport)).await.is_ok();
-            if up {
-                return Ok(server);
+        wait_for_port(rport, "zest serve").await?;
+        wait_for_port(vport, "zest serve").await?;
+        ensure!(ca.exists(), "zest serve made no cv_ca");
+        // More verifiers: the same PKI and database, ports of their own.
+        for index in 1..args.verifiers {
+            let more = tempfile::Builder::new().prefix("zest-fleet-").tempdir()?;
+            let pki = more.path().join("cv_ca");
+            std::fs::create_dir_all(&pki)?;
+            for file in std::fs::read_dir(server.data.path().join("cv_ca"))? {
+                let file = file?;
+                std::fs::copy(file.path(), pki.join(file.file_name()))?;
             }
-            ensure!(
-                Instant::now() < deadline,
-                "zest serve did not start (see --server-log)"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let port = zest_tests::free_port();
+            let log = std::fs::File::create(more.path().join("zest.log"))?;
+            let mut command = Command::new(zest);
+            database_env(&mut command, url.as_deref(), index);
+            let child = command
+                .arg("verifier")
+                .arg("--data-dir")
+                .arg(more.path())
+                .args(["--verifier-port", &port.to_string()])
+                .args(["--mode", if mode == Mode::Push { "push" } else { "pull" }])
+                .args(["--quote-interval", &quote_interval.to_string()])
+                .args(["--session-lifetime", "86400"])
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()?;
+            server.more.push((child, more));
+            wait_for_port(port, "zest verifier").await?;
+            server.verifiers.push(format!("https://localhost:{port}"));
         }
+        Ok(server)
     }
 }
 
@@ -369,6 +464,20 @@ async fn external_verdicts(
     Ok((passed, failed))
 }
 
+/// (passed, failed) verdicts of `mode` summed over verifiers sharing a database.
+async fn all_verdicts(
+    admin: &reqwest::Client,
+    verifiers: &[String],
+    mode: &str,
+) -> anyhow::Result<(u64, u64)> {
+    let mut total = (0, 0);
+    for verifier in verifiers {
+        let (passed, failed) = verdict_counts(admin, verifier, mode).await?;
+        total = (total.0 + passed, total.1 + failed);
+    }
+    Ok(total)
+}
+
 /// (passed, failed) verdicts of `mode` (push, pull) on a zest verifier's `/metrics`.
 async fn verdict_counts(admin: &reqwest::Client, verifier: &str, mode: &str) -> anyhow::Result<(u64, u64)> {
     let page = zest_tests::server::metrics_page(admin, verifier).await?;
@@ -433,12 +542,13 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         None => {
-            let server = Server::start(&zest, args.mode, quote_interval, args.server_log.as_deref()).await?;
+            ensure!(args.verifiers >= 1, "--verifiers must be positive");
+            let server = Server::start(&zest, &args, quote_interval).await?;
             Target {
                 registrar: Some(server.registrar.clone()),
                 verifier: server.verifier.clone(),
                 data: server.data.path().to_owned(),
-                measured: Measured::Process(server.child.id()),
+                measured: Measured::Processes(server.pids()),
                 server: Some(server),
             }
         }
@@ -519,6 +629,10 @@ async fn main() -> anyhow::Result<()> {
         let anonymous = clients[index / AGENTS_PER_ADDRESS].clone();
         let (gate, args, admin, plain) = (gate.clone(), args.clone(), admin.clone(), plain.clone());
         let (registrar, verifier) = (server.registrar.clone(), server.verifier.clone());
+        // The verifier this agent pushes to: any may take it (one database).
+        let pushes_to = server.server.as_ref().map_or(verifier.clone(), |s| {
+            s.verifiers[index % s.verifiers.len()].clone()
+        });
         setups.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let rsa = args.rsa_every > 0 && index % args.rsa_every == args.rsa_every - 1;
@@ -564,7 +678,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             ensure!(status == 200, "enrolling {}: {status} {reply}", agent.uuid);
             let key = if rsa { "rsa" } else { "ecc" };
-            let mut push = PushAgent::new(agent, &verifier, anonymous, key);
+            let mut push = PushAgent::new(agent, &pushes_to, anonymous, key);
             push.authenticate().await?;
             anyhow::Ok(push)
         }));
@@ -604,8 +718,8 @@ async fn main() -> anyhow::Result<()> {
     // Wait until every accepted attestation has its verdict.
     let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
     let (passed, failed) = loop {
-        let (passed, failed) = match server.server {
-            Some(_) => verdict_counts(&admin, &server.verifier, "push").await?,
+        let (passed, failed) = match &server.server {
+            Some(zest) => all_verdicts(&admin, &zest.verifiers, "push").await?,
             None => external_verdicts(&admin, &server.verifier, args.agents).await?,
         };
         if passed + failed >= accepted || Instant::now() > drain_deadline {
@@ -669,6 +783,9 @@ async fn main() -> anyhow::Result<()> {
             args.tenants * args.policies_per_tenant,
             args.agents as f64 / (args.tenants * args.policies_per_tenant) as f64
         );
+    }
+    if let Some(zest) = &server.server {
+        zest.print_store();
     }
     println!("  setup (register, activate, enrol, authenticate): {setup_seconds:.1} s");
     println!(
@@ -801,7 +918,14 @@ async fn run_pull(
     plain: &reqwest::Client,
     rss_idle: u64,
 ) -> anyhow::Result<()> {
-    let pid = server.child.id();
+    let pids = server.pids();
+    let cpu_of = |pids: &[u32]| pids.iter().filter_map(|p| cpu_seconds(*p).ok()).sum::<f64>();
+    let rss_of = |pids: &[u32]| pids.iter().map(|p| memory_kib(*p, "VmRSS:")).sum::<u64>();
+    let writes_of = |pids: &[u32]| {
+        pids.iter()
+            .map(|p| io_writes(*p))
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    };
     let shared = Arc::new(pull::Shared::new(&server.data.path().join("cv_ca/cacert.crt"))?);
     let verifier_port = server.verifier.rsplit(':').next().unwrap_or("8881").to_owned();
     let setup_started = Instant::now();
@@ -862,12 +986,12 @@ async fn run_pull(
         states.push(setup.await??);
     }
     let setup_seconds = setup_started.elapsed().as_secs_f64();
-    let rss_enrolled = memory_kib(pid, "VmRSS:");
+    let rss_enrolled = rss_of(&pids);
 
-    let cpu_start = cpu_seconds(pid)?;
+    let cpu_start = cpu_of(&pids);
     let own_cpu_start = cpu_seconds(std::process::id())?;
-    let io_start = io_writes(pid);
-    let metrics_page = || verdict_counts(admin, &server.verifier, "pull");
+    let io_start = writes_of(&pids);
+    let metrics_page = || all_verdicts(admin, &server.verifiers, "pull");
     let (passed_before, failed_before) = metrics_page().await?;
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(args.seconds);
@@ -893,10 +1017,10 @@ async fn run_pull(
     }
     tokio::time::sleep_until(until.into()).await;
     let wall = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid)? - cpu_start;
+    let cpu = cpu_of(&pids) - cpu_start;
     let own_cpu = cpu_seconds(std::process::id())? - own_cpu_start;
-    let io_end = io_writes(pid);
-    let rss_end = memory_kib(pid, "VmRSS:");
+    let io_end = writes_of(&pids);
+    let rss_end = rss_of(&pids);
     let (passed, failed) = metrics_page().await?;
     let (passed, failed) = (passed - passed_before, failed - failed_before);
     let rounds = passed + failed;
@@ -915,6 +1039,7 @@ async fn run_pull(
         args.policy_paths,
         args.ima_growth.max(1)
     );
+    server.print_store();
     println!("  setup (register, activate, serve, enrol): {setup_seconds:.1} s");
     println!(
         "  {rounds} rounds judged in {wall:.1} s: {:.0} rounds/s; verdicts {passed} pass, {failed} fail ({tampered} agents tampered)",
