@@ -111,13 +111,25 @@ impl<T: PushTpm> PushAgent<T> {
 
     /// Opens a session and proves possession of the AK; keeps the token.
     pub async fn authenticate(&mut self) -> anyhow::Result<()> {
+        let verifier = self.verifier.clone();
+        self.authenticate_at(&verifier, &verifier).await.map(drop)
+    }
+
+    /// Opens a session at the verifier `open_at` and proves possession of the AK at
+    /// `prove_at` (verifiers sharing a database); keeps the token. Returns the session id
+    /// and the proof's body, to send again.
+    pub async fn authenticate_at(
+        &mut self,
+        open_at: &str,
+        prove_at: &str,
+    ) -> anyhow::Result<(String, Value)> {
         let body = json!({"data": {"type": "session", "attributes": {
             "agent_id": self.agent.uuid(),
             "authentication_supported": [{"authentication_class": "pop", "authentication_type": "tpm_pop"}],
         }}});
         let (status, session) = send_json(
             self.client
-                .post(format!("{}/v3.0/sessions", self.verifier))
+                .post(format!("{open_at}/v3.0/sessions"))
                 .header("content-type", JSON_API)
                 .body(body.to_string()),
         )
@@ -136,21 +148,26 @@ impl<T: PushTpm> PushAgent<T> {
             "authentication_provided": [{"authentication_class": "pop", "authentication_type": "tpm_pop",
                 "data": {"message": B64.encode(message), "signature": B64.encode(signature)}}],
         }}});
-        let (status, reply) = send_json(
-            self.client
-                .patch(format!("{}/v3.0/sessions/{id}", self.verifier))
-                .header("content-type", JSON_API)
-                .body(body.to_string()),
-        )
-        .await?;
+        let (status, reply) = self.send_proof(prove_at, &id, &body).await?;
         let token = reply["data"]["attributes"]["token"].as_str();
         match (status, token) {
             (200, Some(t)) => {
                 self.token = Some(t.to_owned());
-                Ok(())
+                Ok((id, body))
             }
             _ => bail!("proof of possession: {status} {reply}"),
         }
+    }
+
+    /// `PATCH {at}/v3.0/sessions/{id}` with a proof `body`: the status and reply.
+    pub async fn send_proof(&self, at: &str, id: &str, body: &Value) -> anyhow::Result<(u16, Value)> {
+        send_json(
+            self.client
+                .patch(format!("{at}/v3.0/sessions/{id}"))
+                .header("content-type", JSON_API)
+                .body(body.to_string()),
+        )
+        .await
     }
 
     /// The capabilities the Rust push agent sends.

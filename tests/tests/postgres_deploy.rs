@@ -111,3 +111,58 @@ async fn an_unreachable_database_stops_the_verifier_without_showing_its_password
         "{refused}"
     );
 }
+
+/// Push agents may reach any verifier on the database: a session opened at one is proven at
+/// another, once only, and rounds alternate between them with one numbering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_agent_may_open_prove_and_attest_at_any_verifier_on_the_database() {
+    let pg = Postgres::start().unwrap();
+    let database = Database::from_url(&pg.create_database("zest").unwrap()).unwrap();
+    let mut settings = config();
+    settings.database = database;
+    let first = TestVerifier::start_in(tempfile::tempdir().unwrap(), settings.clone())
+        .await
+        .unwrap();
+    // The same PKI, as a site gives its verifiers.
+    let data = tempfile::tempdir().unwrap();
+    let pki = data.path().join("cv_ca");
+    std::fs::create_dir_all(&pki).unwrap();
+    for file in std::fs::read_dir(first.data.path().join("cv_ca")).unwrap() {
+        let file = file.unwrap();
+        std::fs::copy(file.path(), pki.join(file.file_name())).unwrap();
+    }
+    let second = TestVerifier::start_in(data, settings).await.unwrap();
+
+    let tpm = Swtpm::start().unwrap();
+    let uuid = "pg-roaming";
+    let mut agent = push_agent(&first, &tpm, uuid, AkKind::EcDsaP256).await;
+    let tool = "/usr/bin/tool".to_string();
+    agent.measure(&tool, &digest(&tool)).unwrap();
+    enrol(
+        &first,
+        &agent.agent,
+        "{}",
+        Some(&policy_for(std::slice::from_ref(&tool))),
+    )
+    .await;
+
+    // Opened at the first, proven at the second.
+    let (id, proof) = agent.authenticate_at(&first.https, &second.https).await.unwrap();
+    // The same proof again, at either: refused (a challenge is taken once).
+    for at in [&first.https, &second.https] {
+        let (status, reply) = agent.send_proof(at, &id, &proof).await.unwrap();
+        assert_ne!(status, 200, "{reply}");
+        assert!(reply["data"]["attributes"].get("token").is_none(), "{reply}");
+    }
+    // Rounds alternate between the verifiers, numbered as one.
+    for (expected, verifier) in [(0, &second), (1, &first), (2, &second)] {
+        agent.verifier = verifier.https.clone();
+        let (index, _, judged) = round(verifier, &mut agent).await;
+        assert_eq!(
+            (index, judged["evaluation"].as_str()),
+            (expected, Some("pass")),
+            "{judged}"
+        );
+    }
+    assert_eq!(status(&first, uuid).await["attestation_count"], 3);
+}

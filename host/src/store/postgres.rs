@@ -99,6 +99,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE TABLE verifier_leases (
         verifier_id TEXT   NOT NULL PRIMARY KEY,
         alive_until BIGINT NOT NULL
+    );
+    CREATE TABLE verifier_secrets (
+        name  TEXT  NOT NULL PRIMARY KEY,
+        value BYTEA NOT NULL
+    );
+    CREATE TABLE push_claimed_sessions (
+        session_id TEXT   NOT NULL PRIMARY KEY,
+        expires_at BIGINT NOT NULL
     );",
 ];
 

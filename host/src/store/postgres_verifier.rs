@@ -666,6 +666,34 @@ impl VerifierStore for PgStore {
         })
     }
 
+    fn claim_session(&self, session_id: &str, expires_at: u64, now: u64) -> Result<bool, StoreError> {
+        let (session_id, expires_at, now) = (session_id.to_owned(), signed(expires_at), signed(now));
+        self.transaction(move |tx| {
+            tx.execute("DELETE FROM push_claimed_sessions WHERE expires_at < $1", &[&now])?;
+            let claimed = tx.execute(
+                "INSERT INTO push_claimed_sessions (session_id, expires_at) VALUES ($1, $2)
+                 ON CONFLICT (session_id) DO NOTHING",
+                &[&session_id, &expires_at],
+            )?;
+            Ok(claimed == 1)
+        })
+    }
+
+    fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let mut fresh = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut fresh).map_err(|_| StoreError::Io("no randomness".into()))?;
+        let name = name.to_owned();
+        self.transaction(move |tx| {
+            tx.execute(
+                "INSERT INTO verifier_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                &[&name, &fresh.as_slice()],
+            )?;
+            Ok(tx
+                .query_one("SELECT value FROM verifier_secrets WHERE name = $1", &[&name])?
+                .try_get(0)?)
+        })
+    }
+
     fn session(&self, session_id: &str) -> Result<Option<PushSession>, StoreError> {
         let session_id = session_id.to_owned();
         self.run(move |client| {

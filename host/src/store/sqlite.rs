@@ -130,11 +130,20 @@ const MIGRATIONS: &[&str] = &[
         (SELECT tenant FROM verifier_agents WHERE verifier_agents.agent_id = push_attestations.agent_id), tenant);",
     // 10: which verifier polls a pull agent, and until when each verifier's leases last
     // (Unix milliseconds; renewed while it runs): verifiers sharing a database take over
-    // the agents of one that stopped renewing.
+    // the agents of one that stopped renewing. Secrets the verifiers share (the key their
+    // push challenges derive from), and the push sessions already proven (once each).
     "ALTER TABLE verifier_agents ADD COLUMN lease_owner TEXT;
     CREATE TABLE verifier_leases (
         verifier_id TEXT    NOT NULL PRIMARY KEY,
         alive_until INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE verifier_secrets (
+        name  TEXT NOT NULL PRIMARY KEY,
+        value BLOB NOT NULL
+    ) STRICT;
+    CREATE TABLE push_claimed_sessions (
+        session_id TEXT    NOT NULL PRIMARY KEY,
+        expires_at INTEGER NOT NULL
     ) STRICT;",
 ];
 

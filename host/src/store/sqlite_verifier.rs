@@ -627,6 +627,34 @@ impl VerifierStore for SqliteStore {
         })
     }
 
+    fn claim_session(&self, session_id: &str, expires_at: u64, now: u64) -> Result<bool, StoreError> {
+        let (session_id, expires_at, now) = (session_id.to_owned(), signed(expires_at), signed(now));
+        self.grouped(move |conn| {
+            conn.prepare_cached("DELETE FROM push_claimed_sessions WHERE expires_at < ?1")?
+                .execute([now])?;
+            let claimed = conn
+                .prepare_cached(
+                    "INSERT INTO push_claimed_sessions (session_id, expires_at) VALUES (?1, ?2)
+                     ON CONFLICT (session_id) DO NOTHING",
+                )?
+                .execute(params![session_id, expires_at])?;
+            Ok(claimed == 1)
+        })
+    }
+
+    fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let mut fresh = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut fresh).map_err(|_| StoreError::Io("no randomness".into()))?;
+        let conn = self.conn()?;
+        conn.prepare_cached(
+            "INSERT INTO verifier_secrets (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+        )?
+        .execute(params![name, fresh.as_slice()])?;
+        Ok(conn
+            .prepare_cached("SELECT value FROM verifier_secrets WHERE name = ?1")?
+            .query_row([name], |row| row.get(0))?)
+    }
+
     fn session(&self, session_id: &str) -> Result<Option<PushSession>, StoreError> {
         let conn = self.conn()?;
         Ok(conn

@@ -557,6 +557,15 @@ pub trait VerifierStore: Send + Sync + 'static {
     /// Stores a proven session and ends the agent's others (one active session per agent).
     fn put_session(&self, session: &PushSession) -> Result<(), StoreError>;
 
+    /// Marks the proof-of-possession session `session_id` (whose challenge expires at
+    /// `expires_at`, Unix microseconds) as proven; false when it was already, by this
+    /// verifier or another on the database. Claims past `now` are forgotten.
+    fn claim_session(&self, session_id: &str, expires_at: u64, now: u64) -> Result<bool, StoreError>;
+
+    /// The secret `name` every verifier on this database shares, made (32 random bytes) by
+    /// the first that asks.
+    fn shared_secret(&self, name: &str) -> Result<Vec<u8>, StoreError>;
+
     /// A session by its id (ids are unique across tenants), with its tenant.
     fn session(&self, session_id: &str) -> Result<Option<PushSession>, StoreError>;
 

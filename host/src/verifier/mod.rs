@@ -273,6 +273,8 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
     })?;
     let tls = net::ServiceTls::resolve("verifier", &config.tls, data_dir, &[config.ip.to_string()])?;
     let store = config.database.open_verifier(&data_dir.database())?;
+    // Push challenges derive from a key every verifier on this database shares.
+    let session_key = store.shared_secret("push-session-challenges")?;
     let runtime = Arc::new(PolicyRuntime::new(
         config.policy_limits,
         Some(data_dir.path().join("policy-cache")),
@@ -304,7 +306,7 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         metrics,
         config: Arc::new(config.clone()),
         modules: Arc::default(),
-        sessions: Arc::default(),
+        sessions: Arc::new(push::sessions::Sessions::new(&session_key)),
         tokens: Arc::default(),
         agent_tls: agent_tls.clone(),
     };

@@ -739,11 +739,7 @@ fn conclude(
         .store
         .save_push_verdict(&agent, from_state, extension, &record)
     {
-        Ok(true) => {
-            if let Some((session_id, expires)) = extension {
-                verifier.tokens.extend(session_id, expires);
-            }
-        }
+        Ok(true) => {}
         Ok(false) => {
             tracing::info!(%agent_id, "the agent changed while its evidence was judged: its record keeps the operator's change")
         }

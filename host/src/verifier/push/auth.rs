@@ -16,10 +16,10 @@ struct Known {
     digest: Vec<u8>,
     agent_id: String,
     tenant: String,
-    expires_at: u64,
 }
 
-/// Tokens verified since start, by session id.
+/// Tokens verified since start, by session id: their hash is not run again. Expiry is
+/// always the stored session's (a verdict of another verifier may have extended it).
 #[derive(Default)]
 pub struct TokenCache(Mutex<HashMap<String, Known>>);
 
@@ -35,7 +35,6 @@ impl TokenCache {
                     digest: crate::evidence::HashAlg::Sha256.digest(&[token.as_bytes()]),
                     agent_id: agent_id.to_owned(),
                     tenant: session.tenant.clone(),
-                    expires_at: session.token_expires_at,
                 },
             );
         }
@@ -45,15 +44,6 @@ impl TokenCache {
     pub fn forget_agent(&self, agent_id: &str) {
         if let Ok(mut known) = self.0.lock() {
             known.retain(|_, k| k.agent_id != agent_id);
-        }
-    }
-
-    /// A passing attestation extends its session.
-    pub fn extend(&self, session_id: &str, expires_at: u64) {
-        if let Ok(mut known) = self.0.lock()
-            && let Some(k) = known.get_mut(session_id)
-        {
-            k.expires_at = expires_at;
         }
     }
 }
@@ -117,7 +107,6 @@ pub fn authenticate(
                 digest,
                 agent_id: session.agent_id,
                 tenant: session.tenant,
-                expires_at: session.token_expires_at,
             };
             if let Ok(mut cache) = verifier.tokens.0.lock() {
                 // One session per agent: an older one of this agent is gone from the store.
@@ -127,17 +116,15 @@ pub fn authenticate(
             known
         }
     };
-    if known.expires_at < now {
-        return Err(unauthorized("the token has expired"));
-    }
-    // The store may have replaced this session with a newer one of the same agent.
-    if verifier
+    // The stored session is the truth: it may have been replaced by a newer one of the same
+    // agent, or extended by a verdict of another verifier on the same database.
+    let stored = verifier
         .store
         .session(session_id)
         .map_err(|e| PushError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("Internal error: {e}")))?
-        .is_none()
-    {
-        return Err(unauthorized("the session has ended"));
+        .ok_or_else(|| unauthorized("the session has ended"))?;
+    if stored.token_expires_at < now {
+        return Err(unauthorized("the token has expired"));
     }
     if known.agent_id != agent_id {
         return Err(PushError::new(StatusCode::FORBIDDEN, "ownership required"));

@@ -7,6 +7,12 @@
 //! in memory (an unauthenticated caller never writes to the store), and creation is rate
 //! limited per client address and per agent id. A failed proof, an unknown agent and an
 //! expired challenge all answer the same 401 so that agent ids cannot be probed.
+//!
+//! Verifiers sharing a database take each other's proofs: a session id is a UUIDv7 (its
+//! creation time in it), and its challenge is an HMAC of the id and agent id under a key
+//! they share (in the database), so a verifier that did not hand out a challenge can still
+//! check a proof of it within its lifetime. A proof is taken once across all of them: the
+//! first success claims the session id in the database.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -31,7 +37,6 @@ use crate::store::PushSession;
 use crate::tpm::{object_name, verify_signature};
 use crate::verifier::Verifier;
 
-const CHALLENGE_BYTES: usize = 32;
 /// Pending sessions kept at most; beyond it, expired ones are dropped first, then the
 /// oldest: a flood displaces old challenges instead of refusing new ones.
 const MAX_PENDING: usize = 100_000;
@@ -54,19 +59,60 @@ struct Pending {
 /// agent out. Limits are per client address, and failed proofs per (agent, address).
 pub struct Sessions {
     pending: Mutex<HashMap<String, Pending>>,
+    /// Sessions of this verifier answered or evicted, until their challenge expires: never
+    /// taken again here, not even as another verifier's.
+    spent: Mutex<HashMap<String, u64>>,
+    /// The key challenges derive from, shared by the verifiers of one database.
+    key: aws_lc_rs::hmac::Key,
     per_address: RateLimiter,
     failed_proofs: RateLimiter,
 }
 
-impl Default for Sessions {
-    fn default() -> Self {
+impl Sessions {
+    /// `key`: the verifiers' shared secret (`VerifierStore::shared_secret`).
+    pub fn new(key: &[u8]) -> Self {
         // Keylime's default: 50 sessions per minute per client address.
         Self {
             pending: Mutex::default(),
+            spent: Mutex::default(),
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key),
             per_address: RateLimiter::new(50, Duration::from_secs(60)),
             failed_proofs: RateLimiter::new(MAX_FAILED_PROOFS, Duration::from_secs(60)),
         }
     }
+
+    /// The challenge of session `session_id` for `agent_id`.
+    fn challenge(&self, session_id: &str, agent_id: &str) -> Vec<u8> {
+        let mut context = aws_lc_rs::hmac::Context::with_key(&self.key);
+        context.update(b"zest push challenge\0");
+        context.update(session_id.as_bytes());
+        context.update(b"\0");
+        context.update(agent_id.as_bytes());
+        context.sign().as_ref().to_vec()
+    }
+
+    /// Remembers sessions that may not be answered here any more.
+    fn spend(&self, gone: impl IntoIterator<Item = (String, u64)>, now: u64) {
+        if let Ok(mut spent) = self.spent.lock() {
+            spent.retain(|_, expires_at| *expires_at >= now);
+            spent.extend(gone);
+        }
+    }
+}
+
+/// The creation time (Unix microseconds, to the millisecond) a UUIDv7 session id carries.
+fn created_at_of(session_id: &str) -> Option<u64> {
+    let (high, rest) = session_id.split_once('-')?;
+    let (mid, _) = rest.split_once('-')?;
+    if high.len() != 8
+        || mid.len() != 4
+        || session_id.len() != 36
+        || session_id.as_bytes().get(14) != Some(&b'7')
+    {
+        return None;
+    }
+    let millis = u64::from_str_radix(&format!("{high}{mid}"), 16).ok()?;
+    millis.checked_mul(1000)
 }
 
 /// The key of failed-proof counts: one agent as asked for from one address.
@@ -82,10 +128,11 @@ fn random<const N: usize>() -> Result<[u8; N], PushError> {
     Ok(bytes)
 }
 
-/// A random (version 4) UUID.
-fn uuid4() -> Result<String, PushError> {
+/// A UUIDv7 (RFC 9562): `millis` since the epoch, then random bits.
+fn uuid7(millis: u64) -> Result<String, PushError> {
     let mut b = random::<16>()?;
-    b[6] = (b[6] & 0x0f) | 0x40;
+    b[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    b[6] = (b[6] & 0x0f) | 0x70;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = hex::encode(b);
     Ok(format!(
@@ -175,9 +222,10 @@ fn create_inner(verifier: &Verifier, peer: Option<Peer>, body: &[u8]) -> Result<
         .check(&address)
         .map_err(PushError::too_many)?;
 
-    let session_id = uuid4()?;
-    let challenge = random::<CHALLENGE_BYTES>()?.to_vec();
-    let created_at = unix_micros_now();
+    // To the millisecond: the id carries it, and every verifier derives the same times.
+    let created_at = unix_micros_now() / 1000 * 1000;
+    let session_id = uuid7(created_at / 1000)?;
+    let challenge = sessions.challenge(&session_id, &agent_id);
     let lifetime = u64::try_from(verifier.config.nonce_lifetime.as_micros()).unwrap_or(u64::MAX);
     let expires_at = created_at.saturating_add(lifetime);
     let reply = json!({"data": {
@@ -199,6 +247,7 @@ fn create_inner(verifier: &Verifier, peer: Option<Peer>, body: &[u8]) -> Result<
         .lock()
         .map_err(|_| PushError::new(StatusCode::INTERNAL_SERVER_ERROR, "session table poisoned"))?;
     // This client's oldest challenges for this agent make room for the new one.
+    let mut evicted = Vec::new();
     let mut mine: Vec<(u64, String)> = pending
         .iter()
         .filter(|(_, p)| p.agent_id == agent_id && p.address == address)
@@ -207,7 +256,7 @@ fn create_inner(verifier: &Verifier, peer: Option<Peer>, body: &[u8]) -> Result<
     if mine.len() >= MAX_PENDING_PER_CLIENT {
         mine.sort_unstable();
         for (_, id) in mine.iter().take(mine.len() + 1 - MAX_PENDING_PER_CLIENT) {
-            pending.remove(id);
+            evicted.extend(pending.remove_entry(id));
         }
     }
     if pending.len() >= MAX_PENDING {
@@ -218,9 +267,10 @@ fn create_inner(verifier: &Verifier, peer: Option<Peer>, body: &[u8]) -> Result<
                 .min_by_key(|(_, p)| p.created_at)
                 .map(|(id, _)| id.clone())
         {
-            pending.remove(&oldest);
+            evicted.extend(pending.remove_entry(&oldest));
         }
     }
+    sessions.spend(evicted.into_iter().map(|(id, p)| (id, p.expires_at)), created_at);
     pending.insert(
         session_id,
         Pending {
@@ -261,6 +311,7 @@ pub fn check_proof(
 /// `PATCH /v3[.0]/sessions/{id}`: the proof; a token when it holds.
 pub async fn prove(
     State(verifier): State<Verifier>,
+    peer: Option<Extension<Peer>>,
     Path(session_id): Path<String>,
     body: Bytes,
 ) -> Response {
@@ -274,22 +325,52 @@ pub async fn prove(
     };
     let received_at = unix_micros_now();
     // A challenge is answered once: the pending session is taken whatever the outcome.
-    let pending = {
-        let Ok(mut pending) = verifier.sessions.pending.lock() else {
+    let sessions = &verifier.sessions;
+    let local = {
+        let Ok(mut pending) = sessions.pending.lock() else {
             return PushError::new(StatusCode::INTERNAL_SERVER_ERROR, "session table poisoned")
                 .into_response();
         };
         match pending.get(&session_id) {
-            None => return PushError::new(StatusCode::NOT_FOUND, "Session not found").into_response(),
             Some(p) if p.agent_id != agent_id => {
                 return PushError::new(StatusCode::BAD_REQUEST, "agent_id does not match the session")
                     .into_response();
             }
-            Some(_) => pending.remove(&session_id),
+            _ => pending.remove(&session_id),
         }
     };
-    let Some(pending) = pending else {
-        return PushError::new(StatusCode::NOT_FOUND, "Session not found").into_response();
+    let pending = match local {
+        Some(pending) => {
+            sessions.spend([(session_id.clone(), pending.expires_at)], received_at);
+            pending
+        }
+        // Another verifier's session (same database): its time is in its id, its challenge
+        // derives from the shared key. Not one this verifier answered or evicted already.
+        None => {
+            let spent = sessions
+                .spent
+                .lock()
+                .map(|s| s.contains_key(&session_id))
+                .unwrap_or(true);
+            let lifetime = u64::try_from(verifier.config.nonce_lifetime.as_micros()).unwrap_or(u64::MAX);
+            let created_at = created_at_of(&session_id)
+                // Not from the future (a second of clock skew between verifiers allowed),
+                // and not expired so long ago that it may have been forgotten.
+                .filter(|t| *t <= received_at.saturating_add(1_000_000))
+                .filter(|t| t.saturating_add(lifetime) >= received_at);
+            let Some(created_at) = created_at.filter(|_| !spent) else {
+                return PushError::new(StatusCode::NOT_FOUND, "Session not found").into_response();
+            };
+            let expires_at = created_at.saturating_add(lifetime);
+            sessions.spend([(session_id.clone(), expires_at)], received_at);
+            Pending {
+                challenge: sessions.challenge(&session_id, &agent_id),
+                agent_id: agent_id.clone(),
+                address: peer.map(|Extension(p)| p.0.ip().to_string()).unwrap_or_default(),
+                created_at,
+                expires_at,
+            }
+        }
     };
     let provided = attributes
         .get("authentication_provided")
@@ -362,6 +443,15 @@ pub async fn prove(
             tracing::info!(%why, "proof of possession refused");
             // Counted for this agent from this address only.
             let _ = v.sessions.failed_proofs.check(&proof_key(&id, &pending.address));
+            return Ok(None);
+        }
+        // Once across the verifiers of the database: a proof taken by another is not again.
+        if !v
+            .store
+            .claim_session(&sid, pending.expires_at, received_at)
+            .map_err(|e| e.to_string())?
+        {
+            tracing::info!("proof of possession for a session already proven");
             return Ok(None);
         }
         let secret: [u8; 32] = random().map_err(|_| "no randomness".to_owned())?;
