@@ -232,7 +232,19 @@ pub async fn register_and_activate(
     agent: &mut TestAgent,
     version: &str,
 ) -> anyhow::Result<()> {
-    let url = format!("{base}/v{version}/agents/{}", agent.uuid);
+    register_at_and_activate_at(client, base, base, agent, version).await
+}
+
+/// Registers at the registrar `register_at` and activates at `activate_at` (registrars
+/// sharing a database behind one address).
+pub async fn register_at_and_activate_at(
+    client: &reqwest::Client,
+    register_at: &str,
+    activate_at: &str,
+    agent: &mut TestAgent,
+    version: &str,
+) -> anyhow::Result<()> {
+    let url = format!("{register_at}/v{version}/agents/{}", agent.uuid);
     let (status, body) = send_json(client.post(&url).json(&agent.registration_body())).await?;
     if status != 200 {
         bail!("registration answered {status}: {body}");
@@ -242,6 +254,7 @@ pub async fn register_and_activate(
         .context("no results.blob")?
         .to_owned();
     let credential = agent.activate_credential(&blob)?;
+    let url = format!("{activate_at}/v{version}/agents/{}", agent.uuid);
     let (status, body) = send_json(client.put(&url).json(&agent.activation_body(&credential))).await?;
     if status != 200 {
         bail!("activation answered {status}: {body}");

@@ -6,7 +6,7 @@
 use zest::store::Database;
 use zest_tests::postgres::{Postgres, with_client};
 use zest_tests::push_env::{config, digest, enrol, policy_for, push_agent, round, status};
-use zest_tests::server::{RegistrarOptions, TestRegistrar, TestVerifier};
+use zest_tests::server::{RegistrarOptions, TestRegistrar, TestVerifier, register_at_and_activate_at};
 use zest_tests::{AkKind, EkKind, Swtpm, TestAgent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -24,10 +24,23 @@ async fn a_registrar_and_a_verifier_on_postgres_register_and_attest_an_agent() {
     .await
     .unwrap();
     let mut registered = TestAgent::new(&tpm, "pg-registered", EkKind::Rsa2048, AkKind::RsaSsa).unwrap();
-    registrar
-        .register_and_activate(&mut registered, "2.6")
-        .await
-        .unwrap();
+    // Two registrars on the database, as behind one address: registered at one, activated
+    // at the other.
+    let other = TestRegistrar::start(RegistrarOptions {
+        database: database.clone(),
+        ..RegistrarOptions::trusting_swtpm_ca()
+    })
+    .await
+    .unwrap();
+    register_at_and_activate_at(
+        &registrar.plain_client(),
+        &registrar.http,
+        &other.http,
+        &mut registered,
+        "2.6",
+    )
+    .await
+    .unwrap();
     // Stored in PostgreSQL, not in an embedded file.
     let active: bool = with_client(&url, |db| {
         Ok(db
