@@ -21,6 +21,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dsse;
+pub mod import;
 pub mod metrics;
 pub mod net;
 pub mod policy;

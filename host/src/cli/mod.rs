@@ -17,6 +17,7 @@ use crate::verifier::VerifierConfig;
 mod ca;
 mod cert_package;
 mod evidence;
+mod import;
 mod policy;
 mod policy_new;
 mod policy_sign;
@@ -70,6 +71,10 @@ enum Command {
     /// Policy tools: dry-run a policy on evidence files.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Switch a running fleet to zest: bring over another server's registrations,
+    /// enrolments and policies (a dry run unless --apply).
+    #[command(subcommand)]
+    Import(import::ImportCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -441,8 +446,14 @@ async fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         ))
     };
     // Each service's configuration is read once: it sets the log format and then the service.
-    let runs_verifier = matches!(command, Command::Serve(_) | Command::Verifier(_));
-    let runs_registrar = matches!(command, Command::Serve(_) | Command::Registrar(_));
+    let runs_verifier = matches!(
+        command,
+        Command::Serve(_) | Command::Verifier(_) | Command::Import(_)
+    );
+    let runs_registrar = matches!(
+        command,
+        Command::Serve(_) | Command::Registrar(_) | Command::Import(_)
+    );
     let verifier_eff = runs_verifier.then(|| load(Service::Verifier)).transpose()?;
     let registrar_eff = runs_registrar.then(|| load(Service::Registrar)).transpose()?;
     let format = verifier_eff
@@ -461,6 +472,20 @@ async fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
         Command::Tenant(args) => tenant::run(args, data_dir.as_deref(), &config_dir).await,
         Command::Quota(args) => quota::run(args, data_dir.as_deref(), &config_dir).await,
         Command::Ca(command) => ca::run(command, data_dir.as_deref()),
+        Command::Import(command) => {
+            let verifier_eff = loaded(verifier_eff)?;
+            let registrar_eff = loaded(registrar_eff)?;
+            let data_dir = data_dir_of(&verifier_eff);
+            let verifier = verifier_config(&verifier_eff)?;
+            let targets = import::Targets {
+                registrar: registrar_config(&registrar_eff, &data_dir)?.database,
+                verifier: verifier.database,
+                measured_boot_module: verifier.measured_boot_module,
+                data_dir,
+            };
+            // The stores block on their own threads (PostgreSQL's client runs a runtime).
+            tokio::task::spawn_blocking(move || import::run(command, &targets)).await?
+        }
         Command::Config(ConfigCommand::Show { service }) => {
             let service = Service::from_name(&service).unwrap_or(Service::Verifier);
             let eff = load(service)?;

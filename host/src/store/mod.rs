@@ -203,4 +203,8 @@ pub trait RegistrarStore: Send + Sync + 'static {
 
     /// Removes the agent. Returns whether it existed.
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError>;
+
+    /// Adds a registration made elsewhere (`zest import keylime`) as it stands, active or
+    /// not, unless the id is taken. Returns whether it was added.
+    fn import_agent(&self, agent: &RegisteredAgent) -> Result<bool, StoreError>;
 }

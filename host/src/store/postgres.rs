@@ -430,4 +430,32 @@ impl RegistrarStore for PgStore {
             Ok(client.execute("DELETE FROM registrar_agents WHERE agent_id = $1", &[&agent_id])? == 1)
         })
     }
+
+    fn import_agent(&self, a: &RegisteredAgent) -> Result<bool, StoreError> {
+        let a = a.clone();
+        self.run(move |client| {
+            let added = client.execute(
+                "INSERT INTO registrar_agents
+                    (tenant, agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert, auth_tag_digest,
+                     active, regcount, registered_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12)
+                 ON CONFLICT (agent_id) DO NOTHING",
+                &[
+                    &DEFAULT_TENANT,
+                    &a.agent_id,
+                    &a.ek_tpm,
+                    &a.ekcert,
+                    &a.aik_tpm,
+                    &a.ip,
+                    &port(a.port),
+                    &a.mtls_cert,
+                    &a.auth_tag_digest,
+                    &a.active,
+                    &i32::try_from(a.regcount).unwrap_or(i32::MAX),
+                    &now(),
+                ],
+            )?;
+            Ok(added == 1)
+        })
+    }
 }

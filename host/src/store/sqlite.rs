@@ -392,6 +392,33 @@ impl RegistrarStore for SqliteStore {
             .execute([agent_id])?
             == 1)
     }
+
+    fn import_agent(&self, a: &RegisteredAgent) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let added = conn
+            .prepare_cached(
+                "INSERT INTO registrar_agents
+                    (tenant, agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert, auth_tag_digest,
+                     active, regcount, registered_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)
+                 ON CONFLICT (agent_id) DO NOTHING",
+            )?
+            .execute(params![
+                DEFAULT_TENANT,
+                a.agent_id,
+                a.ek_tpm,
+                a.ekcert,
+                a.aik_tpm,
+                a.ip,
+                a.port,
+                a.mtls_cert,
+                a.auth_tag_digest,
+                a.active,
+                a.regcount,
+                now(),
+            ])?;
+        Ok(added == 1)
+    }
 }
 
 #[cfg(test)]

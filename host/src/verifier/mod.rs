@@ -9,7 +9,7 @@ mod evidence;
 mod modules;
 pub mod notify;
 pub mod pipeline;
-mod policies;
+pub(crate) mod policies;
 mod poller;
 pub mod push;
 mod quotas;
