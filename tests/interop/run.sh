@@ -6,7 +6,8 @@
 #     signs and Keylime's own code verifies.
 #  3. keylime-policy create runtime and zest policy create runtime make the same runtime
 #     policies from the same rootfs, initramfs images, allowlists and base policies.
-#  4. schemathesis fuzzes every route of /openapi.json on the verifier and the registrar:
+#  4. `zest import keylime` takes databases Keylime's own code wrote (tests/interop/keylime_dbs.py).
+#  5. schemathesis fuzzes every route of /openapi.json on the verifier and the registrar:
 #     no 5xx, every reply as documented (errors in the envelope).
 # Needs the debug binaries `zest` and `zest-test-agent` (cargo test builds both).
 set -euo pipefail
@@ -282,7 +283,27 @@ curl -sf --cacert "$kdata/cv_ca/cacert.crt" --cert "$kdata/cv_ca/client-cert.crt
 grep -q '"uuids"' "$work/keylime-pki-agents.json" || fail "unexpected reply: $(cat "$work/keylime-pki-agents.json")"
 echo "interop: a zest verifier served with a cv_ca made by Keylime's ca_util (encrypted keys, no ca-private.pem) and took its client certificate"
 
-# 4. API fuzzing of both services, with the tenant certificate. One worker: schemathesis'
+# 4. Switching from Keylime: databases Keylime's own code wrote (its migrations, its registrar
+#    model, its verifier's handlers) brought over by `zest import keylime`: a dry run writes
+#    nothing, --apply writes, and a second run finds everything in place.
+"$venvs/keylime/bin/python" tests/interop/keylime_dbs.py "$work/keylime-dbs" >"$work/keylime-dbs.log" 2>&1 \
+  || fail "Keylime's code did not make its databases"
+import_keylime() {
+  "$target/zest" --data-dir "$work/imported" import keylime --verifier-db "$work/keylime-dbs/cv_data.sqlite" \
+    --registrar-db "sqlite:///$work/keylime-dbs/reg_data.sqlite" "$@" 2>>"$work/import.log"
+}
+import_keylime >"$work/import-dry.txt" || fail "zest import keylime (dry run) failed"
+grep -q "would add enrolment of d432fbb3-d2f1-4a97-9ef7-75bd81c00000 (pull mode; runtime policy web" "$work/import-dry.txt" \
+  && grep -q "dry run: nothing written" "$work/import-dry.txt" || fail "unexpected dry run: $(cat "$work/import-dry.txt")"
+import_keylime --apply >"$work/import-apply.txt" || fail "zest import keylime --apply failed"
+grep -q "written: 4 policies, 2 enrolments, 2 registrations" "$work/import-apply.txt" \
+  || fail "unexpected import: $(cat "$work/import-apply.txt")"
+import_keylime --apply >"$work/import-again.txt" || fail "zest import keylime --apply (again) failed"
+grep -q "0 to add, 8 unchanged" "$work/import-again.txt" && grep -q "written: 0 policies, 0 enrolments, 0 registrations" \
+  "$work/import-again.txt" || fail "a second import changed something: $(cat "$work/import-again.txt")"
+echo "interop: zest import keylime took Keylime 7.14.3's own databases (2 agents, their policies and registrations), and a second run changed nothing"
+
+# 5. API fuzzing of both services, with the tenant certificate. One worker: schemathesis'
 #    generators are not thread-safe on CPython 3.11 (an AST recursion-depth SystemError).
 for service in verifier:$vport registrar:$rtls; do
   name=${service%%:*} port=${service##*:}
