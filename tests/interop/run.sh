@@ -6,7 +6,9 @@
 #     signs and Keylime's own code verifies.
 #  3. keylime-policy create runtime and zest policy create runtime make the same runtime
 #     policies from the same rootfs, initramfs images, allowlists and base policies.
-#  4. `zest import keylime` takes databases Keylime's own code wrote (tests/interop/keylime_dbs.py).
+#  4. `zest import keylime` takes databases Keylime's own code wrote (tests/interop/keylime_dbs.py),
+#     and a fleet Keylime's own registrar, tenant and verifier attested moves to zest, which
+#     attests the same running agent (tests/interop/keylime_fleet.sh).
 #  5. schemathesis fuzzes every route of /openapi.json on the verifier and the registrar:
 #     no 5xx, every reply as documented (errors in the envelope).
 # Needs the debug binaries `zest` and `zest-test-agent` (cargo test builds both).
@@ -302,6 +304,39 @@ import_keylime --apply >"$work/import-again.txt" || fail "zest import keylime --
 grep -q "0 to add, 8 unchanged" "$work/import-again.txt" && grep -q "written: 0 policies, 0 enrolments, 0 registrations" \
   "$work/import-again.txt" || fail "a second import changed something: $(cat "$work/import-again.txt")"
 echo "interop: zest import keylime took Keylime 7.14.3's own databases (2 agents, their policies and registrations), and a second run changed nothing"
+
+# A fleet Keylime attested moves to zest: Keylime 7.14.3's own registrar and verifier attest
+# the agent (enrolled by Keylime's tenant) and stop; zest imports their databases and, on
+# Keylime's cv_ca, attests the same running agent, which neither registers nor is enrolled again.
+KL_KEEP_AGENT=1 work="$work/kl-fleet" venvs="$venvs" target="$target" bash tests/interop/keylime_fleet.sh \
+  >"$work/kl-fleet.out" 2>"$work/kl-fleet.err" || fail "Keylime's own verifier did not attest the agent: $(tail -n 40 "$work/kl-fleet.err")"
+fleet() { sed -n "s/^$1=//p" "$work/kl-fleet.out"; }
+pids+=("$(fleet agent_pid)")
+moved=$work/moved
+mkdir -p "$moved"
+cp -r "$(fleet cv_ca)" "$moved/cv_ca"
+"$target/zest" --data-dir "$moved" import keylime --verifier-db "$(fleet cv_data)" --registrar-db "$(fleet reg_data)" \
+  --apply >"$work/moved-import.txt" 2>>"$work/import.log" || fail "zest import keylime of Keylime's fleet failed"
+grep -q "written: 2 policies, 1 enrolments, 1 registrations" "$work/moved-import.txt" \
+  || fail "unexpected import of Keylime's fleet: $(cat "$work/moved-import.txt")"
+mport=$(free_port)
+"$target/zest" --data-dir "$moved" verifier --verifier-port "$mport" --quote-interval 1 >"$work/zest-moved.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$mport") 2>/dev/null && break; sleep 0.1; done
+before=$(fleet attestation_count)
+moved_ok=""
+for _ in $(seq 60); do
+  if "$target/zest" --data-dir "$moved" tenant --verifier "127.0.0.1:$mport" status --uuid "$(fleet agent_uuid)" --json \
+    >"$work/moved-status.json" 2>>"$work/moved-status.err" \
+    && python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); sys.exit(0 if r["attestation_status"] == "PASS" and r["attestation_count"] > int(sys.argv[2]) else 1)' \
+      "$work/moved-status.json" "$before"; then
+    moved_ok=yes
+    break
+  fi
+  sleep 0.5
+done
+[ -n "$moved_ok" ] || fail "zest did not attest the agent Keylime had attested: $(cat "$work/moved-status.json" 2>/dev/null)"
+echo "interop: a fleet Keylime 7.14.3 attested (its registrar, tenant and verifier) is attested by zest after zest import keylime, on Keylime's cv_ca, with no new registration or enrolment"
 
 # 5. API fuzzing of both services, with the tenant certificate. One worker: schemathesis'
 #    generators are not thread-safe on CPython 3.11 (an AST recursion-depth SystemError).
