@@ -9,8 +9,8 @@ use std::process::Output;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use rusqlite::params;
 use zest::store::{RegistrarStore, SqliteStore};
+use zest_tests::postgres::{Postgres, with_client};
 use zest_tests::process::zest_binary;
 use zest_tests::pull_agent::{PullAgent, PullOptions};
 use zest_tests::pull_env::{config, digest, policy_for, wait_for};
@@ -71,35 +71,40 @@ fn der_of_pem(pem: &str) -> Vec<u8> {
     B64.decode(body).unwrap()
 }
 
-/// Keylime's databases holding `agent` as Keylime left it after `attested` rounds, and a
-/// second enrolment zest cannot take (no mTLS certificate).
-fn keylime_databases(dir: &Path, agent: &PullAgent, uuid: &str, attested: u64) {
-    let (ak, ek) = {
-        let state = agent.state.lock().unwrap();
-        (state.agent.aik_tpm.clone(), state.agent.ek_tpm.clone())
-    };
-    let cv = rusqlite::Connection::open(dir.join("cv_data.sqlite")).unwrap();
-    cv.execute_batch(VERIFIER_TABLES).unwrap();
+/// An agent as Keylime's tables hold it.
+struct KeylimeAgent {
+    uuid: String,
+    port: u16,
+    ak: Vec<u8>,
+    ek: Vec<u8>,
+    cert_pem: String,
+    attested: u64,
+}
+
+/// SQL text of a value.
+fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The rows Keylime 7.14.3 leaves for `agent` after it attested it, and a second enrolment
+/// zest cannot take (no mTLS certificate), as SQL both SQLite and PostgreSQL run.
+fn keylime_rows(agent: &KeylimeAgent) -> (String, String) {
     let policy = serde_json::to_string_pretty(&policy_for(&["/usr/bin/tool"])).unwrap();
-    cv.execute(
-        "INSERT INTO allowlists (id, name, tpm_policy, ima_policy, checksum, generator)
-         VALUES (1, 'web', NULL, ?1, 'c', 3)",
-        [&policy],
-    )
-    .unwrap();
-    cv.execute(
-        "INSERT INTO mbpolicies (id, name, mb_policy) VALUES (1, ?1, NULL)",
-        [uuid],
-    )
-    .unwrap();
+    // Keylime stores tpm_policy as JSON text of a JSON string.
     let tpm_policy =
         serde_json::to_string(&serde_json::to_string(&serde_json::json!({"mask": "0x400"})).unwrap())
             .unwrap();
+    let mut verifier = format!(
+        "INSERT INTO allowlists (id, name, tpm_policy, ima_policy, checksum, generator) VALUES (1, 'web', NULL, {}, 'c', 3);
+         INSERT INTO mbpolicies (id, name, mb_policy) VALUES (1, {}, NULL);",
+        quoted(&policy),
+        quoted(&agent.uuid)
+    );
     for (id, port, mtls) in [
-        (uuid, i64::from(agent.addr.port()), Some(agent.cert_pem.clone())),
-        ("no-mtls-agent", 9999, None),
+        (agent.uuid.as_str(), agent.port, quoted(&agent.cert_pem)),
+        ("no-mtls-agent", 9999, "NULL".to_owned()),
     ] {
-        cv.execute(
+        verifier += &format!(
             "INSERT INTO verifiermain (agent_id, v, ip, port, operational_state, public_key, tpm_policy,
                 meta_data, revocation_key, accept_tpm_hash_algs, accept_tpm_encryption_algs,
                 accept_tpm_signing_algs, hash_alg, enc_alg, sign_alg, ima_sign_verification_keys,
@@ -107,31 +112,41 @@ fn keylime_databases(dir: &Path, agent: &PullAgent, uuid: &str, attested: u64) {
                 learned_ima_keyrings, supported_version, ak_tpm, mtls_cert, attestation_count,
                 ima_policy_id, tpm_clockinfo, last_received_quote, last_successful_attestation,
                 mb_policy_id, accept_attestations)
-             VALUES (?1, NULL, '127.0.0.1', ?2, 3, NULL, ?3, '{}', '',
+             VALUES ({}, NULL, '127.0.0.1', {port}, 3, NULL, {}, '{{}}', '',
                 '[\"sha512\", \"sha384\", \"sha256\"]', '[\"ecc\", \"rsa\"]', '[\"ecschnorr\", \"rsassa\"]',
                 'sha256', 'rsa', 'rsassa', '', 'default', '127.0.0.1', 8881, 0, '[]', NULL, 0,
-                '{}', '2.2', ?4, ?5, ?6, 1, NULL, 1764000000, 1764000000, 1, 1)",
-            params![id, port, tpm_policy, B64.encode(&ak), mtls, attested as i64],
-        )
-        .unwrap();
+                '{{}}', '2.2', {}, {mtls}, {}, 1, '{{\"clock\": 5, \"resetCount\": 1, \"restartCount\": 0, \"safe\": 1}}',
+                1764000000, 1764000000, 1, TRUE);",
+            quoted(id),
+            quoted(&tpm_policy),
+            quoted(&B64.encode(&agent.ak)),
+            agent.attested,
+        );
     }
-    let reg = rusqlite::Connection::open(dir.join("reg_data.sqlite")).unwrap();
-    reg.execute_batch(REGISTRAR_TABLES).unwrap();
     // From 7.12 the registrar keeps certificates as base64 DER.
-    reg.execute(
+    let registrar = format!(
         "INSERT INTO registrarmain (agent_id, key, ekcert, virtual, active, provider_keys, regcount,
             aik_tpm, ek_tpm, ip, port, mtls_cert)
-         VALUES (?1, ?2, NULL, NULL, 1, NULL, 1, ?3, ?4, '127.0.0.1', ?5, ?6)",
-        params![
-            uuid,
-            B64.encode(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef"),
-            B64.encode(&ak),
-            B64.encode(&ek),
-            i64::from(agent.addr.port()),
-            B64.encode(der_of_pem(&agent.cert_pem)),
-        ],
-    )
-    .unwrap();
+         VALUES ({}, {}, NULL, NULL, TRUE, NULL, 1, {}, {}, '127.0.0.1', {}, {});",
+        quoted(&agent.uuid),
+        quoted(&B64.encode(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef")),
+        quoted(&B64.encode(&agent.ak)),
+        quoted(&B64.encode(&agent.ek)),
+        agent.port,
+        quoted(&B64.encode(der_of_pem(&agent.cert_pem))),
+    );
+    (verifier, registrar)
+}
+
+/// Keylime's SQLite databases in `dir` holding `agent`.
+fn keylime_databases(dir: &Path, agent: &KeylimeAgent) {
+    let (verifier, registrar) = keylime_rows(agent);
+    let cv = rusqlite::Connection::open(dir.join("cv_data.sqlite")).unwrap();
+    cv.execute_batch(VERIFIER_TABLES).unwrap();
+    cv.execute_batch(&verifier).unwrap();
+    let reg = rusqlite::Connection::open(dir.join("reg_data.sqlite")).unwrap();
+    reg.execute_batch(REGISTRAR_TABLES).unwrap();
+    reg.execute_batch(&registrar).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +172,19 @@ async fn a_keylime_fleet_is_attested_by_zest_after_the_import_without_registerin
     .unwrap();
     agent.measure("/usr/bin/tool", &digest("/usr/bin/tool")).unwrap();
     let keylime = tempfile::tempdir().unwrap();
-    keylime_databases(keylime.path(), &agent, uuid, 120);
+    let (ak, ek) = {
+        let state = agent.state.lock().unwrap();
+        (state.agent.aik_tpm.clone(), state.agent.ek_tpm.clone())
+    };
+    let fleet = KeylimeAgent {
+        uuid: uuid.to_owned(),
+        port: agent.addr.port(),
+        ak,
+        ek,
+        cert_pem: agent.cert_pem.clone(),
+        attested: 120,
+    };
+    keylime_databases(keylime.path(), &fleet);
     let cv = keylime.path().join("cv_data.sqlite");
     let reg = format!("sqlite:///{}", keylime.path().join("reg_data.sqlite").display());
     let import = |apply: bool| {
@@ -213,4 +240,64 @@ async fn a_keylime_fleet_is_attested_by_zest_after_the_import_without_registerin
     .await;
     assert_eq!(s["runtime_policy_name"], "web", "{s}");
     assert!(!agent.state.lock().unwrap().requested_offsets.is_empty());
+}
+
+/// Keylime on PostgreSQL (`postgresql+psycopg2://…`, as its `database_url` says): the same
+/// rows import as from SQLite.
+#[test]
+fn keylime_databases_on_postgresql_import_as_from_sqlite() {
+    let pg = Postgres::start().unwrap();
+    let url = pg.create_database("keylime").unwrap();
+    let agent = KeylimeAgent {
+        uuid: "pg-keylime-agent".into(),
+        port: 9002,
+        ak: b"ak".to_vec(),
+        ek: b"ek".to_vec(),
+        cert_pem: "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----\n".into(),
+        attested: 7,
+    };
+    let (verifier, registrar) = keylime_rows(&agent);
+    let tables = format!("{VERIFIER_TABLES}{REGISTRAR_TABLES}")
+        .replace("BLOB", "BYTEA")
+        .replace("DEFAULT 1", "DEFAULT true");
+    with_client(&url, |db| {
+        Ok(db.batch_execute(&format!("{tables}{verifier}{registrar}"))?)
+    })
+    .unwrap();
+    let keylime_url = url.replace("postgresql://", "postgresql+psycopg2://");
+    let data = tempfile::tempdir().unwrap();
+    let out = stdout(&zest(&[
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "import",
+        "keylime",
+        "--verifier-db",
+        &keylime_url,
+        "--registrar-db",
+        &keylime_url,
+        "--apply",
+    ]));
+    assert!(
+        out.contains("written: 2 policies, 1 enrolments, 1 registrations"),
+        "{out}"
+    );
+    assert!(!out.contains("psycopg2://zest@"), "the URL is not echoed: {out}");
+    let store = SqliteStore::open(&data.path().join("zest.sqlite")).unwrap();
+    let enrolled = zest::store::VerifierStore::agent(&store, "pg-keylime-agent")
+        .unwrap()
+        .unwrap();
+    assert_eq!(enrolled.tpm_policy, r#"{"mask":"0x400"}"#);
+    assert_eq!(enrolled.accept_tpm_hash_algs, ["sha512", "sha384", "sha256"]);
+    assert_eq!(
+        (enrolled.attestation_count, enrolled.tpm_clock),
+        (7, Some((5, 1, 0)))
+    );
+    assert_eq!(enrolled.runtime_policy, "web");
+    assert!(
+        store
+            .registered_agent("pg-keylime-agent")
+            .unwrap()
+            .unwrap()
+            .active
+    );
 }

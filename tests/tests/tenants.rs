@@ -363,6 +363,31 @@ async fn quotas_bound_a_tenant_and_name_the_quota_exceeded() {
     assert!(reset.contains("100"), "{reset}");
     let (code, body) = call(&q, "POST", url("allowlists/p3"), Some(policy_body(&tool))).await;
     assert_eq!(code, 201, "{body}");
+
+    // The default tenant, where Keylime's clients work, has no count or size quota until
+    // the operator sets one: a Keylime site enrols its fleet (each agent with policies of
+    // its own) as it did on Keylime.
+    let (code, body) = call(&operator, "GET", url("quotas/default"), None).await;
+    assert_eq!(code, 200, "{body}");
+    for field in [
+        "agents",
+        "policies",
+        "components",
+        "component_bytes",
+        "document_bytes",
+    ] {
+        assert_eq!(body["results"]["quota"][field], u64::MAX, "{field}: {body}");
+    }
+    for i in 0..120 {
+        let (code, body) = call(
+            &operator,
+            "POST",
+            url(&format!("allowlists/site-{i}")),
+            Some(policy_body(&tool)),
+        )
+        .await;
+        assert_eq!(code, 201, "{body}");
+    }
 }
 
 /// What tenant `a` holds in the isolation matrix, as `a` reads it.

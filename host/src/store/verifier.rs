@@ -121,6 +121,26 @@ impl Default for TenantQuota {
     }
 }
 
+impl TenantQuota {
+    /// The quota of `tenant` until the operator sets one: the defaults, except for the
+    /// default tenant, where Keylime's clients work and which nothing limits but the
+    /// server's own limits (`max_upload_size`, the policy limits), as in Keylime.
+    pub fn default_for(tenant: &str) -> Self {
+        if tenant == super::DEFAULT_TENANT {
+            Self {
+                agents: u64::MAX,
+                policies: u64::MAX,
+                components: u64::MAX,
+                component_bytes: u64::MAX,
+                document_bytes: u64::MAX,
+                ..Self::default()
+            }
+        } else {
+            Self::default()
+        }
+    }
+}
+
 /// What a tenant holds now, against its quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct TenantUsage {

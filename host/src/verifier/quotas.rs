@@ -29,7 +29,7 @@ pub fn quota_of(verifier: &Verifier, tenant: &str) -> Result<TenantQuota, ApiErr
         .store
         .quota(tenant)
         .map_err(|e| ApiError::internal("reading a quota", e))?
-        .unwrap_or_default())
+        .unwrap_or_else(|| TenantQuota::default_for(tenant)))
 }
 
 /// [`quota_of`] from async code.
@@ -131,7 +131,10 @@ pub async fn show(
     let tenant = tenant_of(&scope, &tenant)?;
     let t = tenant.clone();
     let (quota, usage) = api::blocking(verifier.store.clone(), "reading a quota", move |s| {
-        Ok::<_, crate::store::StoreError>((s.quota(&t)?.unwrap_or_default(), s.tenant_usage(&t)?))
+        Ok::<_, crate::store::StoreError>((
+            s.quota(&t)?.unwrap_or_else(|| TenantQuota::default_for(&t)),
+            s.tenant_usage(&t)?,
+        ))
     })
     .await?;
     Ok(Envelope::ok(describe(&tenant, &quota, &usage)))
@@ -148,7 +151,7 @@ pub async fn set(
     let changes = api::json_object(&body)?;
     let t = tenant.clone();
     let current = api::blocking(verifier.store.clone(), "reading a quota", move |s| {
-        Ok::<_, crate::store::StoreError>(s.quota(&t)?.unwrap_or_default())
+        Ok::<_, crate::store::StoreError>(s.quota(&t)?.unwrap_or_else(|| TenantQuota::default_for(&t)))
     })
     .await?;
     let mut merged = serde_json::to_value(current).map_err(|e| ApiError::internal("a quota", e))?;
@@ -194,5 +197,9 @@ pub async fn reset(
     .await?;
     verifier.policies.set_tenant_limits(&tenant, None);
     tracing::info!(%tenant, "tenant quota back to the defaults");
-    Ok(Envelope::ok(describe(&tenant, &TenantQuota::default(), &usage)))
+    Ok(Envelope::ok(describe(
+        &tenant,
+        &TenantQuota::default_for(&tenant),
+        &usage,
+    )))
 }
