@@ -39,6 +39,9 @@ impl std::fmt::Debug for Document<'_> {
     }
 }
 
+/// How many call deadlines a call waits for its tenant's turn before it fails (TenantBusy).
+const QUEUE_WAITS: u32 = 15;
+
 /// A policy to run: its component and document, and their identities when the caller
 /// knows them already (a stored record's module name and document checksum), which spares
 /// hashing a megabyte of component and document on every attestation.
@@ -583,8 +586,12 @@ impl PolicyRegistry {
         load: impl FnOnce() -> Result<P, PolicyError>,
         eval: impl FnOnce(&P) -> Result<R, PolicyError>,
     ) -> Result<R, PolicyError> {
-        // A tenant's calls beyond its share wait for its own, never for another tenant's.
-        let _share = self.shares.enter(tenant, self.limits_for(tenant).deadline)?;
+        // A tenant's calls beyond its share wait for its own, never for another tenant's:
+        // up to QUEUE_WAITS deadlines, so that a burst (a verifier taking over a fleet whose
+        // first rounds all come at once, while the policy compiles) queues instead of
+        // failing honest agents; a tenant that keeps its share full only waits longer.
+        let wait = self.limits_for(tenant).deadline.saturating_mul(QUEUE_WAITS);
+        let _share = self.shares.enter(tenant, wait)?;
         let key: CacheKey = (P::KIND, InstanceKey::new(tenant, source)?);
         let one_off = source.one_off;
         let cached = self.lock()?.hit::<P>(&key, one_off);

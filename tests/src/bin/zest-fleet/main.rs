@@ -315,7 +315,11 @@ impl Server {
                 std::fs::copy(file.path(), pki.join(file.file_name()))?;
             }
             let port = zest_tests::free_port();
-            let log = std::fs::File::create(more.path().join("zest.log"))?;
+            // Beside --server-log when given (`LOG.v2`, …), else in its data directory.
+            let log = std::fs::File::create(match args.server_log.as_deref() {
+                Some(path) => path.with_extension(format!("v{}", index + 1)),
+                None => more.path().join("zest.log"),
+            })?;
             let mut command = Command::new(zest);
             database_env(&mut command, url.as_deref(), index);
             let child = command
