@@ -1129,8 +1129,12 @@ async fn cve_2025_1057_rows_written_under_an_older_schema_still_load_after_an_up
         ] {
             downgrade.push_str(&format!("ALTER TABLE registrar_agents DROP COLUMN {column};"));
         }
-        // Migration 8's table.
+        // Migration 8's table, and migration 10's column and tables.
         downgrade.push_str("DROP TABLE tenant_quotas;");
+        downgrade.push_str(
+            "ALTER TABLE verifier_agents DROP COLUMN lease_owner;
+             DROP TABLE verifier_leases; DROP TABLE verifier_secrets; DROP TABLE push_claimed_sessions;",
+        );
         tx.execute_batch(&downgrade).unwrap();
         tx.execute(
             "INSERT INTO verifier_agents (tenant, agent_id, runtime_policy, mb_policy, record)
