@@ -112,3 +112,51 @@ impl Verifier {
         Ok(reply["results"].clone())
     }
 }
+
+/// A `zest` process of a test, its stderr in a log file; killed (SIGKILL) when dropped.
+pub struct ZestProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Drop for ZestProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ZestProcess {
+    /// Starts `zest ARGS` with `RUST_LOG=info` (and none of the test's own `ZEST_DATA_DIR`
+    /// or `ZEST_CONFIG_DIR`), its stderr in `log`, and waits up to 30 s until it listens on
+    /// `port`; the error holds its log.
+    pub async fn start(args: &[&std::ffi::OsStr], port: u16, log: &Path) -> anyhow::Result<Self> {
+        let child = Command::new(zest_binary()?)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("ZEST_DATA_DIR")
+            .env_remove("ZEST_CONFIG_DIR")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()?;
+        let mut zest = Self {
+            child,
+            log: log.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if let Some(status) = zest.child.try_wait()? {
+                bail!("zest exited ({status}) before listening: {}", zest.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("zest did not listen within 30 s: {}", zest.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(zest)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}

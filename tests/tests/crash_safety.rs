@@ -3,9 +3,9 @@
 //! interrupted attestation, and the agent is not told "verification in progress" for good:
 //! its next round starts.
 
+use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -14,7 +14,7 @@ use serde_json::json;
 use zest::evidence::uefi::EventLog;
 use zest_tests::boot::fedora_bytes;
 use zest_tests::policies::test_component;
-use zest_tests::process::zest_binary;
+use zest_tests::process::ZestProcess;
 use zest_tests::push_agent::PushAgent;
 use zest_tests::push_env::enrol_body;
 use zest_tests::server::{admin_client, anonymous_client, send_json};
@@ -23,26 +23,14 @@ use zest_tests::{AkKind, EkKind, Swtpm, TestAgent};
 /// A `zest verifier --mode push` process on `DIR/data`, configured by its flags and a
 /// minimal `DIR/etc/verifier.conf`; killed on drop.
 struct Zest {
-    child: Child,
+    process: ZestProcess,
     port: u16,
-    log: PathBuf,
-}
-
-impl Drop for Zest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Zest {
     /// Starts run `run` of the verifier on `dir` (a fresh port each run; the data stays).
     async fn start(dir: &Path, run: u32) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = zest_tests::free_port();
         let config = dir.join("etc");
         std::fs::create_dir_all(&config).unwrap();
         // The first run's policy may spin for a minute, so the kill surely lands while it
@@ -57,37 +45,25 @@ impl Zest {
             format!("[verifier]\nip = 127.0.0.1\n{zest_section}"),
         )
         .unwrap();
-        let log = dir.join(format!("zest-{run}.log"));
-        let child = Command::new(zest_binary().unwrap())
-            .arg("--config-dir")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["verifier", "--verifier-port", &port.to_string()])
+        let (data, port_text) = (dir.join("data"), port.to_string());
+        let args: Vec<&OsStr> = vec![
+            "--config-dir".as_ref(),
+            config.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "verifier".as_ref(),
+            "--verifier-port".as_ref(),
+            port_text.as_ref(),
             // No pause between rounds: the agent's next round right after the restart is
             // about the interrupted attestation, not about the quote interval.
-            .args(["--mode", "push", "--quote-interval", "0"])
-            .env("RUST_LOG", "info")
-            .env_remove("ZEST_DATA_DIR")
-            .env_remove("ZEST_CONFIG_DIR")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut zest = Self { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if let Some(status) = zest.child.try_wait().unwrap() {
-                panic!("zest exited ({status}) before listening: {}", zest.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "zest did not listen within 30 s: {}",
-                zest.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        zest
+            "--mode".as_ref(),
+            "push".as_ref(),
+            "--quote-interval".as_ref(),
+            "0".as_ref(),
+        ];
+        let log = dir.join(format!("zest-{run}.log"));
+        let process = ZestProcess::start(&args, port, &log).await.unwrap();
+        Self { process, port }
     }
 
     /// `https://localhost:PORT`
@@ -101,7 +77,7 @@ impl Zest {
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 }
 
@@ -194,8 +170,8 @@ async fn a_kill_during_evaluation_fails_the_attestation_at_restart_and_the_agent
         assert!(Instant::now() < deadline, "never evaluating: {reply}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    zest.child.kill().unwrap();
-    let killed = zest.child.wait().unwrap();
+    zest.process.child.kill().unwrap();
+    let killed = zest.process.child.wait().unwrap();
     assert_eq!(killed.signal(), Some(libc::SIGKILL), "{killed}");
     let first_log = zest.log_text();
     drop(zest);

@@ -4,15 +4,15 @@
 //! lost or counted twice.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use zest_tests::postgres::Postgres;
-use zest_tests::process::zest_binary;
+use zest_tests::process::ZestProcess;
 use zest_tests::pull_agent::{PullAgent, PullOptions};
 use zest_tests::pull_env::{enrol_at, policy_for};
 use zest_tests::server::{admin_client, send_json};
@@ -32,17 +32,9 @@ fn lease() -> Duration {
 /// A `zest verifier` process; killed (SIGKILL) when dropped.
 struct VerifierProcess {
     id: &'static str,
-    child: Child,
+    process: ZestProcess,
     port: u16,
     data: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for VerifierProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl VerifierProcess {
@@ -72,40 +64,23 @@ impl VerifierProcess {
         .unwrap();
         // A database URL with a user name is treated as a credential: owner-only.
         std::fs::set_permissions(&conf, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let args: Vec<&OsStr> = vec![
+            "--config-dir".as_ref(),
+            config.as_os_str(),
+            "--data-dir".as_ref(),
+            data.as_os_str(),
+            "verifier".as_ref(),
+        ];
         let log = dir.join(format!("{id}.log"));
-        let child = Command::new(zest_binary().unwrap())
-            .arg("--config-dir")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("verifier")
-            .env("RUST_LOG", "info")
-            .env_remove("ZEST_DATA_DIR")
-            .env_remove("ZEST_CONFIG_DIR")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut verifier = Self {
+        let process = ZestProcess::start(&args, port, &log)
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        Self {
             id,
-            child,
+            process,
             port,
             data,
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if let Some(status) = verifier.child.try_wait().unwrap() {
-                panic!("{id} exited ({status}): {}", verifier.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{id} did not listen: {}",
-                verifier.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        verifier
     }
 
     fn https(&self) -> String {
@@ -113,7 +88,7 @@ impl VerifierProcess {
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     async fn status(&self, admin: &reqwest::Client, uuid: &str) -> Value {
@@ -239,8 +214,8 @@ async fn a_killed_verifiers_agents_are_attested_again_by_the_other_within_two_le
         }
         counts
     };
-    victim.child.kill().unwrap();
-    victim.child.wait().unwrap();
+    victim.process.child.kill().unwrap();
+    victim.process.child.wait().unwrap();
     let killed = Instant::now();
 
     // Each of its agents: taken over and attested again within two lease periods.
