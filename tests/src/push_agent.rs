@@ -123,13 +123,28 @@ impl<T: PushTpm> PushAgent<T> {
         open_at: &str,
         prove_at: &str,
     ) -> anyhow::Result<(String, Value)> {
+        let (id, challenge) = self.open_session(open_at).await?;
+        let body = self.proof(&id, &challenge)?;
+        let (status, reply) = self.send_proof(prove_at, &id, &body).await?;
+        let token = reply["data"]["attributes"]["token"].as_str();
+        match (status, token) {
+            (200, Some(t)) => {
+                self.token = Some(t.to_owned());
+                Ok((id, body))
+            }
+            _ => bail!("proof of possession: {status} {reply}"),
+        }
+    }
+
+    /// `POST {at}/v3.0/sessions`: the session id and its challenge.
+    pub async fn open_session(&self, at: &str) -> anyhow::Result<(String, Vec<u8>)> {
         let body = json!({"data": {"type": "session", "attributes": {
             "agent_id": self.agent.uuid(),
             "authentication_supported": [{"authentication_class": "pop", "authentication_type": "tpm_pop"}],
         }}});
         let (status, session) = send_json(
             self.client
-                .post(format!("{open_at}/v3.0/sessions"))
+                .post(format!("{at}/v3.0/sessions"))
                 .header("content-type", JSON_API)
                 .body(body.to_string()),
         )
@@ -142,21 +157,17 @@ impl<T: PushTpm> PushAgent<T> {
             session["data"]["attributes"]["authentication_requested"][0]["chosen_parameters"]["challenge"]
                 .as_str()
                 .context("challenge")?;
-        let (message, signature) = self.agent.certify_ak(&B64.decode(challenge)?)?;
-        let body = json!({"data": {"type": "session", "id": id, "attributes": {
+        Ok((id, B64.decode(challenge)?))
+    }
+
+    /// The PATCH body proving possession of the AK over `challenge` for session `id`.
+    pub fn proof(&mut self, id: &str, challenge: &[u8]) -> anyhow::Result<Value> {
+        let (message, signature) = self.agent.certify_ak(challenge)?;
+        Ok(json!({"data": {"type": "session", "id": id, "attributes": {
             "agent_id": self.agent.uuid(),
             "authentication_provided": [{"authentication_class": "pop", "authentication_type": "tpm_pop",
                 "data": {"message": B64.encode(message), "signature": B64.encode(signature)}}],
-        }}});
-        let (status, reply) = self.send_proof(prove_at, &id, &body).await?;
-        let token = reply["data"]["attributes"]["token"].as_str();
-        match (status, token) {
-            (200, Some(t)) => {
-                self.token = Some(t.to_owned());
-                Ok((id, body))
-            }
-            _ => bail!("proof of possession: {status} {reply}"),
-        }
+        }}}))
     }
 
     /// `PATCH {at}/v3.0/sessions/{id}` with a proof `body`: the status and reply.

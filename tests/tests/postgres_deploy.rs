@@ -3,6 +3,7 @@
 //! embedded default, and a restarted verifier finds it again. A database it cannot reach
 //! stops it with an error that names the problem and not the password.
 
+use serde_json::json;
 use zest::store::Database;
 use zest_tests::postgres::{Postgres, with_client};
 use zest_tests::push_env::{config, digest, enrol, policy_for, push_agent, round, status};
@@ -167,6 +168,23 @@ async fn a_push_agent_may_open_prove_and_attest_at_any_verifier_on_the_database(
         assert_ne!(status, 200, "{reply}");
         assert!(reply["data"]["attributes"].get("token").is_none(), "{reply}");
     }
+    // Hostile proofs at the verifier that did not open the session: a session id it never
+    // handed out (a UUIDv7 years ahead, one long expired) is unknown, and a proof of a
+    // real session sent in another agent's name is checked against that agent's challenge.
+    for forged in [
+        "01f00000-0000-7000-8000-000000000000",
+        "00000000-0001-7000-8000-000000000000",
+    ] {
+        let (code, reply) = agent.send_proof(&second.https, forged, &proof).await.unwrap();
+        assert_eq!(code, 404, "{forged}: {reply}");
+    }
+    let (id, challenge) = agent.open_session(&first.https).await.unwrap();
+    let mut renamed = agent.proof(&id, &challenge).unwrap();
+    renamed["data"]["attributes"]["agent_id"] = json!("pg-other-agent");
+    let (code, reply) = agent.send_proof(&second.https, &id, &renamed).await.unwrap();
+    assert_eq!(code, 401, "{reply}");
+    assert!(reply["data"]["attributes"].get("token").is_none(), "{reply}");
+
     // Rounds alternate between the verifiers, numbered as one.
     for (expected, verifier) in [(0, &second), (1, &first), (2, &second)] {
         agent.verifier = verifier.https.clone();
