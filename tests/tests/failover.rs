@@ -251,8 +251,26 @@ async fn a_killed_verifiers_agents_are_attested_again_by_the_other_within_two_le
     assert_eq!(survivor.listed(&admin, survivor.id).await, AGENTS);
     assert_eq!(survivor.listed(&admin, victim.id).await, 0);
 
-    // Let the survivor run a few more rounds, then look at what each agent saw.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The survivor runs two more rounds of every agent; then what each agent saw.
+    let after: HashMap<String, u64> = {
+        let mut counts = HashMap::new();
+        for (uuid, _) in &agents {
+            let s = survivor.status(&admin, uuid).await;
+            counts.insert(uuid.clone(), s["attestation_count"].as_u64().unwrap_or(0));
+        }
+        counts
+    };
+    let deadline = Instant::now() + lease() * 4;
+    for (uuid, _) in &agents {
+        loop {
+            let s = survivor.status(&admin, uuid).await;
+            if s["attestation_count"].as_u64().unwrap_or(0) >= after[uuid] + 2 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{uuid} stopped being attested: {s}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     for (uuid, agent) in &agents {
         let s = survivor.status(&admin, uuid).await;
         let count = s["attestation_count"].as_u64().unwrap_or(0);

@@ -400,9 +400,9 @@ impl VerifierStore for PgStore {
                 "UPDATE verifier_agents SET lease_owner = $1
                  WHERE agent_id IN (
                      SELECT agent_id FROM verifier_agents
-                     WHERE NOT COALESCE((record->>'push')::boolean, false)
-                       AND (lease_owner IS NULL OR lease_owner NOT IN
+                     WHERE (lease_owner IS NULL OR lease_owner NOT IN
                             (SELECT verifier_id FROM verifier_leases WHERE alive_until > $2))
+                       AND NOT COALESCE((record->>'push')::boolean, false)
                      ORDER BY agent_id LIMIT $3
                      FOR UPDATE SKIP LOCKED)",
                 &[&me, &now, &take],

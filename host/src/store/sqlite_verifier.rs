@@ -360,9 +360,9 @@ impl VerifierStore for SqliteStore {
                 "UPDATE verifier_agents SET lease_owner = ?1
                  WHERE agent_id IN (
                      SELECT agent_id FROM verifier_agents
-                     WHERE NOT IFNULL(json_extract(record, '$.push'), 0)
-                       AND (lease_owner IS NULL OR lease_owner NOT IN
+                     WHERE (lease_owner IS NULL OR lease_owner NOT IN
                             (SELECT verifier_id FROM verifier_leases WHERE alive_until > ?2))
+                       AND NOT IFNULL(json_extract(record, '$.push'), 0)
                      ORDER BY agent_id LIMIT ?3)",
             )?
             .execute(params![me, now, take])?;
