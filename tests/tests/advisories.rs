@@ -1129,11 +1129,16 @@ async fn cve_2025_1057_rows_written_under_an_older_schema_still_load_after_an_up
         ] {
             downgrade.push_str(&format!("ALTER TABLE registrar_agents DROP COLUMN {column};"));
         }
-        // Migration 8's table, and migration 10's column and tables.
+        // Migration 8's table, migration 10's column and tables.
         downgrade.push_str("DROP TABLE tenant_quotas;");
         downgrade.push_str(
             "ALTER TABLE verifier_agents DROP COLUMN lease_owner;
              DROP TABLE verifier_leases; DROP TABLE verifier_secrets; DROP TABLE push_claimed_sessions;",
+        );
+        // Migration 11's tables (its policy columns went with the tables rebuilt above).
+        downgrade.push_str(
+            "DROP TABLE policy_versions; DROP TABLE attestation_history; DROP TABLE agent_evidence;
+             DROP TABLE agent_ima_segments; DROP TABLE evidence_blobs;",
         );
         tx.execute_batch(&downgrade).unwrap();
         tx.execute(

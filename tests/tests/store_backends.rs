@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use serde_json::json;
+use zest::store::history::{EvidenceSnapshot, EvidenceUpdate, HistoryEntry, HistoryQuery, Retention, Swap};
 use zest::store::verifier::state;
 use zest::store::{
     EnrolOutcome, ModuleDelete, ModuleRecord, ModuleWrite, NewRegistration, PgStore, PolicyDelete,
@@ -567,17 +568,368 @@ fn lease_contract(store: &dyn Store) {
     );
 }
 
+fn round(agent: &str, at_ms: u64, passed: bool) -> HistoryEntry {
+    HistoryEntry {
+        id: 0,
+        tenant: "t".into(),
+        agent_id: agent.into(),
+        at_ms,
+        mode: "push".into(),
+        passed,
+        failures: vec![],
+        quote_digest: Some(format!("q{at_ms}")),
+        ima_range: None,
+        runtime_policy: None,
+        mb_policy: None,
+    }
+}
+
+fn evidence(offset: u64, text: &str, next: u64, boot_log: Option<&[u8]>) -> EvidenceUpdate {
+    EvidenceUpdate {
+        snapshot: EvidenceSnapshot {
+            at_ms: 1,
+            hash: "sha256".into(),
+            boot_time: Some(5),
+            quoted: [(10, "aa".to_owned())].into(),
+            ima_next: Some(next),
+            ima_pcr10: Some(format!("{next:02x}")),
+            boot_log: None,
+        },
+        ima_text: Some(text.into()),
+        ima_offset: offset,
+        boot_log: boot_log.map(<[u8]>::to_vec),
+    }
+}
+
+/// History pages newest first under filters, retention drops the oldest passes and
+/// failures (and push attestations) beyond their counts, IMA evidence grows by segments,
+/// restarts from entry 0, is dropped on a gap, and boot logs are kept once by digest.
+fn history_contract(store: &dyn Store) {
+    let keep = Retention {
+        keep_passes: 3,
+        keep_failures: 2,
+    };
+    let mut ids = Vec::new();
+    for i in 0..10u64 {
+        // Rounds 2, 5 and 8 fail.
+        let id = store
+            .record_round(&round("h", 1000 + i, i % 3 != 2), None, &keep)
+            .unwrap();
+        ids.push(id);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let all = store
+        .history(&HistoryQuery {
+            agent_id: Some("h".into()),
+            limit: 100,
+            ..HistoryQuery::default()
+        })
+        .unwrap();
+    let times: Vec<u64> = all.iter().map(|e| e.at_ms).collect();
+    // The newest 3 passes (9, 7, 6) and 2 failures (8, 5), newest first.
+    assert_eq!(times, vec![1009, 1008, 1007, 1006, 1005]);
+    assert_eq!(all[0].quote_digest.as_deref(), Some("q1009"));
+    let page = |before: Option<u64>, passed: Option<bool>, since: Option<u64>| {
+        store
+            .history(&HistoryQuery {
+                agent_id: Some("h".into()),
+                passed,
+                before_id: before,
+                since_ms: since,
+                limit: 2,
+                ..HistoryQuery::default()
+            })
+            .unwrap()
+            .iter()
+            .map(|e| (e.id, e.at_ms))
+            .collect::<Vec<_>>()
+    };
+    let first = page(None, None, None);
+    assert_eq!(first.iter().map(|e| e.1).collect::<Vec<_>>(), vec![1009, 1008]);
+    let second = page(Some(first[1].0), None, None);
+    assert_eq!(second.iter().map(|e| e.1).collect::<Vec<_>>(), vec![1007, 1006]);
+    assert_eq!(
+        page(None, Some(false), None)
+            .iter()
+            .map(|e| e.1)
+            .collect::<Vec<_>>(),
+        vec![1008, 1005]
+    );
+    assert_eq!(page(None, None, Some(1007)).len(), 2);
+    assert!(page(None, None, Some(2000)).is_empty());
+    // Another agent's rounds and tenant filters stay apart.
+    store.record_round(&round("other", 5, true), None, &keep).unwrap();
+    let tenant_t = store
+        .history(&HistoryQuery {
+            tenant: Some("t".into()),
+            limit: 100,
+            ..HistoryQuery::default()
+        })
+        .unwrap();
+    assert_eq!(tenant_t.len(), 6);
+    assert!(
+        store
+            .history(&HistoryQuery {
+                tenant: Some("nobody".into()),
+                limit: 100,
+                ..HistoryQuery::default()
+            })
+            .unwrap()
+            .is_empty()
+    );
+
+    // Evidence: segments appended in order, from 0 again after a reboot, dropped on a gap.
+    let boot = b"boot log bytes".as_slice();
+    store
+        .record_round(
+            &round("e", 1, true),
+            Some(&evidence(0, "l0\nl1\n", 2, Some(boot))),
+            &keep,
+        )
+        .unwrap();
+    store
+        .record_round(
+            &round("e", 2, true),
+            Some(&evidence(2, "l2\n", 3, Some(boot))),
+            &keep,
+        )
+        .unwrap();
+    let recorded = store.recorded_evidence("e").unwrap().unwrap();
+    assert_eq!(recorded.ima_text.as_deref(), Some("l0\nl1\nl2\n"));
+    assert_eq!(recorded.snapshot.ima_next, Some(3));
+    assert_eq!(recorded.boot_log.as_deref(), Some(boot));
+    assert_eq!(
+        recorded.snapshot.boot_log.as_deref(),
+        Some(zest::store::history::digest_hex(boot).as_str())
+    );
+    // Past the segment limit the list is compacted, and reads the same.
+    let mut expected = String::from("l0\nl1\nl2\n");
+    for i in 3..40u64 {
+        let line = format!("l{i}\n");
+        expected.push_str(&line);
+        store
+            .record_round(
+                &round("e", 10 + i, true),
+                Some(&evidence(i, &line, i + 1, None)),
+                &keep,
+            )
+            .unwrap();
+    }
+    let recorded = store.recorded_evidence("e").unwrap().unwrap();
+    assert_eq!(recorded.ima_text.as_deref(), Some(expected.as_str()));
+    assert_eq!(recorded.boot_log, None, "the last round sent no boot log");
+    // A gap (the list does not continue where the recorded one ends): nothing kept.
+    store
+        .record_round(
+            &round("e", 100, true),
+            Some(&evidence(90, "x\n", 91, None)),
+            &keep,
+        )
+        .unwrap();
+    let recorded = store.recorded_evidence("e").unwrap().unwrap();
+    assert_eq!((recorded.ima_text, recorded.snapshot.ima_next), (None, None));
+    // A reboot: the list starts over.
+    store
+        .record_round(
+            &round("e", 101, true),
+            Some(&evidence(0, "r0\n", 1, Some(boot))),
+            &keep,
+        )
+        .unwrap();
+    assert_eq!(
+        store.recorded_evidence("e").unwrap().unwrap().ima_text.as_deref(),
+        Some("r0\n")
+    );
+    // The same boot log for two agents is one blob, kept while either names it.
+    store
+        .record_round(
+            &round("f", 1, true),
+            Some(&evidence(0, "f0\n", 1, Some(boot))),
+            &keep,
+        )
+        .unwrap();
+    assert_eq!(
+        store.recorded_evidence("f").unwrap().unwrap().boot_log.as_deref(),
+        Some(boot)
+    );
+    assert_eq!(store.recorded_evidence("missing").unwrap(), None);
+
+    // Push attestations follow the retention: the newest passes and failures stay.
+    store
+        .enrol(
+            &agent("p", "t", "rp", "mp"),
+            &[
+                (PolicyKind::Runtime, policy("rp")),
+                (PolicyKind::MeasuredBoot, policy("mp")),
+            ],
+            &unlimited(),
+        )
+        .unwrap();
+    for i in 0..8u64 {
+        let index = store.add_attestation("t", "p", &attestation(i)).unwrap();
+        let mut judged = attestation(i);
+        judged.index = index;
+        judged.stage = "verification_complete".into();
+        judged.evaluation = if i % 2 == 0 { "pass" } else { "fail" }.into();
+        store.update_attestation("t", "p", &judged).unwrap();
+    }
+    store.record_round(&round("p", 1, true), None, &keep).unwrap();
+    let kept: Vec<u64> = store
+        .attestations("t", "p")
+        .unwrap()
+        .iter()
+        .map(|a| a.index)
+        .collect();
+    // Passes 0, 2, 4, 6 and failures 1, 3, 5, 7: the newest three passes, two failures.
+    assert_eq!(kept, vec![2, 4, 5, 6, 7]);
+    // Deleting an agent forgets its history and evidence.
+    assert!(VerifierStore::delete_agent(store, "p").unwrap());
+    assert!(
+        store
+            .history(&HistoryQuery {
+                agent_id: Some("p".into()),
+                limit: 10,
+                ..HistoryQuery::default()
+            })
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A replaced policy keeps its old document as a version; a swap only replaces the
+/// document it expects; a deleted policy's versions go with it.
+fn version_contract(store: &dyn Store) {
+    let quota = unlimited();
+    let v = |doc: &str| PolicyRecord {
+        document: Some(doc.as_bytes().to_vec()),
+        checksum: doc.to_owned(),
+        ..policy("p")
+    };
+    assert_eq!(
+        store
+            .put_policy(PolicyKind::Runtime, "t", &v("one"), true, &quota)
+            .unwrap(),
+        PolicyWrite::Done
+    );
+    assert_eq!(
+        store
+            .put_policy(PolicyKind::Runtime, "t", &v("two"), false, &quota)
+            .unwrap(),
+        PolicyWrite::Done
+    );
+    let versions = store.policy_versions(PolicyKind::Runtime, "t", "p").unwrap();
+    assert_eq!(
+        versions
+            .iter()
+            .map(|v| (v.version, v.checksum.as_str(), v.replaced_at.is_some()))
+            .collect::<Vec<_>>(),
+        vec![(2, "two", false), (1, "one", true)]
+    );
+    let old = store
+        .policy_version(PolicyKind::Runtime, "t", "p", 1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(old.document.as_deref(), Some(b"one".as_slice()));
+    assert_eq!(
+        store.policy_version(PolicyKind::Runtime, "t", "p", 2).unwrap(),
+        None,
+        "the live one is not an old version"
+    );
+    assert_eq!(
+        store
+            .policy_version(PolicyKind::MeasuredBoot, "t", "p", 1)
+            .unwrap(),
+        None,
+        "kinds stay apart"
+    );
+    // A swap against a stale checksum changes nothing.
+    assert_eq!(
+        store
+            .swap_policy(PolicyKind::Runtime, "t", &v("three"), "one")
+            .unwrap(),
+        Swap::Changed
+    );
+    assert_eq!(
+        store
+            .swap_policy(PolicyKind::Runtime, "t", &v("three"), "two")
+            .unwrap(),
+        Swap::Done(3)
+    );
+    assert_eq!(
+        store
+            .swap_policy(PolicyKind::Runtime, "t", &v("x"), "two")
+            .unwrap(),
+        Swap::Changed
+    );
+    assert_eq!(
+        store
+            .swap_policy(PolicyKind::Runtime, "t", &v("x"), "no such")
+            .unwrap(),
+        Swap::Changed
+    );
+    assert_eq!(
+        store
+            .swap_policy(PolicyKind::Runtime, "other", &v("x"), "two")
+            .unwrap(),
+        Swap::NotFound
+    );
+    assert_eq!(
+        store
+            .policy(PolicyKind::Runtime, "t", "p")
+            .unwrap()
+            .unwrap()
+            .checksum,
+        "three"
+    );
+    assert_eq!(
+        store
+            .policy_versions(PolicyKind::Runtime, "t", "p")
+            .unwrap()
+            .len(),
+        3
+    );
+    // Deleted and created again: versions start over.
+    assert_eq!(
+        store.delete_policy(PolicyKind::Runtime, "t", "p").unwrap(),
+        PolicyDelete::Deleted
+    );
+    assert!(
+        store
+            .policy_versions(PolicyKind::Runtime, "t", "p")
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .put_policy(PolicyKind::Runtime, "t", &v("again"), true, &quota)
+        .unwrap();
+    store
+        .put_policy(PolicyKind::Runtime, "t", &v("again2"), false, &quota)
+        .unwrap();
+    let versions = store.policy_versions(PolicyKind::Runtime, "t", "p").unwrap();
+    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![2, 1]);
+    assert_eq!(
+        store
+            .policy_version(PolicyKind::Runtime, "t", "p", 1)
+            .unwrap()
+            .unwrap()
+            .checksum,
+        "again"
+    );
+}
+
 type Case = fn(&dyn Store);
 
 /// Every case, each on a fresh store from `open`.
 fn contract(open: &dyn Fn(&str) -> Box<dyn Store>) {
-    let cases: [(&str, Case); 6] = [
+    let cases: [(&str, Case); 8] = [
         ("registrar", registrar_contract),
         ("policies", policy_contract),
         ("enrolment", enrolment_contract),
         ("modules", module_contract),
         ("push", push_contract),
         ("leases", lease_contract),
+        ("history", history_contract),
+        ("versions", version_contract),
     ];
     for (name, case) in cases {
         eprintln!("store contract: {name}");

@@ -32,6 +32,8 @@ pub enum Reply {
     Metrics,
     /// The OpenAPI document itself.
     OpenApi,
+    /// An HTML page on success, the envelope on error.
+    Html,
 }
 
 /// One operation: its method, handler and description.
@@ -299,6 +301,7 @@ fn describe<S>(path: &str, op: &Op<S>, versions: &[&str]) -> Value {
         }
         Reply::Metrics => json!({"text/plain": {"schema": {"type": "string"}}}),
         Reply::OpenApi => json!({"application/json": {"schema": {"type": "object"}}}),
+        Reply::Html => json!({"text/html": {"schema": {"type": "string"}}}),
     };
     let mut responses = Map::new();
     for status in op.ok {

@@ -170,6 +170,29 @@ fn number<T: std::str::FromStr>(value: &str) -> Result<T, String> {
     value.trim().parse().map_err(|_| "not a valid number".into())
 }
 
+/// Keylime's durable attestation settings: the file backend (`keylime.da.examples.file`,
+/// `persistent_store_url = file:///DIR[?prefix=…]`) keeps its log in DIR; none when
+/// `durable_attestation_import` is empty.
+fn durable_dir(import: &str, url: &str) -> anyhow::Result<Option<PathBuf>> {
+    if import.is_empty() {
+        return Ok(None);
+    }
+    if import.rsplit('.').next() != Some("file") {
+        anyhow::bail!(
+            "[verifier] durable_attestation_import: zest offers the file backend (keylime.da.examples.file), not {import}"
+        );
+    }
+    let path = url
+        .strip_prefix("file://")
+        .map(|p| p.split('?').next().unwrap_or(p));
+    match path {
+        Some(p) if p.starts_with('/') => Ok(Some(PathBuf::from(p))),
+        _ => anyhow::bail!(
+            "[verifier] persistent_store_url: the file backend needs file:///ABSOLUTE/DIR, not {url:?}"
+        ),
+    }
+}
+
 /// The verifier's settings from its effective configuration.
 fn verifier_config(eff: &Effective) -> anyhow::Result<VerifierConfig> {
     let v = "verifier";
@@ -187,6 +210,13 @@ fn verifier_config(eff: &Effective) -> anyhow::Result<VerifierConfig> {
             Err("must be between 0.1 and 3600 seconds".to_owned())
         }
     })?;
+    config.history_retention = crate::store::history::Retention {
+        keep_passes: eff.parsed("zest", "history_keep_passes", number)?,
+        keep_failures: eff.parsed("zest", "history_keep_failures", number)?,
+    };
+    let durable_import = eff.parsed(v, "durable_attestation_import", |s| Ok(s.trim().to_owned()))?;
+    let store_url = eff.parsed(v, "persistent_store_url", |s| Ok(s.trim().to_owned()))?;
+    config.durable_dir = durable_dir(&durable_import, &store_url)?;
     config.quote_interval = eff.parsed(v, "quote_interval", |s| {
         number::<f64>(s)
             .ok()

@@ -200,6 +200,10 @@ pub const VERIFIER_OPTIONS: &[OptionSpec] = &[
     opt("zest", "policy_timeout", None, "2"),
     opt("zest", "lease_period", None, "10"),
     opt("zest", "policy_memory", None, "268435456"),
+    opt("zest", "history_keep_passes", None, "100"),
+    opt("zest", "history_keep_failures", None, "1000"),
+    opt("verifier", "durable_attestation_import", None, ""),
+    opt("verifier", "persistent_store_url", None, ""),
 ];
 
 pub const REGISTRAR_OPTIONS: &[OptionSpec] = &[

@@ -509,6 +509,11 @@ impl PolicyRegistry {
         drop(evicted);
     }
 
+    /// The limits of `tenant`'s instances (the server's unless a quota sets them).
+    pub fn limits_of(&self, tenant: &str) -> PolicyLimits {
+        self.limits_for(tenant)
+    }
+
     /// The limits of `tenant`'s instances.
     fn limits_for(&self, tenant: &str) -> PolicyLimits {
         self.tenant_limits

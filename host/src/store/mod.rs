@@ -4,10 +4,14 @@
 //! The traits are synchronous: async callers run them on the blocking pool
 //! (`tokio::task::spawn_blocking`), so a slow disk never stalls the reactor.
 
+pub mod durable;
 mod group_commit;
+pub mod history;
 mod postgres;
+mod postgres_history;
 mod postgres_verifier;
 mod sqlite;
+mod sqlite_history;
 mod sqlite_verifier;
 pub mod verifier;
 

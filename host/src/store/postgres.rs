@@ -108,6 +108,48 @@ pub(super) const MIGRATIONS: &[&str] = &[
         session_id TEXT   NOT NULL PRIMARY KEY,
         expires_at BIGINT NOT NULL
     );",
+    // 2: SQLite's migration 11: attestation history, recorded evidence, policy versions.
+    "ALTER TABLE runtime_policies ADD COLUMN version BIGINT NOT NULL DEFAULT 1;
+    ALTER TABLE mb_policies ADD COLUMN version BIGINT NOT NULL DEFAULT 1;
+    CREATE TABLE policy_versions (
+        kind        TEXT   NOT NULL,
+        tenant      TEXT   NOT NULL,
+        name        TEXT   NOT NULL,
+        version     BIGINT NOT NULL,
+        module      TEXT   NOT NULL,
+        checksum    TEXT   NOT NULL,
+        generator   BIGINT NOT NULL,
+        document    BYTEA,
+        replaced_at BIGINT NOT NULL,
+        PRIMARY KEY (kind, tenant, name, version)
+    );
+    CREATE TABLE attestation_history (
+        id       BIGSERIAL PRIMARY KEY,
+        tenant   TEXT    NOT NULL,
+        agent_id TEXT    NOT NULL,
+        at_ms    BIGINT  NOT NULL,
+        passed   BOOLEAN NOT NULL,
+        record   TEXT    NOT NULL
+    );
+    CREATE INDEX attestation_history_agent ON attestation_history (agent_id, passed, id);
+    CREATE INDEX attestation_history_tenant ON attestation_history (tenant, id);
+    CREATE TABLE agent_evidence (
+        agent_id TEXT NOT NULL PRIMARY KEY,
+        tenant   TEXT NOT NULL,
+        record   TEXT NOT NULL,
+        boot_log TEXT
+    );
+    CREATE INDEX agent_evidence_boot_log ON agent_evidence (boot_log);
+    CREATE TABLE agent_ima_segments (
+        agent_id TEXT   NOT NULL,
+        seq      BIGINT NOT NULL,
+        text     TEXT   NOT NULL,
+        PRIMARY KEY (agent_id, seq)
+    );
+    CREATE TABLE evidence_blobs (
+        digest TEXT  NOT NULL PRIMARY KEY,
+        bytes  BYTEA NOT NULL
+    );",
 ];
 
 /// Advisory lock namespaces (the first key of `pg_advisory_xact_lock(int, int)`).

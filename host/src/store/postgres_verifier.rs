@@ -167,27 +167,13 @@ impl VerifierStore for PgStore {
                 })
             });
         }
-        self.run(move |client| {
-            let changed = client.execute(
-                &format!(
-                    "UPDATE {} SET module = $3, document = $4, checksum = $5, generator = $6
-                     WHERE tenant = $1 AND name = $2",
-                    kind.table()
-                ),
-                &[
-                    &tenant,
-                    &r.name,
-                    &r.module,
-                    &r.document,
-                    &r.checksum,
-                    &r.generator,
-                ],
-            )?;
-            Ok(if changed == 0 {
-                PolicyWrite::NotFound
-            } else {
-                PolicyWrite::Done
-            })
+        self.transaction(move |tx| {
+            Ok(
+                match super::postgres_history::replace_policy(tx, kind, &tenant, &r, None)? {
+                    super::history::Swap::NotFound => PolicyWrite::NotFound,
+                    _ => PolicyWrite::Done,
+                },
+            )
         })
     }
 
@@ -276,6 +262,7 @@ impl VerifierStore for PgStore {
                 &format!("DELETE FROM {} WHERE tenant = $1 AND name = $2", kind.table()),
                 &[&tenant, &name],
             )?;
+            super::postgres_history::drop_orphan_versions(tx, kind, &tenant)?;
             Ok(if deleted == 0 {
                 PolicyDelete::NotFound
             } else {
@@ -458,7 +445,9 @@ impl VerifierStore for PgStore {
                     ),
                     &[&tenant, &agent_id],
                 )?;
+                super::postgres_history::drop_orphan_versions(tx, kind, &tenant)?;
             }
+            super::postgres_history::forget_agent(tx, &agent_id)?;
             Ok(true)
         })
     }

@@ -145,6 +145,50 @@ const MIGRATIONS: &[&str] = &[
         session_id TEXT    NOT NULL PRIMARY KEY,
         expires_at INTEGER NOT NULL
     ) STRICT;",
+    // 11: attestation history (one row per judged round), each agent's latest verified
+    // evidence (IMA list in segments, boot logs by digest, shared), and policy versions:
+    // a replaced policy is kept under its version number.
+    "ALTER TABLE runtime_policies ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE mb_policies ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+    CREATE TABLE policy_versions (
+        kind        TEXT    NOT NULL,
+        tenant      TEXT    NOT NULL,
+        name        TEXT    NOT NULL,
+        version     INTEGER NOT NULL,
+        module      TEXT    NOT NULL,
+        checksum    TEXT    NOT NULL,
+        generator   INTEGER NOT NULL,
+        document    BLOB,
+        replaced_at INTEGER NOT NULL,
+        PRIMARY KEY (kind, tenant, name, version)
+    ) STRICT;
+    CREATE TABLE attestation_history (
+        id       INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT,
+        tenant   TEXT    NOT NULL,
+        agent_id TEXT    NOT NULL,
+        at_ms    INTEGER NOT NULL,
+        passed   INTEGER NOT NULL,
+        record   TEXT    NOT NULL
+    ) STRICT;
+    CREATE INDEX attestation_history_agent ON attestation_history (agent_id, passed, id);
+    CREATE INDEX attestation_history_tenant ON attestation_history (tenant, id);
+    CREATE TABLE agent_evidence (
+        agent_id TEXT NOT NULL PRIMARY KEY,
+        tenant   TEXT NOT NULL,
+        record   TEXT NOT NULL,
+        boot_log TEXT
+    ) STRICT;
+    CREATE INDEX agent_evidence_boot_log ON agent_evidence (boot_log);
+    CREATE TABLE agent_ima_segments (
+        agent_id TEXT    NOT NULL,
+        seq      INTEGER NOT NULL,
+        text     TEXT    NOT NULL,
+        PRIMARY KEY (agent_id, seq)
+    ) STRICT;
+    CREATE TABLE evidence_blobs (
+        digest TEXT NOT NULL PRIMARY KEY,
+        bytes  BLOB NOT NULL
+    ) STRICT;",
 ];
 
 /// SQLite storage. One connection behind a mutex: SQLite serialises writers anyway, and
@@ -443,6 +487,7 @@ mod tests {
     /// (the CVE-2025-1057 class: an upgrade that crashes on old rows).
     #[test]
     fn every_shipped_schema_opens_with_its_rows() {
+        use crate::store::history::HistoryStore;
         use crate::store::verifier::{PolicyKind, VerifierStore};
         for version in 0..=MIGRATIONS.len() {
             let dir = tempfile::tempdir().unwrap();
@@ -553,6 +598,16 @@ mod tests {
                     Some(b"{}".to_vec())
                 );
                 assert_eq!(store.agent_states().unwrap().len(), 1, "{}", at("states"));
+                // Policies written before versions are version 1, with none before.
+                let versions = store
+                    .policy_versions(PolicyKind::MeasuredBoot, tenant, "a")
+                    .unwrap();
+                assert_eq!(
+                    versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+                    vec![1],
+                    "{}",
+                    at("versions")
+                );
             }
             if version >= 3 {
                 assert_eq!(store.modules(Some(tenant)).unwrap().len(), 1, "{}", at("module"));

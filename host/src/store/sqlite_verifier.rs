@@ -152,24 +152,12 @@ impl VerifierStore for SqliteStore {
             tx.commit()?;
             return Ok(written);
         }
-        let changed = conn
-            .prepare_cached(&format!(
-                "UPDATE {} SET module = ?3, document = ?4, checksum = ?5, generator = ?6
-                 WHERE tenant = ?1 AND name = ?2",
-                kind.table()
-            ))?
-            .execute(params![
-                tenant,
-                r.name,
-                r.module,
-                r.document,
-                r.checksum,
-                r.generator
-            ])?;
-        Ok(if changed == 0 {
-            PolicyWrite::NotFound
-        } else {
-            PolicyWrite::Done
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let replaced = super::sqlite_history::replace_policy(&tx, kind, tenant, r, None)?;
+        tx.commit()?;
+        Ok(match replaced {
+            super::history::Swap::NotFound => PolicyWrite::NotFound,
+            _ => PolicyWrite::Done,
         })
     }
 
@@ -247,6 +235,7 @@ impl VerifierStore for SqliteStore {
                 kind.table()
             ))?
             .execute(params![tenant, name])?;
+        super::sqlite_history::drop_orphan_versions(&tx, kind, tenant)?;
         tx.commit()?;
         Ok(if deleted == 0 {
             PolicyDelete::NotFound
@@ -418,8 +407,10 @@ impl VerifierStore for SqliteStore {
                     kind.agent_column()
                 ))?
                 .execute(params![tenant, agent_id])?;
+                super::sqlite_history::drop_orphan_versions(&tx, kind, &tenant)?;
             }
         }
+        super::sqlite_history::forget_agent(&tx, agent_id)?;
         tx.commit()?;
         Ok(deleted > 0)
     }

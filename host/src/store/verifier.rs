@@ -469,7 +469,7 @@ pub struct AttestationHead {
 /// The verifier's records. Policies and components belong to a tenant, and their names are
 /// unique per tenant; an agent id is unique across tenants (an agent belongs to one tenant
 /// at a time: [`VerifierAgent::tenant`]), and its sessions and attestations go with it.
-pub trait VerifierStore: Send + Sync + 'static {
+pub trait VerifierStore: super::history::HistoryStore + Send + Sync + 'static {
     /// Creates (`create_only`, within `quota`'s policies) or replaces a policy of `tenant`.
     fn put_policy(
         &self,

@@ -4,12 +4,16 @@
 //! HTTPS only, and only for clients with a certificate from our CA: a connection without
 //! one fails in the handshake (CVE-2026-1709).
 
+mod canary;
+mod dashboard;
 mod enrol;
 mod evidence;
+pub mod history;
 mod modules;
 pub mod notify;
 pub mod pipeline;
 pub(crate) mod policies;
+mod policy_versions;
 mod poller;
 pub mod push;
 mod quotas;
@@ -115,6 +119,12 @@ pub struct VerifierConfig {
     pub max_evidence_size: usize,
     /// `max_upload_size`: the largest policy, enrolment or component upload.
     pub max_upload_size: usize,
+    /// `[zest] history_keep_passes`, `history_keep_failures`: how many rounds of each
+    /// agent the attestation history keeps (push attestation records too).
+    pub history_retention: crate::store::history::Retention,
+    /// `durable_attestation_import` with a `file://` `persistent_store_url`: the directory
+    /// of the append-only, hash-chained log of every round.
+    pub durable_dir: Option<std::path::PathBuf>,
 }
 
 impl VerifierConfig {
@@ -147,6 +157,8 @@ impl VerifierConfig {
             serve_limits: net::ServeLimits::default(),
             max_evidence_size: 64 * 1024 * 1024,
             max_upload_size: 104_857_600,
+            history_retention: crate::store::history::Retention::default(),
+            durable_dir: None,
         }
     }
 }
@@ -188,6 +200,10 @@ pub struct Verifier {
     /// Where keys that verified a signed runtime policy are kept, by digest (Keylime's
     /// `signing_keys`), so a later upload may name its key by `keyid` alone.
     pub signing_keys: Arc<std::path::PathBuf>,
+    /// The durable attestation log, when one is configured.
+    pub durable: Option<Arc<crate::store::durable::DurableLog>>,
+    /// Canary jobs started here.
+    pub canaries: Arc<canary::Canaries>,
 }
 
 impl Verifier {
@@ -239,6 +255,8 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("durable attestation log: {0}")]
+    Durable(#[from] crate::store::durable::DurableError),
 }
 
 /// A running verifier; dropping it stops the listener.
@@ -301,6 +319,11 @@ pub async fn start(data_dir: &DataDir, config: &VerifierConfig) -> Result<Verifi
         poll_wakeup: Arc::default(),
         stateless_checks: Arc::new(tokio::sync::Semaphore::new(STATELESS_CHECKS)),
         signing_keys: Arc::new(data_dir.path().join("signing_keys")),
+        durable: match &config.durable_dir {
+            Some(dir) => Some(Arc::new(crate::store::durable::DurableLog::open(dir)?)),
+            None => None,
+        },
+        canaries: Arc::default(),
         store,
         policies: Arc::new(PolicyRegistry::with_metrics(runtime, metrics.clone())),
         metrics,

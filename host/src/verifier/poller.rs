@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::Verifier;
+use super::history::{self, RoundRecord};
 use super::notify::{self, AgentTls};
 use super::pipeline::{
     Evidence, Expectations, Failure, Outcome, RoundResult, apply, evaluate, record_failures,
@@ -188,11 +189,26 @@ async fn load(verifier: &Verifier, id: &str) -> Option<VerifierAgent> {
 /// Writes the agent back only if its record is still the one this round started from (no
 /// stop, delete or re-enrolment meanwhile); returns whether polling may go on.
 async fn save(verifier: &Verifier, agent: VerifierAgent, round_state: i64) -> bool {
+    save_judged(verifier, agent, round_state, None).await
+}
+
+/// [`save`], and the judged round into the history once its verdict is saved.
+async fn save_judged(
+    verifier: &Verifier,
+    agent: VerifierAgent,
+    round_state: i64,
+    judged: Option<RoundRecord>,
+) -> bool {
     let store = verifier.store.clone();
     let keeps_polling = polls(&agent);
     let id = agent.agent_id.clone();
     match tokio::task::spawn_blocking(move || store.save_round(&agent, round_state)).await {
-        Ok(Ok(true)) => keeps_polling,
+        Ok(Ok(true)) => {
+            if let Some(judged) = judged {
+                history::record(verifier, judged).await;
+            }
+            keeps_polling
+        }
         // The record changed meanwhile: a DELETE during the round finishes now.
         Ok(Ok(false)) => {
             complete_deletion(verifier, &id).await;
@@ -461,24 +477,32 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
         let span = tracing::Span::current();
         let judged = tokio::task::spawn_blocking(move || {
             let _span = span.enter();
-            let outcome = match reply_evidence(&agent, &body, &nonce) {
+            let (outcome, judged) = match reply_evidence(&agent, &body, &nonce) {
                 Ok((evidence, algorithms)) => {
                     let outcome = evaluate(&v.policies, &expect, &evidence);
                     if outcome.quote.is_some() {
                         (agent.hash_alg, agent.enc_alg, agent.sign_alg) = algorithms;
                     }
-                    outcome
+                    let judged = RoundRecord::of(&agent, "pull", Some(&expect), Some(&evidence), &outcome);
+                    (outcome, judged)
                 }
-                Err(failure) => Outcome {
-                    failures: vec![failure],
-                    ..Outcome::default()
-                },
+                Err(failure) => {
+                    let failures = vec![failure];
+                    let judged = RoundRecord::failed(&agent, "pull", &failures);
+                    (
+                        Outcome {
+                            failures,
+                            ..Outcome::default()
+                        },
+                        judged,
+                    )
+                }
             };
             let result = apply(&v.config, &mut agent, outcome, crate::clock::unix_now());
-            (agent, result)
+            (agent, result, judged)
         })
         .await;
-        let Ok((agent, result)) = judged else {
+        let Ok((agent, result, judged)) = judged else {
             return;
         };
         let failures = match &result {
@@ -503,7 +527,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
                 }
             }
         }
-        if !save(&verifier, agent, round_state).await {
+        if !save_judged(&verifier, agent, round_state, Some(judged)).await {
             return;
         }
         drop(round);
@@ -527,6 +551,7 @@ async fn fail_round(
 ) -> bool {
     tracing::warn!(agent_id = %agent.agent_id, tenant = %agent.tenant, failures = ?failures.iter().map(|f| &f.event_id).collect::<Vec<_>>(), "round not judged");
     verifier.record_verdict("pull", &agent.tenant, Duration::ZERO, &failures);
+    let judged = RoundRecord::failed(&agent, "pull", &failures);
     let outcome = Outcome {
         failures,
         ..Outcome::default()
@@ -538,7 +563,7 @@ async fn fail_round(
     {
         revoke(verifier, tls, &agent, verdict);
     }
-    save(verifier, agent, round_state).await
+    save_judged(verifier, agent, round_state, Some(judged)).await
 }
 
 /// Sends the revocation for `agent`'s failure in the background.
@@ -671,6 +696,7 @@ async fn give_up(
 ) {
     let unreachable = failure.event_id == "internal.verifier.not_reachable";
     let failures = [failure];
+    let judged = RoundRecord::failed(&agent, "pull", &failures);
     let (verdict, _) = record_failures(&verifier.config, &mut agent, &failures, state::FAILED);
     if let Some(verdict) = verdict.filter(|_| unreachable && agent.attestation_count > 0) {
         tokio::spawn(notify::send(
@@ -681,7 +707,7 @@ async fn give_up(
             verdict,
         ));
     }
-    save(verifier, agent, round_state).await;
+    save_judged(verifier, agent, round_state, Some(judged)).await;
 }
 
 #[cfg(test)]

@@ -48,6 +48,15 @@ const TENANT_PARAM: &[(&str, &str)] = &[(
     "the operator's choice of tenant (default: default); a tenant's certificate acts in its own",
 )];
 
+/// The query of the policy version routes.
+const VERSION_PARAMS: &[(&str, &str)] = &[
+    (
+        "tenant",
+        "the operator's choice of tenant (default: default); a tenant's certificate acts in its own",
+    ),
+    ("version", "a version number"),
+];
+
 /// The `{v}` of the verifier's tenant routes.
 const V2: &[&str] = &["v2", "v2.0", "v2.1", "v2.2", "v2.3", "v2.4", "v2.5", "v2.6"];
 
@@ -69,225 +78,358 @@ pub fn routes(config: &super::VerifierConfig) -> Routes<Verifier> {
     let evidence = config.max_evidence_size;
     use super::modules;
     use super::push::{attestations, sessions};
-    let mut routes = Routes::new(V2)
-        .route(
-            "/version",
-            false,
-            vec![
-                Op::get(version, "API versions served (410 in push mode)")
-                    .ok(&[200, 410])
+    let mut routes =
+        Routes::new(V2)
+            .route(
+                "/version",
+                false,
+                vec![
+                    Op::get(version, "API versions served (410 in push mode)")
+                        .ok(&[200, 410])
+                        .open(),
+                ],
+            )
+            .route(
+                "/versions",
+                false,
+                vec![
+                    Op::get(version, "API versions served (Keylime's second name)")
+                        .ok(&[200, 410])
+                        .open(),
+                ],
+            )
+            .route(
+                "/",
+                false,
+                vec![Op::get(root, "Redirect to the API 3.0 root").ok(&[307]).open()],
+            )
+            .route(
+                "/metrics",
+                false,
+                vec![Op::get(metrics, "Prometheus metrics").reply(Reply::Metrics)],
+            )
+            .route(
+                "/{v}/version",
+                true,
+                vec![Op::get(versioned_version, "API versions served").open()],
+            )
+            .route(
+                "/{v}/agents",
+                true,
+                vec![
+                    Op::get(list_agents, "Enrolled agents (ids, or every status with bulk)")
+                        .query(&[
+                            ("bulk", "1 or true: every agent's status"),
+                            ("verifier", "only agents of this verifier id"),
+                            ("tenant", "the operator's filter: only this tenant's agents"),
+                        ])
+                        .tenants(),
+                ],
+            )
+            .route(
+                "/{v}/agents/{id}",
+                true,
+                vec![
+                    Op::get(show_agent, "An agent's attestation status").tenants(),
+                    Op::post(enrol, "Enrol an agent with its policies (in the caller's tenant)")
+                        .body(Body::JsonOf("Enrolment"))
+                        .query(TENANT_PARAM)
+                        .body_limit(upload)
+                        .tenants(),
+                    Op::delete(
+                        delete_agent,
+                        "Stop attesting and forget an agent (202 while its round is in flight)",
+                    )
+                    .ok(&[200, 202])
+                    .tenants(),
+                ],
+            )
+            .route(
+                "/{v}/agents/{id}/reactivate",
+                true,
+                vec![Op::put(reactivate, "Resume attesting a failed or stopped agent").tenants()],
+            )
+            .route(
+                "/{v}/agents/{id}/stop",
+                true,
+                vec![Op::put(stop, "Stop attesting an agent, keeping its enrolment").tenants()],
+            )
+            .route(
+                "/{v}/allowlists",
+                true,
+                vec![
+                    Op::get(list_runtime, "Names of the stored runtime policies")
+                        .query(TENANT_PARAM)
+                        .tenants(),
+                ],
+            )
+            .route(
+                "/{v}/allowlists/{name}",
+                true,
+                vec![
+                    Op::get(show_runtime, "A stored runtime policy")
+                        .query(TENANT_PARAM)
+                        .tenants(),
+                    Op::post(create_runtime, "Store a runtime policy")
+                        .body(Body::JsonOf("RuntimePolicyUpload"))
+                        .query(TENANT_PARAM)
+                        .body_limit(upload)
+                        .ok(&[201])
+                        .tenants(),
+                    Op::put(update_runtime, "Replace a stored runtime policy")
+                        .body(Body::JsonOf("RuntimePolicyUpload"))
+                        .query(TENANT_PARAM)
+                        .body_limit(upload)
+                        .ok(&[201])
+                        .tenants(),
+                    Op::delete(delete_runtime, "Remove a runtime policy no agent uses")
+                        .query(TENANT_PARAM)
+                        .ok(&[204])
+                        .tenants(),
+                ],
+            )
+            .route(
+                "/{v}/mbpolicies",
+                true,
+                vec![
+                    Op::get(list_mb, "Names of the stored measured-boot policies")
+                        .query(TENANT_PARAM)
+                        .tenants(),
+                ],
+            )
+            .route(
+                "/{v}/mbpolicies/{name}",
+                true,
+                vec![
+                    Op::get(show_mb, "A stored measured-boot policy")
+                        .query(TENANT_PARAM)
+                        .tenants(),
+                    Op::post(create_mb, "Store a measured-boot policy")
+                        .body(Body::JsonOf("MbPolicyUpload"))
+                        .query(TENANT_PARAM)
+                        .body_limit(upload)
+                        .ok(&[201])
+                        .tenants(),
+                    Op::put(update_mb, "Replace a stored measured-boot policy")
+                        .body(Body::JsonOf("MbPolicyUpload"))
+                        .query(TENANT_PARAM)
+                        .body_limit(upload)
+                        .ok(&[201])
+                        .tenants(),
+                    Op::delete(delete_mb, "Remove a measured-boot policy no agent uses")
+                        .query(TENANT_PARAM)
+                        .ok(&[204])
+                        .tenants(),
+                ],
+            )
+            .route(
+                "/{v}/verify/identity",
+                true,
+                vec![
+                    Op::get(verify_identity, "Is this quote from that agent's AK? (2.2+)")
+                        .query(&[
+                            ("agent_uuid", "the agent"),
+                            ("quote", "Keylime quote text"),
+                            ("nonce", "the nonce quoted"),
+                            ("hash_alg", "the PCR bank"),
+                        ])
+                        .open(),
+                ],
+            )
+            .route(
+                "/{v}/verify/evidence",
+                true,
+                vec![
+                    Op::post(
+                        super::evidence::verify_evidence,
+                        "Verify evidence handed in (2.4+)",
+                    )
+                    .body(Body::Json)
+                    .body_limit(upload.max(evidence))
+                    .ok(&[200, 503])
                     .open(),
-            ],
-        )
-        .route(
-            "/versions",
-            false,
-            vec![
-                Op::get(version, "API versions served (Keylime's second name)")
-                    .ok(&[200, 410])
-                    .open(),
-            ],
-        )
-        .route(
-            "/",
-            false,
-            vec![Op::get(root, "Redirect to the API 3.0 root").ok(&[307]).open()],
-        )
-        .route(
-            "/metrics",
-            false,
-            vec![Op::get(metrics, "Prometheus metrics").reply(Reply::Metrics)],
-        )
-        .route(
-            "/{v}/version",
-            true,
-            vec![Op::get(versioned_version, "API versions served").open()],
-        )
-        .route(
-            "/{v}/agents",
-            true,
-            vec![
-                Op::get(list_agents, "Enrolled agents (ids, or every status with bulk)")
+                ],
+            )
+            .route(
+                "/{v}/modules",
+                true,
+                vec![
+                    Op::get(modules::list, "Policy components: built-in and uploaded")
+                        .query(TENANT_PARAM)
+                        .tenants(),
+                    Op::post(modules::upload, "Upload a policy component (.wasm)")
+                        .body(Body::Binary(&["application/wasm", "application/octet-stream"]))
+                        .query(&[
+                            ("kind", "runtime or measured-boot"),
+                            ("tenant", "the operator's choice of tenant (default: default)"),
+                        ])
+                        .body_limit(upload)
+                        .ok(&[201, 200])
+                        .tenants(),
+                ],
+            )
+            .route(
+                "/{v}/quotas/{tenant}",
+                true,
+                vec![
+                    Op::get(
+                        super::quotas::show,
+                        "A tenant's quota and what it holds (zest's own)",
+                    )
+                    .tenants(),
+                    Op::put(super::quotas::set, "Set any of a tenant's quotas (zest's own)")
+                        .body(Body::JsonOf("TenantQuota")),
+                    Op::delete(
+                        super::quotas::reset,
+                        "Return a tenant's quotas to the defaults (zest's own)",
+                    ),
+                ],
+            )
+            .route(
+                "/{v}/agents/{id}/history",
+                true,
+                vec![
+                    Op::get(
+                        super::history::show,
+                        "An agent's judged rounds, newest first (zest's own)",
+                    )
                     .query(&[
-                        ("bulk", "1 or true: every agent's status"),
-                        ("verifier", "only agents of this verifier id"),
-                        ("tenant", "the operator's filter: only this tenant's agents"),
+                        ("since", "Unix seconds: rounds from then on"),
+                        ("until", "Unix seconds: rounds before then"),
+                        ("verdict", "pass, fail or all"),
+                        ("before", "the previous page's `next`: older rounds"),
+                        ("limit", "rounds per page, 1 to 1000 (default 100)"),
                     ])
                     .tenants(),
-            ],
-        )
-        .route(
-            "/{v}/agents/{id}",
-            true,
-            vec![
-                Op::get(show_agent, "An agent's attestation status").tenants(),
-                Op::post(enrol, "Enrol an agent with its policies (in the caller's tenant)")
-                    .body(Body::JsonOf("Enrolment"))
-                    .query(TENANT_PARAM)
-                    .body_limit(upload)
+                ],
+            )
+            .route(
+                "/{v}/allowlists/{name}/versions",
+                true,
+                vec![
+                    Op::get(
+                        super::policy_versions::list_runtime,
+                        "A runtime policy's versions (zest's own)",
+                    )
+                    .query(VERSION_PARAMS)
                     .tenants(),
-                Op::delete(
-                    delete_agent,
-                    "Stop attesting and forget an agent (202 while its round is in flight)",
-                )
-                .ok(&[200, 202])
-                .tenants(),
-            ],
-        )
-        .route(
-            "/{v}/agents/{id}/reactivate",
-            true,
-            vec![Op::put(reactivate, "Resume attesting a failed or stopped agent").tenants()],
-        )
-        .route(
-            "/{v}/agents/{id}/stop",
-            true,
-            vec![Op::put(stop, "Stop attesting an agent, keeping its enrolment").tenants()],
-        )
-        .route(
-            "/{v}/allowlists",
-            true,
-            vec![
-                Op::get(list_runtime, "Names of the stored runtime policies")
-                    .query(TENANT_PARAM)
+                ],
+            )
+            .route(
+                "/{v}/allowlists/{name}/rollback",
+                true,
+                vec![
+                    Op::post(
+                        super::policy_versions::rollback_runtime,
+                        "Make an earlier version of a runtime policy the live one again (zest's own)",
+                    )
+                    .query(VERSION_PARAMS)
                     .tenants(),
-            ],
-        )
-        .route(
-            "/{v}/allowlists/{name}",
-            true,
-            vec![
-                Op::get(show_runtime, "A stored runtime policy")
-                    .query(TENANT_PARAM)
+                ],
+            )
+            .route(
+                "/{v}/mbpolicies/{name}/versions",
+                true,
+                vec![
+                    Op::get(
+                        super::policy_versions::list_mb,
+                        "A measured-boot policy's versions (zest's own)",
+                    )
+                    .query(VERSION_PARAMS)
                     .tenants(),
-                Op::post(create_runtime, "Store a runtime policy")
-                    .body(Body::JsonOf("RuntimePolicyUpload"))
-                    .query(TENANT_PARAM)
-                    .body_limit(upload)
-                    .ok(&[201])
+                ],
+            )
+            .route(
+                "/{v}/mbpolicies/{name}/rollback",
+                true,
+                vec![
+                    Op::post(
+                        super::policy_versions::rollback_mb,
+                        "Make an earlier version of a measured-boot policy the live one again (zest's own)",
+                    )
+                    .query(VERSION_PARAMS)
                     .tenants(),
-                Op::put(update_runtime, "Replace a stored runtime policy")
-                    .body(Body::JsonOf("RuntimePolicyUpload"))
-                    .query(TENANT_PARAM)
-                    .body_limit(upload)
-                    .ok(&[201])
-                    .tenants(),
-                Op::delete(delete_runtime, "Remove a runtime policy no agent uses")
-                    .query(TENANT_PARAM)
-                    .ok(&[204])
-                    .tenants(),
-            ],
-        )
-        .route(
-            "/{v}/mbpolicies",
-            true,
-            vec![
-                Op::get(list_mb, "Names of the stored measured-boot policies")
-                    .query(TENANT_PARAM)
-                    .tenants(),
-            ],
-        )
-        .route(
-            "/{v}/mbpolicies/{name}",
-            true,
-            vec![
-                Op::get(show_mb, "A stored measured-boot policy")
-                    .query(TENANT_PARAM)
-                    .tenants(),
-                Op::post(create_mb, "Store a measured-boot policy")
-                    .body(Body::JsonOf("MbPolicyUpload"))
-                    .query(TENANT_PARAM)
-                    .body_limit(upload)
-                    .ok(&[201])
-                    .tenants(),
-                Op::put(update_mb, "Replace a stored measured-boot policy")
-                    .body(Body::JsonOf("MbPolicyUpload"))
-                    .query(TENANT_PARAM)
-                    .body_limit(upload)
-                    .ok(&[201])
-                    .tenants(),
-                Op::delete(delete_mb, "Remove a measured-boot policy no agent uses")
-                    .query(TENANT_PARAM)
-                    .ok(&[204])
-                    .tenants(),
-            ],
-        )
-        .route(
-            "/{v}/verify/identity",
-            true,
-            vec![
-                Op::get(verify_identity, "Is this quote from that agent's AK? (2.2+)")
-                    .query(&[
-                        ("agent_uuid", "the agent"),
-                        ("quote", "Keylime quote text"),
-                        ("nonce", "the nonce quoted"),
-                        ("hash_alg", "the PCR bank"),
-                    ])
-                    .open(),
-            ],
-        )
-        .route(
-            "/{v}/verify/evidence",
-            true,
-            vec![
+                ],
+            )
+            .route(
+                "/{v}/canaries",
+                true,
+                vec![
+                Op::get(super::canary::list, "Policy canaries on this verifier (zest's own)").tenants(),
                 Op::post(
-                    super::evidence::verify_evidence,
-                    "Verify evidence handed in (2.4+)",
+                    super::canary::start,
+                    "Judge a candidate policy on agents' recorded evidence, in the background (zest's own)",
                 )
                 .body(Body::Json)
-                .body_limit(upload.max(evidence))
-                .ok(&[200, 503])
-                .open(),
-            ],
-        )
-        .route(
-            "/{v}/modules",
-            true,
-            vec![
-                Op::get(modules::list, "Policy components: built-in and uploaded")
-                    .query(TENANT_PARAM)
-                    .tenants(),
-                Op::post(modules::upload, "Upload a policy component (.wasm)")
-                    .body(Body::Binary(&["application/wasm", "application/octet-stream"]))
-                    .query(&[
-                        ("kind", "runtime or measured-boot"),
-                        ("tenant", "the operator's choice of tenant (default: default)"),
-                    ])
-                    .body_limit(upload)
-                    .ok(&[201, 200])
-                    .tenants(),
-            ],
-        )
-        .route(
-            "/{v}/quotas/{tenant}",
-            true,
-            vec![
-                Op::get(
-                    super::quotas::show,
-                    "A tenant's quota and what it holds (zest's own)",
-                )
+                .query(TENANT_PARAM)
+                .body_limit(upload)
+                .ok(&[202])
                 .tenants(),
-                Op::put(super::quotas::set, "Set any of a tenant's quotas (zest's own)")
-                    .body(Body::JsonOf("TenantQuota")),
-                Op::delete(
-                    super::quotas::reset,
-                    "Return a tenant's quotas to the defaults (zest's own)",
-                ),
             ],
-        )
-        .route(
-            "/{v}/modules/{id}",
-            true,
-            vec![
-                Op::get(modules::show, "A policy component's record")
-                    .query(TENANT_PARAM)
+            )
+            .route(
+                "/{v}/canaries/{id}",
+                true,
+                vec![
+                    Op::get(super::canary::show, "A canary's progress and report (zest's own)")
+                        .query(&[("agents", "false: the summary only")])
+                        .tenants(),
+                ],
+            )
+            .route(
+                "/{v}/canaries/{id}/promote",
+                true,
+                vec![
+                    Op::post(
+                        super::canary::promote,
+                        "Make a canaried candidate the next version of its policy (zest's own)",
+                    )
                     .tenants(),
-                Op::delete(modules::delete, "Remove an uploaded component no policy uses")
-                    .query(TENANT_PARAM)
-                    .ok(&[204])
+                ],
+            )
+            .route(
+                "/dashboard",
+                false,
+                vec![
+                    Op::get(
+                        super::dashboard::overview,
+                        "Dashboard: agents, failures, canaries",
+                    )
+                    .reply(Reply::Html)
                     .tenants(),
-            ],
-        );
+                ],
+            )
+            .route(
+                "/dashboard/agents/{id}",
+                false,
+                vec![
+                    Op::get(super::dashboard::agent, "Dashboard: an agent's timeline")
+                        .reply(Reply::Html)
+                        .tenants(),
+                ],
+            )
+            .route(
+                "/dashboard/canaries/{id}",
+                false,
+                vec![
+                    Op::get(super::dashboard::canary, "Dashboard: a canary's report")
+                        .reply(Reply::Html)
+                        .tenants(),
+                ],
+            )
+            .route(
+                "/{v}/modules/{id}",
+                true,
+                vec![
+                    Op::get(modules::show, "A policy component's record")
+                        .query(TENANT_PARAM)
+                        .tenants(),
+                    Op::delete(modules::delete, "Remove an uploaded component no policy uses")
+                        .query(TENANT_PARAM)
+                        .ok(&[204])
+                        .tenants(),
+                ],
+            );
     for root in ["/v3", "/v3/", "/v3.0", "/v3.0/"] {
         routes = routes.route(root, false, vec![Op::get(version_root, "API 3.0 root").open()]);
     }
@@ -360,7 +502,7 @@ pub(super) fn version_of(segment: &str) -> Result<ApiVersion, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("API version not supported: {segment}")))
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     verifier: &Verifier,
     what: &'static str,
     f: impl FnOnce(&dyn VerifierStore) -> Result<T, StoreError> + Send + 'static,
@@ -403,7 +545,7 @@ async fn versioned_version(Path(v): Path<String>) -> ApiResult {
 /// good quote is older than the staleness limit is `TIMEOUT`, not `PASS`, whatever its
 /// state says, so that a stuck or dead worker never leaves it shown as attested
 /// (CVE-2022-3500).
-fn attestation_status(agent: &VerifierAgent, config: &super::VerifierConfig) -> &'static str {
+pub(super) fn attestation_status(agent: &VerifierAgent, config: &super::VerifierConfig) -> &'static str {
     if agent.push {
         // Keylime's push rules; an agent silent for longer than the limit has timed out.
         let timed_out = agent.last_received_quote > 0
@@ -846,34 +988,60 @@ async fn write_policy(
         return Err(ApiError::bad_request("Expected non zero content length"));
     }
     let body = json_object(body)?;
-    let module = module_field(&body)?;
     let quota = super::quotas::quota(verifier, &tenant).await?;
-    let record = match kind {
+    let record = policy_upload(verifier, &tenant, &name, kind, &body, &quota).await?;
+    let owner = tenant.clone();
+    let outcome = blocking(verifier, "storing policy", move |s| {
+        s.put_policy(kind, &owner, &record, create, &quota)
+    })
+    .await?;
+    policy_written(verifier, &tenant, &name, kind, create, &quota, outcome)
+}
+
+/// A policy record from an upload's body (Keylime's `runtime_policy` with its
+/// `runtime_policy_key`, or `mb_policy`; our `module`): its size within the tenant's
+/// quota, its signature as the settings demand, and the document loaded by its component.
+pub(super) async fn policy_upload(
+    verifier: &Verifier,
+    tenant: &str,
+    name: &str,
+    kind: PolicyKind,
+    body: &Map<String, Value>,
+    quota: &crate::store::TenantQuota,
+) -> Result<crate::store::PolicyRecord, ApiError> {
+    let module = module_field(body)?;
+    Ok(match kind {
         PolicyKind::Runtime => {
             let document = decode_runtime_policy(body.get("runtime_policy"), "runtime_policy")?;
             super::quotas::check_size(
                 verifier,
-                &tenant,
+                tenant,
                 "document_bytes",
                 quota.document_bytes,
                 document.len(),
             )?;
             let key = body.get("runtime_policy_key").cloned().unwrap_or(Value::Null);
             check_signature(verifier, &document, &key).await?;
-            runtime_record(verifier, &tenant, &name, document, module).await?
+            runtime_record(verifier, tenant, name, document, module).await?
         }
         PolicyKind::MeasuredBoot => {
             let document = decode_mb_policy(body.get("mb_policy"), "mb_policy")?;
             let size = document.as_ref().map_or(0, Vec::len);
-            super::quotas::check_size(verifier, &tenant, "document_bytes", quota.document_bytes, size)?;
-            measured_boot_record(verifier, &tenant, &name, document, module).await?
+            super::quotas::check_size(verifier, tenant, "document_bytes", quota.document_bytes, size)?;
+            measured_boot_record(verifier, tenant, name, document, module).await?
         }
-    };
-    let owner = tenant.clone();
-    let outcome = blocking(verifier, "storing policy", move |s| {
-        s.put_policy(kind, &owner, &record, create, &quota)
     })
-    .await?;
+}
+
+fn policy_written(
+    verifier: &Verifier,
+    tenant: &str,
+    name: &str,
+    kind: PolicyKind,
+    create: bool,
+    quota: &crate::store::TenantQuota,
+    outcome: PolicyWrite,
+) -> ApiResult {
     match outcome {
         PolicyWrite::Done => {
             tracing::info!(policy = %name, %tenant, ?kind, create, "policy stored");
@@ -881,7 +1049,7 @@ async fn write_policy(
         }
         PolicyWrite::QuotaExceeded => Err(super::quotas::exceeded(
             verifier,
-            &tenant,
+            tenant,
             "policies",
             quota.policies,
         )),

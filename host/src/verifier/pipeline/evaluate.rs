@@ -142,8 +142,13 @@ pub fn evaluate(registry: &PolicyRegistry, expect: &Expectations, evidence: &Evi
                         .into_iter()
                         .flat_map(|(alg, pair)| pair.into_iter().map(move |v| (alg, v)))
                         .collect();
+                    let judging = Judging {
+                        tenant: &expect.tenant,
+                        first_attestation: expect.first_attestation,
+                        prior_state: expect.mb_policy_state.clone(),
+                    };
                     let (mb_failures, state) =
-                        measured_boot(registry, expect, hash, policy, &log, &replayed, &quoted);
+                        measured_boot(registry, &judging, hash, policy, &log, &replayed, &quoted);
                     failures.extend(mb_failures);
                     outcome.mb_state = state;
                 }
@@ -199,9 +204,16 @@ fn bind_key(
 /// The boot log against the quote and the refstate's component. Events reach the
 /// component only when their data is what their digests measured and their PCR replayed to
 /// the quoted value; a PCR the component relies on that does not replay is a failure.
-fn measured_boot(
+/// What a component call needs to know of the agent besides its evidence.
+pub struct Judging<'a> {
+    pub tenant: &'a str,
+    pub first_attestation: bool,
+    pub prior_state: Option<Vec<u8>>,
+}
+
+pub fn measured_boot(
     registry: &PolicyRegistry,
-    expect: &Expectations,
+    judging: &Judging<'_>,
     hash: HashAlg,
     policy: &PolicyInUse,
     log: &EventLog,
@@ -214,7 +226,7 @@ fn measured_boot(
             None,
         );
     };
-    let relevant = match registry.load_measured_boot(&expect.tenant, &source) {
+    let relevant = match registry.load_measured_boot(judging.tenant, &source) {
         Ok(r) => r,
         Err(e) => return (vec![Failure::policy_error("measured_boot", e)], None),
     };
@@ -230,10 +242,10 @@ fn measured_boot(
         quoted_bank: hash,
         quoted: &quoted_list,
         verified_pcrs: &replays,
-        first_attestation: expect.first_attestation,
-        prior_state: expect.mb_policy_state.clone(),
+        first_attestation: judging.first_attestation,
+        prior_state: judging.prior_state.clone(),
     };
-    match registry.evaluate_measured_boot(&expect.tenant, &source, &evidence) {
+    match registry.evaluate_measured_boot(judging.tenant, &source, &evidence) {
         Ok(verdict) => (
             verdict
                 .failures
@@ -247,7 +259,7 @@ fn measured_boot(
 }
 
 /// A finding of [`check_boot`] as Keylime reports it.
-fn boot_failure(finding: &BootFinding) -> Failure {
+pub fn boot_failure(finding: &BootFinding) -> Failure {
     match finding {
         BootFinding::MissingPcrs(pcrs) => Failure::missing_pcrs("measured_boot.missing_pcrs", pcrs),
         BootFinding::EventData {
@@ -281,7 +293,7 @@ fn boot_failure(finding: &BootFinding) -> Failure {
     }
 }
 
-type ImaOutcome = (Vec<Failure>, Option<ImaPosition>, Option<Vec<u8>>);
+pub type ImaOutcome = (Vec<Failure>, Option<ImaPosition>, Option<Vec<u8>>);
 
 /// The IMA list replayed into PCR 10 from the saved position (or from the start) and
 /// judged by the runtime component.
@@ -300,10 +312,6 @@ fn runtime(
             None,
             None,
         );
-    };
-    let log_hash = match registry.runtime_log_hash(&expect.tenant, &source) {
-        Ok(h) => h.unwrap_or(HashAlg::Sha1),
-        Err(e) => return (vec![Failure::policy_error("ima", e)], None, None),
     };
     // A list from entry 0 replays from zeros; one from mid-way continues the saved replay
     // of the same boot, and nothing else.
@@ -333,7 +341,41 @@ fn runtime(
             }
         }
     };
-    let replayed = replay(&list.text, evidence.hash, log_hash, &from, Some(pcr10));
+    let judging = Judging {
+        tenant: &expect.tenant,
+        first_attestation: expect.first_attestation,
+        prior_state,
+    };
+    judge_ima(
+        registry,
+        &judging,
+        evidence.hash,
+        &source,
+        list,
+        &from,
+        pcr10,
+        aggregates,
+    )
+}
+
+/// Replays an IMA list from `from` to the quoted PCR 10 and has the runtime component
+/// judge it.
+#[allow(clippy::too_many_arguments)]
+pub fn judge_ima(
+    registry: &PolicyRegistry,
+    judging: &Judging<'_>,
+    bank: HashAlg,
+    source: &crate::policy::PolicySource<'_>,
+    list: &ImaList,
+    from: &ImaPosition,
+    pcr10: &[u8],
+    aggregates: &[(HashAlg, Vec<u8>)],
+) -> ImaOutcome {
+    let log_hash = match registry.runtime_log_hash(judging.tenant, source) {
+        Ok(h) => h.unwrap_or(HashAlg::Sha1),
+        Err(e) => return (vec![Failure::policy_error("ima", e)], None, None),
+    };
+    let replayed = replay(&list.text, bank, log_hash, from, Some(pcr10));
     let mut failures: Vec<Failure> = replayed
         .parse_errors
         .iter()
@@ -351,13 +393,13 @@ fn runtime(
     let ima = ImaEvidence {
         text: &list.text,
         replay: &replayed,
-        bank: evidence.hash,
+        bank,
         start_offset: list.offset,
         boot_aggregates: aggregates,
-        prior_state,
+        prior_state: judging.prior_state.clone(),
     };
     let mut state = None;
-    match registry.evaluate_runtime(&expect.tenant, &source, &ima) {
+    match registry.evaluate_runtime(judging.tenant, source, &ima) {
         Ok(verdict) => {
             state = verdict.state;
             failures.extend(

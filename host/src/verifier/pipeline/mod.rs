@@ -21,6 +21,8 @@ mod failure;
 mod prepare;
 
 pub use apply::{RoundResult, apply, record_failures};
-pub use evaluate::{MEASURED_BOOT_PCRS, Outcome, evaluate, parse_tpm_policy};
+pub use evaluate::{
+    Judging, MEASURED_BOOT_PCRS, Outcome, evaluate, judge_ima, measured_boot, parse_tpm_policy,
+};
 pub use failure::Failure;
-pub use prepare::{Evidence, Expectations, ImaList, PolicyInUse, required_pcrs};
+pub use prepare::{Evidence, Expectations, ImaList, PolicyInUse, policy_in_use, required_pcrs};

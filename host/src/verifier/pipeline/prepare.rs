@@ -113,7 +113,7 @@ pub struct Expectations {
     pub first_attestation: bool,
 }
 
-fn policy_in_use(
+pub fn policy_in_use(
     verifier: &Verifier,
     tenant: &str,
     kind: PolicyKind,

@@ -24,6 +24,7 @@ use crate::evidence::{HashAlg, KeyParams, PublicArea};
 use crate::store::verifier::state;
 use crate::store::{PolicyKind, PolicyRecord, PushAttestation, VerifierAgent};
 use crate::verifier::Verifier;
+use crate::verifier::history::{self, RoundRecord};
 use crate::verifier::notify;
 use crate::verifier::pipeline::{
     Evidence, Expectations, Failure, ImaList, Outcome, RoundResult, apply, evaluate, parse_tpm_policy,
@@ -642,12 +643,18 @@ fn submit_blocking(
 fn verify(verifier: &Verifier, agent: VerifierAgent, session_id: &str, record: PushAttestation) {
     // The policies' own log lines and the verdict's carry the agent and its tenant.
     let _span = crate::verifier::agent_span(&agent.agent_id, &agent.tenant).entered();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(verifier, &agent, &record)))
-        .unwrap_or_else(|_| Outcome {
-            failures: vec![Failure::internal("panic", "evaluating the evidence panicked")],
-            ..Outcome::default()
-        });
-    conclude(verifier, agent, Some(session_id), record, outcome);
+    let (outcome, judged) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| judge(verifier, &agent, &record)))
+            .unwrap_or_else(|_| {
+                let failures = vec![Failure::internal("panic", "evaluating the evidence panicked")];
+                let judged = RoundRecord::failed(&agent, "push", &failures);
+                let outcome = Outcome {
+                    failures,
+                    ..Outcome::default()
+                };
+                (outcome, judged)
+            });
+    conclude(verifier, agent, Some(session_id), record, outcome, Some(judged));
 }
 
 /// Applies a judged outcome to the agent and its attestation record, and notifies the
@@ -658,6 +665,7 @@ fn conclude(
     session_id: Option<&str>,
     mut record: PushAttestation,
     outcome: Outcome,
+    judged: Option<RoundRecord>,
 ) {
     let agent_id = agent.agent_id.clone();
     let from_state = agent.operational_state;
@@ -739,7 +747,13 @@ fn conclude(
         .store
         .save_push_verdict(&agent, from_state, extension, &record)
     {
-        Ok(true) => {}
+        Ok(true) => {
+            if let Some(mut judged) = judged {
+                judged.entry.passed = matches!(result, RoundResult::Pass);
+                judged.entry.failures = record.failures.clone();
+                history::record_blocking(verifier, judged);
+            }
+        }
         Ok(false) => {
             tracing::info!(%agent_id, "the agent changed while its evidence was judged: its record keeps the operator's change")
         }
@@ -769,7 +783,7 @@ pub fn fail_interrupted(verifier: &Verifier) {
             )],
             ..Outcome::default()
         };
-        conclude(verifier, agent, None, record, outcome);
+        conclude(verifier, agent, None, record, outcome, None);
     }
 }
 
@@ -819,17 +833,27 @@ fn push_evidence(record: &PushAttestation) -> Result<Evidence, Failure> {
     })
 }
 
-fn judge(verifier: &Verifier, agent: &VerifierAgent, record: &PushAttestation) -> Outcome {
-    let failed = |failure| Outcome {
-        failures: vec![failure],
-        ..Outcome::default()
+/// Judges the evidence, and the round as the history records it.
+fn judge(verifier: &Verifier, agent: &VerifierAgent, record: &PushAttestation) -> (Outcome, RoundRecord) {
+    let failed = |failure| {
+        let failures = vec![failure];
+        let judged = RoundRecord::failed(agent, "push", &failures);
+        let outcome = Outcome {
+            failures,
+            ..Outcome::default()
+        };
+        (outcome, judged)
     };
     let expect = match Expectations::of(verifier, agent) {
         Ok(e) => e,
         Err(f) => return failed(f),
     };
     match push_evidence(record) {
-        Ok(evidence) => evaluate(&verifier.policies, &expect, &evidence),
+        Ok(evidence) => {
+            let outcome = evaluate(&verifier.policies, &expect, &evidence);
+            let judged = RoundRecord::of(agent, "push", Some(&expect), Some(&evidence), &outcome);
+            (outcome, judged)
+        }
         Err(f) => failed(f),
     }
 }
