@@ -271,3 +271,28 @@ pub async fn send_json(request: reqwest::RequestBuilder) -> anyhow::Result<(u16,
         .with_context(|| format!("status {status}, body is not JSON: {text:?}"))?;
     Ok((status, body))
 }
+
+/// `zest ca issue --name NAME --client --tenant TENANT`, then an HTTPS client presenting it.
+pub fn tenant_client(verifier: &TestVerifier, tenant: &str) -> reqwest::Client {
+    let ca_dir = verifier.data.path().join("cv_ca");
+    let out = tempfile::tempdir().unwrap();
+    let issued = std::process::Command::new(crate::process::zest_binary().unwrap())
+        .args(["ca", "issue", "--name", tenant, "--client", "--tenant", tenant])
+        .arg("--dir")
+        .arg(&ca_dir)
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    client_presenting(
+        &ca_dir,
+        &out.path().join(format!("{tenant}-cert.crt")),
+        &out.path().join(format!("{tenant}-private.pem")),
+    )
+    .unwrap()
+}

@@ -4,7 +4,6 @@
 //! operator's certificate sees every tenant and chooses one with `?tenant=`; an agent is
 //! judged by the policies of the tenant that enrolled it.
 
-use std::path::Path;
 use std::process::Command;
 
 use base64::Engine;
@@ -12,36 +11,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use zest_tests::process::zest_binary;
 use zest_tests::push_env::{config, digest, enrol_body, policy_for, push_agent, round, verifier_with};
-use zest_tests::server::TestVerifier;
+use zest_tests::server::{TestVerifier, tenant_client};
 use zest_tests::{AkKind, Swtpm};
-
-/// `zest ca issue --name NAME --client --tenant TENANT`, then an HTTPS client presenting it.
-fn tenant_client(verifier: &TestVerifier, tenant: &str) -> reqwest::Client {
-    let ca_dir = verifier.data.path().join("cv_ca");
-    let out = tempfile::tempdir().unwrap();
-    let issued = Command::new(zest_binary().unwrap())
-        .args(["ca", "issue", "--name", tenant, "--client", "--tenant", tenant])
-        .arg("--dir")
-        .arg(&ca_dir)
-        .arg("--out")
-        .arg(out.path())
-        .output()
-        .unwrap();
-    assert!(
-        issued.status.success(),
-        "{}",
-        String::from_utf8_lossy(&issued.stderr)
-    );
-    client(
-        &ca_dir,
-        &out.path().join(format!("{tenant}-cert.crt")),
-        &out.path().join(format!("{tenant}-private.pem")),
-    )
-}
-
-fn client(ca_dir: &Path, cert: &Path, key: &Path) -> reqwest::Client {
-    zest_tests::server::client_presenting(ca_dir, cert, key).unwrap()
-}
 
 async fn call(client: &reqwest::Client, method: &str, url: String, body: Option<Value>) -> (u16, Value) {
     let mut request = client.request(method.parse().unwrap(), url);

@@ -15,6 +15,7 @@ use crate::config::{DEFAULT_DATA_DIR, DataDir, RegistrarConfig};
 use crate::verifier::VerifierConfig;
 
 mod ca;
+mod canary;
 mod cert_package;
 mod evidence;
 mod import;
@@ -71,10 +72,22 @@ enum Command {
     /// Policy tools: dry-run a policy on evidence files.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// The durable attestation log (`durable_attestation_import`, file backend).
+    #[command(subcommand)]
+    Durable(DurableCommand),
     /// Switch a running fleet to zest: bring over another server's registrations,
     /// enrolments and policies (a dry run unless --apply).
     #[command(subcommand)]
     Import(import::ImportCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DurableCommand {
+    /// Check a log's hash chain: every line as written, none removed or inserted.
+    Verify {
+        /// The log (`attestations.jsonl`) or its directory (`persistent_store_url`).
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -498,7 +511,32 @@ async fn dispatch(cli: Cli, matches: &ArgMatches) -> anyhow::Result<()> {
     let loaded = |eff: Option<Effective>| eff.context("configuration not loaded");
     match command {
         Command::Evidence(command) => evidence::run(command),
+        Command::Policy(policy::PolicyCommand::Canary(args)) => {
+            canary::canary(*args, data_dir.as_deref(), &config_dir).await
+        }
+        Command::Policy(policy::PolicyCommand::Promote(args)) => {
+            canary::promote(args, data_dir.as_deref(), &config_dir).await
+        }
+        Command::Policy(policy::PolicyCommand::Rollback(args)) => {
+            canary::rollback(args, data_dir.as_deref(), &config_dir).await
+        }
+        Command::Policy(policy::PolicyCommand::Versions(args)) => {
+            canary::versions(args, data_dir.as_deref(), &config_dir).await
+        }
         Command::Policy(command) => policy::run(command),
+        Command::Durable(DurableCommand::Verify { path }) => {
+            let file = if path.is_dir() {
+                path.join(crate::store::durable::LOG_FILE)
+            } else {
+                path
+            };
+            let (count, last) = crate::store::durable::verify(&file)?;
+            println!(
+                "{}: {count} rounds, chain intact (last line {last})",
+                file.display()
+            );
+            Ok(())
+        }
         Command::Tenant(args) => tenant::run(args, data_dir.as_deref(), &config_dir).await,
         Command::Quota(args) => quota::run(args, data_dir.as_deref(), &config_dir).await,
         Command::Ca(command) => ca::run(command, data_dir.as_deref()),

@@ -33,6 +33,16 @@ pub enum PolicyCommand {
     /// Sign a policy document as a DSSE envelope, as Keylime's `keylime-policy sign` does.
     #[command(subcommand)]
     Sign(super::policy_sign::SignCommand),
+    /// Judge a candidate policy on the agents' recorded evidence before it goes live (on
+    /// the verifier): which agents would newly fail, and on what.
+    Canary(Box<super::canary::CanaryArgs>),
+    /// Make a canaried candidate the next version of its policy; agents switch at their
+    /// next round.
+    Promote(super::canary::PromoteArgs),
+    /// Bring back an earlier version of a stored policy, as its next version.
+    Rollback(super::canary::VersionArgs),
+    /// A stored policy's versions, or one version's document.
+    Versions(super::canary::VersionArgs),
 }
 
 #[derive(Debug, Args)]
@@ -148,6 +158,12 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<()> {
         PolicyCommand::Test(args) => test_measured_boot(args),
         PolicyCommand::Create(CreateCommand::Runtime(args)) => create_runtime(*args),
         PolicyCommand::Create(CreateCommand::MeasuredBoot(args)) => create_measured_boot(args),
+        PolicyCommand::Canary(_)
+        | PolicyCommand::Promote(_)
+        | PolicyCommand::Rollback(_)
+        | PolicyCommand::Versions(_) => {
+            anyhow::bail!("this policy command talks to the verifier: it runs in `zest`'s async entry point")
+        }
     }
 }
 

@@ -310,6 +310,7 @@ fn enrolment(
         next_ima_ml_entry: position.as_ref().map_or(0, |p| p.2),
         pcr10: position.map(|p| p.0),
         ima_policy_state: None,
+        ima_policy: None,
         mb_policy_state: None,
         revision: crate::store::verifier::new_revision(),
         public_key: row.text("public_key").filter(|k| k.contains("BEGIN PUBLIC KEY")),

@@ -379,6 +379,12 @@ pub struct VerifierAgent {
     /// The runtime policy's per-agent state (learned keys), base64.
     #[serde(default)]
     pub ima_policy_state: Option<String>,
+    /// The checksum of the runtime policy that judged the IMA list up to
+    /// `next_ima_ml_entry`: under another version (a promotion, a rollback, an update) the
+    /// next round replays the list from entry 0, so that entries only the old version
+    /// accepted are judged again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ima_policy: Option<String>,
     /// The measured-boot policy's per-agent state, base64.
     #[serde(default)]
     pub mb_policy_state: Option<String>,

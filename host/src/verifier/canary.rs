@@ -679,6 +679,17 @@ pub(super) async fn promote(
     if !job.finished() {
         return Err(ApiError::new(StatusCode::CONFLICT, "the canary is still running"));
     }
+    if let Some(version) = job
+        .progress
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .promoted
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("the canary was promoted already, as version {version}"),
+        ));
+    }
     let (Some(name), Some(expected)) = (job.policy.clone(), job.live_checksum.clone()) else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -249,6 +249,7 @@ pub async fn enrolment(
         last_failures: Vec::new(),
         boottime: None,
         next_ima_ml_entry: 0,
+        ima_policy: None,
         pcr10: None,
         ima_policy_state: None,
         mb_policy_state: None,

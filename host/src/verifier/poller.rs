@@ -389,7 +389,7 @@ async fn poll_agent(verifier: Verifier, tls: AgentTls, retries: Retries, id: Str
                     &version,
                     &format!(
                         "quotes/integrity?nonce={nonce}&mask={mask}&partial={partial}&ima_ml_entry={}",
-                        agent.next_ima_ml_entry
+                        expect.ima_offset()
                     ),
                 );
                 (

@@ -46,6 +46,8 @@ enum TenantCommand {
     Status(StatusArgs),
     /// Every agent the verifier attests.
     List(JsonArg),
+    /// An agent's judged rounds, newest first: verdicts, failures, IMA ranges, policies.
+    History(HistoryArgs),
     /// Resume attesting a failed or stopped agent (Keylime `-c reactivate`).
     Reactivate(UuidArg),
     /// Stop attesting an agent, keeping its enrolment.
@@ -77,6 +79,30 @@ struct UuidArg {
 #[derive(Debug, Args)]
 struct JsonArg {
     /// Print the server's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct HistoryArgs {
+    #[arg(long, short = 'u')]
+    uuid: String,
+    /// Rounds from this time on (Unix seconds or RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Rounds before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only passing or only failing rounds.
+    #[arg(long, value_parser = ["pass", "fail"])]
+    verdict: Option<String>,
+    /// Rounds per page (1 to 1000).
+    #[arg(long, default_value_t = 100)]
+    limit: u64,
+    /// Every page, not only the newest.
+    #[arg(long)]
+    all: bool,
+    /// Print the server's JSON.
     #[arg(long)]
     json: bool,
 }
@@ -200,12 +226,15 @@ enum ModuleCommand {
 
 mod connection;
 mod enrol;
+mod history;
 mod policies;
 mod show;
 
 pub(crate) use connection::{Connection, Server, Tenant};
 use enrol::{add_agent, delete_agent};
+use history::history;
 use policies::{PolicyKind, module, policy};
+pub(crate) use show::time_text;
 use show::{list, regstatus, status};
 
 pub async fn run(args: TenantArgs, data_dir: Option<&Path>, config_dir: &Path) -> anyhow::Result<()> {
@@ -224,6 +253,19 @@ pub async fn run(args: TenantArgs, data_dir: Option<&Path>, config_dir: &Path) -
         TenantCommand::Delete(a) => delete_agent(&tenant, &a.uuid, false).await,
         TenantCommand::Status(a) => status(&tenant, &a.uuid, a.json).await,
         TenantCommand::List(a) => list(&tenant, a.json).await,
+        TenantCommand::History(a) => {
+            history(
+                &tenant,
+                &a.uuid,
+                a.since.as_deref(),
+                a.until.as_deref(),
+                a.verdict.as_deref(),
+                a.limit,
+                a.all,
+                a.json,
+            )
+            .await
+        }
         TenantCommand::Reactivate(a) => put_agent(&tenant, &a.uuid, "reactivate", "reactivated").await,
         TenantCommand::Stop(a) => put_agent(&tenant, &a.uuid, "stop", "stopped").await,
         TenantCommand::Regstatus(a) => regstatus(&tenant, &a.uuid, a.json).await,

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::connection::{Server, Tenant, join_host_port, member};
 
-pub(super) fn time_text(unix: &Value) -> String {
+pub(crate) fn time_text(unix: &Value) -> String {
     match unix.as_u64() {
         Some(0) | None => "never".into(),
         Some(t) => {

@@ -34,6 +34,7 @@ fn forget_ima(agent: &mut VerifierAgent) {
     agent.next_ima_ml_entry = 0;
     agent.pcr10 = None;
     agent.ima_policy_state = None;
+    agent.ima_policy = None;
 }
 
 /// Records a failed round's failures on the agent under the severity policy: pull agents
@@ -93,6 +94,7 @@ pub fn apply(config: &VerifierConfig, agent: &mut VerifierAgent, outcome: Outcom
         Some(next) => {
             agent.next_ima_ml_entry = next.next_entry;
             agent.pcr10 = Some(hex::encode(&next.pcr10));
+            agent.ima_policy = outcome.ima_policy;
         }
         None => forget_ima(agent),
     }

@@ -34,6 +34,8 @@ pub struct Outcome {
     /// Where the next IMA replay starts, when the list matched the quote.
     pub ima_next: Option<ImaPosition>,
     pub ima_state: Option<Vec<u8>>,
+    /// The checksum of the runtime policy that judged the list up to `ima_next`.
+    pub ima_policy: Option<String>,
     pub mb_state: Option<Vec<u8>>,
     /// The NK key PCR 16 proved this round, when the agent sent one.
     pub proven_key: Option<String>,
@@ -165,6 +167,7 @@ pub fn evaluate(registry: &PolicyRegistry, expect: &Expectations, evidence: &Evi
                     runtime(registry, expect, evidence, policy, list, pcr10, &aggregates);
                 failures.extend(ima_failures);
                 (outcome.ima_next, outcome.ima_state) = (next, state);
+                outcome.ima_policy = Some(policy.record.checksum.clone());
             }
         }
     }

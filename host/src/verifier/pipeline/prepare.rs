@@ -207,8 +207,20 @@ impl Expectations {
             .ok_or_else(|| Failure::internal("record", "the enrolled ak_tpm does not parse"))?;
         let tpm_policy = parse_tpm_policy(&agent.tpm_policy)
             .map_err(|e| Failure::message("pcr_validation.invalid_tpm_policy", e).irrecoverable())?;
+        let runtime = policy_in_use(
+            verifier,
+            &agent.tenant,
+            PolicyKind::Runtime,
+            &agent.runtime_policy,
+        )?;
+        // A list judged under another version of the runtime policy is judged again from
+        // its start (records from before versions name none: theirs counts as this one).
+        let same_policy = match (&agent.ima_policy, &runtime) {
+            (Some(judged), Some(live)) => *judged == live.record.checksum,
+            _ => true,
+        };
         let ima = match (&agent.pcr10, agent.boottime) {
-            (Some(pcr10), Some(boot_time)) => Some(ImaState {
+            (Some(pcr10), Some(boot_time)) if same_policy => Some(ImaState {
                 position: ImaPosition {
                     next_entry: agent.next_ima_ml_entry,
                     pcr10: hex::decode(pcr10)
@@ -222,12 +234,7 @@ impl Expectations {
             tenant: agent.tenant.clone(),
             ak,
             tpm_policy,
-            runtime: policy_in_use(
-                verifier,
-                &agent.tenant,
-                PolicyKind::Runtime,
-                &agent.runtime_policy,
-            )?,
+            runtime,
             measured_boot: policy_in_use(
                 verifier,
                 &agent.tenant,
@@ -243,6 +250,11 @@ impl Expectations {
             last_clock: agent.tpm_clock,
             first_attestation: agent.attestation_count == 0,
         })
+    }
+
+    /// The first IMA entry to ask the agent for: where the saved replay ends, or 0.
+    pub fn ima_offset(&self) -> u64 {
+        self.ima.as_ref().map_or(0, |s| s.position.next_entry)
     }
 
     /// Every PCR the quote must carry.

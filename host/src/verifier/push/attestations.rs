@@ -282,8 +282,16 @@ fn choose(
             .ok_or_else(|| invalid("/data/attributes/evidence_supported: the runtime policy needs an ima_log in text/plain with partial access"))?;
         let boot_time = boot_time
             .ok_or_else(|| invalid("/data/attributes/system_info/boot_time is required with an IMA log"))?;
+        // A list judged under another version of the policy starts over (see
+        // `VerifierAgent::ima_policy`).
+        let same_policy = match (&agent.ima_policy, &runtime) {
+            (Some(judged), Some(live)) => *judged == live.checksum,
+            _ => true,
+        };
         let offset = match agent.boottime {
-            Some(last) if last == boot_time && agent.pcr10.is_some() => agent.next_ima_ml_entry,
+            Some(last) if last == boot_time && agent.pcr10.is_some() && same_policy => {
+                agent.next_ima_ml_entry
+            }
             Some(last) if last > boot_time => {
                 return Err(invalid(
                     "/data/attributes/system_info/boot_time is earlier than the last attested boot",
