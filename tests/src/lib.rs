@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod boot;
+pub mod chromium;
 pub mod ek_issuer;
 pub mod forge;
 pub mod ima;

@@ -362,3 +362,23 @@ pub(super) async fn canary(
     body.push_str("</table>");
     Ok(page(&format!("Canary {id}"), &body))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_agents_and_policies_cannot_become_markup() {
+        // An event id or path comes from a tenant's own component or agent.
+        assert_eq!(
+            esc("<script>alert('x')</script> & \"q\""),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;"
+        );
+        assert_eq!(seg("a b/../c?d"), "a%20b%2F..%2Fc%3Fd");
+        let page = page("<b>", "<p>body</p>");
+        assert_eq!(
+            page.headers()[header::CONTENT_SECURITY_POLICY],
+            "default-src 'none'; style-src 'unsafe-inline'"
+        );
+    }
+}
