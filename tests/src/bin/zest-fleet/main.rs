@@ -120,6 +120,47 @@ struct Args {
     /// agents are spread over them; pull agents go by the verifiers' leases.
     #[arg(long, default_value_t = 1, requires = "postgres")]
     verifiers: usize,
+    /// Push: this many seconds into the run, start a canary of the fleet's live policy
+    /// (every agent's recorded evidence judged again) and report its throughput and the
+    /// live verdict latency while it runs.
+    #[arg(long)]
+    canary_after: Option<f64>,
+}
+
+/// A canary run during the attest phase: when it ran (Unix µs) and what it evaluated.
+struct CanaryRun {
+    started: u64,
+    finished: u64,
+    evaluated: u64,
+    changes: u64,
+}
+
+/// Starts a canary of the fleet's policy at `at` and waits for it to finish.
+async fn canary_during(admin: reqwest::Client, verifier: String, at: Instant) -> anyhow::Result<CanaryRun> {
+    tokio::time::sleep_until(at.into()).await;
+    let (_, live) = send_json(admin.get(format!("{verifier}/v2.6/allowlists/fleet"))).await?;
+    let document = live["results"]["runtime_policy"].clone();
+    let started = zest::clock::unix_micros_now();
+    let (status, reply) = send_json(
+        admin
+            .post(format!("{verifier}/v2.6/canaries"))
+            .json(&json!({"runtime_policy": document, "policy": "fleet"})),
+    )
+    .await?;
+    ensure!(status == 202, "starting the canary: {status} {reply}");
+    let id = reply["results"]["id"].as_str().unwrap_or_default().to_owned();
+    loop {
+        let (_, report) = send_json(admin.get(format!("{verifier}/v2.6/canaries/{id}?agents=false"))).await?;
+        if report["results"]["status"] == "done" {
+            return Ok(CanaryRun {
+                started,
+                finished: zest::clock::unix_micros_now(),
+                evaluated: report["results"]["evaluated"].as_u64().unwrap_or(0),
+                changes: report["results"]["summary"]["changes"].as_u64().unwrap_or(0),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The verifier a fleet runs against: a `zest serve` of its own, or one already running.
@@ -710,6 +751,13 @@ async fn main() -> anyhow::Result<()> {
             tokio::spawn(attest_loop(agent, i, args.clone(), first, until, refused.clone()))
         })
         .collect();
+    let canary = args.canary_after.map(|after| {
+        tokio::spawn(canary_during(
+            admin.clone(),
+            server.verifier.clone(),
+            started + Duration::from_secs_f64(after),
+        ))
+    });
     let (mut accepted, mut late, mut tampered) = (0u64, 0u64, 0u64);
     for task in tasks {
         let (a, l, t) = task.await??;
@@ -732,6 +780,10 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let drained = started.elapsed().as_secs_f64();
+    let canary = match canary {
+        Some(task) => Some(task.await??),
+        None => None,
+    };
     let cpu = server.cpu() - cpu_start;
     let own_cpu = cpu_seconds(std::process::id())? - own_cpu_start;
     let io_end = server.writes();
@@ -741,6 +793,7 @@ async fn main() -> anyhow::Result<()> {
     // (Keylime 7.14.3 records no verification time, and lists no attestations but the first
     // and the latest).
     let mut latencies = Vec::new();
+    let mut during_canary = Vec::new();
     let step = (args.agents / 200).max(1);
     let sampled = if server.server.is_some() { args.agents } else { 0 };
     for i in (0..sampled).step_by(step) {
@@ -756,6 +809,9 @@ async fn main() -> anyhow::Result<()> {
                 (at("evidence_received_at"), at("verification_completed_at"))
             {
                 latencies.push(done.saturating_sub(received));
+                if canary.as_ref().is_some_and(|c| (c.started..c.finished).contains(&received)) {
+                    during_canary.push(done.saturating_sub(received));
+                }
             }
         }
     }
@@ -807,6 +863,24 @@ async fn main() -> anyhow::Result<()> {
         ms(latencies.last()),
         latencies.len()
     );
+    if let Some(c) = &canary {
+        during_canary.sort_unstable();
+        let seconds = c.finished.saturating_sub(c.started) as f64 / 1e6;
+        let p = |q: f64| {
+            ms(during_canary
+                .get(((during_canary.len() as f64 * q) as usize).min(during_canary.len().saturating_sub(1))))
+        };
+        println!(
+            "  canary of the live policy: {} agents in {seconds:.2} s ({:.0} agents/s), {} changes; live verdicts meanwhile: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+            c.evaluated,
+            c.evaluated as f64 / seconds.max(1e-9),
+            c.changes,
+            p(0.50),
+            p(0.99),
+            ms(during_canary.last()),
+            during_canary.len()
+        );
+    }
     Costs {
         what: "attestation",
         count: accepted,
