@@ -259,26 +259,41 @@ fn collection(measured_boot: bool) -> &'static str {
     if measured_boot { "mbpolicies" } else { "allowlists" }
 }
 
-pub async fn rollback(
-    args: VersionArgs,
+/// `POST …/NAME/rollback` or `GET …/NAME/versions`, with the version and tenant asked for.
+async fn version_call(
+    args: &VersionArgs,
     data_dir: Option<&std::path::Path>,
     config_dir: &std::path::Path,
-) -> anyhow::Result<()> {
+    action: &str,
+) -> anyhow::Result<super::tenant::Reply> {
     let tenant = connect(&args.connection, data_dir, config_dir)?;
-    let mut path = format!("{}/{}/rollback", collection(args.measured_boot), args.name);
+    let mut path = format!("{}/{}/{action}", collection(args.measured_boot), args.name);
     if let Some(version) = args.version {
         path = format!("{path}?version={version}");
     }
     let url = tenant
         .url(Server::Verifier, &with_tenant(path, args.tenant.as_deref()))
         .await?;
-    let reply = tenant
+    let request = if action == "rollback" {
+        tenant.http.post(url)
+    } else {
+        tenant.http.get(url)
+    };
+    tenant
         .expect(
             Server::Verifier,
-            tenant.http.post(url),
-            &format!("rolling back {}", args.name),
+            request,
+            &format!("{action} of policy {}", args.name),
         )
-        .await?;
+        .await
+}
+
+pub async fn rollback(
+    args: VersionArgs,
+    data_dir: Option<&std::path::Path>,
+    config_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let reply = version_call(&args, data_dir, config_dir, "rollback").await?;
     let r = reply.results();
     println!(
         "policy {}: version {} restored as version {}",
@@ -294,21 +309,7 @@ pub async fn versions(
     data_dir: Option<&std::path::Path>,
     config_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let tenant = connect(&args.connection, data_dir, config_dir)?;
-    let mut path = format!("{}/{}/versions", collection(args.measured_boot), args.name);
-    if let Some(version) = args.version {
-        path = format!("{path}?version={version}");
-    }
-    let url = tenant
-        .url(Server::Verifier, &with_tenant(path, args.tenant.as_deref()))
-        .await?;
-    let reply = tenant
-        .expect(
-            Server::Verifier,
-            tenant.http.get(url),
-            &format!("versions of {}", args.name),
-        )
-        .await?;
+    let reply = version_call(&args, data_dir, config_dir, "versions").await?;
     let r = reply.results();
     if args.version.is_some() {
         let document = at(r, "/document")

@@ -160,10 +160,13 @@ fn record_evidence(
     }
     if let Some(bytes) = &update.boot_log {
         let digest = digest_hex(bytes);
-        tx.execute(
-            "INSERT INTO evidence_blobs (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
-            &[&digest, bytes],
-        )?;
+        // The same log as last round (the usual case) is stored already.
+        if previous.as_ref().and_then(|(_, b)| b.as_deref()) != Some(digest.as_str()) {
+            tx.execute(
+                "INSERT INTO evidence_blobs (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
+                &[&digest, bytes],
+            )?;
+        }
         snapshot.boot_log = Some(digest);
     }
     let record = serde_json::to_string(&snapshot).map_err(corrupt)?;
@@ -399,15 +402,7 @@ impl HistoryStore for PgStore {
                      WHERE kind = $1 AND tenant = $2 AND name = $3 AND version = $4",
                     &[&kind.name(), &tenant, &name, &int(version)],
                 )?
-                .map(|row| {
-                    Ok(PolicyRecord {
-                        name: row.try_get(0)?,
-                        module: row.try_get(1)?,
-                        document: row.try_get(2)?,
-                        checksum: row.try_get(3)?,
-                        generator: row.try_get(4)?,
-                    })
-                })
+                .map(|row| super::postgres_verifier::policy_row(&row))
                 .transpose()
         })
     }

@@ -96,7 +96,7 @@ fn usage(client: &mut impl GenericClient, tenant: &str) -> Result<TenantUsage, S
     })
 }
 
-fn policy_row(row: &Row) -> Result<PolicyRecord, StoreError> {
+pub(super) fn policy_row(row: &Row) -> Result<PolicyRecord, StoreError> {
     Ok(PolicyRecord {
         name: row.try_get(0)?,
         module: row.try_get(1)?,

@@ -141,10 +141,13 @@ fn record_evidence(
     }
     if let Some(bytes) = &update.boot_log {
         let digest = digest_hex(bytes);
-        conn.prepare_cached(
-            "INSERT INTO evidence_blobs (digest, bytes) VALUES (?1, ?2) ON CONFLICT (digest) DO NOTHING",
-        )?
-        .execute(params![digest, bytes])?;
+        // The same log as last round (the usual case) is stored already.
+        if previous.as_ref().and_then(|(_, b)| b.as_deref()) != Some(digest.as_str()) {
+            conn.prepare_cached(
+                "INSERT INTO evidence_blobs (digest, bytes) VALUES (?1, ?2) ON CONFLICT (digest) DO NOTHING",
+            )?
+            .execute(params![digest, bytes])?;
+        }
         snapshot.boot_log = Some(digest);
     }
     let record = serde_json::to_string(&snapshot).map_err(corrupt)?;
@@ -215,16 +218,6 @@ fn apply_retention(conn: &Connection, agent_id: &str, retention: &Retention) -> 
 
 fn history_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String)> {
     Ok((row.get(0)?, row.get(1)?))
-}
-
-fn policy_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRecord> {
-    Ok(PolicyRecord {
-        name: row.get(0)?,
-        module: row.get(1)?,
-        document: row.get(2)?,
-        checksum: row.get(3)?,
-        generator: row.get(4)?,
-    })
 }
 
 impl HistoryStore for SqliteStore {
@@ -390,7 +383,9 @@ impl HistoryStore for SqliteStore {
                 "SELECT name, module, document, checksum, generator FROM policy_versions
                  WHERE kind = ?1 AND tenant = ?2 AND name = ?3 AND version = ?4",
             )?
-            .query_row(params![kind.name(), tenant, name, int(version)], policy_row)
+            .query_row(params![kind.name(), tenant, name, int(version)], |row| {
+                super::sqlite_verifier::policy_row(kind, row)
+            })
             .optional()?)
     }
 }

@@ -87,7 +87,7 @@ fn usage(conn: &rusqlite::Connection, tenant: &str) -> Result<TenantUsage, Store
     })
 }
 
-fn policy_row(kind: PolicyKind, row: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRecord> {
+pub(super) fn policy_row(kind: PolicyKind, row: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyRecord> {
     let _ = kind;
     Ok(PolicyRecord {
         name: row.get(0)?,

@@ -59,7 +59,7 @@ impl Canaries {
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         if jobs.iter().filter(|j| !j.finished()).count() >= MAX_RUNNING {
             return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::TOO_MANY_REQUESTS,
                 format!("{MAX_RUNNING} canaries are running already; try again when one is done"),
             ));
         }

@@ -230,7 +230,7 @@ mod history;
 mod policies;
 mod show;
 
-pub(crate) use connection::{Connection, Server, Tenant};
+pub(crate) use connection::{Connection, Reply, Server, Tenant};
 use enrol::{add_agent, delete_agent};
 use history::history;
 use policies::{PolicyKind, module, policy};

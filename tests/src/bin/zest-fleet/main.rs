@@ -809,7 +809,10 @@ async fn main() -> anyhow::Result<()> {
                 (at("evidence_received_at"), at("verification_completed_at"))
             {
                 latencies.push(done.saturating_sub(received));
-                if canary.as_ref().is_some_and(|c| (c.started..c.finished).contains(&received)) {
+                if canary
+                    .as_ref()
+                    .is_some_and(|c| (c.started..c.finished).contains(&received))
+                {
                     during_canary.push(done.saturating_sub(received));
                 }
             }
