@@ -321,6 +321,8 @@ async fn a_silent_agent_times_out_and_recovers_by_attesting() {
 async fn hundreds_of_records_are_listed_and_agents_never_see_each_other() {
     let mut cfg = config();
     cfg.quote_interval = 0.0;
+    // Every record is kept (the retention's own test is tests/history.rs).
+    cfg.history_retention.keep_passes = 1000;
     let verifier = verifier_with(cfg).await;
     let (tpm_a, tpm_b) = (Swtpm::start().unwrap(), Swtpm::start().unwrap());
     let mut a = push_agent(&verifier, &tpm_a, "push-agent-5", AkKind::RsaSsa).await;
