@@ -139,14 +139,22 @@ struct CanaryRun {
 async fn canary_during(admin: reqwest::Client, verifier: String, at: Instant) -> anyhow::Result<CanaryRun> {
     tokio::time::sleep_until(at.into()).await;
     let (_, live) = send_json(admin.get(format!("{verifier}/v2.6/allowlists/fleet"))).await?;
-    let document = live["results"]["runtime_policy"].clone();
+    // The stored document comes back as JSON text; an upload is base64 of it.
+    let document = B64.encode(live["results"]["runtime_policy"].as_str().unwrap_or_default());
     let started = zest::clock::unix_micros_now();
-    let (status, reply) = send_json(
-        admin
-            .post(format!("{verifier}/v2.6/canaries"))
-            .json(&json!({"runtime_policy": document, "policy": "fleet"})),
-    )
-    .await?;
+    let (status, reply) = loop {
+        let (status, reply) = send_json(
+            admin
+                .post(format!("{verifier}/v2.6/canaries"))
+                .json(&json!({"runtime_policy": document, "policy": "fleet"})),
+        )
+        .await?;
+        // A verifier at its in-flight limit answers 503: ask again, as an operator would.
+        if status != 503 {
+            break (status, reply);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     ensure!(status == 202, "starting the canary: {status} {reply}");
     let id = reply["results"]["id"].as_str().unwrap_or_default().to_owned();
     loop {
