@@ -383,6 +383,9 @@ impl Holdings {
                 ("modules", "{id}") => self.module.clone(),
                 ("quotas", "{tenant}") => "a".to_owned(),
                 ("attestations", "{which}") => "latest".to_owned(),
+                // Canaries live in the memory of the verifier that ran them; a's isolation
+                // from b is tested in canary.rs, here only that b's call finds nothing.
+                ("canaries", "{id}") => "canary-of-a".to_owned(),
                 (_, s) if s.starts_with('{') => return None,
                 (_, s) => s.to_owned(),
             };
@@ -567,6 +570,13 @@ async fn isolation_matrix_every_tenant_route_hides_another_tenants_records() {
         };
         let expected: &[u16] = if filled.contains("/agents/") {
             &[409]
+        } else if filled.ends_with("/canaries") {
+            // b's own canary, of b's own (no) agents.
+            &[202]
+        } else if filled.ends_with("/promote") || filled.ends_with("/rollback") {
+            // a's canary is not found in b's tenant; a rollback reaches b's own policy of
+            // that name (made above, no earlier version: 409) or none.
+            &[404, 409]
         } else {
             &[200, 201, 409]
         };
