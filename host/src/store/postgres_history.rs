@@ -218,8 +218,11 @@ fn ima_text(client: &mut impl GenericClient, agent_id: &str) -> Result<Option<St
     Ok((!parts.is_empty()).then(|| parts.concat()))
 }
 
+/// Drops what `retention` no longer keeps of an agent's history and push attestations.
+/// Every query names the tenant and agent, so each reads only that agent's index range.
 fn apply_retention(
     tx: &mut Transaction<'_>,
+    tenant: &str,
     agent_id: &str,
     retention: &Retention,
 ) -> Result<(), StoreError> {
@@ -231,12 +234,24 @@ fn apply_retention(
             &[&agent_id, &passed, &int(keep)],
         )?;
     }
+    // Counting reads the key only; the records' JSON is read when there may be a surplus.
+    let held: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM push_attestations WHERE tenant = $1 AND agent_id = $2",
+            &[&tenant, &agent_id],
+        )?
+        .try_get(0)?;
     for (evaluation, keep) in [("pass", retention.keep_passes), ("fail", retention.keep_failures)] {
+        if held <= int(keep) {
+            continue;
+        }
         tx.execute(
-            "DELETE FROM push_attestations WHERE agent_id = $1 AND record->>'evaluation' = $2 AND idx <= (
-                 SELECT idx FROM push_attestations WHERE agent_id = $1 AND record->>'evaluation' = $2
-                 ORDER BY idx DESC LIMIT 1 OFFSET $3)",
-            &[&agent_id, &evaluation, &int(keep)],
+            "DELETE FROM push_attestations WHERE tenant = $1 AND agent_id = $2
+               AND record->>'evaluation' = $3 AND idx <= (
+                 SELECT idx FROM push_attestations WHERE tenant = $1 AND agent_id = $2
+                   AND record->>'evaluation' = $3
+                 ORDER BY idx DESC LIMIT 1 OFFSET $4)",
+            &[&tenant, &agent_id, &evaluation, &int(keep)],
         )?;
     }
     Ok(())
@@ -269,7 +284,7 @@ impl HistoryStore for PgStore {
                     ],
                 )?
                 .try_get(0)?;
-            apply_retention(tx, &entry.agent_id, &retention)?;
+            apply_retention(tx, &entry.tenant, &entry.agent_id, &retention)?;
             Ok(id as u64)
         })
     }

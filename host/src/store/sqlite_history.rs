@@ -194,7 +194,13 @@ fn ima_text(conn: &Connection, agent_id: &str) -> Result<Option<String>, StoreEr
 }
 
 /// Drops what `retention` no longer keeps of an agent's history and push attestations.
-fn apply_retention(conn: &Connection, agent_id: &str, retention: &Retention) -> Result<(), StoreError> {
+/// Every query names the tenant and agent, so each reads only that agent's index range.
+fn apply_retention(
+    conn: &Connection,
+    tenant: &str,
+    agent_id: &str,
+    retention: &Retention,
+) -> Result<(), StoreError> {
     for (passed, keep) in [(true, retention.keep_passes), (false, retention.keep_failures)] {
         conn.prepare_cached(
             "DELETE FROM attestation_history WHERE agent_id = ?1 AND passed = ?2 AND id <= (
@@ -203,15 +209,22 @@ fn apply_retention(conn: &Connection, agent_id: &str, retention: &Retention) -> 
         )?
         .execute(params![agent_id, passed, int(keep)])?;
     }
+    // Counting reads the key only; the records' JSON is read when there may be a surplus.
+    let held: i64 = conn
+        .prepare_cached("SELECT count(*) FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2")?
+        .query_row([tenant, agent_id], |row| row.get(0))?;
     for (evaluation, keep) in [("pass", retention.keep_passes), ("fail", retention.keep_failures)] {
+        if held <= int(keep) {
+            continue;
+        }
         conn.prepare_cached(
-            "DELETE FROM push_attestations WHERE agent_id = ?1
-               AND json_extract(record, '$.evaluation') = ?2 AND idx <= (
-                 SELECT idx FROM push_attestations WHERE agent_id = ?1
-                   AND json_extract(record, '$.evaluation') = ?2
-                 ORDER BY idx DESC LIMIT 1 OFFSET ?3)",
+            "DELETE FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2
+               AND json_extract(record, '$.evaluation') = ?3 AND idx <= (
+                 SELECT idx FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2
+                   AND json_extract(record, '$.evaluation') = ?3
+                 ORDER BY idx DESC LIMIT 1 OFFSET ?4)",
         )?
-        .execute(params![agent_id, evaluation, int(keep)])?;
+        .execute(params![tenant, agent_id, evaluation, int(keep)])?;
     }
     Ok(())
 }
@@ -245,7 +258,7 @@ impl HistoryStore for SqliteStore {
                 record
             ])?;
             let id = conn.last_insert_rowid();
-            apply_retention(conn, &entry.agent_id, &retention)?;
+            apply_retention(conn, &entry.tenant, &entry.agent_id, &retention)?;
             Ok(id as u64)
         })
     }
