@@ -197,6 +197,10 @@ const MIGRATIONS: &[&str] = &[
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     writes: WriteQueue,
+    /// A second connection for the long reads of background work (a canary reading every
+    /// agent's recorded evidence, history pages): WAL lets it read beside the writer, so
+    /// such a reader never holds the connection that live rounds wait for. None in memory.
+    reader: Option<Mutex<Connection>>,
 }
 
 impl SqliteStore {
@@ -216,7 +220,14 @@ impl SqliteStore {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
         }
         let conn = Connection::open(path)?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        let reader = Connection::open(path)?;
+        reader.busy_timeout(std::time::Duration::from_secs(5))?;
+        reader.set_prepared_statement_cache_capacity(16);
+        reader.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        reader.pragma_update(None, "query_only", "ON")?;
+        store.reader = Some(Mutex::new(reader));
+        Ok(store)
     }
 
     /// A private in-memory database, for tests and tools.
@@ -249,6 +260,7 @@ impl SqliteStore {
         Ok(Self {
             conn: Mutex::new(conn),
             writes: WriteQueue::default(),
+            reader: None,
         })
     }
 
@@ -263,6 +275,15 @@ impl SqliteStore {
 
     pub(super) fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// The connection for background reads ([`Self::reader`]), else the only one.
+    pub(super) fn reader(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.reader
+            .as_ref()
+            .unwrap_or(&self.conn)
+            .lock()
+            .map_err(|_| StoreError::Poisoned)
     }
 }
 

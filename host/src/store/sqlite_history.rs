@@ -297,7 +297,7 @@ impl HistoryStore for SqliteStore {
             conditions.join(" AND "),
             values.len()
         );
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut statement = conn.prepare_cached(&sql)?;
         let rows = statement
             .query_map(rusqlite::params_from_iter(values), history_row)?
@@ -312,7 +312,9 @@ impl HistoryStore for SqliteStore {
     }
 
     fn recorded_evidence(&self, agent_id: &str) -> Result<Option<RecordedEvidence>, StoreError> {
-        let conn = self.conn()?;
+        let reader = self.reader()?;
+        // One read transaction: the writer may commit between these reads.
+        let conn = reader.unchecked_transaction()?;
         let found: Option<(String, String)> = conn
             .prepare_cached("SELECT tenant, record FROM agent_evidence WHERE agent_id = ?1")?
             .query_row([agent_id], |row| Ok((row.get(0)?, row.get(1)?)))

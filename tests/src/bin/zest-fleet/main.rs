@@ -76,6 +76,10 @@ struct Args {
     /// IMA entries each agent adds before each attestation.
     #[arg(long, default_value_t = 1)]
     ima_growth: usize,
+    /// IMA entries each agent has measured before its first attestation (a booted
+    /// machine's list; the canary judges each agent's whole list).
+    #[arg(long, default_value_t = 0)]
+    ima_initial: usize,
     /// Every Nth agent has an RSA-2048 AK (0: all ECDSA P-256).
     #[arg(long, default_value_t = 10)]
     rsa_every: usize,
@@ -125,6 +129,10 @@ struct Args {
     /// live verdict latency while it runs.
     #[arg(long)]
     canary_after: Option<f64>,
+    /// Agents whose attestation latencies are read back after the run (spread over the
+    /// fleet). A canary's window is short: raise this to sample more verdicts within it.
+    #[arg(long, default_value_t = 200)]
+    latency_agents: usize,
 }
 
 /// A canary run during the attest phase: when it ran (Unix µs) and what it evaluated.
@@ -431,6 +439,10 @@ async fn attest_loop(
     let interval = Duration::from_secs_f64(args.interval);
     let tamperer = args.tamper_every > 0 && index.is_multiple_of(args.tamper_every);
     let (mut accepted, mut late, mut round) = (0u64, 0u64, 0usize);
+    for n in 0..args.ima_initial {
+        let path = policy_path((index * 7919 + n) % args.policy_paths);
+        agent.measure(&path, &file_digest(&path))?;
+    }
     let mut due = first;
     while due < until {
         let now = Instant::now();
@@ -797,12 +809,12 @@ async fn main() -> anyhow::Result<()> {
     let io_end = server.writes();
     let rss_end = server.rss_kib();
 
-    // Latency from the verifier's own timestamps, on up to 200 agents spread over the fleet
+    // Latency from the verifier's own timestamps, on --latency-agents spread over the fleet
     // (Keylime 7.14.3 records no verification time, and lists no attestations but the first
     // and the latest).
     let mut latencies = Vec::new();
     let mut during_canary = Vec::new();
-    let step = (args.agents / 200).max(1);
+    let step = (args.agents / args.latency_agents.max(1)).max(1);
     let sampled = if server.server.is_some() { args.agents } else { 0 };
     for i in (0..sampled).step_by(step) {
         let (_, list) = send_json(admin.get(format!(
@@ -834,7 +846,7 @@ async fn main() -> anyhow::Result<()> {
 
     let rsa = args.agents.checked_div(args.rsa_every).unwrap_or(0);
     println!(
-        "zest-fleet: {} push agents against {} ({} ECDSA P-256, {rsa} RSA-2048 AKs), interval {} s, policy of {} paths, {} IMA entries per round",
+        "zest-fleet: {} push agents against {} ({} ECDSA P-256, {rsa} RSA-2048 AKs), interval {} s, policy of {} paths, {} IMA entries per round ({} before the first)",
         args.agents,
         if server.server.is_some() {
             "zest serve"
@@ -844,7 +856,8 @@ async fn main() -> anyhow::Result<()> {
         args.agents - rsa,
         args.interval,
         args.policy_paths,
-        args.ima_growth
+        args.ima_growth,
+        args.ima_initial
     );
     if args.tenants > 1 || args.policies_per_tenant > 1 {
         println!(
