@@ -141,6 +141,8 @@ struct CanaryRun {
     finished: u64,
     evaluated: u64,
     changes: u64,
+    /// Agents judged with no recorded evidence (not judged at all).
+    no_evidence: u64,
 }
 
 /// Starts a canary of the fleet's policy at `at` and waits for it to finish.
@@ -167,12 +169,16 @@ async fn canary_during(admin: reqwest::Client, verifier: String, at: Instant) ->
     let id = reply["results"]["id"].as_str().unwrap_or_default().to_owned();
     loop {
         let (_, report) = send_json(admin.get(format!("{verifier}/v2.6/canaries/{id}?agents=false"))).await?;
-        if report["results"]["status"] == "done" {
+        let results = &report["results"];
+        if results["status"] == "done" {
+            // The verifier's own start and end (Unix seconds): this loop polls every 100 ms.
+            let at = |field: &str| results[field].as_f64().map(|t| (t * 1e6) as u64);
             return Ok(CanaryRun {
-                started,
-                finished: zest::clock::unix_micros_now(),
-                evaluated: report["results"]["evaluated"].as_u64().unwrap_or(0),
-                changes: report["results"]["summary"]["changes"].as_u64().unwrap_or(0),
+                started: at("started_at").unwrap_or(started),
+                finished: at("finished_at").unwrap_or_else(zest::clock::unix_micros_now),
+                evaluated: results["evaluated"].as_u64().unwrap_or(0),
+                changes: results["summary"]["changes"].as_u64().unwrap_or(0),
+                no_evidence: results["summary"]["no_evidence"].as_u64().unwrap_or(0),
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -895,10 +901,11 @@ async fn main() -> anyhow::Result<()> {
                 .get(((during_canary.len() as f64 * q) as usize).min(during_canary.len().saturating_sub(1))))
         };
         println!(
-            "  canary of the live policy: {} agents in {seconds:.2} s ({:.0} agents/s), {} changes; live verdicts meanwhile: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
+            "  canary of the live policy: {} agents in {seconds:.2} s ({:.0} agents/s), {} changes, {} without recorded evidence; live verdicts meanwhile: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} samples)",
             c.evaluated,
             c.evaluated as f64 / seconds.max(1e-9),
             c.changes,
+            c.no_evidence,
             p(0.50),
             p(0.99),
             ms(during_canary.last()),
@@ -930,6 +937,14 @@ async fn main() -> anyhow::Result<()> {
         );
         if args.tamper_every > 0 {
             ensure!(tampered > 0, "the run was too short for any agent to tamper");
+        }
+        // Judged again by the same document, every agent's recorded evidence gets its verdict.
+        if let Some(c) = &canary {
+            ensure!(
+                c.changes == 0,
+                "a canary of the live policy reported {} changes",
+                c.changes
+            );
         }
         println!("  check: every verdict as expected");
     }
