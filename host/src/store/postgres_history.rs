@@ -186,16 +186,16 @@ fn record_evidence(
 
 /// Appends an IMA segment; past [`MAX_IMA_SEGMENTS`] the segments become one.
 fn append_segment(tx: &mut Transaction<'_>, agent_id: &str, text: &str) -> Result<(), StoreError> {
-    let row = tx.query_one(
-        "SELECT count(*), coalesce(max(seq), -1) FROM agent_ima_segments WHERE agent_id = $1",
-        &[&agent_id],
-    )?;
-    let (count, last): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
-    tx.execute(
-        "INSERT INTO agent_ima_segments (agent_id, seq, text) VALUES ($1, $2, $3)",
-        &[&agent_id, &(last + 1), &text],
-    )?;
-    if count + 1 > MAX_IMA_SEGMENTS {
+    // Segments are numbered from 0 without gaps: the new one's number is how many came before.
+    let seq: i64 = tx
+        .query_one(
+            "INSERT INTO agent_ima_segments (agent_id, seq, text)
+             SELECT $1, coalesce(max(seq), -1) + 1, $2 FROM agent_ima_segments WHERE agent_id = $1
+             RETURNING seq",
+            &[&agent_id, &text],
+        )?
+        .try_get(0)?;
+    if seq + 1 > MAX_IMA_SEGMENTS {
         let whole = ima_text(tx, agent_id)?.unwrap_or_default();
         tx.execute("DELETE FROM agent_ima_segments WHERE agent_id = $1", &[&agent_id])?;
         tx.execute(
@@ -218,42 +218,38 @@ fn ima_text(client: &mut impl GenericClient, agent_id: &str) -> Result<Option<St
     Ok((!parts.is_empty()).then(|| parts.concat()))
 }
 
-/// Drops what `retention` no longer keeps of an agent's history and push attestations.
-/// Every query names the tenant and agent, so each reads only that agent's index range.
+/// Drops what `retention` no longer keeps of an agent's history and push attestations: one
+/// statement each, since every statement is a round trip to the server. Every query names
+/// the tenant and agent, so each reads only that agent's index range.
 fn apply_retention(
     tx: &mut Transaction<'_>,
     tenant: &str,
     agent_id: &str,
     retention: &Retention,
 ) -> Result<(), StoreError> {
-    for (passed, keep) in [(true, retention.keep_passes), (false, retention.keep_failures)] {
-        tx.execute(
-            "DELETE FROM attestation_history WHERE agent_id = $1 AND passed = $2 AND id <= (
-                 SELECT id FROM attestation_history WHERE agent_id = $1 AND passed = $2
-                 ORDER BY id DESC LIMIT 1 OFFSET $3)",
-            &[&agent_id, &passed, &int(keep)],
-        )?;
-    }
-    // Counting reads the key only; the records' JSON is read when there may be a surplus.
-    let held: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM push_attestations WHERE tenant = $1 AND agent_id = $2",
-            &[&tenant, &agent_id],
-        )?
-        .try_get(0)?;
-    for (evaluation, keep) in [("pass", retention.keep_passes), ("fail", retention.keep_failures)] {
-        if held <= int(keep) {
-            continue;
-        }
-        tx.execute(
-            "DELETE FROM push_attestations WHERE tenant = $1 AND agent_id = $2
-               AND record->>'evaluation' = $3 AND idx <= (
-                 SELECT idx FROM push_attestations WHERE tenant = $1 AND agent_id = $2
-                   AND record->>'evaluation' = $3
-                 ORDER BY idx DESC LIMIT 1 OFFSET $4)",
-            &[&tenant, &agent_id, &evaluation, &int(keep)],
-        )?;
-    }
+    let (passes, failures) = (int(retention.keep_passes), int(retention.keep_failures));
+    tx.execute(
+        "DELETE FROM attestation_history WHERE id IN (
+             SELECT id FROM (
+                 SELECT id, passed, row_number() OVER (PARTITION BY passed ORDER BY id DESC) AS n
+                 FROM attestation_history WHERE agent_id = $1) ranked
+             WHERE n > CASE WHEN passed THEN $2::bigint ELSE $3::bigint END)",
+        &[&agent_id, &passes, &failures],
+    )?;
+    // The records' JSON (evidence included, often out of line) is read only when the agent
+    // holds more records than the smaller limit: counting reads the key alone.
+    tx.execute(
+        "DELETE FROM push_attestations WHERE tenant = $1 AND agent_id = $2
+           AND (SELECT count(*) FROM push_attestations WHERE tenant = $1 AND agent_id = $2)
+               > least($3::bigint, $4::bigint)
+           AND idx IN (
+             SELECT idx FROM (
+                 SELECT idx, record->>'evaluation' AS evaluation, row_number() OVER (
+                     PARTITION BY record->>'evaluation' ORDER BY idx DESC) AS n
+                 FROM push_attestations WHERE tenant = $1 AND agent_id = $2) ranked
+             WHERE (evaluation = 'pass' AND n > $3::bigint) OR (evaluation = 'fail' AND n > $4::bigint))",
+        &[&tenant, &agent_id, &passes, &failures],
+    )?;
     Ok(())
 }
 
