@@ -221,10 +221,8 @@ impl SqliteStore {
         }
         let conn = Connection::open(path)?;
         let mut store = Self::init(conn)?;
-        let reader = Connection::open(path)?;
-        reader.busy_timeout(std::time::Duration::from_secs(5))?;
-        reader.set_prepared_statement_cache_capacity(16);
-        reader.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        // Opened after the migrations, so that it never sees an older schema.
+        let reader = tuned(Connection::open(path)?, 16)?;
         reader.pragma_update(None, "query_only", "ON")?;
         store.reader = Some(Mutex::new(reader));
         Ok(store)
@@ -235,14 +233,9 @@ impl SqliteStore {
         Self::init(Connection::open_in_memory()?)
     }
 
-    fn init(mut conn: Connection) -> Result<Self, StoreError> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    fn init(conn: Connection) -> Result<Self, StoreError> {
         // Every statement is prepared once and reused (the store has about 40).
-        conn.set_prepared_statement_cache_capacity(64);
-        // Plans do not depend on bound values: without this, SQLite re-prepares a cached
-        // statement whenever a value it may plan around is bound anew (a residual `x = ?`
-        // crossing 0/1, a bound LIMIT), which cost a tenth of the verifier's CPU per round.
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        let mut conn = tuned(conn, 64)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -285,6 +278,17 @@ impl SqliteStore {
             .lock()
             .map_err(|_| StoreError::Poisoned)
     }
+}
+
+/// The settings every connection of the store gets, with room for `statements` cached.
+fn tuned(conn: Connection, statements: usize) -> Result<Connection, StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(statements);
+    // Plans do not depend on bound values: without this, SQLite re-prepares a cached
+    // statement whenever a value it may plan around is bound anew (a residual `x = ?`
+    // crossing 0/1, a bound LIMIT), which cost a tenth of the verifier's CPU per round.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    Ok(conn)
 }
 
 fn now() -> i64 {
