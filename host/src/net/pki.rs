@@ -393,9 +393,20 @@ pub fn decrypt_pkcs8(der: &[u8], password: &[u8]) -> Result<Vec<u8>, &'static st
     let plain = decrypting
         .decrypt(&mut in_out, DecryptionContext::Iv128(iv.into()))
         .map_err(|_| "the key's password is wrong")?;
-    // A wrong password can still unpad by chance: the result must be DER.
+    // A wrong password still unpads about once in 256 tries, and random bytes can open with
+    // a valid DER header: the result must be a whole PrivateKeyInfo (a SEQUENCE that starts
+    // with version 0 or 1 and leaves nothing over).
     let plain = plain.to_vec();
-    parse_der(&plain).map_err(|_| "the key's password is wrong")?;
+    let private_key_info = matches!(
+        parse_der(&plain),
+        Ok((rest, info)) if rest.is_empty()
+            && info
+                .as_sequence()
+                .is_ok_and(|items| items.first().and_then(|v| v.as_u32().ok()).is_some_and(|v| v <= 1))
+    );
+    if !private_key_info {
+        return Err("the key's password is wrong");
+    }
     Ok(plain)
 }
 
@@ -420,5 +431,114 @@ mod tests {
         ] {
             assert!(decrypt_pkcs8(bytes, b"pw").is_err());
         }
+    }
+
+    /// DER TLV with a short or two-byte length.
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n < 0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    fn oid(dotted: &str) -> Vec<u8> {
+        let arcs: Vec<u64> = dotted.split('.').map(|a| a.parse().unwrap()).collect();
+        let mut body = vec![(arcs[0] * 40 + arcs[1]) as u8];
+        for &arc in &arcs[2..] {
+            let mut bytes = vec![(arc & 0x7f) as u8];
+            let mut rest = arc >> 7;
+            while rest > 0 {
+                bytes.push(0x80 | (rest & 0x7f) as u8);
+                rest >>= 7;
+            }
+            bytes.reverse();
+            body.extend(bytes);
+        }
+        der(0x06, &body)
+    }
+
+    /// An EncryptedPrivateKeyInfo as `openssl pkcs8 -topk8 -v2 aes256` writes it (one
+    /// PBKDF2 iteration, so that many passwords can be tried quickly).
+    fn encrypted(plain: &[u8], password: &[u8]) -> Vec<u8> {
+        use aws_lc_rs::cipher::{AES_256, EncryptionContext, PaddedBlockEncryptingKey, UnboundCipherKey};
+        let (salt, iv) = ([7u8; 8], [9u8; 16]);
+        let mut key = [0u8; 32];
+        aws_lc_rs::pbkdf2::derive(
+            aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+            NonZeroU32::MIN,
+            &salt,
+            password,
+            &mut key,
+        );
+        let encrypting =
+            PaddedBlockEncryptingKey::cbc_pkcs7(UnboundCipherKey::new(&AES_256, &key).unwrap()).unwrap();
+        let mut data = plain.to_vec();
+        encrypting
+            .less_safe_encrypt(&mut data, EncryptionContext::Iv128(iv.into()))
+            .unwrap();
+        let prf = der(0x30, &[oid("1.2.840.113549.2.9"), der(0x05, &[])].concat());
+        let kdf_params = der(0x30, &[der(0x04, &salt), der(0x02, &[1]), prf].concat());
+        let kdf = der(0x30, &[oid(PBKDF2), kdf_params].concat());
+        let cipher = der(0x30, &[oid("2.16.840.1.101.3.4.1.42"), der(0x04, &iv)].concat());
+        let scheme = der(0x30, &[oid(PBES2), der(0x30, &[kdf, cipher].concat())].concat());
+        der(0x30, &[scheme, der(0x04, &data)].concat())
+    }
+
+    /// A wrong password that still unpads and leaves bytes with a valid DER header (the
+    /// old check's blind spot, found in a few hundred tries) is refused as a wrong
+    /// password, not handed on as a key; the right one gives back the key.
+    #[test]
+    fn a_wrong_password_that_unpads_into_der_is_still_wrong() {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = aws_lc_rs::signature::EcdsaKeyPair::generate_pkcs8(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &rng,
+        )
+        .unwrap();
+        let blob = encrypted(pkcs8.as_ref(), b"right");
+        assert_eq!(decrypt_pkcs8(&blob, b"right").unwrap(), pkcs8.as_ref());
+        let mut lookalikes = 0;
+        for n in 0..20_000 {
+            let password = format!("wrong{n}");
+            let looks_like_der = {
+                // What the old check accepted: unpads, and the bytes open as DER.
+                use aws_lc_rs::cipher::{
+                    AES_256, DecryptionContext, PaddedBlockDecryptingKey, UnboundCipherKey,
+                };
+                let mut key = [0u8; 32];
+                aws_lc_rs::pbkdf2::derive(
+                    aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA256,
+                    NonZeroU32::MIN,
+                    &[7u8; 8],
+                    password.as_bytes(),
+                    &mut key,
+                );
+                let decrypting =
+                    PaddedBlockDecryptingKey::cbc_pkcs7(UnboundCipherKey::new(&AES_256, &key).unwrap())
+                        .unwrap();
+                let (_, data) = parse_der(&blob).unwrap();
+                let data = data.as_sequence().unwrap()[1].as_slice().unwrap().to_vec();
+                let mut in_out = data;
+                decrypting
+                    .decrypt(&mut in_out, DecryptionContext::Iv128([9u8; 16].into()))
+                    .is_ok_and(|plain| parse_der(plain).is_ok())
+            };
+            assert_eq!(
+                decrypt_pkcs8(&blob, password.as_bytes()),
+                Err("the key's password is wrong"),
+                "{password}"
+            );
+            if looks_like_der {
+                lookalikes += 1;
+                if lookalikes == 3 {
+                    return;
+                }
+            }
+        }
+        panic!("no wrong password unpadded into DER in 20,000 tries");
     }
 }
