@@ -32,6 +32,15 @@ pub fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(&full).unwrap_or_else(|e| panic!("fixture {}: {e}", full.display()))
 }
 
+/// How long a test waits for an event (a state, a port, a finished job) before it fails:
+/// `ZEST_TEST_WAIT_SECONDS`, 30 s unless set (raise it on a slow or loaded machine).
+pub fn wait_limit() -> std::time::Duration {
+    std::env::var("ZEST_TEST_WAIT_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(std::time::Duration::from_secs(30), std::time::Duration::from_secs)
+}
+
 /// A loopback TCP port free right now (for a server a test starts).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -97,7 +97,7 @@ impl Verifier {
             url: format!("https://localhost:{port}/v2.6"),
             https: format!("https://localhost:{port}"),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + crate::wait_limit();
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             if Instant::now() > deadline {
                 bail!("the verifier did not start");
@@ -143,7 +143,7 @@ impl ZestProcess {
             child,
             log: log.to_owned(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + crate::wait_limit();
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             if let Some(status) = zest.child.try_wait()? {
                 bail!("zest exited ({status}) before listening: {}", zest.log_text());

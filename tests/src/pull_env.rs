@@ -75,7 +75,7 @@ pub async fn webhook_sink() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Valu
 
 /// The webhook's messages once there are at least `n` (it is sent in a task of its own).
 pub async fn webhook_messages(seen: &std::sync::Arc<std::sync::Mutex<Vec<Value>>>, n: usize) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + crate::wait_limit();
     loop {
         let messages = seen.lock().unwrap().clone();
         if messages.len() >= n || std::time::Instant::now() > deadline {
@@ -210,7 +210,7 @@ pub async fn wait_for(
     what: &str,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + crate::wait_limit();
     loop {
         let s = status(verifier, uuid).await;
         if done(&s) {

@@ -127,7 +127,7 @@ pub fn detail(reply: &Value) -> &str {
 
 /// Waits for attestation `index` of `uuid` to be judged; returns its attributes.
 pub async fn verdict(verifier: &TestVerifier, uuid: &str, index: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + crate::wait_limit();
     loop {
         let (code, reply) = admin_get(verifier, &format!("/v3.0/agents/{uuid}/attestations/{index}")).await;
         assert_eq!(code, 200, "{reply}");

@@ -55,7 +55,7 @@ const JSON_API: &str = "application/vnd.api+json";
 
 /// Polls `done` until it holds, or fails the test after 30 s.
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + zest_tests::wait_limit();
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -104,7 +104,7 @@ fn run_bounded(command: &mut Command) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + zest_tests::wait_limit();
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -585,7 +585,7 @@ async fn cve_2022_23950_a_server_started_under_umask_000_leaves_nothing_world_wr
         });
     }
     let mut child = Killed(command.spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + zest_tests::wait_limit();
     for port in ports {
         while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             if let Some(status) = child.0.try_wait().unwrap() {
@@ -1473,7 +1473,7 @@ async fn hardening_2025_a_delete_while_rounds_are_in_flight_is_final() {
     // With rounds back to back a round is nearly always in flight: Keylime's 202
     // (TERMINATED), and the agent goes when that round ends.
     assert!(matches!(status, 200 | 202), "{reply}");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + zest_tests::wait_limit();
     while send_json(admin.get(&url)).await.unwrap().0 != 404 {
         assert!(Instant::now() < deadline, "the agent never went");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -409,7 +409,7 @@ async fn a_restarted_verifier_resumes_incrementally_and_a_delete_is_final() {
 /// Waits until the verifier answers 404 for the agent (30 s at most).
 async fn gone(verifier: &TestVerifier, uuid: &str) {
     let admin = verifier.admin_client().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + zest_tests::wait_limit();
     loop {
         let (code, reply) = send_json(admin.get(verifier.url("2.6", &format!("agents/{uuid}"))))
             .await
@@ -440,7 +440,7 @@ async fn a_delete_during_a_round_in_flight_is_202_terminated_then_the_agent_goes
     // Hold the next quote request: the round is in flight until the gate opens.
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     agent.set(|s| s.quote_gate = Some(gate.clone()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + zest_tests::wait_limit();
     while agent.state.lock().unwrap().quotes_waiting == 0 {
         assert!(std::time::Instant::now() < deadline, "no quote request came");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -153,7 +153,7 @@ async fn webhook_messages(
     what: &str,
     done: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + zest_tests::wait_limit();
     loop {
         let messages = seen.lock().unwrap().clone();
         if done(messages.as_slice()) {

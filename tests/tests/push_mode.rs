@@ -417,7 +417,7 @@ async fn one_verifier_serves_pull_and_push_agents_side_by_side() {
     pushed.authenticate().await.unwrap();
     assert_eq!(round(&verifier, &mut pushed).await.2["evaluation"], "pass");
 
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + zest_tests::wait_limit();
     loop {
         let s = status(&verifier, "both-pull").await;
         if s["attestation_count"].as_u64().unwrap_or(0) >= 2 {

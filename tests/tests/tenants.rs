@@ -581,6 +581,24 @@ async fn isolation_matrix_every_tenant_route_hides_another_tenants_records() {
             &[200, 201, 409]
         };
         assert!(expected.contains(&code), "POST {filled} as b: {code} {reply}");
+        if filled.ends_with("/canaries") {
+            // Each version's route starts one; a verifier runs two at once, so wait for this
+            // one to finish before the next version's.
+            let id = reply["results"]["id"].as_str().unwrap_or_default().to_owned();
+            let deadline = std::time::Instant::now() + zest_tests::wait_limit();
+            loop {
+                let (code, shown) = call(&b, "GET", format!("{}{filled}/{id}", verifier.https), None).await;
+                assert_eq!(code, 200, "b's own canary {id}: {shown}");
+                if shown["results"]["status"] == "done" {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "b's canary {id} never finished: {shown}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
     }
     walked.sort();
     walked.dedup();
