@@ -31,8 +31,11 @@ use crate::store::{PolicyKind, PolicyRecord, VerifierAgent};
 
 /// Jobs kept (finished ones are dropped oldest first beyond this).
 const MAX_JOBS: usize = 64;
-/// Jobs running at once on one verifier.
-const MAX_RUNNING: usize = 2;
+/// Jobs of one tenant running at once on one verifier: a tenant queues behind its own
+/// canaries, not behind another tenant's.
+const MAX_RUNNING_PER_TENANT: usize = 2;
+/// Jobs running at once on one verifier, all tenants together (each is a thread).
+const MAX_RUNNING: usize = 8;
 
 /// The canary jobs started on this verifier.
 #[derive(Default)]
@@ -57,10 +60,19 @@ impl Canaries {
     /// Adds a job, unless too many run already.
     fn add(&self, job: Arc<Job>) -> Result<(), ApiError> {
         let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        if jobs.iter().filter(|j| !j.finished()).count() >= MAX_RUNNING {
+        let running: Vec<&Arc<Job>> = jobs.iter().filter(|j| !j.finished()).collect();
+        if running.iter().filter(|j| j.tenant == job.tenant).count() >= MAX_RUNNING_PER_TENANT {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!("{MAX_RUNNING} canaries are running already; try again when one is done"),
+                format!(
+                    "{MAX_RUNNING_PER_TENANT} of this tenant's canaries are running already; try again when one is done"
+                ),
+            ));
+        }
+        if running.len() >= MAX_RUNNING {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{MAX_RUNNING} canaries are running on this verifier; try again when one is done"),
             ));
         }
         while jobs.len() >= MAX_JOBS {
@@ -741,5 +753,67 @@ pub(super) async fn promote(
             format!("policy '{policy}' changed since the canary ran; run the canary again"),
         )),
         Ok(Swap::NotFound) => Err(ApiError::not_found(format!("policy '{policy}' no longer exists"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, tenant: &str) -> Arc<Job> {
+        Arc::new(Job {
+            id: id.into(),
+            tenant: tenant.into(),
+            kind: PolicyKind::Runtime,
+            policy: None,
+            live_checksum: None,
+            candidate: PolicyRecord {
+                name: String::new(),
+                module: "builtin:ima".into(),
+                document: None,
+                checksum: String::new(),
+                generator: 0,
+            },
+            agents: Vec::new(),
+            progress: Mutex::new(Progress::default()),
+        })
+    }
+
+    fn finish(job: &Job) {
+        job.progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .finished = true;
+    }
+
+    #[test]
+    fn a_tenant_running_its_limit_of_canaries_blocks_only_itself() {
+        let canaries = Canaries::default();
+        canaries.add(job("a1", "a")).unwrap();
+        let a2 = job("a2", "a");
+        canaries.add(a2.clone()).unwrap();
+        let refused = canaries.add(job("a3", "a")).unwrap_err();
+        assert_eq!(refused.code, StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.message.contains("this tenant's"), "{}", refused.message);
+        // Another tenant is not queued behind a's canaries.
+        canaries.add(job("b1", "b")).unwrap();
+        // One of a's is done: a may start another.
+        finish(&a2);
+        canaries.add(job("a3", "a")).unwrap();
+    }
+
+    #[test]
+    fn the_verifier_bounds_the_canaries_of_all_tenants_together() {
+        let canaries = Canaries::default();
+        for t in 0..MAX_RUNNING {
+            canaries.add(job(&format!("j{t}"), &format!("t{t}"))).unwrap();
+        }
+        let refused = canaries.add(job("late", "late")).unwrap_err();
+        assert_eq!(refused.code, StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            refused.message.contains("on this verifier"),
+            "{}",
+            refused.message
+        );
     }
 }
