@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use serde_json::json;
-use zest::store::history::{EvidenceSnapshot, EvidenceUpdate, HistoryEntry, HistoryQuery, Retention, Swap};
+use zest::store::history::{
+    EvidenceSnapshot, EvidenceUpdate, HistoryEntry, HistoryQuery, Retention, RoundHistory, Swap,
+};
 use zest::store::verifier::state;
 use zest::store::{
     EnrolOutcome, ModuleDelete, ModuleRecord, ModuleWrite, NewRegistration, PgStore, PolicyDelete,
@@ -277,17 +279,44 @@ fn enrolment_contract(store: &dyn Store) {
     // A round's write lands only on the record it started from.
     let mut round = agent("a1", "t", "a1", "a1");
     round.attestation_count = 5;
-    assert!(store.save_round(&round, state::GET_QUOTE).unwrap());
-    assert!(!store.save_round(&round, state::START).unwrap(), "another state");
+    // Its history goes in the same write, and only with a written verdict.
+    let saved = store
+        .save_round(&round, state::GET_QUOTE, Some(with_verdict("a1", 1)))
+        .unwrap();
+    assert!(saved.saved);
+    let id = saved.history.unwrap().unwrap();
+    let refused = store
+        .save_round(&round, state::START, Some(with_verdict("a1", 2)))
+        .unwrap();
+    assert!(!refused.saved, "another state");
+    assert!(refused.history.is_none());
     let stale = VerifierAgent {
         revision: 8,
         ..round.clone()
     };
     assert!(
-        !store.save_round(&stale, state::GET_QUOTE).unwrap(),
+        !store
+            .save_round(&stale, state::GET_QUOTE, Some(with_verdict("a1", 3)))
+            .unwrap()
+            .saved,
         "another revision"
     );
     assert_eq!(store.agent("a1").unwrap().unwrap().attestation_count, 5);
+    assert_eq!(
+        histories(store, "a1"),
+        [(id, 1)],
+        "only the written verdict's history"
+    );
+    assert_eq!(
+        store
+            .recorded_evidence("a1")
+            .unwrap()
+            .unwrap()
+            .ima_text
+            .as_deref(),
+        Some("e0\n"),
+        "its evidence too"
+    );
     // An operator's update, unless the stored state is one it must not override.
     let mut stopped = round.clone();
     stopped.operational_state = state::TENANT_FAILED;
@@ -443,11 +472,17 @@ fn push_contract(store: &dyn Store) {
         ..received.clone()
     };
     pushed.attestation_count = 1;
-    assert!(
-        store
-            .save_push_verdict(&pushed, state::GET_QUOTE, Some(("s2", 200)), &judged)
-            .unwrap()
-    );
+    let saved = store
+        .save_push_verdict(
+            &pushed,
+            state::GET_QUOTE,
+            Some(("s2", 200)),
+            &judged,
+            Some(with_verdict("p1", 10)),
+        )
+        .unwrap();
+    assert!(saved.saved);
+    let id = saved.history.unwrap().unwrap();
     assert_eq!(store.agent("p1").unwrap().unwrap().attestation_count, 1);
     assert_eq!(store.session("s2").unwrap().unwrap().token_expires_at, 200);
     assert_eq!(
@@ -459,19 +494,29 @@ fn push_contract(store: &dyn Store) {
         attestation_count: 9,
         ..pushed.clone()
     };
-    assert!(
-        !store
-            .save_push_verdict(&stale, state::GET_QUOTE, Some(("s2", 300)), &judged)
-            .unwrap()
-    );
+    let refused = store
+        .save_push_verdict(
+            &stale,
+            state::GET_QUOTE,
+            Some(("s2", 300)),
+            &judged,
+            Some(with_verdict("p1", 11)),
+        )
+        .unwrap();
+    assert!(!refused.saved && refused.history.is_none());
     assert_eq!(store.session("s2").unwrap().unwrap().token_expires_at, 200);
+    assert_eq!(
+        histories(store, "p1"),
+        [(id, 10)],
+        "only the written verdict's history"
+    );
     let other_round = PushAttestation {
         capabilities_received_at: 99,
         evaluation: "fail".into(),
         ..judged.clone()
     };
-    store
-        .save_push_verdict(&pushed, state::GET_QUOTE, None, &other_round)
+    let _ = store
+        .save_push_verdict(&pushed, state::GET_QUOTE, None, &other_round, None)
         .unwrap();
     assert_eq!(
         store.attestation("t", "p1", Some(1)).unwrap().unwrap().evaluation,
@@ -557,9 +602,19 @@ fn lease_contract(store: &dyn Store) {
         owners(store.lease_agents("v1", 1_220, 100, u64::MAX).unwrap()),
         held("v2")
     );
-    assert!(!store.save_round(&read_by_v1, state::GET_QUOTE).unwrap());
+    assert!(
+        !store
+            .save_round(&read_by_v1, state::GET_QUOTE, None)
+            .unwrap()
+            .saved
+    );
     let read_by_v2 = store.agent("a").unwrap().unwrap();
-    assert!(store.save_round(&read_by_v2, state::GET_QUOTE).unwrap());
+    assert!(
+        store
+            .save_round(&read_by_v2, state::GET_QUOTE, None)
+            .unwrap()
+            .saved
+    );
     // Operator writes do not move leases.
     assert!(store.update_agent(&read_by_v2, &[]).unwrap());
     assert_eq!(
@@ -582,6 +637,29 @@ fn round(agent: &str, at_ms: u64, passed: bool) -> HistoryEntry {
         runtime_policy: None,
         mb_policy: None,
     }
+}
+
+/// A round's history to write with its verdict, with an IMA list of one entry.
+fn with_verdict(agent: &str, at_ms: u64) -> RoundHistory {
+    RoundHistory {
+        entry: round(agent, at_ms, true),
+        evidence: Some(evidence(0, "e0\n", 1, None)),
+        retention: Retention::default(),
+    }
+}
+
+/// An agent's history as (id, time), newest first.
+fn histories(store: &dyn Store, agent: &str) -> Vec<(u64, u64)> {
+    store
+        .history(&HistoryQuery {
+            agent_id: Some(agent.into()),
+            limit: 100,
+            ..HistoryQuery::default()
+        })
+        .unwrap()
+        .iter()
+        .map(|e| (e.id, e.at_ms))
+        .collect()
 }
 
 fn evidence(offset: u64, text: &str, next: u64, boot_log: Option<&[u8]>) -> EvidenceUpdate {
@@ -947,6 +1025,68 @@ fn the_sqlite_store_keeps_the_contract() {
 fn the_postgres_store_keeps_the_contract() {
     let pg = Postgres::start().unwrap();
     contract(&|name| Box::new(PgStore::open(&pg.create_database(name).unwrap()).unwrap()));
+}
+
+/// A history the database refuses (here a trigger, standing for a full disk or a bug) is
+/// rolled back alone, evidence included: the verdict is still written, and the error is
+/// handed back.
+fn history_refused_verdict_stands(store: &dyn Store, refuse_history: &dyn Fn()) {
+    store
+        .put_policy(PolicyKind::Runtime, "t", &policy("r"), true, &unlimited())
+        .unwrap();
+    store
+        .put_policy(PolicyKind::MeasuredBoot, "t", &policy("m"), true, &unlimited())
+        .unwrap();
+    let mut judged = agent("h1", "t", "r", "m");
+    store.enrol(&judged, &[], &unlimited()).unwrap();
+    refuse_history();
+    judged.attestation_count = 7;
+    let saved = store
+        .save_round(&judged, state::GET_QUOTE, Some(with_verdict("h1", 1)))
+        .unwrap();
+    assert!(saved.saved);
+    let error = saved.history.unwrap().unwrap_err().to_string();
+    assert!(error.contains("history refused"), "{error}");
+    assert_eq!(store.agent("h1").unwrap().unwrap().attestation_count, 7);
+    assert!(histories(store, "h1").is_empty());
+    assert!(
+        store.recorded_evidence("h1").unwrap().is_none(),
+        "the evidence is rolled back too"
+    );
+}
+
+#[test]
+fn a_history_sqlite_refuses_is_rolled_back_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("refusing.sqlite");
+    let store = SqliteStore::open(&path).unwrap();
+    history_refused_verdict_stands(&store, &|| {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON attestation_history
+                 BEGIN SELECT RAISE(ABORT, 'history refused'); END;",
+            )
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_history_postgres_refuses_is_rolled_back_alone() {
+    let pg = Postgres::start().unwrap();
+    let url = pg.create_database("refusing").unwrap();
+    let store = PgStore::open(&url).unwrap();
+    history_refused_verdict_stands(&store, &|| {
+        postgres::Client::connect(&url, postgres::NoTls)
+            .unwrap()
+            .batch_execute(
+                "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN RAISE EXCEPTION 'history refused'; END $$;
+                 CREATE TRIGGER refuse BEFORE INSERT ON attestation_history
+                   FOR EACH ROW EXECUTE FUNCTION refuse();",
+            )
+            .unwrap();
+    });
 }
 
 /// Two verifiers on one database: quotas hold across them, and an agent's attestations are

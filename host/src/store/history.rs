@@ -60,6 +60,27 @@ pub struct EvidenceUpdate {
     pub boot_log: Option<Vec<u8>>,
 }
 
+/// A judged round's history, written in the same transaction as its verdict (one commit
+/// per round), and only if the verdict is written.
+#[derive(Debug, Clone)]
+pub struct RoundHistory {
+    pub entry: HistoryEntry,
+    /// Set for a round whose quote verified.
+    pub evidence: Option<EvidenceUpdate>,
+    pub retention: Retention,
+}
+
+/// What writing a round's verdict did.
+#[derive(Debug)]
+#[must_use]
+pub struct RoundSaved {
+    /// The verdict was written: the stored record was still the one the round started from.
+    pub saved: bool,
+    /// With a written verdict and a [`RoundHistory`]: the entry's id, or why the history could
+    /// not be written (its writes are rolled back alone; the verdict stands).
+    pub history: Option<Result<u64, StoreError>>,
+}
+
 /// The facts of an agent's latest verified round, besides its IMA text and boot log.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct EvidenceSnapshot {
@@ -148,7 +169,8 @@ pub enum Swap {
 pub trait HistoryStore {
     /// Appends a judged round (and, for a verified one, its evidence) and drops what the
     /// retention no longer keeps of that agent's history and push attestations. Returns
-    /// the entry's id.
+    /// the entry's id. The verifier's rounds go with their verdicts instead
+    /// ([`RoundHistory`]); this writes one alone.
     fn record_round(
         &self,
         entry: &HistoryEntry,

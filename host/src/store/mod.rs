@@ -118,11 +118,22 @@ impl std::fmt::Debug for Database {
 pub const DEFAULT_TENANT: &str = "default";
 
 /// A storage failure (not a business outcome: those are return values).
+/// A PostgreSQL error with its cause: the client's own text is only "db error" or "error
+/// connecting to server". The server's detail and hint (which may quote row values) are
+/// left out.
+fn postgres_message(e: &::postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} ({})", db.message(), db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
-    #[error("database error: {0}")]
+    #[error("database error: {}", postgres_message(.0))]
     Postgres(#[from] ::postgres::Error),
     #[error("{0}")]
     Config(String),

@@ -6,7 +6,7 @@ use postgres::{GenericClient, Transaction};
 use super::StoreError;
 use super::history::{
     EvidenceSnapshot, EvidenceUpdate, HistoryEntry, HistoryQuery, HistoryStore, MAX_IMA_SEGMENTS,
-    PolicyVersion, RecordedEvidence, Retention, Swap, digest_hex,
+    PolicyVersion, RecordedEvidence, Retention, RoundHistory, Swap, digest_hex,
 };
 use super::postgres::{Lock, PgStore, lock};
 use super::verifier::{PolicyKind, PolicyRecord};
@@ -253,6 +253,52 @@ fn apply_retention(
     Ok(())
 }
 
+/// Appends a judged round, with its evidence, and applies the retention; returns its id.
+fn write_round(
+    tx: &mut Transaction<'_>,
+    entry: &HistoryEntry,
+    evidence: Option<&EvidenceUpdate>,
+    retention: &Retention,
+) -> Result<u64, StoreError> {
+    lock(tx, Lock::Agent, &entry.agent_id)?;
+    if let Some(update) = evidence {
+        record_evidence(tx, &entry.tenant, &entry.agent_id, update)?;
+    }
+    let record = serde_json::to_string(entry).map_err(corrupt)?;
+    let id: i64 = tx
+        .query_one(
+            "INSERT INTO attestation_history (tenant, agent_id, at_ms, passed, record)
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            &[
+                &entry.tenant,
+                &entry.agent_id,
+                &int(entry.at_ms),
+                &entry.passed,
+                &record,
+            ],
+        )?
+        .try_get(0)?;
+    apply_retention(tx, &entry.tenant, &entry.agent_id, retention)?;
+    Ok(id as u64)
+}
+
+/// [`write_round`] inside the verdict's transaction, in a savepoint of its own: a history
+/// that cannot be written is rolled back alone, and the verdict stands.
+pub(super) fn write_round_with_verdict(
+    tx: &mut Transaction<'_>,
+    history: &RoundHistory,
+) -> Result<u64, StoreError> {
+    let mut savepoint = tx.savepoint("round_history")?;
+    let id = write_round(
+        &mut savepoint,
+        &history.entry,
+        history.evidence.as_ref(),
+        &history.retention,
+    )?;
+    savepoint.commit()?;
+    Ok(id)
+}
+
 impl HistoryStore for PgStore {
     fn record_round(
         &self,
@@ -261,28 +307,7 @@ impl HistoryStore for PgStore {
         retention: &Retention,
     ) -> Result<u64, StoreError> {
         let (entry, evidence, retention) = (entry.clone(), evidence.cloned(), *retention);
-        self.transaction(move |tx| {
-            lock(tx, Lock::Agent, &entry.agent_id)?;
-            if let Some(update) = &evidence {
-                record_evidence(tx, &entry.tenant, &entry.agent_id, update)?;
-            }
-            let record = serde_json::to_string(&entry).map_err(corrupt)?;
-            let id: i64 = tx
-                .query_one(
-                    "INSERT INTO attestation_history (tenant, agent_id, at_ms, passed, record)
-                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                    &[
-                        &entry.tenant,
-                        &entry.agent_id,
-                        &int(entry.at_ms),
-                        &entry.passed,
-                        &record,
-                    ],
-                )?
-                .try_get(0)?;
-            apply_retention(tx, &entry.tenant, &entry.agent_id, &retention)?;
-            Ok(id as u64)
-        })
+        self.transaction(move |tx| write_round(tx, &entry, evidence.as_ref(), &retention))
     }
 
     fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError> {

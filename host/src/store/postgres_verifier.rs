@@ -1,9 +1,10 @@
 //! The verifier's records in the PostgreSQL store: the same rules as the SQLite store's,
 //! with row conditions and advisory locks where several verifiers may write at once.
 
-use postgres::{GenericClient, Row};
+use postgres::{GenericClient, Row, Transaction};
 
 use super::StoreError;
+use super::history::{RoundHistory, RoundSaved};
 use super::postgres::{Lock, PgStore, lock};
 use super::verifier::{
     AgentState, AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, ModuleWrite, PolicyDelete,
@@ -61,6 +62,14 @@ fn signed(n: u64) -> i64 {
 
 /// The record of a round, unless the stored one moved on since the round read it: another
 /// revision (re-enrolled, updated) or another state (stopped).
+/// A saved verdict's history, written in its transaction.
+fn with_history(tx: &mut Transaction<'_>, saved: bool, history: &RoundHistory) -> RoundSaved {
+    RoundSaved {
+        saved,
+        history: saved.then(|| super::postgres_history::write_round_with_verdict(tx, history)),
+    }
+}
+
 fn save_round(
     client: &mut impl GenericClient,
     agent_id: &str,
@@ -411,11 +420,27 @@ impl VerifierStore for PgStore {
         })
     }
 
-    fn save_round(&self, agent: &VerifierAgent, from_state: i64) -> Result<bool, StoreError> {
+    fn save_round(
+        &self,
+        agent: &VerifierAgent,
+        from_state: i64,
+        history: Option<RoundHistory>,
+    ) -> Result<RoundSaved, StoreError> {
         let (agent_id, record) = (agent.agent_id.clone(), to_json(agent)?);
         let revision = i64::try_from(agent.revision).unwrap_or(-1);
         let owner = agent.lease_owner.clone();
-        self.run(move |client| save_round(client, &agent_id, &record, revision, from_state, owner.as_deref()))
+        match history {
+            // One statement: no transaction needed.
+            None => self
+                .run(move |client| {
+                    save_round(client, &agent_id, &record, revision, from_state, owner.as_deref())
+                })
+                .map(|saved| RoundSaved { saved, history: None }),
+            Some(history) => self.transaction(move |tx| {
+                let saved = save_round(tx, &agent_id, &record, revision, from_state, owner.as_deref())?;
+                Ok(with_history(tx, saved, &history))
+            }),
+        }
     }
 
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
@@ -755,7 +780,8 @@ impl VerifierStore for PgStore {
         from_state: i64,
         extend_session: Option<(&str, u64)>,
         attestation: &PushAttestation,
-    ) -> Result<bool, StoreError> {
+        history: Option<RoundHistory>,
+    ) -> Result<RoundSaved, StoreError> {
         let (tenant, agent_id, record) = (agent.tenant.clone(), agent.agent_id.clone(), to_json(agent)?);
         let revision = i64::try_from(agent.revision).unwrap_or(-1);
         let owner = agent.lease_owner.clone();
@@ -780,7 +806,10 @@ impl VerifierStore for PgStore {
                    AND COALESCE((record->>'capabilities_received_at')::bigint, 0) = $5",
                 &[&tenant, &agent_id, &index, &text, &received_at],
             )?;
-            Ok(saved)
+            Ok(match &history {
+                Some(history) => with_history(tx, saved, history),
+                None => RoundSaved { saved, history: None },
+            })
         })
     }
 

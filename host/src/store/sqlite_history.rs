@@ -4,7 +4,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::history::{
     EvidenceSnapshot, EvidenceUpdate, HistoryEntry, HistoryQuery, HistoryStore, MAX_IMA_SEGMENTS,
-    PolicyVersion, RecordedEvidence, Retention, Swap, digest_hex,
+    PolicyVersion, RecordedEvidence, Retention, RoundHistory, Swap, digest_hex,
 };
 use super::verifier::{PolicyKind, PolicyRecord};
 use super::{SqliteStore, StoreError};
@@ -233,6 +233,54 @@ fn history_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String)> {
     Ok((row.get(0)?, row.get(1)?))
 }
 
+/// Appends a judged round, with its evidence, and applies the retention; returns its id.
+fn write_round(
+    conn: &Connection,
+    entry: &HistoryEntry,
+    evidence: Option<&EvidenceUpdate>,
+    retention: &Retention,
+) -> Result<u64, StoreError> {
+    if let Some(update) = evidence {
+        record_evidence(conn, &entry.tenant, &entry.agent_id, update)?;
+    }
+    let record = serde_json::to_string(entry).map_err(corrupt)?;
+    conn.prepare_cached(
+        "INSERT INTO attestation_history (tenant, agent_id, at_ms, passed, record)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        entry.tenant,
+        entry.agent_id,
+        int(entry.at_ms),
+        entry.passed,
+        record
+    ])?;
+    let id = conn.last_insert_rowid();
+    apply_retention(conn, &entry.tenant, &entry.agent_id, retention)?;
+    Ok(id as u64)
+}
+
+/// [`write_round`] inside the verdict's transaction, in a savepoint of its own: a history
+/// that cannot be written is rolled back alone, and the verdict stands.
+pub(super) fn write_round_with_verdict(conn: &Connection, history: &RoundHistory) -> Result<u64, StoreError> {
+    conn.execute_batch("SAVEPOINT round_history")?;
+    match write_round(
+        conn,
+        &history.entry,
+        history.evidence.as_ref(),
+        &history.retention,
+    ) {
+        Ok(id) => {
+            conn.execute_batch("RELEASE round_history")?;
+            Ok(id)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO round_history; RELEASE round_history")?;
+            Err(e)
+        }
+    }
+}
+
 impl HistoryStore for SqliteStore {
     fn record_round(
         &self,
@@ -241,26 +289,7 @@ impl HistoryStore for SqliteStore {
         retention: &Retention,
     ) -> Result<u64, StoreError> {
         let (entry, evidence, retention) = (entry.clone(), evidence.cloned(), *retention);
-        self.grouped(move |conn| {
-            if let Some(update) = &evidence {
-                record_evidence(conn, &entry.tenant, &entry.agent_id, update)?;
-            }
-            let record = serde_json::to_string(&entry).map_err(corrupt)?;
-            conn.prepare_cached(
-                "INSERT INTO attestation_history (tenant, agent_id, at_ms, passed, record)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                entry.tenant,
-                entry.agent_id,
-                int(entry.at_ms),
-                entry.passed,
-                record
-            ])?;
-            let id = conn.last_insert_rowid();
-            apply_retention(conn, &entry.tenant, &entry.agent_id, &retention)?;
-            Ok(id as u64)
-        })
+        self.grouped(move |conn| write_round(conn, &entry, evidence.as_ref(), &retention))
     }
 
     fn history(&self, query: &HistoryQuery) -> Result<Vec<HistoryEntry>, StoreError> {

@@ -2,6 +2,7 @@
 
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
+use super::history::{RoundHistory, RoundSaved};
 use super::verifier::{
     AgentState, AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, ModuleWrite, PolicyDelete,
     PolicyKind, PolicyRecord, PolicyWrite, PushAttestation, PushSession, TenantQuota, TenantUsage,
@@ -27,6 +28,16 @@ fn from_row(text: &str, lease_owner: Option<String>) -> Result<VerifierAgent, St
 
 /// The record of a round, unless the stored one moved on since the round read it: another
 /// revision (re-enrolled, updated) or another state (stopped).
+/// A saved verdict's history, written in its transaction.
+fn with_history(conn: &rusqlite::Connection, saved: bool, history: Option<&RoundHistory>) -> RoundSaved {
+    RoundSaved {
+        saved,
+        history: history
+            .filter(|_| saved)
+            .map(|h| super::sqlite_history::write_round_with_verdict(conn, h)),
+    }
+}
+
 fn save_round(
     conn: &rusqlite::Connection,
     agent_id: &str,
@@ -375,11 +386,19 @@ impl VerifierStore for SqliteStore {
         })
     }
 
-    fn save_round(&self, agent: &VerifierAgent, from_state: i64) -> Result<bool, StoreError> {
+    fn save_round(
+        &self,
+        agent: &VerifierAgent,
+        from_state: i64,
+        history: Option<RoundHistory>,
+    ) -> Result<RoundSaved, StoreError> {
         let (agent_id, record) = (agent.agent_id.clone(), to_json(agent)?);
         let revision = i64::try_from(agent.revision).unwrap_or(-1);
         let owner = agent.lease_owner.clone();
-        self.grouped(move |conn| save_round(conn, &agent_id, &record, revision, from_state, owner.as_deref()))
+        self.grouped(move |conn| {
+            let saved = save_round(conn, &agent_id, &record, revision, from_state, owner.as_deref())?;
+            Ok(with_history(conn, saved, history.as_ref()))
+        })
     }
 
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
@@ -712,7 +731,8 @@ impl VerifierStore for SqliteStore {
         from_state: i64,
         extend_session: Option<(&str, u64)>,
         attestation: &PushAttestation,
-    ) -> Result<bool, StoreError> {
+        history: Option<RoundHistory>,
+    ) -> Result<RoundSaved, StoreError> {
         let (tenant, agent_id, record) = (agent.tenant.clone(), agent.agent_id.clone(), to_json(agent)?);
         let revision = i64::try_from(agent.revision).unwrap_or(-1);
         let owner = agent.lease_owner.clone();
@@ -736,7 +756,7 @@ impl VerifierStore for SqliteStore {
                    AND IFNULL(json_extract(record, '$.capabilities_received_at'), 0) = ?5",
             )?
             .execute(params![tenant, agent_id, index, text, received_at])?;
-            Ok(saved)
+            Ok(with_history(conn, saved, history.as_ref()))
         })
     }
 

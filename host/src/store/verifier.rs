@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use super::history::{RoundHistory, RoundSaved};
 
 /// Which kind of policy document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -543,8 +544,14 @@ pub trait VerifierStore: super::history::HistoryStore + Send + Sync + 'static {
     /// Writes a round's outcome back only if the stored record is still the one the round
     /// started from: same `revision` (no operator write meanwhile), operational state
     /// `from_state`, and lease owner (no other verifier took the agent over). A deleted
-    /// agent is never written back. Returns whether it was written.
-    fn save_round(&self, agent: &VerifierAgent, from_state: i64) -> Result<bool, StoreError>;
+    /// agent is never written back. With `history`, a written round's history goes in the
+    /// same transaction.
+    fn save_round(
+        &self,
+        agent: &VerifierAgent,
+        from_state: i64,
+        history: Option<RoundHistory>,
+    ) -> Result<RoundSaved, StoreError>;
 
     /// Deletes an agent with its push sessions and attestations, and the policies named
     /// after it that no other agent uses. Returns whether it existed.
@@ -616,14 +623,16 @@ pub trait VerifierStore: super::history::HistoryStore + Send + Sync + 'static {
     /// moved to `extend_session` (a passing attestation extends it); and the attestation (of
     /// the agent's tenant)
     /// replaced if the one stored at its index is still the one judged (same
-    /// `capabilities_received_at`: not an attestation of a re-enrolment meanwhile).
+    /// `capabilities_received_at`: not an attestation of a re-enrolment meanwhile); and, if
+    /// saved, the round's `history`.
     fn save_push_verdict(
         &self,
         agent: &VerifierAgent,
         from_state: i64,
         extend_session: Option<(&str, u64)>,
         attestation: &PushAttestation,
-    ) -> Result<bool, StoreError>;
+        history: Option<RoundHistory>,
+    ) -> Result<RoundSaved, StoreError>;
 
     /// One attestation of `tenant`'s agent, or the latest with `None`.
     fn attestation(

@@ -1,6 +1,6 @@
-//! The attestation history: every judged round of a pull or push agent, recorded once its
-//! verdict is saved, with the evidence of verified rounds (enough for the canary to judge
-//! them again), kept as the retention says; and the routes that read it.
+//! The attestation history: every judged round of a pull or push agent, recorded in the
+//! transaction that saves its verdict, with the evidence of verified rounds (enough for the
+//! canary to judge them again), kept as the retention says; and the routes that read it.
 
 use std::collections::BTreeMap;
 
@@ -11,9 +11,10 @@ use serde_json::json;
 use super::Verifier;
 use super::pipeline::{Evidence, Expectations, Failure, Outcome, PolicyInUse};
 use crate::api::{AgentId, ApiError, ApiResult, Envelope, Scope};
+use crate::store::StoreError;
 use crate::store::VerifierAgent;
 use crate::store::history::{
-    EvidenceSnapshot, EvidenceUpdate, HistoryEntry, HistoryQuery, JudgedBy, digest_hex,
+    EvidenceSnapshot, EvidenceUpdate, HistoryEntry, HistoryQuery, JudgedBy, RoundHistory, digest_hex,
 };
 
 /// A judged round, ready for the history.
@@ -98,33 +99,39 @@ impl RoundRecord {
     }
 }
 
-/// Records a round whose verdict was saved: in the store under the retention, and in the
-/// durable log when one is configured. A failure to record is logged; the verdict stands.
-pub async fn record(verifier: &Verifier, round: RoundRecord) {
-    let verifier = verifier.clone();
-    let _ = tokio::task::spawn_blocking(move || record_blocking(&verifier, round)).await;
+impl RoundRecord {
+    /// What the store writes in the verdict's transaction, and the entry the durable log
+    /// appends once that is committed (when one is configured).
+    pub fn for_store(self, verifier: &Verifier) -> (RoundHistory, Option<HistoryEntry>) {
+        let durable = verifier.durable.as_ref().map(|_| self.entry.clone());
+        let history = RoundHistory {
+            entry: self.entry,
+            evidence: self.evidence,
+            retention: verifier.config.history_retention,
+        };
+        (history, durable)
+    }
 }
 
-/// [`record`], on a thread that may block.
-pub fn record_blocking(verifier: &Verifier, round: RoundRecord) {
-    let mut entry = round.entry;
-    let written = verifier
-        .store
-        .record_round(
-            &entry,
-            round.evidence.as_ref(),
-            &verifier.config.history_retention,
-        )
-        .map_err(|e| e.to_string())
-        .and_then(|id| {
+/// After a verdict and its history were committed: appends the entry to the durable log.
+/// A history that could not be written is logged; the verdict stands. Blocks on the file.
+pub fn written(
+    verifier: &Verifier,
+    agent_id: &str,
+    durable: Option<HistoryEntry>,
+    written: Option<Result<u64, StoreError>>,
+) {
+    let appended = match (written, durable, &verifier.durable) {
+        (None, _, _) => return,
+        (Some(Err(e)), _, _) => Err(e.to_string()),
+        (Some(Ok(id)), Some(mut entry), Some(log)) => {
             entry.id = id;
-            match &verifier.durable {
-                Some(log) => log.append(&entry).map_err(|e| e.to_string()),
-                None => Ok(()),
-            }
-        });
-    if let Err(error) = written {
-        tracing::error!(agent_id = %entry.agent_id, %error, event = "history.store_error", "cannot record the round");
+            log.append(&entry).map_err(|e| e.to_string())
+        }
+        (Some(Ok(_)), _, _) => Ok(()),
+    };
+    if let Err(error) = appended {
+        tracing::error!(%agent_id, %error, event = "history.store_error", "cannot record the round");
     }
 }
 

@@ -192,23 +192,25 @@ async fn save(verifier: &Verifier, agent: VerifierAgent, round_state: i64) -> bo
     save_judged(verifier, agent, round_state, None).await
 }
 
-/// [`save`], and the judged round into the history once its verdict is saved.
+/// [`save`], with the judged round's history in the same transaction.
 async fn save_judged(
     verifier: &Verifier,
     agent: VerifierAgent,
     round_state: i64,
     judged: Option<RoundRecord>,
 ) -> bool {
-    let store = verifier.store.clone();
     let keeps_polling = polls(&agent);
     let id = agent.agent_id.clone();
-    match tokio::task::spawn_blocking(move || store.save_round(&agent, round_state)).await {
-        Ok(Ok(true)) => {
-            if let Some(judged) = judged {
-                history::record(verifier, judged).await;
-            }
-            keeps_polling
-        }
+    let v = verifier.clone();
+    let saved = tokio::task::spawn_blocking(move || {
+        let (history, durable) = judged.map(|j| j.for_store(&v)).unzip();
+        let saved = v.store.save_round(&agent, round_state, history)?;
+        history::written(&v, &agent.agent_id, durable.flatten(), saved.history);
+        Ok::<_, crate::store::StoreError>(saved.saved)
+    })
+    .await;
+    match saved {
+        Ok(Ok(true)) => keeps_polling,
         // The record changed meanwhile: a DELETE during the round finishes now.
         Ok(Ok(false)) => {
             complete_deletion(verifier, &id).await;

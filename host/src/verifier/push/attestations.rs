@@ -751,18 +751,21 @@ fn conclude(
         });
     // The attestation is history either way (the store skips it if it is no longer the one
     // judged: the agent was deleted and enrolled again meanwhile).
+    let (history, durable) = judged
+        .map(|mut judged| {
+            judged.entry.passed = matches!(result, RoundResult::Pass);
+            judged.entry.failures = record.failures.clone();
+            judged.for_store(verifier)
+        })
+        .unzip();
     match verifier
         .store
-        .save_push_verdict(&agent, from_state, extension, &record)
+        .save_push_verdict(&agent, from_state, extension, &record, history)
     {
-        Ok(true) => {
-            if let Some(mut judged) = judged {
-                judged.entry.passed = matches!(result, RoundResult::Pass);
-                judged.entry.failures = record.failures.clone();
-                history::record_blocking(verifier, judged);
-            }
+        Ok(saved) if saved.saved => {
+            history::written(verifier, &agent.agent_id, durable.flatten(), saved.history);
         }
-        Ok(false) => {
+        Ok(_) => {
             tracing::info!(%agent_id, "the agent changed while its evidence was judged: its record keeps the operator's change")
         }
         Err(e) => tracing::error!(error = %e, "storing a push verdict"),
