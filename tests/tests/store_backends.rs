@@ -1089,6 +1089,35 @@ fn a_history_postgres_refuses_is_rolled_back_alone() {
     });
 }
 
+/// Each connection prepares its statements once. When another process changes a table's
+/// shape under them (a newer zest's migration), a statement fails once per connection that
+/// had prepared it, and is prepared anew: the store does not keep failing.
+#[test]
+fn a_postgres_store_prepares_anew_after_a_table_changes_shape() {
+    let pg = Postgres::start().unwrap();
+    let url = pg.create_database("reshaped").unwrap();
+    let store = PgStore::open(&url).unwrap();
+    // Prepare the listing on as many of the store's connections as take it.
+    for _ in 0..64 {
+        assert!(store.list_agents().unwrap().is_empty());
+    }
+    postgres::Client::connect(&url, postgres::NoTls)
+        .unwrap()
+        .batch_execute("ALTER TABLE registrar_agents ALTER COLUMN agent_id TYPE varchar(200)")
+        .unwrap();
+    let mut failures = 0;
+    for _ in 0..200 {
+        match store.list_agents() {
+            Ok(ids) => assert!(ids.is_empty()),
+            Err(e) => {
+                assert!(e.to_string().contains("0A000"), "{e}");
+                failures += 1;
+            }
+        }
+    }
+    assert!(failures <= 8, "{failures} failures: a connection kept its stale statement");
+}
+
 /// Two verifiers on one database: quotas hold across them, and an agent's attestations are
 /// numbered without a gap or a duplicate.
 #[test]

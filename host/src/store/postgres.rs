@@ -1,17 +1,21 @@
 //! The PostgreSQL backend (Keylime's `database_url = postgresql://…`), for several verifiers
 //! and registrars on one database. Coordination is the database's own: transactions, row
-//! conditions and transaction-scoped advisory locks; nothing is cached between calls.
+//! conditions and transaction-scoped advisory locks; no record is cached between calls
+//! (only each connection's prepared statements).
 //!
 //! The `postgres` client drives its connection with a private Tokio runtime, which must not
 //! run inside another runtime's task. So each connection lives on a thread of its own, and a
 //! call hands its work to a free one and waits: callers stay synchronous, as the traits are,
 //! whether they run on the blocking pool or not.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use postgres::{Client, NoTls, Transaction};
+use postgres::types::ToSql;
+use postgres::{Client, GenericClient, NoTls, Row, Statement, Transaction};
 
 use super::{DEFAULT_TENANT, NewRegistration, RegisterOutcome, RegisteredAgent, RegistrarStore, StoreError};
 
@@ -165,12 +169,68 @@ pub(super) enum Lock {
 
 /// Takes a transaction-scoped advisory lock on `key` in `space`: held until commit or rollback.
 pub(super) fn lock(tx: &mut Transaction<'_>, space: Lock, key: &str) -> Result<(), StoreError> {
-    tx.execute(
+    tx.execute_prepared(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         &[&(space as i32), &key],
     )?;
     Ok(())
 }
+
+thread_local! {
+    /// The prepared statements of this thread's connection, by their SQL. Each connection
+    /// lives on a thread of its own, so this is the connection's cache; it is emptied when
+    /// the thread connects anew.
+    static STATEMENTS: RefCell<HashMap<String, Statement>> = RefCell::new(HashMap::new());
+}
+
+/// More distinct statements than the store has means dynamic SQL went astray: start over.
+const MAX_STATEMENTS: usize = 512;
+
+/// `sql` prepared on this thread's connection, once. Without this, the client prepares
+/// every statement it is handed as text, runs it and closes it: a round trip more, and a
+/// parse and plan on the server, for every statement of every round.
+fn prepared(client: &mut impl GenericClient, sql: &str) -> Result<Statement, postgres::Error> {
+    if let Some(statement) = STATEMENTS.with(|c| c.borrow().get(sql).cloned()) {
+        return Ok(statement);
+    }
+    let statement = client.prepare(sql)?;
+    STATEMENTS.with(|c| {
+        let mut cache = c.borrow_mut();
+        if cache.len() >= MAX_STATEMENTS {
+            cache.clear();
+        }
+        cache.insert(sql.to_owned(), statement.clone());
+    });
+    Ok(statement)
+}
+
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// The client's calls, on statements prepared once per connection ([`prepared`]). Only
+/// for work run on a connection thread ([`PgStore::run`]).
+pub(super) trait Prepared: GenericClient + Sized {
+    fn execute_prepared(&mut self, sql: &str, params: Params<'_>) -> Result<u64, postgres::Error> {
+        let statement = prepared(self, sql)?;
+        self.execute(&statement, params)
+    }
+
+    fn query_prepared(&mut self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, postgres::Error> {
+        let statement = prepared(self, sql)?;
+        self.query(&statement, params)
+    }
+
+    fn query_one_prepared(&mut self, sql: &str, params: Params<'_>) -> Result<Row, postgres::Error> {
+        let statement = prepared(self, sql)?;
+        self.query_one(&statement, params)
+    }
+
+    fn query_opt_prepared(&mut self, sql: &str, params: Params<'_>) -> Result<Option<Row>, postgres::Error> {
+        let statement = prepared(self, sql)?;
+        self.query_opt(&statement, params)
+    }
+}
+
+impl<C: GenericClient> Prepared for C {}
 
 type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
 
@@ -255,6 +315,8 @@ fn on_connection<T>(
     work: impl FnOnce(&mut Client) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     if slot.as_ref().is_none_or(Client::is_closed) {
+        // Statements prepared on the connection before belong to it.
+        STATEMENTS.with(|c| c.borrow_mut().clear());
         *slot = Some(config.connect(NoTls)?);
     }
     let Some(client) = slot.as_mut() else {
@@ -263,6 +325,13 @@ fn on_connection<T>(
     let outcome = work(client);
     if client.is_closed() {
         *slot = None;
+    }
+    // A prepared statement whose tables changed shape (another verifier migrated the
+    // schema) fails with "cached plan must not change result type": prepare anew.
+    if let Err(StoreError::Postgres(e)) = &outcome
+        && e.code() == Some(&postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+    {
+        STATEMENTS.with(|c| c.borrow_mut().clear());
     }
     outcome
 }
@@ -327,16 +396,16 @@ impl RegistrarStore for PgStore {
             // Registrars racing on one id take turns.
             lock(tx, Lock::Agent, &r.agent_id)?;
             // An unactivated registration past its time holds the id no longer.
-            tx.execute(
+            tx.execute_prepared(
                 "DELETE FROM registrar_agents WHERE agent_id = $1 AND NOT active AND registered_at < $2",
                 &[&r.agent_id, &stale_before],
             )?;
-            let existing = tx.query_opt(
+            let existing = tx.query_opt_prepared(
                 "SELECT ek_tpm, aik_tpm, ekcert, active FROM registrar_agents WHERE agent_id = $1",
                 &[&r.agent_id],
             )?;
             let Some(row) = existing else {
-                tx.execute(
+                tx.execute_prepared(
                     "INSERT INTO registrar_agents
                         (tenant, agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert, auth_tag_digest,
                          active, regcount, registered_at, updated_at)
@@ -379,7 +448,7 @@ impl RegistrarStore for PgStore {
                     pending_auth_tag_digest = NULL, pending_since = NULL
                  WHERE agent_id = $1"
             };
-            tx.execute(
+            tx.execute_prepared(
                 sql,
                 &[
                     &r.agent_id,
@@ -398,7 +467,7 @@ impl RegistrarStore for PgStore {
     fn registered_agent(&self, agent_id: &str) -> Result<Option<RegisteredAgent>, StoreError> {
         let agent_id = agent_id.to_owned();
         self.run(move |client| {
-            let Some(row) = client.query_opt(
+            let Some(row) = client.query_opt_prepared(
                 "SELECT agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert, active, regcount,
                         auth_tag_digest
                  FROM registrar_agents WHERE agent_id = $1",
@@ -434,7 +503,7 @@ impl RegistrarStore for PgStore {
         let stale_before = i64::try_from(stale_before).unwrap_or(i64::MAX);
         self.transaction(move |tx| {
             // A renewal's credential: its contact data becomes the agent's.
-            let renewed = tx.execute(
+            let renewed = tx.execute_prepared(
                 "UPDATE registrar_agents SET
                     ip = pending_ip, port = pending_port, mtls_cert = pending_mtls_cert,
                     auth_tag_digest = pending_auth_tag_digest, active = true, updated_at = $3,
@@ -447,7 +516,7 @@ impl RegistrarStore for PgStore {
                 return Ok(true);
             }
             // The first registration's credential (again, for an agent that is active already).
-            let n = tx.execute(
+            let n = tx.execute_prepared(
                 "UPDATE registrar_agents SET active = true, updated_at = $3
                  WHERE agent_id = $1 AND auth_tag_digest = $2 AND (active OR registered_at >= $4)",
                 &[&agent_id, &digest, &now(), &stale_before],
@@ -459,7 +528,7 @@ impl RegistrarStore for PgStore {
     fn list_agents(&self) -> Result<Vec<String>, StoreError> {
         self.run(|client| {
             client
-                .query("SELECT agent_id FROM registrar_agents ORDER BY agent_id", &[])?
+                .query_prepared("SELECT agent_id FROM registrar_agents ORDER BY agent_id", &[])?
                 .iter()
                 .map(|row| row.try_get(0).map_err(StoreError::from))
                 .collect()
@@ -469,14 +538,17 @@ impl RegistrarStore for PgStore {
     fn delete_agent(&self, agent_id: &str) -> Result<bool, StoreError> {
         let agent_id = agent_id.to_owned();
         self.run(move |client| {
-            Ok(client.execute("DELETE FROM registrar_agents WHERE agent_id = $1", &[&agent_id])? == 1)
+            Ok(
+                client.execute_prepared("DELETE FROM registrar_agents WHERE agent_id = $1", &[&agent_id])?
+                    == 1,
+            )
         })
     }
 
     fn import_agent(&self, a: &RegisteredAgent) -> Result<bool, StoreError> {
         let a = a.clone();
         self.run(move |client| {
-            let added = client.execute(
+            let added = client.execute_prepared(
                 "INSERT INTO registrar_agents
                     (tenant, agent_id, ek_tpm, ekcert, aik_tpm, ip, port, mtls_cert, auth_tag_digest,
                      active, regcount, registered_at, updated_at)

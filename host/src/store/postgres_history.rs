@@ -8,7 +8,7 @@ use super::history::{
     EvidenceSnapshot, EvidenceUpdate, HistoryEntry, HistoryQuery, HistoryStore, MAX_IMA_SEGMENTS,
     PolicyVersion, RecordedEvidence, Retention, RoundHistory, Swap, digest_hex,
 };
-use super::postgres::{Lock, PgStore, lock};
+use super::postgres::{Lock, PgStore, Prepared, lock};
 use super::verifier::{PolicyKind, PolicyRecord};
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -28,7 +28,7 @@ pub(super) fn replace_policy(
     r: &PolicyRecord,
     expected: Option<&str>,
 ) -> Result<Swap, StoreError> {
-    let live = tx.query_opt(
+    let live = tx.query_opt_prepared(
         &format!(
             "SELECT checksum, version FROM {} WHERE tenant = $1 AND name = $2 FOR UPDATE",
             kind.table()
@@ -42,7 +42,7 @@ pub(super) fn replace_policy(
     if expected.is_some_and(|e| e != checksum) {
         return Ok(Swap::Changed);
     }
-    tx.execute(
+    tx.execute_prepared(
         &format!(
             "INSERT INTO policy_versions
                  (kind, tenant, name, version, module, checksum, generator, document, replaced_at)
@@ -57,7 +57,7 @@ pub(super) fn replace_policy(
         &[&tenant, &r.name, &kind.name()],
     )?;
     let next = version + 1;
-    tx.execute(
+    tx.execute_prepared(
         &format!(
             "UPDATE {} SET module = $3, document = $4, checksum = $5, generator = $6, version = $7
              WHERE tenant = $1 AND name = $2",
@@ -82,7 +82,7 @@ pub(super) fn drop_orphan_versions(
     kind: PolicyKind,
     tenant: &str,
 ) -> Result<u64, StoreError> {
-    Ok(client.execute(
+    Ok(client.execute_prepared(
         &format!(
             "DELETE FROM policy_versions WHERE kind = $1 AND tenant = $2
                AND NOT EXISTS (SELECT 1 FROM {} p WHERE p.tenant = $2 AND p.name = policy_versions.name)",
@@ -96,14 +96,14 @@ pub(super) fn drop_orphan_versions(
 /// no other agent's evidence names it.
 pub(super) fn forget_agent(client: &mut impl GenericClient, agent_id: &str) -> Result<(), StoreError> {
     let boot_log: Option<Option<String>> = client
-        .query_opt(
+        .query_opt_prepared(
             "DELETE FROM agent_evidence WHERE agent_id = $1 RETURNING boot_log",
             &[&agent_id],
         )?
         .map(|row| row.try_get(0))
         .transpose()?;
-    client.execute("DELETE FROM agent_ima_segments WHERE agent_id = $1", &[&agent_id])?;
-    client.execute(
+    client.execute_prepared("DELETE FROM agent_ima_segments WHERE agent_id = $1", &[&agent_id])?;
+    client.execute_prepared(
         "DELETE FROM attestation_history WHERE agent_id = $1",
         &[&agent_id],
     )?;
@@ -114,7 +114,7 @@ pub(super) fn forget_agent(client: &mut impl GenericClient, agent_id: &str) -> R
 }
 
 fn drop_blob_if_unused(client: &mut impl GenericClient, digest: &str) -> Result<u64, StoreError> {
-    Ok(client.execute(
+    Ok(client.execute_prepared(
         "DELETE FROM evidence_blobs WHERE digest = $1
            AND NOT EXISTS (SELECT 1 FROM agent_evidence WHERE boot_log = $1)",
         &[&digest],
@@ -128,7 +128,7 @@ fn record_evidence(
     update: &EvidenceUpdate,
 ) -> Result<(), StoreError> {
     let previous: Option<(String, Option<String>)> = tx
-        .query_opt(
+        .query_opt_prepared(
             "SELECT record, boot_log FROM agent_evidence WHERE agent_id = $1",
             &[&agent_id],
         )?
@@ -141,8 +141,8 @@ fn record_evidence(
     let mut snapshot = update.snapshot.clone();
     match &update.ima_text {
         Some(text) if update.ima_offset == 0 => {
-            tx.execute("DELETE FROM agent_ima_segments WHERE agent_id = $1", &[&agent_id])?;
-            tx.execute(
+            tx.execute_prepared("DELETE FROM agent_ima_segments WHERE agent_id = $1", &[&agent_id])?;
+            tx.execute_prepared(
                 "INSERT INTO agent_ima_segments (agent_id, seq, text) VALUES ($1, 0, $2)",
                 &[&agent_id, text],
             )?;
@@ -153,7 +153,7 @@ fn record_evidence(
             }
         }
         _ => {
-            tx.execute("DELETE FROM agent_ima_segments WHERE agent_id = $1", &[&agent_id])?;
+            tx.execute_prepared("DELETE FROM agent_ima_segments WHERE agent_id = $1", &[&agent_id])?;
             snapshot.ima_next = None;
             snapshot.ima_pcr10 = None;
         }
@@ -162,7 +162,7 @@ fn record_evidence(
         let digest = digest_hex(bytes);
         // The same log as last round (the usual case) is stored already.
         if previous.as_ref().and_then(|(_, b)| b.as_deref()) != Some(digest.as_str()) {
-            tx.execute(
+            tx.execute_prepared(
                 "INSERT INTO evidence_blobs (digest, bytes) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
                 &[&digest, bytes],
             )?;
@@ -170,7 +170,7 @@ fn record_evidence(
         snapshot.boot_log = Some(digest);
     }
     let record = serde_json::to_string(&snapshot).map_err(corrupt)?;
-    tx.execute(
+    tx.execute_prepared(
         "INSERT INTO agent_evidence (agent_id, tenant, record, boot_log) VALUES ($1, $2, $3, $4)
          ON CONFLICT (agent_id) DO UPDATE SET tenant = excluded.tenant, record = excluded.record,
              boot_log = excluded.boot_log",
@@ -188,7 +188,7 @@ fn record_evidence(
 fn append_segment(tx: &mut Transaction<'_>, agent_id: &str, text: &str) -> Result<(), StoreError> {
     // Segments are numbered from 0 without gaps: the new one's number is how many came before.
     let seq: i64 = tx
-        .query_one(
+        .query_one_prepared(
             "INSERT INTO agent_ima_segments (agent_id, seq, text)
              SELECT $1, coalesce(max(seq), -1) + 1, $2 FROM agent_ima_segments WHERE agent_id = $1
              RETURNING seq",
@@ -197,8 +197,8 @@ fn append_segment(tx: &mut Transaction<'_>, agent_id: &str, text: &str) -> Resul
         .try_get(0)?;
     if seq + 1 > MAX_IMA_SEGMENTS {
         let whole = ima_text(tx, agent_id)?.unwrap_or_default();
-        tx.execute("DELETE FROM agent_ima_segments WHERE agent_id = $1", &[&agent_id])?;
-        tx.execute(
+        tx.execute_prepared("DELETE FROM agent_ima_segments WHERE agent_id = $1", &[&agent_id])?;
+        tx.execute_prepared(
             "INSERT INTO agent_ima_segments (agent_id, seq, text) VALUES ($1, 0, $2)",
             &[&agent_id, &whole],
         )?;
@@ -208,7 +208,7 @@ fn append_segment(tx: &mut Transaction<'_>, agent_id: &str, text: &str) -> Resul
 
 fn ima_text(client: &mut impl GenericClient, agent_id: &str) -> Result<Option<String>, StoreError> {
     let parts = client
-        .query(
+        .query_prepared(
             "SELECT text FROM agent_ima_segments WHERE agent_id = $1 ORDER BY seq",
             &[&agent_id],
         )?
@@ -228,7 +228,7 @@ fn apply_retention(
     retention: &Retention,
 ) -> Result<(), StoreError> {
     let (passes, failures) = (int(retention.keep_passes), int(retention.keep_failures));
-    tx.execute(
+    tx.execute_prepared(
         "DELETE FROM attestation_history WHERE id IN (
              SELECT id FROM (
                  SELECT id, passed, row_number() OVER (PARTITION BY passed ORDER BY id DESC) AS n
@@ -238,7 +238,7 @@ fn apply_retention(
     )?;
     // The records' JSON (evidence included, often out of line) is read only when the agent
     // holds more records than the smaller limit: counting reads the key alone.
-    tx.execute(
+    tx.execute_prepared(
         "DELETE FROM push_attestations WHERE tenant = $1 AND agent_id = $2
            AND (SELECT count(*) FROM push_attestations WHERE tenant = $1 AND agent_id = $2)
                > least($3::bigint, $4::bigint)
@@ -266,7 +266,7 @@ fn write_round(
     }
     let record = serde_json::to_string(entry).map_err(corrupt)?;
     let id: i64 = tx
-        .query_one(
+        .query_one_prepared(
             "INSERT INTO attestation_history (tenant, agent_id, at_ms, passed, record)
              VALUES ($1, $2, $3, $4, $5) RETURNING id",
             &[
@@ -317,6 +317,8 @@ impl HistoryStore for PgStore {
             let since = query.since_ms.map(int);
             let until = query.until_ms.map(int);
             let before = query.before_id.map(int);
+            // Not prepared: a generic plan for these optional conditions could not pick the
+            // agent's index; planned each time, it does.
             let rows = client.query(
                 "SELECT id, record FROM attestation_history
                  WHERE ($1::text IS NULL OR agent_id = $1) AND ($2::text IS NULL OR tenant = $2)
@@ -348,7 +350,7 @@ impl HistoryStore for PgStore {
     fn recorded_evidence(&self, agent_id: &str) -> Result<Option<RecordedEvidence>, StoreError> {
         let agent_id = agent_id.to_owned();
         self.run(move |client| {
-            let Some(row) = client.query_opt(
+            let Some(row) = client.query_opt_prepared(
                 "SELECT tenant, record FROM agent_evidence WHERE agent_id = $1",
                 &[&agent_id],
             )?
@@ -360,7 +362,7 @@ impl HistoryStore for PgStore {
                 serde_json::from_str(&row.try_get::<_, String>(1)?).map_err(corrupt)?;
             let boot_log = match &snapshot.boot_log {
                 Some(digest) => client
-                    .query_opt("SELECT bytes FROM evidence_blobs WHERE digest = $1", &[digest])?
+                    .query_opt_prepared("SELECT bytes FROM evidence_blobs WHERE digest = $1", &[digest])?
                     .map(|row| row.try_get(0))
                     .transpose()?,
                 None => None,
@@ -399,7 +401,7 @@ impl HistoryStore for PgStore {
         let (tenant, name) = (tenant.to_owned(), name.to_owned());
         self.run(move |client| {
             client
-                .query(
+                .query_prepared(
                     &format!(
                         "SELECT version, checksum, module, NULL::bigint FROM {} WHERE tenant = $1 AND name = $2
                          UNION ALL
@@ -433,7 +435,7 @@ impl HistoryStore for PgStore {
         let (tenant, name) = (tenant.to_owned(), name.to_owned());
         self.run(move |client| {
             client
-                .query_opt(
+                .query_opt_prepared(
                     "SELECT name, module, document, checksum, generator FROM policy_versions
                      WHERE kind = $1 AND tenant = $2 AND name = $3 AND version = $4",
                     &[&kind.name(), &tenant, &name, &int(version)],

@@ -5,7 +5,7 @@ use postgres::{GenericClient, Row, Transaction};
 
 use super::StoreError;
 use super::history::{RoundHistory, RoundSaved};
-use super::postgres::{Lock, PgStore, lock};
+use super::postgres::{Lock, PgStore, Prepared, lock};
 use super::verifier::{
     AgentState, AttestationHead, EnrolOutcome, ModuleDelete, ModuleRecord, ModuleWrite, PolicyDelete,
     PolicyKind, PolicyRecord, PolicyWrite, PushAttestation, PushSession, TenantQuota, TenantUsage,
@@ -31,7 +31,7 @@ fn agent_row(row: &Row) -> Result<VerifierAgent, StoreError> {
 /// Every agent's schedule: ids, states and lease owners, without whole records.
 fn states(client: &mut impl GenericClient) -> Result<Vec<AgentState>, StoreError> {
     client
-        .query(
+        .query_prepared(
             "SELECT agent_id, (record->>'operational_state')::bigint,
                     COALESCE((record->>'push')::boolean, false),
                     COALESCE((record->>'polls_after_failure')::boolean, false), tenant, lease_owner
@@ -78,7 +78,7 @@ fn save_round(
     from_state: i64,
     lease_owner: Option<&str>,
 ) -> Result<bool, StoreError> {
-    let changed = client.execute(
+    let changed = client.execute_prepared(
         "UPDATE verifier_agents SET record = ($2::text)::jsonb
          WHERE agent_id = $1
            AND COALESCE((record->>'revision')::bigint, 0) = $3
@@ -91,7 +91,7 @@ fn save_round(
 
 /// A tenant's holdings, read inside the caller's transaction.
 fn usage(client: &mut impl GenericClient, tenant: &str) -> Result<TenantUsage, StoreError> {
-    let row = client.query_one(
+    let row = client.query_one_prepared(
         "SELECT (SELECT count(*) FROM verifier_agents WHERE tenant = $1),
                 (SELECT count(*) FROM runtime_policies WHERE tenant = $1)
                   + (SELECT count(*) FROM mb_policies WHERE tenant = $1),
@@ -121,7 +121,7 @@ fn insert_policy(
     tenant: &str,
     r: &PolicyRecord,
 ) -> Result<u64, StoreError> {
-    Ok(client.execute(
+    Ok(client.execute_prepared(
         &format!(
             "INSERT INTO {} (tenant, name, module, document, checksum, generator)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant, name) DO NOTHING",
@@ -143,7 +143,7 @@ fn exists(
     sql: &str,
     params: &[&(dyn postgres::types::ToSql + Sync)],
 ) -> Result<bool, StoreError> {
-    Ok(client.query_opt(sql, params)?.is_some())
+    Ok(client.query_opt_prepared(sql, params)?.is_some())
 }
 
 fn attestation_json(record: &PushAttestation) -> Result<String, StoreError> {
@@ -190,7 +190,7 @@ impl VerifierStore for PgStore {
         let (tenant, name) = (tenant.to_owned(), name.to_owned());
         self.run(move |client| {
             client
-                .query_opt(
+                .query_opt_prepared(
                     &format!(
                         "SELECT name, module, document, checksum, generator FROM {}
                          WHERE tenant = $1 AND name = $2",
@@ -212,7 +212,7 @@ impl VerifierStore for PgStore {
     ) -> Result<Option<PolicyRecord>, StoreError> {
         let (tenant, name) = (tenant.to_owned(), name.to_owned());
         self.run(move |client| {
-            let Some(row) = client.query_opt(
+            let Some(row) = client.query_opt_prepared(
                 &format!(
                     "SELECT name, module, document IS NOT NULL, checksum, generator FROM {}
                      WHERE tenant = $1 AND name = $2",
@@ -241,7 +241,7 @@ impl VerifierStore for PgStore {
         let tenant = tenant.map(str::to_owned);
         self.run(move |client| {
             client
-                .query(
+                .query_prepared(
                     &format!(
                         "SELECT tenant, name FROM {} WHERE $1::text IS NULL OR tenant = $1
                          ORDER BY tenant, name",
@@ -267,7 +267,7 @@ impl VerifierStore for PgStore {
             if exists(tx, &sql, &[&tenant, &name])? {
                 return Ok(PolicyDelete::InUse);
             }
-            let deleted = tx.execute(
+            let deleted = tx.execute_prepared(
                 &format!("DELETE FROM {} WHERE tenant = $1 AND name = $2", kind.table()),
                 &[&tenant, &name],
             )?;
@@ -325,7 +325,7 @@ impl VerifierStore for PgStore {
             for (kind, policy) in &new_policies {
                 insert_policy(tx, *kind, &agent.tenant, policy)?;
             }
-            tx.execute(
+            tx.execute_prepared(
                 "INSERT INTO verifier_agents (tenant, agent_id, runtime_policy, mb_policy, record)
                  VALUES ($1, $2, $3, $4, ($5::text)::jsonb)",
                 &[
@@ -344,7 +344,7 @@ impl VerifierStore for PgStore {
         let agent_id = agent_id.to_owned();
         self.run(move |client| {
             client
-                .query_opt(
+                .query_opt_prepared(
                     "SELECT record::text, lease_owner FROM verifier_agents WHERE agent_id = $1",
                     &[&agent_id],
                 )?
@@ -357,7 +357,7 @@ impl VerifierStore for PgStore {
     fn agents(&self) -> Result<Vec<VerifierAgent>, StoreError> {
         self.run(|client| {
             client
-                .query(
+                .query_prepared(
                     "SELECT record::text, lease_owner FROM verifier_agents ORDER BY agent_id",
                     &[],
                 )?
@@ -385,14 +385,14 @@ impl VerifierStore for PgStore {
         );
         let take = signed(take);
         self.transaction(move |tx| {
-            tx.execute(
+            tx.execute_prepared(
                 "INSERT INTO verifier_leases (verifier_id, alive_until) VALUES ($1, $2)
                  ON CONFLICT (verifier_id) DO UPDATE SET alive_until = excluded.alive_until",
                 &[&me, &until],
             )?;
             // Rows another verifier is taking right now are skipped, not waited for: each
             // agent goes to one verifier.
-            tx.execute(
+            tx.execute_prepared(
                 "UPDATE verifier_agents SET lease_owner = $1
                  WHERE agent_id IN (
                      SELECT agent_id FROM verifier_agents
@@ -411,7 +411,7 @@ impl VerifierStore for PgStore {
         let (agent_id, record, blocked) = (agent.agent_id.clone(), to_json(agent)?, unless_states.to_vec());
         self.run(move |client| {
             // The state guard reads the stored record: a stop or delete that landed meanwhile wins.
-            let changed = client.execute(
+            let changed = client.execute_prepared(
                 "UPDATE verifier_agents SET record = ($2::text)::jsonb
                  WHERE agent_id = $1 AND NOT ((record->>'operational_state')::bigint = ANY($3))",
                 &[&agent_id, &record, &blocked],
@@ -447,21 +447,21 @@ impl VerifierStore for PgStore {
         let agent_id = agent_id.to_owned();
         self.transaction(move |tx| {
             let tenant: Option<String> = tx
-                .query_opt(
+                .query_opt_prepared(
                     "DELETE FROM verifier_agents WHERE agent_id = $1 RETURNING tenant",
                     &[&agent_id],
                 )?
                 .map(|row| row.try_get(0))
                 .transpose()?;
             // A re-enrolled agent starts clean: its old token and attestations go with it.
-            tx.execute("DELETE FROM push_sessions WHERE agent_id = $1", &[&agent_id])?;
-            tx.execute("DELETE FROM push_attestations WHERE agent_id = $1", &[&agent_id])?;
+            tx.execute_prepared("DELETE FROM push_sessions WHERE agent_id = $1", &[&agent_id])?;
+            tx.execute_prepared("DELETE FROM push_attestations WHERE agent_id = $1", &[&agent_id])?;
             let Some(tenant) = tenant else {
                 return Ok(false);
             };
             // Keylime names an agent's policies after it when no name was given.
             for kind in [PolicyKind::Runtime, PolicyKind::MeasuredBoot] {
-                tx.execute(
+                tx.execute_prepared(
                     &format!(
                         "DELETE FROM {} WHERE tenant = $1 AND name = $2
                            AND NOT EXISTS (SELECT 1 FROM verifier_agents WHERE tenant = $1 AND {} = $2)",
@@ -502,7 +502,7 @@ impl VerifierStore for PgStore {
             if usage(tx, &tenant)?.components >= components {
                 return Ok(ModuleWrite::QuotaExceeded);
             }
-            let inserted = tx.execute(
+            let inserted = tx.execute_prepared(
                 "INSERT INTO policy_modules (tenant, id, kind, bytes, uploaded_at)
                  VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, id) DO NOTHING",
                 &[
@@ -525,7 +525,7 @@ impl VerifierStore for PgStore {
         let tenant = tenant.to_owned();
         self.run(move |client| {
             let Some(row) =
-                client.query_opt("SELECT quota FROM tenant_quotas WHERE tenant = $1", &[&tenant])?
+                client.query_opt_prepared("SELECT quota FROM tenant_quotas WHERE tenant = $1", &[&tenant])?
             else {
                 return Ok(None);
             };
@@ -539,7 +539,7 @@ impl VerifierStore for PgStore {
     fn quotas(&self) -> Result<Vec<(String, TenantQuota)>, StoreError> {
         self.run(|client| {
             client
-                .query("SELECT tenant, quota FROM tenant_quotas ORDER BY tenant", &[])?
+                .query_prepared("SELECT tenant, quota FROM tenant_quotas ORDER BY tenant", &[])?
                 .iter()
                 .map(|row| {
                     let (tenant, text): (String, String) = (row.try_get(0)?, row.try_get(1)?);
@@ -556,12 +556,12 @@ impl VerifierStore for PgStore {
         let text = quota.map(to_json).transpose()?;
         self.run(move |client| {
             match text {
-                Some(text) => client.execute(
+                Some(text) => client.execute_prepared(
                     "INSERT INTO tenant_quotas (tenant, quota) VALUES ($1, $2)
                      ON CONFLICT (tenant) DO UPDATE SET quota = excluded.quota",
                     &[&tenant, &text],
                 )?,
-                None => client.execute("DELETE FROM tenant_quotas WHERE tenant = $1", &[&tenant])?,
+                None => client.execute_prepared("DELETE FROM tenant_quotas WHERE tenant = $1", &[&tenant])?,
             };
             Ok(())
         })
@@ -575,7 +575,7 @@ impl VerifierStore for PgStore {
     fn module(&self, tenant: &str, id: &str) -> Result<Option<(ModuleRecord, Vec<u8>)>, StoreError> {
         let (tenant, id) = (tenant.to_owned(), id.to_owned());
         self.run(move |client| {
-            let Some(row) = client.query_opt(
+            let Some(row) = client.query_opt_prepared(
                 "SELECT kind, bytes, uploaded_at FROM policy_modules WHERE tenant = $1 AND id = $2",
                 &[&tenant, &id],
             )?
@@ -602,7 +602,7 @@ impl VerifierStore for PgStore {
         let tenant = tenant.map(str::to_owned);
         self.run(move |client| {
             client
-                .query(
+                .query_prepared(
                     "SELECT tenant, id, kind, octet_length(bytes)::bigint, uploaded_at FROM policy_modules
                      WHERE $1::text IS NULL OR tenant = $1 ORDER BY tenant, id",
                     &[&tenant],
@@ -632,7 +632,7 @@ impl VerifierStore for PgStore {
             lock(tx, Lock::Tenant, &tenant)?;
             let mut users = Vec::new();
             for kind in [PolicyKind::Runtime, PolicyKind::MeasuredBoot] {
-                let rows = tx.query(
+                let rows = tx.query_prepared(
                     &format!(
                         "SELECT name FROM {} WHERE tenant = $1 AND module = $2 ORDER BY name",
                         kind.table()
@@ -646,7 +646,7 @@ impl VerifierStore for PgStore {
             if !users.is_empty() {
                 return Ok(ModuleDelete::InUse(users));
             }
-            let deleted = tx.execute(
+            let deleted = tx.execute_prepared(
                 "DELETE FROM policy_modules WHERE tenant = $1 AND id = $2",
                 &[&tenant, &id],
             )?;
@@ -663,8 +663,8 @@ impl VerifierStore for PgStore {
         self.transaction(move |tx| {
             lock(tx, Lock::Agent, &session.agent_id)?;
             // One session per agent, whichever tenant an older one was of.
-            tx.execute("DELETE FROM push_sessions WHERE agent_id = $1", &[&session.agent_id])?;
-            tx.execute(
+            tx.execute_prepared("DELETE FROM push_sessions WHERE agent_id = $1", &[&session.agent_id])?;
+            tx.execute_prepared(
                 "INSERT INTO push_sessions (session_id, tenant, agent_id, token_salt, token_hash, token_expires_at)
                  VALUES ($1, $2, $3, $4, $5, $6)",
                 &[
@@ -683,8 +683,8 @@ impl VerifierStore for PgStore {
     fn claim_session(&self, session_id: &str, expires_at: u64, now: u64) -> Result<bool, StoreError> {
         let (session_id, expires_at, now) = (session_id.to_owned(), signed(expires_at), signed(now));
         self.transaction(move |tx| {
-            tx.execute("DELETE FROM push_claimed_sessions WHERE expires_at < $1", &[&now])?;
-            let claimed = tx.execute(
+            tx.execute_prepared("DELETE FROM push_claimed_sessions WHERE expires_at < $1", &[&now])?;
+            let claimed = tx.execute_prepared(
                 "INSERT INTO push_claimed_sessions (session_id, expires_at) VALUES ($1, $2)
                  ON CONFLICT (session_id) DO NOTHING",
                 &[&session_id, &expires_at],
@@ -698,12 +698,12 @@ impl VerifierStore for PgStore {
         aws_lc_rs::rand::fill(&mut fresh).map_err(|_| StoreError::Io("no randomness".into()))?;
         let name = name.to_owned();
         self.transaction(move |tx| {
-            tx.execute(
+            tx.execute_prepared(
                 "INSERT INTO verifier_secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
                 &[&name, &fresh.as_slice()],
             )?;
             Ok(tx
-                .query_one("SELECT value FROM verifier_secrets WHERE name = $1", &[&name])?
+                .query_one_prepared("SELECT value FROM verifier_secrets WHERE name = $1", &[&name])?
                 .try_get(0)?)
         })
     }
@@ -711,7 +711,7 @@ impl VerifierStore for PgStore {
     fn session(&self, session_id: &str) -> Result<Option<PushSession>, StoreError> {
         let session_id = session_id.to_owned();
         self.run(move |client| {
-            let Some(row) = client.query_opt(
+            let Some(row) = client.query_opt_prepared(
                 "SELECT agent_id, token_salt, token_hash, token_expires_at, tenant FROM push_sessions
                  WHERE session_id = $1",
                 &[&session_id],
@@ -741,13 +741,13 @@ impl VerifierStore for PgStore {
             // Two verifiers numbering one agent's attestations take turns.
             lock(tx, Lock::Agent, &agent_id)?;
             let next: i64 = tx
-                .query_one(
+                .query_one_prepared(
                     "SELECT COALESCE(max(idx) + 1, 0) FROM push_attestations WHERE tenant = $1 AND agent_id = $2",
                     &[&tenant, &agent_id],
                 )?
                 .try_get(0)?;
             record.index = unsigned(next);
-            tx.execute(
+            tx.execute_prepared(
                 "INSERT INTO push_attestations (tenant, agent_id, idx, record)
                  VALUES ($1, $2, $3, ($4::text)::jsonb)",
                 &[&tenant, &agent_id, &next, &attestation_json(&record)?],
@@ -765,7 +765,7 @@ impl VerifierStore for PgStore {
         let text = attestation_json(record)?;
         let (tenant, agent_id, index) = (tenant.to_owned(), agent_id.to_owned(), signed(record.index));
         self.run(move |client| {
-            client.execute(
+            client.execute_prepared(
                 "UPDATE push_attestations SET record = ($4::text)::jsonb
                  WHERE tenant = $1 AND agent_id = $2 AND idx = $3",
                 &[&tenant, &agent_id, &index, &text],
@@ -794,13 +794,13 @@ impl VerifierStore for PgStore {
         self.transaction(move |tx| {
             let saved = save_round(tx, &agent_id, &record, revision, from_state, owner.as_deref())?;
             if saved && let Some((session_id, expires)) = extend_session {
-                tx.execute(
+                tx.execute_prepared(
                     "UPDATE push_sessions SET token_expires_at = $3 WHERE tenant = $1 AND session_id = $2",
                     &[&tenant, &session_id, &expires],
                 )?;
             }
             // Only the attestation judged: the same index and the same start.
-            tx.execute(
+            tx.execute_prepared(
                 "UPDATE push_attestations SET record = ($4::text)::jsonb
                  WHERE tenant = $1 AND agent_id = $2 AND idx = $3
                    AND COALESCE((record->>'capabilities_received_at')::bigint, 0) = $5",
@@ -823,7 +823,7 @@ impl VerifierStore for PgStore {
         let index = index.map(signed);
         self.run(move |client| {
             client
-                .query_opt(
+                .query_opt_prepared(
                     "SELECT record::text FROM push_attestations
                      WHERE tenant = $1 AND agent_id = $2 AND ($3::bigint IS NULL OR idx = $3)
                      ORDER BY idx DESC LIMIT 1",
@@ -843,7 +843,7 @@ impl VerifierStore for PgStore {
         let (tenant, agent_id) = (tenant.to_owned(), agent_id.to_owned());
         let index = index.map(signed);
         self.run(move |client| {
-            let Some(row) = client.query_opt(
+            let Some(row) = client.query_opt_prepared(
                 "SELECT idx, record->>'stage', (record->>'capabilities_received_at')::bigint,
                         (record->>'evidence_received_at')::bigint
                  FROM push_attestations
@@ -867,7 +867,7 @@ impl VerifierStore for PgStore {
         let (tenant, agent_id) = (tenant.to_owned(), agent_id.to_owned());
         self.run(move |client| {
             client
-                .query(
+                .query_prepared(
                     "SELECT record::text FROM push_attestations WHERE tenant = $1 AND agent_id = $2 ORDER BY idx",
                     &[&tenant, &agent_id],
                 )?
