@@ -1115,7 +1115,10 @@ fn a_postgres_store_prepares_anew_after_a_table_changes_shape() {
             }
         }
     }
-    assert!(failures <= 8, "{failures} failures: a connection kept its stale statement");
+    assert!(
+        failures <= 8,
+        "{failures} failures: a connection kept its stale statement"
+    );
 }
 
 /// Two verifiers on one database: quotas hold across them, and an agent's attestations are
