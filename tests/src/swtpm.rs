@@ -11,6 +11,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tempfile::TempDir;
 
+static SHARED_CA: OnceLock<EkCa> = OnceLock::new();
+
+extern "C" fn remove_shared_ca() {
+    if let Some(ca) = SHARED_CA.get() {
+        let _ = std::fs::remove_dir_all(ca.dir.path());
+    }
+}
+
 /// The EK CA that signs every test TPM's EK certificates in this process: the two-level
 /// CA `swtpm_localca` creates (root and intermediate).
 pub struct EkCa {
@@ -19,10 +27,18 @@ pub struct EkCa {
 }
 
 impl EkCa {
-    /// The process-wide CA, created on first use.
+    /// The process-wide CA, created on first use and removed when the process exits.
     pub fn shared() -> &'static EkCa {
-        static CA: OnceLock<EkCa> = OnceLock::new();
-        CA.get_or_init(|| EkCa::create().expect("creating the swtpm test EK CA"))
+        SHARED_CA.get_or_init(|| {
+            let ca = EkCa::create().expect("creating the swtpm test EK CA");
+            // A static is never dropped, so its TempDir would outlive every test process and
+            // pile up in /tmp; the test harness leaves through exit(), which runs this.
+            // SAFETY: registers a plain extern "C" function with no preconditions.
+            unsafe {
+                libc::atexit(remove_shared_ca);
+            }
+            ca
+        })
     }
 
     fn create() -> anyhow::Result<Self> {
