@@ -453,12 +453,17 @@ impl VerifierStore for PgStore {
                 )?
                 .map(|row| row.try_get(0))
                 .transpose()?;
-            // A re-enrolled agent starts clean: its old token and attestations go with it.
-            tx.execute_prepared("DELETE FROM push_sessions WHERE agent_id = $1", &[&agent_id])?;
-            tx.execute_prepared("DELETE FROM push_attestations WHERE agent_id = $1", &[&agent_id])?;
             let Some(tenant) = tenant else {
                 return Ok(false);
             };
+            // A re-enrolled agent starts clean: its old token and attestations go with it.
+            // push_attestations is keyed by (tenant, agent_id, idx): naming the tenant deletes
+            // by key instead of scanning every agent's attestations.
+            tx.execute_prepared("DELETE FROM push_sessions WHERE agent_id = $1", &[&agent_id])?;
+            tx.execute_prepared(
+                "DELETE FROM push_attestations WHERE tenant = $1 AND agent_id = $2",
+                &[&tenant, &agent_id],
+            )?;
             // Keylime names an agent's policies after it when no name was given.
             for kind in [PolicyKind::Runtime, PolicyKind::MeasuredBoot] {
                 tx.execute_prepared(

@@ -411,12 +411,14 @@ impl VerifierStore for SqliteStore {
         let deleted = tx
             .prepare_cached("DELETE FROM verifier_agents WHERE agent_id = ?1")?
             .execute([agent_id])?;
-        // A re-enrolled agent starts clean: its old token and attestations go with it.
-        tx.prepare_cached("DELETE FROM push_sessions WHERE agent_id = ?1")?
-            .execute([agent_id])?;
-        tx.prepare_cached("DELETE FROM push_attestations WHERE agent_id = ?1")?
-            .execute([agent_id])?;
         if let Some(tenant) = tenant.filter(|_| deleted > 0) {
+            // A re-enrolled agent starts clean: its old token and attestations go with it.
+            // Both tables are keyed by (tenant, agent_id): naming the tenant deletes by key
+            // instead of scanning every agent's attestations.
+            tx.prepare_cached("DELETE FROM push_sessions WHERE tenant = ?1 AND agent_id = ?2")?
+                .execute(params![tenant, agent_id])?;
+            tx.prepare_cached("DELETE FROM push_attestations WHERE tenant = ?1 AND agent_id = ?2")?
+                .execute(params![tenant, agent_id])?;
             // Keylime names an agent's policies after it when no name was given.
             for kind in [PolicyKind::Runtime, PolicyKind::MeasuredBoot] {
                 tx.prepare_cached(&format!(
